@@ -1,0 +1,91 @@
+"""From a YAML config (and a checkpoint) to a ready model."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lvdm.checkpoint import CheckpointError, load_weights, read_state_dict
+from lvdm.models.ddpm3d import LatentDiffusion
+from lvdm.modules.encoders.condition import register_openclip_configs
+from lvdm.utils import ConfigError, instantiate_from_config
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a model config; the ``model:`` entry must build a LatentDiffusion."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config not found: {path} (configs live in {REPO_ROOT / 'configs'})")
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OmegaConfBaseException, ValueError, OSError) as err:
+        raise ConfigError(f"{path} is not a readable YAML config: {err}") from err
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "target" not in cfg["model"]:
+        raise ConfigError(
+            f"{path} has no 'model:' entry with a 'target:'; see configs/inference_t2v_512_v2.0.yaml"
+        )
+    return cfg
+
+
+def build_model(config_path: str | Path) -> LatentDiffusion:
+    """Build the model of a config with random weights (on the current default device)."""
+    config_path = Path(config_path)
+    cfg = load_config(config_path)
+    # OpenCLIP architectures may be defined next to the config (fixtures) or in configs/openclip.
+    register_openclip_configs(REPO_ROOT / "configs" / "openclip")
+    register_openclip_configs(config_path.parent)
+    model = instantiate_from_config(cfg["model"])
+    if not isinstance(model, LatentDiffusion):
+        raise ConfigError(
+            f"{config_path}: model target must be a LatentDiffusion, got {type(model).__name__}"
+        )
+    return model
+
+
+def load_model(
+    config_path: str | Path,
+    ckpt_path: str | Path | None,
+    random_init: bool = False,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> LatentDiffusion:
+    """Build from ``config_path`` and load ``ckpt_path`` strictly; ``random_init`` skips the checkpoint.
+
+    Errors (config or checkpoint) are raised before anything is moved to the device.
+    """
+    state_dict = None
+    if not random_init:
+        if ckpt_path is None:
+            raise CheckpointError("no --ckpt_path given (use --random_init only for tests and demos)")
+        state_dict = read_state_dict(ckpt_path)
+    torch.manual_seed(seed)  # random_init weights are reproducible
+    model = build_model(config_path)
+    if state_dict is not None:
+        load_weights(model, state_dict, source=str(ckpt_path))
+    else:
+        logger.warning("--random_init: running on random weights; outputs are noise-like by design")
+    return model.eval().requires_grad_(False).to(device)
+
+
+def model_identity(
+    config_path: str | Path, ckpt_path: str | Path | None, random_init: bool, seed: int
+) -> str:
+    """A short fingerprint of the weights in use, for cache keys.
+
+    A checkpoint is identified by its resolved path, size and modification time (hashing
+    gigabytes would cost more than it saves); random weights by the config and init seed.
+    """
+    config_digest = hashlib.sha256(Path(config_path).read_bytes()).hexdigest()[:16]
+    if random_init or ckpt_path is None:
+        return f"random:{config_digest}:{seed}"
+    st = Path(ckpt_path).stat()
+    return f"ckpt:{Path(ckpt_path).resolve()}:{st.st_size}:{st.st_mtime_ns}:{config_digest}"

@@ -1,0 +1,181 @@
+"""The latent video diffusion models: U-Net + autoencoder + encoders + noise schedule.
+
+Inference-only, plain ``nn.Module`` s (no training machinery), with the published module
+tree so that the published checkpoints load strictly:
+
+- ``LatentDiffusion``: text-to-video (VideoCrafter2).
+- ``LatentVisualDiffusion``: image-to-video (VideoCrafter1): adds the CLIP image embedder
+  (``embedder``) and the Resampler (``image_proj_model``) whose tokens follow the text tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lvdm.models.utils_diffusion import DDIMSchedule, linear_betas, scale_array, schedule_buffers
+from lvdm.utils import instantiate_from_config
+
+logger = logging.getLogger(__name__)
+
+
+class DiffusionWrapper(nn.Module):
+    """Holds the U-Net under the published name ``model.diffusion_model``."""
+
+    def __init__(self, unet_config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.diffusion_model = instantiate_from_config(unet_config)
+
+
+class LatentDiffusion(nn.Module):
+    """Text-to-video latent diffusion (``lvdm.models.ddpm3d.LatentDiffusion`` in configs).
+
+    Parameter names follow the published configs; training-only ones are accepted and ignored.
+    """
+
+    def __init__(
+        self,
+        unet_config: Mapping[str, Any],
+        first_stage_config: Mapping[str, Any],
+        cond_stage_config: Mapping[str, Any],
+        timesteps: int = 1000,
+        linear_start: float = 1e-4,
+        linear_end: float = 2e-2,
+        beta_schedule: str = "linear",
+        scale_factor: float = 1.0,
+        use_scale: bool = False,
+        scale_a: float = 1.0,
+        scale_b: float = 0.3,
+        fix_scale_bug: bool = False,
+        uncond_type: str = "empty_seq",
+        conditioning_key: str = "crossattn",
+        image_size: int | Sequence[int] = (40, 64),
+        channels: int = 4,
+        **training_only: Any,
+    ) -> None:
+        super().__init__()
+        if beta_schedule != "linear":
+            raise ValueError(
+                f"beta_schedule {beta_schedule!r} is not supported (published models use 'linear')"
+            )
+        if conditioning_key != "crossattn":
+            raise ValueError(
+                f"conditioning_key {conditioning_key!r} is not supported (published: 'crossattn')"
+            )
+        if uncond_type != "empty_seq":
+            raise ValueError(f"uncond_type {uncond_type!r} is not supported (published: 'empty_seq')")
+        if training_only:
+            logger.debug("ignoring training-only config parameters: %s", sorted(training_only))
+        self.model = DiffusionWrapper(unet_config)
+        self.first_stage_model = instantiate_from_config(first_stage_config)
+        self.cond_stage_model = instantiate_from_config(cond_stage_config)
+        self.scale_factor = float(scale_factor)
+        self.channels = channels
+        self.image_size = tuple(image_size) if isinstance(image_size, Sequence) else (image_size, image_size)
+        self.num_timesteps = timesteps
+        self.use_scale = use_scale
+        for name, values in schedule_buffers(linear_betas(timesteps, linear_start, linear_end)).items():
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
+        if use_scale:
+            arr = scale_array(timesteps, scale_a, scale_b, fix_scale_bug)
+            self.register_buffer("scale_arr", torch.tensor(arr, dtype=torch.float32))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def unet(self) -> nn.Module:
+        return self.model.diffusion_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    @property
+    def has_image_embedder(self) -> bool:
+        return False
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent cell (8 for the published autoencoder)."""
+        return 2 ** (self.first_stage_model.decoder.num_resolutions - 1)
+
+    def ddim_schedule(self, num_steps: int, eta: float) -> DDIMSchedule:
+        return DDIMSchedule.create(self.alphas_cumprod, num_steps, eta, getattr(self, "scale_arr", None))
+
+    # ------------------------------------------------------------------ conditioning
+    @torch.no_grad()
+    def get_learned_conditioning(self, texts: Sequence[str]) -> Tensor:
+        """Text tokens: list of b prompts → (b, 77, context_dim)."""
+        return self.cond_stage_model(list(texts))
+
+    # ------------------------------------------------------------------ denoiser
+    def apply_model(self, x: Tensor, t: Tensor, context: Tensor, fps: int | Tensor = 8) -> Tensor:
+        """Predicted noise for x (b, c, t, h, w) at timesteps t (b,) or (b, t)."""
+        return self.model.diffusion_model(x, t, context, fps=fps)
+
+    # ------------------------------------------------------------------ autoencoder
+    @torch.no_grad()
+    def decode_first_stage_2DAE(self, z: Tensor) -> Tensor:
+        """Decode each frame with the 2D autoencoder: (b, c, t, h, w) → (b, 3, t, H, W) in ~[-1, 1]."""
+        z = z / self.scale_factor
+        frames = [self.first_stage_model.decode(z[:, :, i]) for i in range(z.shape[2])]
+        return torch.stack(frames, dim=2)
+
+    @torch.no_grad()
+    def encode_first_stage_2DAE(self, video: Tensor) -> Tensor:
+        """Encode each frame (posterior mean): (b, 3, t, H, W) → (b, c, t, h, w), scaled."""
+        frames = [self.first_stage_model.encode(video[:, :, i]).mode() for i in range(video.shape[2])]
+        return torch.stack(frames, dim=2) * self.scale_factor
+
+
+class LatentVisualDiffusion(LatentDiffusion):
+    """Image-to-video latent diffusion (``lvdm.models.ddpm3d.LatentVisualDiffusion``).
+
+    Args:
+        cond_img_config: the CLIP image embedder.
+        finegrained: published switch for the 16-token Resampler (the only projector here).
+        image_proj_config: optional projector config; by default the published Resampler sizes
+            for ViT-H-14 (1280-wide image tokens → 16 tokens of 1024).
+    """
+
+    def __init__(
+        self,
+        cond_img_config: Mapping[str, Any],
+        finegrained: bool = True,
+        image_proj_config: Mapping[str, Any] | None = None,
+        random_cond: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not finegrained and image_proj_config is None:
+            raise ValueError(
+                "finegrained: false (the 4-token projector) is not supported; use finegrained: true"
+            )
+        self.embedder = instantiate_from_config(cond_img_config)
+        if image_proj_config is None:
+            image_proj_config = {
+                "target": "lvdm.modules.encoders.resampler.Resampler",
+                "params": {
+                    "dim": 1024,
+                    "depth": 4,
+                    "dim_head": 64,
+                    "heads": 12,
+                    "num_queries": 16,
+                    "embedding_dim": 1280,
+                    "output_dim": 1024,
+                    "ff_mult": 4,
+                },
+            }
+        self.image_proj_model = instantiate_from_config(image_proj_config)
+
+    @property
+    def has_image_embedder(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def get_image_embeds(self, images: Tensor) -> Tensor:
+        """Image tokens: (b, 3, H, W) in [-1, 1] → (b, 16, context_dim)."""
+        return self.image_proj_model(self.embedder(images))

@@ -1,0 +1,281 @@
+"""Attention layers of the 3D U-Net: spatial and temporal transformers.
+
+Each :class:`CrossAttention` delegates its computation to a swappable *processor* (the way
+diffusers does it). The default :class:`AttnProcessor` projects q/k/v and runs the attention
+kernel; the Q-cache trick (``lvdm.modules.qcache``) swaps in processors that record or blend
+the query, without flags threaded through the forward passes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+ATTENTION_BACKENDS = ("sdpa", "xformers", "math")
+
+
+def xformers_available() -> bool:
+    """Whether the optional xformers package is importable."""
+    return importlib.util.find_spec("xformers") is not None
+
+
+def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _attend_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Plain softmax(q kᵀ / sqrt(d)) v, as the published code computes it; the reference for tests."""
+    scale = q.shape[-1] ** -0.5
+    weights = torch.einsum("bhid,bhjd->bhij", q, k) * scale
+    return torch.einsum("bhij,bhjd->bhid", weights.softmax(dim=-1), v)
+
+
+def _attend_xformers(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    import xformers.ops  # optional dependency, CUDA only
+
+    # xformers wants (batch, seq, heads, dim).
+    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    return xformers.ops.memory_efficient_attention(q, k, v).transpose(1, 2)
+
+
+_KERNELS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    "sdpa": _attend_sdpa,
+    "math": _attend_math,
+    "xformers": _attend_xformers,
+}
+
+
+class AttnProcessor:
+    """Default attention: project q/k/v, attend, add the image-token branch, project out.
+
+    Args:
+        backend: ``"sdpa"`` (default, torch's fused kernels), ``"xformers"`` (CUDA only),
+            or ``"math"`` (explicit softmax, the numerical reference).
+    """
+
+    def __init__(self, backend: str = "sdpa") -> None:
+        if backend not in _KERNELS:
+            raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(ATTENTION_BACKENDS)}")
+        self.backend = backend
+
+    def process_query(self, attn: CrossAttention, q: Tensor) -> Tensor:
+        """Hook for tricks that change the query, ``q``: (b, n, heads·dim_head)."""
+        return q
+
+    def __call__(self, attn: CrossAttention, x: Tensor, context: Tensor | None = None) -> Tensor:
+        kernel = _KERNELS[self.backend]
+        q = self.process_query(attn, attn.to_q(x))
+        context = x if context is None else context
+        groups = q.shape[0] // context.shape[0]
+
+        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            # A context shared by `groups` consecutive samples (the frames of a clip): fold
+            # them into the query sequence instead of projecting the context once per frame.
+            # Softmax is per query row, so the result is the same.
+            if groups == 1:
+                return kernel(q, k, v)
+            b, h, n, d = q.shape
+            q = q.reshape(b // groups, groups, h, n, d).transpose(1, 2).reshape(b // groups, h, groups * n, d)
+            out = kernel(q, k, v).reshape(b // groups, h, groups, n, d).transpose(1, 2)
+            return out.reshape(b, h, n, d)
+
+        if attn.image_cross_attention and context.shape[1] > attn.text_context_len:
+            # Text and image tokens get their own keys/values; the two results are added.
+            # (Text alone: the image branch attends to nothing and adds zero, as published.)
+            text, image = context[:, : attn.text_context_len], context[:, attn.text_context_len :]
+            out = attend(*attn.split_heads(q, attn.to_k(text), attn.to_v(text)))
+            out = out + attend(*attn.split_heads(q, attn.to_k_ip(image), attn.to_v_ip(image)))
+        else:
+            out = attend(*attn.split_heads(q, attn.to_k(context), attn.to_v(context)))
+        return attn.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention; self-attention when called without ``context``.
+
+    Args:
+        query_dim: channels of ``x``.
+        context_dim: channels of the context tokens (``None``: self-attention).
+        heads, dim_head: head count and width.
+        image_cross_attention: the context holds ``text_context_len`` text tokens followed by
+            image tokens, attended with separate ``to_k_ip``/``to_v_ip`` projections
+            (VideoCrafter1 image-to-video).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int | None = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        image_cross_attention: bool = False,
+        text_context_len: int = 77,
+    ) -> None:
+        super().__init__()
+        inner_dim = heads * dim_head
+        context_dim = query_dim if context_dim is None else context_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        self.image_cross_attention = image_cross_attention
+        self.text_context_len = text_context_len
+        if image_cross_attention:
+            self.to_k_ip = nn.Linear(context_dim, inner_dim, bias=False)
+            self.to_v_ip = nn.Linear(context_dim, inner_dim, bias=False)
+        self.processor: AttnProcessor = AttnProcessor()
+
+    def split_heads(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """(b, n, heads·d) → (b, heads, n, d) for each tensor."""
+        return tuple(rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in tensors)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """x: (b·g, n, query_dim), context: (b, m, context_dim) shared by g consecutive samples,
+        or None for self-attention → (b·g, n, query_dim)."""
+        return self.processor(self, x, context)
+
+
+class GEGLU(nn.Module):
+    """Gated GELU projection: one linear layer yields the value and its gate."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward with 4x expansion (keys ``net.0.proj``, ``net.2``)."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        inner = dim * mult
+        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(dropout), nn.Linear(inner, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm block: attn1 (self), attn2 (cross, or self without a context), feed-forward."""
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        d_head: int,
+        dropout: float = 0.0,
+        context_dim: int | None = None,
+        image_cross_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout)
+        self.ff = FeedForward(dim, dropout=dropout)
+        self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout, image_cross_attention)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """x: (b, n, dim), context: (b, m, context_dim) or None."""
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+def _pointwise(layer: nn.Module, x: Tensor) -> Tensor:
+    """Apply a Linear, or a kernel-1 Conv1d/Conv2d, to channels-last ``x`` (…, c)."""
+    if isinstance(layer, nn.Linear):
+        return layer(x)
+    return F.linear(x, layer.weight.flatten(1), layer.bias)
+
+
+def _make_pointwise(use_linear: bool, dims: int, c_in: int, c_out: int) -> nn.Module:
+    # The published layers are Linear, or kernel-1 convolutions (same maths, other key shapes).
+    if use_linear:
+        return nn.Linear(c_in, c_out)
+    return (nn.Conv1d if dims == 1 else nn.Conv2d)(c_in, c_out, kernel_size=1)
+
+
+class SpatialTransformer(nn.Module):
+    """Attention over the h·w positions of each frame; cross-attends the text (and image) tokens.
+
+    Input and output: (b·t, c, h, w); context: (b, m, context_dim), shared by the t frames.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        d_head: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        context_dim: int | None = None,
+        use_linear: bool = False,
+        image_cross_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        inner = n_heads * d_head
+        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
+        self.proj_in = _make_pointwise(use_linear, 2, in_channels, inner)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim, image_cross_attention)
+            for _ in range(depth)
+        )
+        self.proj_out = _make_pointwise(use_linear, 2, inner, in_channels)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        _, _, h, w = x.shape
+        y = rearrange(self.norm(x), "b c h w -> b (h w) c")
+        y = _pointwise(self.proj_in, y)
+        for block in self.transformer_blocks:
+            y = block(y, context)
+        y = _pointwise(self.proj_out, y)
+        return rearrange(y, "b (h w) c -> b c h w", h=h, w=w) + x
+
+
+class TemporalTransformer(nn.Module):
+    """Self-attention along time at each spatial position.
+
+    Input and output: (b, c, t, h, w). The group norm spans all frames of a clip, so each
+    sample of the batch must be one whole clip. Only the published variant is supported:
+    self-attention only, no causal mask, no relative positions.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        d_head: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        use_linear: bool = False,
+    ) -> None:
+        super().__init__()
+        inner = n_heads * d_head
+        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
+        self.proj_in = _make_pointwise(use_linear, 1, in_channels, inner)
+        # Both attentions are self-attention (temporal_selfatt_only), so attn2 has no context.
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, n_heads, d_head, dropout, None) for _ in range(depth)
+        )
+        self.proj_out = _make_pointwise(use_linear, 1, inner, in_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, _, _, h, w = x.shape
+        y = rearrange(self.norm(x), "b c t h w -> (b h w) t c")
+        y = _pointwise(self.proj_in, y)
+        for block in self.transformer_blocks:
+            y = block(y)
+        y = _pointwise(self.proj_out, y)
+        return rearrange(y, "(b h w) t c -> b c t h w", h=h, w=w) + x

@@ -1,0 +1,140 @@
+"""Prompt files: parsed and validated completely before any model is loaded.
+
+Formats (blank lines and ``#`` comments are skipped):
+
+- text modes (``t2v``, ``t2v_seed``, ``t2v_seed_ar``): one prompt per line.
+- ``i2v``: ``image_path;prompt`` per line, split on the first ``;``; a relative image path
+  is relative to the prompt file.
+- Multi-prompt stories (text modes): consecutive ``frames|prompt`` lines form one video
+  that moves from scene to scene, each prompt lasting ``frames`` output frames. A blank
+  line or a plain prompt line ends the story.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+_STORY_LINE = re.compile(r"^\s*(\d+)\s*\|(.*)$")
+
+
+class PromptFileError(ValueError):
+    """A prompt file that cannot be used; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One prompt of a story and how many output frames it lasts."""
+
+    frames: int
+    prompt: str
+
+
+@dataclass(frozen=True)
+class PromptJob:
+    """One video to generate."""
+
+    prompt: str  # the (first) prompt: names the output folder and conditions the base clip
+    line: int
+    image: Path | None = None
+    scenes: tuple[Scene, ...] = ()  # non-empty for a multi-prompt story
+
+    @property
+    def is_story(self) -> bool:
+        return bool(self.scenes)
+
+    @property
+    def story_length(self) -> int:
+        return sum(s.frames for s in self.scenes)
+
+
+def _check_image(path: Path, where: str) -> None:
+    if not path.is_file():
+        raise PromptFileError(f"{where}: image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError) as err:
+        raise PromptFileError(f"{where}: cannot read image {path}: {err}") from err
+
+
+def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
+    """Read a prompt file for a text mode (``image_mode=False``) or ``i2v`` (``True``).
+
+    Raises:
+        PromptFileError: missing/empty file, malformed line, missing or unreadable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"prompt file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise PromptFileError(f"cannot read prompt file {path}: {err}") from err
+
+    jobs: list[PromptJob] = []
+    story: list[Scene] = []
+    story_line = 0
+
+    def end_story() -> None:
+        nonlocal story
+        if story:
+            jobs.append(PromptJob(prompt=story[0].prompt, line=story_line, scenes=tuple(story)))
+            story = []
+
+    for number, raw in enumerate(lines, start=1):
+        where = f"{path}:{number}"
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            end_story()
+            continue
+        story_match = _STORY_LINE.match(text)
+        if story_match and not image_mode:
+            frames, prompt = int(story_match.group(1)), story_match.group(2).strip()
+            if frames < 1:
+                raise PromptFileError(f"{where}: a story scene needs at least 1 frame, got {frames}")
+            if not prompt:
+                raise PromptFileError(f"{where}: empty prompt after '{frames}|'")
+            if not story:
+                story_line = number
+            story.append(Scene(frames, prompt))
+            continue
+        end_story()
+        if image_mode:
+            if story_match:
+                raise PromptFileError(
+                    f"{where}: multi-prompt stories ('frames|prompt') work in text modes only"
+                )
+            if ";" not in text:
+                raise PromptFileError(
+                    f"{where}: expected 'image_path;prompt' for i2v, got {text!r} (no ';' found)"
+                )
+            image_text, prompt = (part.strip() for part in text.split(";", 1))
+            if not image_text or not prompt:
+                raise PromptFileError(f"{where}: both the image path and the prompt must be non-empty")
+            image = Path(image_text).expanduser()
+            image = image if image.is_absolute() else (path.parent / image)
+            _check_image(image, where)
+            jobs.append(PromptJob(prompt=prompt, line=number, image=image))
+        else:
+            jobs.append(PromptJob(prompt=text, line=number))
+    end_story()
+    if not jobs:
+        raise PromptFileError(f"prompt file {path} has no prompts (only blank lines or # comments)")
+    return jobs
+
+
+def safe_name(text: str, max_length: int = 100) -> str:
+    """A stable folder name for a prompt: no path separators, bounded length."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    if not name:
+        name = "prompt"
+    if len(name) > max_length:
+        import hashlib
+
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        name = f"{name[: max_length - 9]}_{digest}"
+    return name
