@@ -1,0 +1,137 @@
+"""U-Net behaviour beyond the reference fixture: attention backends, Q-cache switching, batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lvdm.modules.attention import AttnProcessor
+from lvdm.modules.networks.openaimodel3d import UNetModel
+from lvdm.modules.qcache import QCacheBlendProcessor, QCacheRecordProcessor
+from lvdm.options import QCacheOptions, parse_mode
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def unet() -> UNetModel:
+    cfg = OmegaConf.load(REPO / "configs" / "tiny_t2v.yaml")
+    torch.manual_seed(0)
+    model = UNetModel(**OmegaConf.to_container(cfg.model.params.unet_config.params)).eval()
+    # zero_module leaves output convs at zero; perturb so every layer matters.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, 8, generator=g)
+    t = torch.randint(0, 1000, (2, 8), generator=g)
+    context = torch.randn(2, 77, 32, generator=g)
+    return x, t, context
+
+
+@torch.no_grad()
+def test_sdpa_matches_math_attention(unet, inputs) -> None:
+    unet.set_attention_backend("math")
+    reference = unet(*inputs, fps=8)
+    unet.set_attention_backend("sdpa")
+    assert (unet(*inputs, fps=8) - reference).abs().max() < 1e-5
+
+
+def test_unknown_backend_is_an_error(unet) -> None:
+    with pytest.raises(ValueError, match="sdpa, xformers, math"):
+        unet.set_attention_backend("flash3")
+
+
+@torch.no_grad()
+def test_qcache_off_is_the_plain_model_bit_for_bit(unet, inputs) -> None:
+    plain = unet(*inputs, fps=8)
+    unet.set_qcache(parse_mode("t2v_TTqcache_STqcache_attn1_attn2").qcache)
+    assert not torch.equal(unet(*inputs, fps=8), plain)
+    unet.set_qcache(None)
+    assert torch.equal(unet(*inputs, fps=8), plain)
+    assert all(type(a.processor) is AttnProcessor for a in unet._attention_layers())
+
+
+@torch.no_grad()
+def test_qcache_weight_zero_equals_no_qcache(unet, inputs) -> None:
+    plain = unet(*inputs, fps=8)
+    unet.set_qcache(QCacheOptions(temporal=True, spatial=True, attn1=True, attn2=True, weight=0.0))
+    try:
+        assert torch.allclose(unet(*inputs, fps=8), plain, atol=1e-6)
+    finally:
+        unet.set_qcache(None)
+
+
+def test_qcache_wiring_follows_the_published_block_map(unet) -> None:
+    """Decoder block j of a level reads encoder block max(0, num_res_blocks - 1 - j); temporal attn1 only."""
+    unet.set_qcache(QCacheOptions(temporal=True, attn1=True, weight=0.9))
+    try:
+        recorders = {}
+        for index, block in enumerate(unet.input_blocks):
+            for attn_name, attn in [(n, m) for n, m in block.named_modules() if hasattr(m, "processor")]:
+                if isinstance(attn.processor, QCacheRecordProcessor):
+                    recorders[attn.processor.slot] = (index, attn_name)
+        blenders = []
+        for index, block in enumerate(unet.output_blocks):
+            for attn_name, attn in [(n, m) for n, m in block.named_modules() if hasattr(m, "processor")]:
+                if isinstance(attn.processor, QCacheBlendProcessor):
+                    blenders.append((index, attn_name, attn.processor.slot, attn.processor.weight))
+        # tiny config: attention on 3 levels × 3 decoder blocks, temporal attn1 only.
+        assert len(blenders) == 9
+        assert all(
+            name.endswith("transformer_blocks.0.attn1") and ".2." in f".{name}" for _, name, _, _ in blenders
+        )
+        assert all(w == 0.9 for *_, w in blenders)
+        # Output blocks 0-2 are the deepest level without attention in the tiny config (ds 8).
+        enc_of_dec = {dec: recorders[slot][0] for dec, _, slot, _ in blenders}
+        # level 2: encoder blocks 7, 8; decoder 3, 4, 5 → 8, 7, 7
+        assert [enc_of_dec[i] for i in (3, 4, 5)] == [8, 7, 7]
+        assert [enc_of_dec[i] for i in (6, 7, 8)] == [5, 4, 4]
+        assert [enc_of_dec[i] for i in (9, 10, 11)] == [2, 1, 1]
+        # init_attn and the middle block take no part.
+        assert all(
+            type(a.processor) is AttnProcessor for a in unet.init_attn.modules() if hasattr(a, "processor")
+        )
+        assert all(
+            type(a.processor) is AttnProcessor for a in unet.middle_block.modules() if hasattr(a, "processor")
+        )
+    finally:
+        unet.set_qcache(None)
+
+
+@torch.no_grad()
+def test_batched_samples_equal_single_samples(unet, inputs) -> None:
+    """Per-sample, per-frame timesteps and contexts: a batch equals its samples run alone."""
+    x, t, context = inputs
+    unet.set_qcache(parse_mode("t2v_TTqcache_attn1").qcache)
+    try:
+        batch = unet(x, t, context, fps=8)
+        for i in range(2):
+            alone = unet(x[i : i + 1], t[i : i + 1], context[i : i + 1], fps=8)
+            assert (batch[i : i + 1] - alone).abs().max() < 1e-4
+    finally:
+        unet.set_qcache(None)
+
+
+def test_bad_timestep_shape_is_an_error(unet, inputs) -> None:
+    x, _, context = inputs
+    with pytest.raises(ValueError, match="per-frame timesteps"):
+        unet(x, torch.zeros(2, 5, dtype=torch.long), context)
+
+
+def test_unsupported_published_options_are_named() -> None:
+    cfg = OmegaConf.to_container(
+        OmegaConf.load(REPO / "configs" / "tiny_t2v.yaml").model.params.unet_config.params
+    )
+    cfg["use_relative_position"] = True
+    with pytest.raises(ValueError, match="use_relative_position"):
+        UNetModel(**cfg)
+    cfg["use_relative_position"] = False
+    cfg["not_a_parameter"] = 1
+    with pytest.raises(TypeError, match="not_a_parameter"):
+        UNetModel(**cfg)
