@@ -1,0 +1,495 @@
+"""Temporal-consistency metrics for generated videos (used by ``scripts/evaluate.py``).
+
+Per video (frames ``(t, h, w, 3)`` uint8, pixel values scaled to ``[0, 1]``):
+
+- ``flicker``: mean absolute difference of consecutive frames, averaged over the ``t - 1`` pairs.
+- ``drift``: per-frame mean absolute difference to the first frame (a curve of ``t`` values,
+  ``drift[0] == 0``); reported as ``drift_mean`` (mean over frames ``1..t-1``) and ``drift_final``.
+- With a CLIP image tower: cosine similarity of the standard CLIP image embeddings of consecutive
+  frames (``clip_consecutive``, mean over the ``t - 1`` pairs) and of each frame to the first one
+  (``clip_to_first``, mean over frames ``1..t-1``; the curve starts at 1.0 for frame 0).
+
+Lower flicker/drift and higher CLIP similarity mean a more consistent video. A video is named by
+the generator's layout ``.../<prompt_folder>/<experiment>.gif``: prompt = parent folder name,
+experiment = file stem.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lvdm.checkpoint import CheckpointError, read_state_dict
+from lvdm.video_io import find_videos, read_video
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CSV_FIELDS",
+    "ClipScorer",
+    "VideoMetrics",
+    "evaluate_video",
+    "evaluate_videos",
+    "format_table",
+    "load_clip_embedder",
+    "pixel_metrics",
+    "plot_consistency",
+    "run_evaluation",
+    "summarize",
+    "video_key",
+    "write_csv",
+    "write_json",
+]
+
+CSV_FIELDS = (
+    "prompt",
+    "experiment",
+    "path",
+    "frames",
+    "flicker",
+    "drift_mean",
+    "drift_final",
+    "clip_consecutive",
+    "clip_to_first",
+)
+# The numeric columns that get averaged per experiment.
+METRIC_FIELDS = ("flicker", "drift_mean", "drift_final", "clip_consecutive", "clip_to_first")
+
+
+@dataclass
+class VideoMetrics:
+    """Scores of one video; ``clip_*`` are ``None`` when no CLIP checkpoint was given.
+
+    Curves have one value per frame (``(t,)``), except ``clip_consecutive_curve`` (``(t - 1,)``).
+    """
+
+    prompt: str
+    experiment: str
+    path: str
+    frames: int
+    flicker: float
+    drift_mean: float
+    drift_final: float
+    clip_consecutive: float | None = None
+    clip_to_first: float | None = None
+    drift_curve: list[float] = field(default_factory=list)
+    clip_consecutive_curve: list[float] | None = None
+    clip_to_first_curve: list[float] | None = None
+
+    def row(self) -> dict[str, object]:
+        """The CSV/table columns (:data:`CSV_FIELDS`)."""
+        return {name: getattr(self, name) for name in CSV_FIELDS}
+
+
+def video_key(path: str | os.PathLike) -> tuple[str, str]:
+    """``(prompt, experiment)`` of ``.../<prompt_folder>/<experiment>.gif``."""
+    path = Path(path)
+    return path.parent.name, path.stem
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel metrics
+
+
+def pixel_metrics(frames: np.ndarray) -> tuple[float, np.ndarray]:
+    """Flicker and the drift curve of one video.
+
+    Args:
+        frames: ``(t, h, w, 3)`` uint8 (or any numeric array in ``[0, 255]``).
+
+    Returns:
+        ``(flicker, drift_curve)``: flicker is a float (NaN for a single frame); ``drift_curve`` is
+        ``(t,)`` float64 with ``drift_curve[0] == 0``. Both on the ``[0, 1]`` pixel scale.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4:
+        raise ValueError(f"frames must be (t, h, w, c), got shape {frames.shape}")
+    t = frames.shape[0]
+    # Frame by frame in float32, so a long video never needs a float copy of the whole array.
+    first = frames[0].astype(np.float32)
+    previous = first
+    drift = np.zeros(t, dtype=np.float64)
+    flicker_sum = 0.0
+    for i in range(1, t):
+        current = frames[i].astype(np.float32)
+        flicker_sum += float(np.abs(current - previous).mean())
+        drift[i] = float(np.abs(current - first).mean())
+        previous = current
+    flicker = flicker_sum / (t - 1) / 255.0 if t > 1 else math.nan
+    return flicker, drift / 255.0
+
+
+# --------------------------------------------------------------------------------------------
+# CLIP
+
+
+def _top_level_groups(keys: Iterable[str], limit: int = 15) -> str:
+    counts = Counter(key.split(".", 1)[0] + ("." if "." in key else "") for key in keys)
+    groups = [f"{name} ({n})" for name, n in counts.most_common(limit)]
+    more = len(counts) - limit
+    return ", ".join(groups) + (f", ... and {more} more" if more > 0 else "")
+
+
+def load_clip_embedder(
+    ckpt: str | os.PathLike,
+    arch: str = "ViT-H-14",
+    prefix: str = "embedder.",
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """Build the CLIP image tower and load its weights strictly from a checkpoint.
+
+    Args:
+        ckpt: ``.ckpt``/``.pt``/``.safetensors`` holding the tower under ``prefix`` (the
+            image-to-video checkpoint keeps it under ``embedder.``).
+        arch: OpenCLIP architecture (``ViT-H-14`` for VideoCrafter, or a config in ``configs/openclip``).
+        prefix: Key prefix of the tower in the checkpoint (``""`` for a bare tower state_dict).
+        device: Where to put the model.
+
+    Returns:
+        A frozen ``FrozenOpenCLIPImageEmbedderV2`` in eval mode.
+
+    Raises:
+        CheckpointError: unreadable file, no key with ``prefix``, or keys/shapes that do not fit ``arch``.
+    """
+    from lvdm.modules.encoders.condition import FrozenOpenCLIPImageEmbedderV2
+
+    state = read_state_dict(ckpt)
+    tower = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    if not tower:
+        raise CheckpointError(
+            f"{ckpt} has no key starting with {prefix!r} (the CLIP image tower). Its keys start with: "
+            f"{_top_level_groups(state)}.\nUse the image-to-video checkpoint "
+            "(videocrafter_models/Image2Video_512/model.ckpt) or pass --clip_prefix with the right prefix."
+        )
+    del state
+    embedder = FrozenOpenCLIPImageEmbedderV2(arch=arch)
+    _check_tower(embedder, tower, f"the weights under {prefix!r} in {ckpt}", arch)
+    embedder.load_state_dict(tower, strict=True)
+    logger.info("loaded CLIP image tower %s (%d tensors) from %s", arch, len(tower), ckpt)
+    return embedder.to(device).eval()
+
+
+def _check_tower(embedder: torch.nn.Module, tower: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """Raise a short :class:`CheckpointError` (counts and examples) unless ``tower`` fits exactly."""
+    expected = embedder.state_dict()
+    missing = sorted(set(expected) - set(tower))
+    unexpected = sorted(set(tower) - set(expected))
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(tower[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tower and tower[k].shape != v.shape
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return
+    parts = [f"{source} do not fit the OpenCLIP architecture {arch!r}:"]
+    for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+        if items:
+            parts.append(f"  {len(items)} {name}, e.g. " + "; ".join(items[:3]))
+    parts.append("Check --clip_arch (VideoCrafter's image-to-video model uses ViT-H-14) and --clip_prefix.")
+    raise CheckpointError("\n".join(parts))
+
+
+class ClipScorer:
+    """Unit-norm CLIP image embeddings of video frames, in batches.
+
+    Args:
+        embedder: A ``FrozenOpenCLIPImageEmbedderV2`` (``emb(images) -> tokens``, ``emb.pooled(tokens)``).
+        batch_size: Frames per forward pass.
+        device: Where the embedder lives.
+    """
+
+    def __init__(
+        self, embedder: torch.nn.Module, batch_size: int = 16, device: str | torch.device = "cpu"
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.embedder = embedder
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def embed(self, frames: np.ndarray) -> torch.Tensor:
+        """``(t, h, w, 3)`` uint8 -> ``(t, embed_dim)`` float64 unit vectors (on the CPU)."""
+        chunks = []
+        for start in range(0, len(frames), self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(frames[start : start + self.batch_size]))
+            images = (
+                batch.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            )  # (b, 3, h, w) in [-1, 1]
+            pooled = self.embedder.pooled(
+                self.embedder(images)
+            ).double()  # float64: similarities of 1 stay <= 1
+            chunks.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
+        return torch.cat(chunks)
+
+    def similarities(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarity curves of one video.
+
+        Returns:
+            ``(consecutive, to_first)``: ``(t - 1,)`` similarity of frame i to frame i + 1, and
+            ``(t,)`` similarity of each frame to frame 0 (``to_first[0] == 1``), float64.
+        """
+        emb = self.embed(frames)
+        consecutive = (emb[1:] * emb[:-1]).sum(-1)
+        to_first = emb @ emb[0]
+        return consecutive.numpy(), to_first.numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else math.nan
+
+
+def evaluate_video(path: str | os.PathLike, clip: ClipScorer | None = None) -> VideoMetrics:
+    """Read one video and compute its metrics (CLIP ones only when ``clip`` is given)."""
+    frames = read_video(path)
+    if len(frames) < 2:
+        logger.warning("%s has a single frame: flicker and drift are undefined (NaN)", path)
+    prompt, experiment = video_key(path)
+    flicker, drift = pixel_metrics(frames)
+    metrics = VideoMetrics(
+        prompt=prompt,
+        experiment=experiment,
+        path=str(path),
+        frames=len(frames),
+        flicker=flicker,
+        drift_mean=_mean(drift[1:]),
+        drift_final=float(drift[-1]) if len(frames) > 1 else math.nan,
+        drift_curve=drift.tolist(),
+    )
+    if clip is not None:
+        consecutive, to_first = clip.similarities(frames)
+        metrics.clip_consecutive = _mean(consecutive)
+        metrics.clip_to_first = _mean(to_first[1:])
+        metrics.clip_consecutive_curve = consecutive.tolist()
+        metrics.clip_to_first_curve = to_first.tolist()
+    return metrics
+
+
+def sort_metrics(rows: Iterable[VideoMetrics]) -> list[VideoMetrics]:
+    """Group by experiment, then by prompt."""
+    return sorted(rows, key=lambda m: (m.experiment, m.prompt, m.path))
+
+
+def evaluate_videos(
+    videos: Sequence[str | os.PathLike], clip: ClipScorer | None = None, progress: bool = True
+) -> list[VideoMetrics]:
+    """Metrics of several videos, sorted by experiment then prompt."""
+    rows = [
+        evaluate_video(path, clip)
+        for path in tqdm(videos, desc="evaluating", unit="video", disable=not progress)
+    ]
+    return sort_metrics(rows)
+
+
+def summarize(rows: Sequence[VideoMetrics]) -> dict[str, dict[str, float | int | None]]:
+    """Per-experiment means of :data:`METRIC_FIELDS` (NaN values ignored), plus ``videos`` and ``frames``."""
+    groups: dict[str, list[VideoMetrics]] = defaultdict(list)
+    for row in rows:
+        groups[row.experiment].append(row)
+    summary: dict[str, dict[str, float | int | None]] = {}
+    for experiment in sorted(groups):
+        members = groups[experiment]
+        entry: dict[str, float | int | None] = {
+            "videos": len(members),
+            "frames": float(np.mean([m.frames for m in members])),
+        }
+        for name in METRIC_FIELDS:
+            values = [getattr(m, name) for m in members if getattr(m, name) is not None]
+            values = [v for v in values if not math.isnan(v)]
+            entry[name] = float(np.mean(values)) if values else None
+        summary[experiment] = entry
+    return summary
+
+
+def _csv_value(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def write_csv(rows: Sequence[VideoMetrics], path: str | os.PathLike) -> Path:
+    """One line per video with the columns of :data:`CSV_FIELDS` (empty CLIP cells when not computed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fp:
+        writer = csv.DictWriter(fp, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(v) for k, v in row.row().items()})
+    return path
+
+
+def _json_safe(value: object) -> object:
+    # JSON has no NaN: write null instead of the non-standard NaN token.
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def write_json(
+    rows: Sequence[VideoMetrics], path: str | os.PathLike, settings: dict[str, object] | None = None
+) -> Path:
+    """``{"settings", "summary": {experiment: means}, "videos": [row + per-frame curves]}``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "settings": settings or {},
+        "summary": summarize(rows),
+        "videos": [asdict(row) for row in rows],
+    }
+    path.write_text(json.dumps(_json_safe(document), indent=2) + "\n")
+    return path
+
+
+def _mean_curve(curves: Sequence[Sequence[float]]) -> np.ndarray:
+    """Average curves of different lengths: value k is the mean over the curves that reach k."""
+    length = max(len(c) for c in curves)
+    padded = np.full((len(curves), length), np.nan)
+    for i, curve in enumerate(curves):
+        padded[i, : len(curve)] = curve
+    return np.nanmean(padded, axis=0)
+
+
+def plot_consistency(rows: Sequence[VideoMetrics], path: str | os.PathLike) -> Path:
+    """One curve per experiment of the per-frame consistency, averaged over prompts.
+
+    The measure is the CLIP similarity to the first frame when every video has it, else the pixel
+    drift from the first frame.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    use_clip = bool(rows) and all(r.clip_to_first_curve is not None for r in rows)
+    groups: dict[str, list[list[float]]] = defaultdict(list)
+    for row in rows:
+        groups[row.experiment].append(row.clip_to_first_curve if use_clip else row.drift_curve)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for experiment in sorted(groups):
+        curves = groups[experiment]
+        ax.plot(_mean_curve(curves), label=f"{experiment} (n={len(curves)})", linewidth=1.4)
+    ax.set_xlabel("frame index")
+    if use_clip:
+        ax.set_ylabel("CLIP cosine similarity to frame 0")
+        ax.set_title("Consistency with the first frame (higher is better)")
+    else:
+        ax.set_ylabel("mean |frame - frame 0| (pixels in [0, 1])")
+        ax.set_title("Drift from the first frame (lower is better)")
+    ax.grid(True, alpha=0.3)
+    if groups:
+        ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def format_table(rows: Sequence[VideoMetrics], summary: bool = True) -> str:
+    """A plain-text table of the rows (and the per-experiment means) for the terminal."""
+    has_clip = any(r.clip_to_first is not None for r in rows)
+    columns = ["experiment", "prompt", "frames", "flicker", "drift_mean", "drift_final"]
+    if has_clip:
+        columns += ["clip_consecutive", "clip_to_first"]
+
+    def fmt(value: object) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else f"{value:.4f}"
+        return str(value)
+
+    table = [columns] + [[fmt(getattr(r, c)) for c in columns] for r in rows]
+    if summary and rows:
+        table.append(["-" * 4] * len(columns))
+        for experiment, entry in summarize(rows).items():
+            line = [experiment, f"mean of {entry['videos']}", f"{entry['frames']:.0f}"]
+            line += [fmt(entry[c]) for c in columns[3:]]
+            table.append(line)
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+
+
+def run_evaluation(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    clip_ckpt: str | os.PathLike | None = None,
+    clip_arch: str = "ViT-H-14",
+    clip_prefix: str = "embedder.",
+    batch_size: int = 16,
+    include_origin: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[list[VideoMetrics], dict[str, Path]]:
+    """Find the videos, score them and write ``metrics.csv``, ``metrics.json``, ``consistency.png``.
+
+    Args:
+        inputs: Result folders (searched recursively) and/or video files.
+        out_dir: Output folder; default the first input if it is a folder, else the current folder.
+        clip_ckpt: Checkpoint with the CLIP image tower; ``None`` skips the CLIP metrics.
+        clip_arch: OpenCLIP architecture of that tower.
+        clip_prefix: Key prefix of the tower in the checkpoint.
+        batch_size: Frames per CLIP forward pass.
+        include_origin: Also score ``origin.*`` (the short base clip).
+        device: Torch device for CLIP; default CUDA when available.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(rows, {"csv": ..., "json": ..., "png": ...})``.
+
+    Raises:
+        FileNotFoundError: an input that does not exist, or no video found.
+    """
+    if not inputs:
+        raise ValueError("give at least one result folder or video file")
+    videos = find_videos(inputs, include_origin=include_origin)
+    if not videos:
+        hint = "" if include_origin else " (origin.* files are skipped unless --include_origin)"
+        raise FileNotFoundError(f"no .gif or .mp4 videos found under {', '.join(map(str, inputs))}{hint}")
+    if out_dir is None:
+        out_dir = inputs[0] if Path(inputs[0]).is_dir() else Path.cwd()
+    out_dir = Path(out_dir)
+    logger.info("scoring %d video(s); outputs go to %s", len(videos), out_dir)
+
+    clip = None
+    if clip_ckpt is not None:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        clip = ClipScorer(load_clip_embedder(clip_ckpt, clip_arch, clip_prefix, device), batch_size, device)
+    rows = evaluate_videos(videos, clip, progress=progress)
+    settings = {
+        "inputs": [str(p) for p in inputs],
+        "clip_ckpt": None if clip_ckpt is None else str(clip_ckpt),
+        "clip_arch": clip_arch if clip_ckpt is not None else None,
+        "clip_prefix": clip_prefix if clip_ckpt is not None else None,
+        "include_origin": include_origin,
+        "pixel_scale": "[0, 1]",
+    }
+    outputs = {
+        "csv": write_csv(rows, out_dir / "metrics.csv"),
+        "json": write_json(rows, out_dir / "metrics.json", settings),
+        "png": plot_consistency(rows, out_dir / "consistency.png"),
+    }
+    return rows, outputs

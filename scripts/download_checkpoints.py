@@ -1,0 +1,298 @@
+"""Download the VideoCrafter checkpoints from the Hugging Face Hub and verify them.
+
+    python scripts/download_checkpoints.py                 # both models (~10 GB in all)
+    python scripts/download_checkpoints.py --which t2v     # VideoCrafter2 text-to-video only
+    python scripts/download_checkpoints.py --verify-only   # check what is already there
+
+Files land where the configs expect them:
+
+    videocrafter_models/base_512_v2/model.ckpt       VideoCrafter2 text-to-video
+    videocrafter_models/Image2Video_512/model.ckpt   VideoCrafter1 image-to-video
+
+Downloads resume: huggingface_hub keeps the partial file in <folder>/.cache/huggingface/download/
+and continues it on the next run. A file is accepted only when its size and sha256 match the
+Hub's metadata; an existing complete file is verified and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
+from tqdm import tqdm
+
+logger = logging.getLogger("download_checkpoints")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One downloadable checkpoint."""
+
+    name: str
+    repo_id: str
+    filename: str
+    folder: str  # under --root
+
+    @property
+    def page_url(self) -> str:
+        return f"https://huggingface.co/{self.repo_id}/blob/main/{self.filename}"
+
+
+CHECKPOINTS = {
+    "t2v": Checkpoint(
+        "VideoCrafter2 text-to-video", "VideoCrafter/VideoCrafter2", "model.ckpt", "base_512_v2"
+    ),
+    "i2v": Checkpoint(
+        "VideoCrafter1 image-to-video", "VideoCrafter/Image2Video-512", "model.ckpt", "Image2Video_512"
+    ),
+}
+CHOICES = ("t2v", "i2v", "all")
+CHUNK = 8 * 1024 * 1024
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class VerificationError(RuntimeError):
+    """A local file that does not match the Hub's metadata."""
+
+
+class NetworkError(RuntimeError):
+    """The Hub could not be reached."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """What the Hub says about a file: size in bytes and sha256 (``None`` when unknown)."""
+
+    size: int | None
+    sha256: str | None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Download the VideoCrafter checkpoints from the Hugging Face Hub into the folders the configs "
+            "expect, resuming partial downloads and verifying size and sha256 against the Hub."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--which",
+        choices=CHOICES,
+        default="all",
+        help="t2v = VideoCrafter2 text-to-video, i2v = VideoCrafter1 image-to-video, all = both",
+    )
+    parser.add_argument(
+        "--root", type=Path, default=Path("videocrafter_models"), help="folder holding the models"
+    )
+    parser.add_argument(
+        "--revision", default=None, help="Hub revision (branch, tag or commit; default: main)"
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--force", action="store_true", help="download again even if a verified file is present"
+    )
+    group.add_argument(
+        "--verify-only",
+        dest="verify_only",
+        action="store_true",
+        help="download nothing; check the files that are there (exit status 1 if any is missing or wrong)",
+    )
+    return parser.parse_args(argv)
+
+
+def selected(which: str) -> list[Checkpoint]:
+    """The checkpoints for ``--which``."""
+    return list(CHECKPOINTS.values()) if which == "all" else [CHECKPOINTS[which]]
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, Path]]:
+    """``(repo_id, filename, destination)`` for every checkpoint selected by ``args``."""
+    return [(c.repo_id, c.filename, Path(args.root) / c.folder / c.filename) for c in selected(args.which)]
+
+
+def manual_instructions(root: Path = Path("videocrafter_models")) -> str:
+    """Where to get the files by hand and where to put them."""
+    lines = ["Download them by hand from the Hub and place them like this:"]
+    for c in CHECKPOINTS.values():
+        lines.append(f"  {c.name}: {c.page_url}\n    -> {root / c.folder / c.filename}")
+    return "\n".join(lines)
+
+
+def _is_network_error(err: BaseException) -> bool:
+    if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+        return True
+    try:
+        import httpx2  # the HTTP client huggingface_hub 2.x uses
+    except ImportError:  # pragma: no cover - other huggingface_hub versions
+        return False
+    return isinstance(err, httpx2.TransportError)
+
+
+def _hub_error(err: BaseException, repo_id: str, filename: str) -> RuntimeError:
+    """Turn a huggingface_hub exception into an error with a message that says what to do."""
+    if _is_network_error(err):
+        return NetworkError(
+            f"cannot reach the Hugging Face Hub for {repo_id}/{filename} (no network?): {err}"
+        )
+    if isinstance(err, (GatedRepoError, RepositoryNotFoundError)):
+        return RuntimeError(
+            f"{repo_id} is not accessible ({type(err).__name__}); check the repository name, or log in with "
+            "`hf auth login` if it needs a token"
+        )
+    return RuntimeError(f"the Hub answered with an error for {repo_id}/{filename}: {err}")
+
+
+def remote_file(repo_id: str, filename: str, revision: str | None = None) -> RemoteFile:
+    """Size and sha256 of a file on the Hub (a HEAD request, no download).
+
+    For LFS files (checkpoints) the Hub's etag is the file's sha256; for other files it is a git
+    hash and no sha256 is returned.
+
+    Raises:
+        NetworkError: the Hub cannot be reached.
+        RuntimeError: any other Hub error.
+    """
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision))
+    except (HfHubHTTPError, OSError, ConnectionError, TimeoutError) as err:
+        raise _hub_error(err, repo_id, filename) from err
+    except Exception as err:  # httpx2 transport errors are not OSErrors
+        if _is_network_error(err):
+            raise _hub_error(err, repo_id, filename) from err
+        raise
+    etag = (meta.etag or "").lower()
+    return RemoteFile(size=meta.size, sha256=etag if SHA256_RE.fullmatch(etag) else None)
+
+
+def sha256_file(path: Path, progress: bool = True) -> str:
+    """Hex sha256 of a file, read in chunks (with a progress bar for big files)."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with (
+        open(path, "rb") as fp,
+        tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=not progress) as bar,
+    ):
+        while chunk := fp.read(CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, expected: RemoteFile, progress: bool = True) -> None:
+    """Check a local file against the Hub's size and sha256.
+
+    Raises:
+        VerificationError: missing file, or a size / sha256 mismatch; the message says to delete
+            the file and run the script again.
+    """
+    fix = f"Delete {path} and run `python scripts/download_checkpoints.py` again (or pass --force)."
+    if not path.is_file():
+        raise VerificationError(f"{path} does not exist")
+    size = path.stat().st_size
+    if expected.size is not None and size != expected.size:
+        raise VerificationError(
+            f"{path} has {size:,} bytes but the Hub's file has {expected.size:,} "
+            f"({'incomplete download' if size < expected.size else 'not the same file'}). {fix}"
+        )
+    if expected.sha256 is None:
+        logger.warning("%s: the Hub gives no sha256 for this file; only its size was checked", path)
+        return
+    actual = sha256_file(path, progress)
+    if actual != expected.sha256:
+        raise VerificationError(
+            f"{path} is corrupt or a different file: sha256 {actual} but the Hub's file has {expected.sha256}. {fix}"
+        )
+
+
+def download(
+    repo_id: str, filename: str, destination: Path, revision: str | None = None, force: bool = False
+) -> Path:
+    """Download (resuming a partial download) and place the file at ``destination``.
+
+    The partial file lives in ``<destination folder>/.cache/huggingface/download/`` until it is complete.
+
+    Raises:
+        NetworkError: the Hub cannot be reached.
+        RuntimeError: any other Hub error.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path = Path(
+            hf_hub_download(
+                repo_id, filename, revision=revision, local_dir=destination.parent, force_download=force
+            )
+        )
+    except (HfHubHTTPError, OSError, ConnectionError, TimeoutError) as err:
+        raise _hub_error(err, repo_id, filename) from err
+    except Exception as err:
+        if _is_network_error(err):
+            raise _hub_error(err, repo_id, filename) from err
+        raise
+    if path.resolve() != destination.resolve():
+        os.replace(path, destination)  # the file is complete: move it into place in one step
+    return destination
+
+
+def process(
+    repo_id: str, filename: str, destination: Path, args: argparse.Namespace, progress: bool = True
+) -> tuple[bool, str]:
+    """Download and/or verify one checkpoint. Returns ``(ok, status message)``."""
+    exists = destination.is_file()
+    if args.verify_only and not exists:
+        return False, f"missing: {destination}"
+    # One quick HEAD request first: it fails fast when offline (the download itself retries for ~30 s).
+    try:
+        expected = remote_file(repo_id, filename, args.revision)
+    except NetworkError as err:
+        if exists and not args.verify_only and not args.force:
+            logger.warning("%s", err)
+            return True, f"present, NOT verified (Hub unreachable): {destination}"
+        raise
+    if exists and not args.force:
+        verify_file(destination, expected, progress)
+        return True, f"verified: {destination}"
+    logger.info("downloading %s/%s -> %s", repo_id, filename, destination)
+    download(repo_id, filename, destination, args.revision, force=args.force)
+    verify_file(destination, expected, progress)
+    return True, f"downloaded and verified: {destination}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # huggingface_hub prints through its own handler; propagating too would print everything twice.
+    logging.getLogger("huggingface_hub").propagate = False
+    results = []
+    offline = False
+    for repo_id, filename, destination in plan(args):
+        try:
+            ok, message = process(repo_id, filename, destination, args)
+        except VerificationError as err:
+            ok, message = False, f"FAILED verification: {err}"
+        except NetworkError as err:
+            ok, message, offline = False, f"FAILED: {err}", True
+        except RuntimeError as err:
+            ok, message = False, f"FAILED: {err}"
+        results.append(ok)
+        print(message)
+    if offline:
+        print("\nNo connection to https://huggingface.co. " + manual_instructions(args.root), file=sys.stderr)
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
