@@ -81,6 +81,10 @@ def validate(args: argparse.Namespace) -> None:
         ),
         (args.num_partitions >= 1, "--num_partitions must be ≥ 1"),
         (args.new_video_length >= 1, "--new_video_length must be ≥ 1"),
+        (
+            (args.height is None or args.height > 0) and (args.width is None or args.width > 0),
+            "--height and --width must be positive",
+        ),
         (args.unconditional_guidance_scale >= 0, "--unconditional_guidance_scale must be ≥ 0"),
         (0.0 <= args.eta <= 1.0, "--eta must lie in [0, 1]"),
         (args.output_fps >= 1 and args.fps >= 1, "--fps and --output_fps must be ≥ 1"),
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, mode, jobs) -> int:
     import torch
 
-    from lvdm.build import load_config, load_model, model_identity
+    from lvdm.build import config_facts, load_config, load_model, model_identity
     from lvdm.checkpoint import CheckpointError
     from lvdm.pipeline import FifoGenerator, GenerationSettings
     from lvdm.utils import ConfigError
@@ -153,15 +157,20 @@ def run(args: argparse.Namespace, mode, jobs) -> int:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     my_jobs = jobs[rank::world]
     try:
-        cfg = load_config(args.config)
-        model_params = cfg["model"].get("params", {})
-        video_length = args.video_length or int(
-            model_params.get("unet_config", {}).get("params", {}).get("temporal_length") or 16
-        )
-        latent_hw = model_params.get("image_size", [40, 64])
-        latent_hw = latent_hw if isinstance(latent_hw, list) else [latent_hw, latent_hw]
-        height = args.height or int(latent_hw[0]) * 8
-        width = args.width or int(latent_hw[1]) * 8
+        facts = config_facts(load_config(args.config))
+        if mode.uses_image_model and not facts.has_image_embedder:
+            raise ValueError(
+                f"mode {mode.main!r} needs the image-to-video model (a CLIP image embedder), but "
+                f"{args.config} has none: use --config configs/inference_i2v_512_v1.0.yaml "
+                "(or configs/tiny_i2v.yaml)"
+            )
+        video_length = args.video_length or facts.temporal_length
+        height, width = args.height or facts.default_size[0], args.width or facts.default_size[1]
+        if height % facts.size_multiple or width % facts.size_multiple:
+            raise ValueError(
+                f"--height and --width must be multiples of {facts.size_multiple} for this model, "
+                f"got {height}x{width}"
+            )
         dtype = args.dtype or ("fp16" if str(device).startswith("cuda") else "fp32")
         settings = GenerationSettings(
             video_length=video_length,

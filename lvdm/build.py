@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +35,33 @@ def load_config(path: str | Path) -> dict:
             f"{path} has no 'model:' entry with a 'target:'; see configs/inference_t2v_512_v2.0.yaml"
         )
     return cfg
+
+
+@dataclass(frozen=True)
+class ConfigFacts:
+    """What the CLI needs to know about a model config before building it."""
+
+    has_image_embedder: bool
+    temporal_length: int
+    default_size: tuple[int, int]  # (height, width) in pixels
+    size_multiple: int  # height and width must be multiples of this
+
+
+def config_facts(cfg: dict) -> ConfigFacts:
+    """Read the facts from a loaded config (see :func:`load_config`)."""
+    params = cfg["model"].get("params") or {}
+    unet = (params.get("unet_config") or {}).get("params") or {}
+    ddconfig = ((params.get("first_stage_config") or {}).get("params") or {}).get("ddconfig") or {}
+    vae = 2 ** (len(ddconfig.get("ch_mult", [1, 2, 4, 4])) - 1)
+    unet_factor = 2 ** (len(unet.get("channel_mult", [1, 2, 4, 4])) - 1)
+    latent = params.get("image_size", [40, 64])
+    latent = latent if isinstance(latent, list) else [latent, latent]
+    return ConfigFacts(
+        has_image_embedder="cond_img_config" in params,
+        temporal_length=int(unet.get("temporal_length") or 16),
+        default_size=(int(latent[0]) * vae, int(latent[1]) * vae),
+        size_multiple=vae * unet_factor,
+    )
 
 
 def build_model(config_path: str | Path) -> LatentDiffusion:
@@ -72,8 +100,22 @@ def load_model(
     if state_dict is not None:
         load_weights(model, state_dict, source=str(ckpt_path))
     else:
+        _wake_zero_layers(model)
         logger.warning("--random_init: running on random weights; outputs are noise-like by design")
     return model.eval().requires_grad_(False).to(device)
+
+
+@torch.no_grad()
+def _wake_zero_layers(model: torch.nn.Module, std: float = 0.02) -> None:
+    """Give zero-initialised parameters small random values.
+
+    The published init zeroes every residual output layer (and the U-Net's last conv), so a
+    freshly built model predicts exactly zero noise and ignores text, images and Q-caches.
+    Random-weight runs (tests, demos) are only meaningful when every layer acts.
+    """
+    for param in model.parameters():
+        if param.numel() and not param.any():
+            param.normal_(0.0, std)
 
 
 def model_identity(

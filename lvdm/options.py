@@ -113,8 +113,11 @@ def parse_mode(mode: str, qcache_weight: float = 0.9) -> ModeOptions:
     self-attention); ``attn1``/``attn2`` without a Q-cache is an error.
 
     Raises:
-        ModeError: unknown or repeated parts, with the list of valid ones.
+        ModeError: unknown or repeated parts (with the list of valid ones), ``attn1``/``attn2``
+            without a Q-cache, or a weight outside [0, 1].
     """
+    if not 0.0 <= qcache_weight <= 1.0:  # also rejects NaN; checked even when no Q-cache is on
+        raise ModeError(f"the Q-cache weight (--qcache_weight) must lie in [0, 1], got {qcache_weight}")
     text = mode.strip()
     # Longest main option first: "t2v_seed_ar" must not parse as "t2v" + "seed" + "ar".
     main = next(

@@ -27,8 +27,9 @@ from lvdm.models.samplers.fifo import (
     shift_queue,
     window_noise,
 )
+from lvdm.modules.networks.openaimodel3d import Downsample as UNetDownsample
 from lvdm.options import ModeOptions
-from lvdm.prompts import PromptJob, safe_name
+from lvdm.prompts import PromptJob
 from lvdm.video_io import VideoWriter
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,12 @@ def load_image(path: Path, height: int, width: int) -> Tensor:
     return (arr / 127.5 - 1.0).permute(2, 0, 1)[None]
 
 
+def fifo_seed(seed: int) -> int:
+    """Seed of the FIFO stage's noise, derived from ``--seed`` (independent of the base clip's)."""
+    digest = hashlib.sha256(f"fifo:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def _atomic_save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -117,6 +124,15 @@ class FifoGenerator:
         if settings.height % scale or settings.width % scale:
             raise ValueError(
                 f"--height and --width must be multiples of {scale}, got {settings.height}x{settings.width}"
+            )
+        # The U-Net halves the latent at every Downsample and doubles it back: each latent side
+        # must divide by 2**downsamples, or the skip connections do not line up.
+        unet_factor = 2 ** sum(isinstance(m, UNetDownsample) for m in model.unet.modules())
+        if (settings.height // scale) % unet_factor or (settings.width // scale) % unet_factor:
+            multiple = scale * unet_factor
+            raise ValueError(
+                f"--height and --width must be multiples of {multiple} for this model "
+                f"(autoencoder ×{scale}, U-Net ×{unet_factor}), got {settings.height}x{settings.width}"
             )
         self.latent_hw = (settings.height // scale, settings.width // scale)
         model.unet.set_qcache(mode.qcache)
@@ -169,6 +185,7 @@ class FifoGenerator:
             "eta": s.eta,
             "guidance": s.guidance,
             "fps": s.fps,
+            "dtype": s.dtype,
             "mode_main": self.mode.main,
         }
 
@@ -181,13 +198,16 @@ class FifoGenerator:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         cache_file = cache_dir / f"{digest}.pt"
         shape = (1, self.model.channels, self.settings.video_length, *self.latent_hw)
-        # Draw x_T even on a cache hit so the FIFO noise that follows is the same either way.
-        x_T = torch.randn(shape, generator=gen, device=self.device)
         if cache_file.is_file():
-            cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-            if cached.get("key") == key:
+            try:
+                cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+            except Exception as err:  # a damaged cache file is recomputed, never fatal
+                logger.warning("base clip: ignoring unreadable cache file %s (%s)", cache_file, err)
+                cached = {}
+            if isinstance(cached, dict) and cached.get("key") == key:
                 logger.info("base clip: reusing cached latents %s", cache_file)
                 return cached["latents"].to(self.device), True
+        x_T = torch.randn(shape, generator=gen, device=self.device)
         latents = sample_ddim(
             self._denoise,
             x_T,
@@ -209,10 +229,11 @@ class FifoGenerator:
         start = time.perf_counter()
         s, geo = self.settings, self.geometry
         length = job.story_length if job.is_story else s.new_video_length
-        gen = torch.Generator(device=self.device).manual_seed(s.seed)
-        prompt_dir = output_root / safe_name(
-            job.prompt if job.image is None else f"{job.image.stem}_{job.prompt}"
-        )
+        # Two random streams: the base clip's (skipped on a cache hit) and the FIFO queue's, so a
+        # cached base clip gives the same video as a freshly sampled one.
+        base_gen = torch.Generator(device=self.device).manual_seed(s.seed)
+        gen = torch.Generator(device=self.device).manual_seed(fifo_seed(s.seed))
+        prompt_dir = output_root / job.folder_name
         exp_dir = prompt_dir / experiment
 
         prompts = [sc.prompt for sc in job.scenes] if job.is_story else [job.prompt]
@@ -227,7 +248,9 @@ class FifoGenerator:
             return torch.cat([text, image_tokens.expand(text.shape[0], -1, -1)], dim=1)
 
         # The base clip is conditioned on the text (+ the input image for i2v).
-        base, cached = self.base_clip(job, with_image(texts[:1]), cache_dir or output_root / "latents", gen)
+        base, cached = self.base_clip(
+            job, with_image(texts[:1]), cache_dir or output_root / "latents", base_gen
+        )
         base_video = self._decode(base)
         with VideoWriter(exp_dir / "origin.gif", fps=s.output_fps) as origin:
             for frame in to_uint8_frames(base_video):

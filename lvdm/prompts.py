@@ -7,16 +7,17 @@ Formats (blank lines and ``#`` comments are skipped):
   is relative to the prompt file.
 - Multi-prompt stories (text modes): consecutive ``frames|prompt`` lines form one video
   that moves from scene to scene, each prompt lasting ``frames`` output frames. A blank
-  line or a plain prompt line ends the story.
+  line or a plain prompt line ends the story (a ``#`` comment line does not).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 _STORY_LINE = re.compile(r"^\s*(\d+)\s*\|(.*)$")
 
@@ -41,6 +42,19 @@ class PromptJob:
     line: int
     image: Path | None = None
     scenes: tuple[Scene, ...] = ()  # non-empty for a multi-prompt story
+    folder: str = ""  # output folder name; derived from the prompt when empty
+
+    @property
+    def identity(self) -> str:
+        """What makes two jobs different videos (prompt, image, scenes)."""
+        scenes = "|".join(f"{s.frames}:{s.prompt}" for s in self.scenes)
+        return f"{self.prompt}\0{self.image or ''}\0{scenes}"
+
+    @property
+    def folder_name(self) -> str:
+        if self.folder:
+            return self.folder
+        return safe_name(self.prompt if self.image is None else f"{self.image.stem}_{self.prompt}")
 
     @property
     def is_story(self) -> bool:
@@ -55,9 +69,10 @@ def _check_image(path: Path, where: str) -> None:
     if not path.is_file():
         raise PromptFileError(f"{where}: image not found: {path}")
     try:
+        # Decode it fully: verify() misses damaged pixel data and raises SyntaxError on bad chunks.
         with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError) as err:
+            im.load()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         raise PromptFileError(f"{where}: cannot read image {path}: {err}") from err
 
 
@@ -88,7 +103,9 @@ def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
     for number, raw in enumerate(lines, start=1):
         where = f"{path}:{number}"
         text = raw.strip()
-        if not text or text.startswith("#"):
+        if text.startswith("#"):
+            continue  # a comment, even inside a story
+        if not text:
             end_story()
             continue
         story_match = _STORY_LINE.match(text)
@@ -124,17 +141,34 @@ def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
     end_story()
     if not jobs:
         raise PromptFileError(f"prompt file {path} has no prompts (only blank lines or # comments)")
-    return jobs
+    return assign_folders(jobs)
+
+
+def assign_folders(jobs: list[PromptJob]) -> list[PromptJob]:
+    """Give every distinct job its own output folder.
+
+    Prompts that differ only in characters a folder name cannot hold ("a cat!" and
+    "a cat?") would share a folder and overwrite each other: those get a short hash suffix.
+    """
+    owners: dict[str, set[str]] = {}
+    for job in jobs:
+        owners.setdefault(job.folder_name, set()).add(job.identity)
+    out = []
+    for job in jobs:
+        name = job.folder_name
+        if len(owners[name]) > 1:
+            name = f"{name[:90]}_{hashlib.sha256(job.identity.encode()).hexdigest()[:8]}"
+        out.append(replace(job, folder=name))
+    return out
 
 
 def safe_name(text: str, max_length: int = 100) -> str:
     """A stable folder name for a prompt: no path separators, bounded length."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     if not name:
-        name = "prompt"
+        # Nothing printable is left (e.g. a prompt in a non-Latin script): keep prompts apart.
+        name = f"prompt_{digest}"
     if len(name) > max_length:
-        import hashlib
-
-        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
         name = f"{name[: max_length - 9]}_{digest}"
     return name

@@ -1,0 +1,163 @@
+"""`--mode` parsing: lvdm.options.parse_mode and the frozen option objects."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+
+import pytest
+
+from lvdm.options import MAIN_OPTIONS, SUB_OPTIONS, ModeError, ModeOptions, QCacheOptions, parse_mode
+
+MAINS = ["t2v", "i2v", "t2v_seed", "t2v_seed_ar"]
+SUB_SETS = [
+    "",
+    "TTqcache",
+    "STqcache",
+    "TTqcache_attn1",
+    "TTqcache_attn2",
+    "STqcache_attn1",
+    "STqcache_attn2",
+    "TTqcache_STqcache_attn1_attn2",
+    "unilatent",
+    "TTqcache_attn1_unilatent",
+]
+
+
+def test_option_tables_are_the_documented_ones() -> None:
+    assert list(MAIN_OPTIONS) == MAINS
+    assert set(SUB_OPTIONS) == {"TTqcache", "STqcache", "attn1", "attn2", "unilatent"}
+
+
+@pytest.mark.parametrize("main", MAINS)
+@pytest.mark.parametrize("subs", SUB_SETS)
+def test_every_main_with_every_sub_parses(main: str, subs: str) -> None:
+    text = f"{main}_{subs}" if subs else main
+    mode = parse_mode(text, 0.9)
+    parts = set(subs.split("_")) if subs else set()
+    assert mode.main == main
+    assert mode.unilatent == ("unilatent" in parts)
+    assert mode.uses_image_model == (main != "t2v")
+    assert mode.seeds_image == (main in ("t2v_seed", "t2v_seed_ar"))
+    assert mode.reseeds_each_frame == (main == "t2v_seed_ar")
+    if {"TTqcache", "STqcache"} & parts:
+        q = mode.qcache
+        assert q is not None
+        assert q.temporal == ("TTqcache" in parts)
+        assert q.spatial == ("STqcache" in parts)
+        # No attention named → attn1.
+        assert q.attn1 == ("attn1" in parts or not {"attn1", "attn2"} & parts)
+        assert q.attn2 == ("attn2" in parts)
+        assert q.weight == 0.9
+    else:
+        assert mode.qcache is None
+    # The canonical name parses back to the same options.
+    assert parse_mode(mode.name, 0.9) == mode
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("t2v", "t2v"),
+        ("t2v_seed_ar", "t2v_seed_ar"),
+        ("t2v_unilatent_attn1_TTqcache", "t2v_TTqcache_attn1_unilatent"),
+        ("i2v_attn2_STqcache_TTqcache", "i2v_TTqcache_STqcache_attn2"),
+        ("t2v_seed_TTqcache", "t2v_seed_TTqcache_attn1"),
+        ("t2v_seed_ar_attn2_attn1_STqcache", "t2v_seed_ar_STqcache_attn1_attn2"),
+        ("  t2v_TTqcache  ", "t2v_TTqcache_attn1"),
+    ],
+)
+def test_canonical_name(text: str, canonical: str) -> None:
+    assert parse_mode(text).name == canonical
+
+
+def test_longest_main_option_wins() -> None:
+    assert parse_mode("t2v_seed_ar_unilatent").main == "t2v_seed_ar"
+    assert parse_mode("t2v_seed_unilatent").main == "t2v_seed"
+
+
+@pytest.mark.parametrize("text", ["t2v_TTqcache", "t2v_seed_STqcache_unilatent"])
+def test_qcache_without_attention_means_attn1_and_says_so(text: str, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="lvdm.options"):
+        mode = parse_mode(text)
+    assert mode.qcache is not None and mode.qcache.attentions == ("attn1",)
+    messages = [r.getMessage() for r in caplog.records if r.name == "lvdm.options"]
+    assert any("attn1" in m and text in m for m in messages), messages
+
+
+def test_explicit_attention_logs_nothing(caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="lvdm.options"):
+        parse_mode("t2v_TTqcache_attn2")
+    assert not [r for r in caplog.records if r.name == "lvdm.options"]
+
+
+@pytest.mark.parametrize("text", ["t2v_attn1", "i2v_attn2", "t2v_seed_attn1_attn2_unilatent"])
+def test_attention_without_qcache_is_an_error(text: str) -> None:
+    with pytest.raises(ModeError, match="TTqcache or STqcache"):
+        parse_mode(text)
+
+
+def _assert_lists_everything(message: str) -> None:
+    for name in [*MAIN_OPTIONS, *SUB_OPTIONS]:
+        assert name in message, f"{name!r} missing from the error message:\n{message}"
+
+
+@pytest.mark.parametrize(
+    "text", ["", "v2v", "T2V", "t2vx", "t2v_foo", "t2v_seed_TTqcache_ar", "i2v_qcache", "t2v_t2v"]
+)
+def test_unknown_part_lists_every_valid_option(text: str) -> None:
+    with pytest.raises(ModeError) as info:
+        parse_mode(text)
+    assert "unknown" in str(info.value)
+    _assert_lists_everything(str(info.value))
+
+
+@pytest.mark.parametrize(
+    "text", ["t2v_unilatent_unilatent", "i2v_TTqcache_TTqcache", "t2v_TTqcache_attn1_attn1"]
+)
+def test_repeated_part_is_an_error(text: str) -> None:
+    with pytest.raises(ModeError, match="repeated"):
+        parse_mode(text)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.01, 2.0, float("nan"), float("inf")])
+def test_weight_outside_unit_interval_is_an_error(weight: float) -> None:
+    with pytest.raises(ModeError, match=r"\[0, 1\]"):
+        parse_mode("t2v_TTqcache_attn1", weight)
+    with pytest.raises(ModeError, match=r"\[0, 1\]"):
+        parse_mode("t2v", weight)  # a bad --qcache_weight is an error even without a Q-cache
+    with pytest.raises(ModeError, match=r"\[0, 1\]"):
+        QCacheOptions(weight=weight)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_weight_in_unit_interval_is_kept(weight: float) -> None:
+    assert parse_mode("i2v_STqcache_attn2", weight).qcache.weight == weight
+
+
+def test_qcache_options_need_a_kind_and_an_attention() -> None:
+    with pytest.raises(ModeError):
+        QCacheOptions(temporal=False, spatial=False)
+    with pytest.raises(ModeError):
+        QCacheOptions(attn1=False, attn2=False)
+    q = QCacheOptions(temporal=True, spatial=True, attn1=True, attn2=True)
+    assert q.kinds == ("temporal", "spatial")
+    assert q.attentions == ("attn1", "attn2")
+
+
+def test_options_are_frozen() -> None:
+    mode = parse_mode("t2v_seed_TTqcache_attn1_unilatent")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mode.main = "i2v"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mode.qcache.weight = 0.1  # type: ignore[union-attr,misc]
+    # Frozen dataclasses are hashable and compare by value.
+    assert hash(mode) == hash(parse_mode("t2v_seed_unilatent_attn1_TTqcache"))
+    assert ModeOptions() == parse_mode("t2v")
+
+
+def test_all_sub_permutations_give_one_canonical_name() -> None:
+    parts = ["TTqcache", "attn2", "unilatent"]
+    names = {parse_mode("_".join(["i2v", *p])).name for p in itertools.permutations(parts)}
+    assert names == {"i2v_TTqcache_attn2_unilatent"}
