@@ -103,7 +103,8 @@ class LatentDiffusion(nn.Module):
         return 2 ** (self.first_stage_model.decoder.num_resolutions - 1)
 
     def ddim_schedule(self, num_steps: int, eta: float) -> DDIMSchedule:
-        return DDIMSchedule.create(self.alphas_cumprod, num_steps, eta, getattr(self, "scale_arr", None))
+        schedule = DDIMSchedule.create(self.alphas_cumprod, num_steps, eta, getattr(self, "scale_arr", None))
+        return schedule.to(self.device)
 
     # ------------------------------------------------------------------ conditioning
     @torch.no_grad()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -61,6 +61,15 @@ class DDIMSchedule:
     sigmas: Tensor  # float64: DDIM noise scale for eta
     scale_arr: Tensor | None  # float64 latent scale (use_scale models), else None
     scale_arr_prev: Tensor | None
+    eta: float = 0.0  # kept so samplers know whether to draw noise without reading a device tensor
+
+    def to(self, device: torch.device | str) -> DDIMSchedule:
+        """The same schedule on ``device`` (the sampler then never syncs with the host)."""
+
+        def move(value: object) -> object:
+            return value.to(device) if isinstance(value, Tensor) else value
+
+        return DDIMSchedule(*(move(getattr(self, f.name)) for f in fields(self)))
 
     @property
     def num_steps(self) -> int:
@@ -86,4 +95,4 @@ class DDIMSchedule:
         if scale_arr is not None:
             scale = scale_arr.detach().cpu().double()[ts]
             scale_prev = torch.cat([scale[:1], scale[:-1]])
-        return cls(ts, alphas, alphas_prev, sigmas, scale, scale_prev)
+        return cls(ts, alphas, alphas_prev, sigmas, scale, scale_prev, float(eta))

@@ -19,7 +19,7 @@ Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x, timesteps, context)
 
 def _gather(values: Tensor, index: int | Tensor, like: Tensor) -> Tensor:
     """values[index] shaped to broadcast over ``like`` (b, c, t, h, w)."""
-    idx = torch.as_tensor(index, device=values.device)
+    idx = torch.as_tensor(index).to(values.device)
     out = values[idx].to(device=like.device, dtype=like.dtype)
     if idx.dim() == 0:
         return out.reshape(1, 1, 1, 1, 1)
@@ -101,12 +101,12 @@ def sample_ddim(
 ) -> Tensor:
     """Denoise a clip from x_T (b, c, t, h, w) through every schedule step → clean latents."""
     x = x_T
-    eta_positive = bool((schedule.sigmas > 0).any())
+    timesteps = schedule.timesteps.tolist()  # one host transfer, not one per step
     for index in tqdm(range(schedule.num_steps - 1, -1, -1), desc="base clip (DDIM)", disable=not progress):
-        t = torch.full((x.shape[0],), int(schedule.timesteps[index]), device=x.device, dtype=torch.long)
+        t = torch.full((x.shape[0],), timesteps[index], device=x.device, dtype=torch.long)
         eps = guided_noise(denoise, x, t, cond, uncond, guidance)
         noise = None
-        if eta_positive:
+        if schedule.eta > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x, _ = ddim_step(x, eps, schedule, index, noise, use_scale)
     return x

@@ -173,7 +173,7 @@ def window_noise(
     geometry: FifoGeometry, queue: Tensor, schedule: DDIMSchedule, generator: torch.Generator | None
 ) -> Tensor | None:
     """DDIM noise for every window of an iteration, or None when eta is 0."""
-    if not bool((schedule.sigmas > 0).any()):
+    if schedule.eta <= 0:
         return None
     n_windows = len(geometry.windows())
     b, c, _, h, w = queue.shape
