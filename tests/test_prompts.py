@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lvdm.prompts import PromptFileError, PromptJob, Scene, parse_prompt_file, safe_name
+from lvdm.prompts import PromptFileError, Scene, parse_prompt_file, safe_name
 
 
 def write(path: Path, text: str) -> Path:
