@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import resource
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -96,17 +97,21 @@ def window_activation_bytes(
     - ``SAFETY`` (1.5): allocator fragmentation, float32 copies inside the group norms under
       fp16 autocast, kernel workspaces.
 
-    Measured on CPU in fp32 (``scripts/benchmark.py``; the RSS growth of one U-Net call with
-    16 samples): ≈ 2,300 elements per position for C = 32, W = 128, against 2,720 for the
-    bracket above before the safety margin. The ``"math"`` attention backend also materialises
-    the full-resolution spatial attention matrix, heads · (h·w)² per frame, which is added.
-    With ``guidance`` both branches of a window share the call: twice the per-sample memory.
+    Measured on CPU in fp32 (peak RSS growth of one fast-path FIFO iteration, 8 windows ×
+    2 branches, ``scripts/benchmark.py --preset medium``: C = 32, W = 64, 16 frames of 16×16):
+    ≈ 1,390 elements per position, against 1,472 for the bracket above before the safety
+    margin (estimate with margin: 552 MiB, measured: 347 MiB). The ``"math"`` attention
+    backend also materialises the full-resolution spatial attention scores and their softmax,
+    2 · heads · (h·w)² per frame, which are added. With ``guidance`` both branches of a window
+    share the call: twice the per-sample memory. Weights are not counted (they are in memory
+    before the estimate is used; the model runs without autograd, so autocast keeps no
+    low-precision copies of them).
     """
     h, w = latent_hw
     positions = frames * h * w
     elements = positions * (SKIP_FACTOR * widths.model_channels + TRANSFORMER_FACTOR * widths.widest)
     if widths.attention_backend == "math":
-        elements += frames * widths.heads * (h * w) ** 2
+        elements += 2 * frames * widths.heads * (h * w) ** 2
     branches = 2 if guidance else 1
     return int(SAFETY * dtype_bytes * elements) * branches
 
@@ -167,6 +172,13 @@ def auto_window_batch(
         budget = CUDA_FREE_FRACTION * (free + cached) - CUDA_RESERVE_BYTES
         fits = int(budget // per_window)
         chosen = min(n_windows, max(1, fits))
+        if fits < 1:
+            logger.warning(
+                "auto window batch: even one window (%.2f GiB estimated) may not fit in %.2f GiB; "
+                "the sequential path (one guidance branch per call) needs half of that with guidance",
+                per_window / 2**30,
+                budget / 2**30,
+            )
         logger.info(
             "auto window batch: %d of %d windows per call (%.2f GiB per window, %.2f GiB budget)",
             chosen,
@@ -216,15 +228,33 @@ def peak_memory_reset(device: str | torch.device) -> bool:
     return _reset_rss_peak()
 
 
+def _vm_hwm_bytes() -> int | None:
+    """This process's own peak RSS (``VmHWM`` in ``/proc/self/status``), or None off Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_memory_bytes(device: str | torch.device) -> int:
     """Peak memory since the last reset (or process start), in bytes.
 
     CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, not the allocator's cache).
-    CPU: the process's peak resident set size (``ru_maxrss``, KiB on Linux): weights,
-    interpreter and libraries included.
+    CPU: the process's peak resident set size (weights, interpreter and libraries included):
+    ``VmHWM`` on Linux, else ``ru_maxrss``. Linux's ``ru_maxrss`` (KiB) is not used there
+    because it also counts the memory image the process replaced at ``exec``: a child started
+    by ``subprocess`` from a large parent reports the parent's peak.
     """
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    hwm = _vm_hwm_bytes()
+    if hwm is not None:
+        return hwm
+    maxrss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere

@@ -29,6 +29,7 @@ from lvdm.models.samplers.fifo import (
 )
 from lvdm.modules.networks.openaimodel3d import Downsample as UNetDownsample
 from lvdm.options import ModeOptions
+from lvdm.perf import auto_window_batch
 from lvdm.prompts import PromptJob
 from lvdm.video_io import VideoWriter
 
@@ -136,6 +137,19 @@ class FifoGenerator:
             )
         self.latent_hw = (settings.height // scale, settings.width // scale)
         model.unet.set_qcache(mode.qcache)
+        self.window_batch = settings.window_batch
+        if self.window_batch is None and settings.batched:
+            # Auto: as many windows per U-Net call as free device memory allows (all on CPU).
+            dtype_bytes = 2 if settings.dtype in ("fp16", "bf16") else 4
+            self.window_batch = auto_window_batch(
+                model,
+                self.geometry,
+                self.latent_hw,
+                self.device,
+                dtype_bytes,
+                guidance=settings.guidance != 1.0,
+            )
+            logger.info("window batch: %s", "all windows" if self.window_batch is None else self.window_batch)
         self.schedule = model.ddim_schedule(self.geometry.steps, settings.eta)
         self._uncond_text = model.get_learned_conditioning([""])
         self._uncond_image = None
@@ -278,7 +292,7 @@ class FifoGenerator:
                     s.guidance,
                     noise,
                     batched=s.batched,
-                    window_batch=s.window_batch,
+                    window_batch=self.window_batch,
                 )
                 clean = queue[:, :, geo.output_slot : geo.output_slot + 1]
                 keep = it >= skip

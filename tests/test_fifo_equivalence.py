@@ -1,0 +1,337 @@
+"""The fast FIFO path computes what the published sequential path computes, on a real U-Net.
+
+``fifo_step(..., batched=True)`` runs all windows and both guidance branches in one U-Net call
+(or chunks of ``window_batch`` windows); ``batched=False`` runs one window and one branch per
+call, as published. Both must give the same queue (fp32, within 1e-4) for the tiny
+VideoCrafter2-structured model with random weights: eta 0 and 1 (same noise), lookahead on and
+off, with and without Q-caches, chunked or not, and over several iterations with the shift.
+
+Also: ``lvdm/perf.py`` (window batch choice, memory estimate, peak-memory helpers) and the
+argument handling and JSON shape of ``scripts/benchmark.py``.
+
+Latent size: 16x16 (a 128x128 video), not the tiny config's default 8x8. At 8x8 the U-Net's
+lowest level is 1x1, where a group norm normalises 2 numbers; that turns the ~1e-7 rounding
+differences between a batched and a single-sample matmul into ~1e-3 (measured: up to 1e-2 in
+the queue at guidance 12). From 16x16 up (2x2 at the lowest level, as 5x8 in VideoCrafter2 at
+320x512) the two paths agree to ~1e-5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from lvdm import perf
+from lvdm.build import load_model
+from lvdm.models.ddpm3d import LatentDiffusion
+from lvdm.models.samplers.fifo import FifoGeometry, fifo_step, initial_queue, shift_queue, window_noise
+from lvdm.options import QCacheOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "tiny_t2v.yaml"
+LATENT = 16
+TOL = 1e-4
+GUIDANCE = 12.0
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LatentDiffusion]:
+    m = load_model(CONFIG, None, random_init=True, seed=0)
+    yield m
+    m.unet.set_qcache(None)
+
+
+@pytest.fixture(scope="module")
+def embeddings(model: LatentDiffusion) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, 77, d) prompt and empty-prompt embeddings."""
+    with torch.inference_mode():
+        return model.get_learned_conditioning(["a red ball on green grass"]), model.get_learned_conditioning(
+            [""]
+        )
+
+
+@pytest.fixture()
+def plain_attention(model: LatentDiffusion) -> Iterator[None]:
+    model.unet.set_qcache(None)
+    yield
+    model.unet.set_qcache(None)
+
+
+def _denoiser(model: LatentDiffusion):
+    def denoise(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return model.apply_model(x, t, context, fps=8)
+
+    return denoise
+
+
+def _queue(model: LatentDiffusion, geo: FifoGeometry, eta: float, seed: int = 0):
+    """A realistic queue: random 'base clip' latents noised to each slot's level."""
+    schedule = model.ddim_schedule(geo.steps, eta)
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(1, model.channels, geo.video_length, LATENT, LATENT, generator=gen)
+    return schedule, initial_queue(base, geo, schedule, unilatent=False, generator=gen), gen
+
+
+def _step(model, embeddings, geo, schedule, queue, noise, **kwargs) -> torch.Tensor:
+    cond, uncond = embeddings
+    contexts = cond.expand(len(geo.windows()), -1, -1)
+    with torch.inference_mode():
+        return fifo_step(_denoiser(model), queue, geo, schedule, contexts, uncond, GUIDANCE, noise, **kwargs)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape
+    return float((a - b).abs().max())
+
+
+# ------------------------------------------------------------------------ sequential == batched
+@pytest.mark.parametrize("lookahead", [True, False], ids=["lookahead", "no-lookahead"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_batched_step_equals_sequential(
+    model, embeddings, plain_attention, eta: float, lookahead: bool
+) -> None:
+    geo = FifoGeometry(4, 2, lookahead)
+    schedule, queue, gen = _queue(model, geo, eta)
+    noise = window_noise(geo, queue, schedule, gen)
+    assert (noise is None) == (eta == 0.0)
+    sequential = _step(model, embeddings, geo, schedule, queue, noise, batched=False)
+    batched = _step(model, embeddings, geo, schedule, queue, noise, batched=True)
+    assert _max_diff(sequential, batched) < TOL
+    # The step did something: every slot past the clean one moved.
+    moved = (sequential - queue).abs().amax(dim=(0, 1, 3, 4))
+    assert bool((moved[geo.output_slot + 1 :] > 1e-3).all())
+
+
+@pytest.mark.parametrize(
+    "qcache",
+    [
+        QCacheOptions(temporal=True, spatial=False, attn1=True, attn2=False, weight=0.9),
+        QCacheOptions(temporal=True, spatial=True, attn1=True, attn2=True, weight=0.5),
+    ],
+    ids=["TT-attn1-w0.9", "TT-ST-attn1-attn2-w0.5"],
+)
+def test_batched_step_equals_sequential_with_qcache(model, embeddings, qcache: QCacheOptions) -> None:
+    geo = FifoGeometry(4, 2, lookahead=True)
+    schedule, queue, gen = _queue(model, geo, eta=1.0)
+    noise = window_noise(geo, queue, schedule, gen)
+    try:
+        model.unet.set_qcache(qcache)
+        sequential = _step(model, embeddings, geo, schedule, queue, noise, batched=False)
+        batched = _step(model, embeddings, geo, schedule, queue, noise, batched=True)
+    finally:
+        model.unet.set_qcache(None)
+    assert _max_diff(sequential, batched) < TOL
+    plain = _step(model, embeddings, geo, schedule, queue, noise, batched=True)
+    assert _max_diff(plain, batched) > 1e-3  # the Q-cache was in effect
+
+
+def test_window_batch_chunks_equal_all_at_once(model, embeddings, plain_attention) -> None:
+    geo = FifoGeometry(4, 2, lookahead=True)  # 4 windows: chunks of 3 and 1
+    schedule, queue, gen = _queue(model, geo, eta=1.0)
+    noise = window_noise(geo, queue, schedule, gen)
+    calls: list[int] = []
+    denoise = _denoiser(model)
+
+    def counting(x, t, context):
+        calls.append(x.shape[0])
+        return denoise(x, t, context)
+
+    cond, uncond = embeddings
+    contexts = cond.expand(len(geo.windows()), -1, -1)
+    with torch.inference_mode():
+        chunked = fifo_step(
+            counting, queue, geo, schedule, contexts, uncond, GUIDANCE, noise, batched=True, window_batch=3
+        )
+    assert calls == [6, 2]  # 3 windows x 2 guidance branches, then the last window
+    whole = _step(model, embeddings, geo, schedule, queue, noise, batched=True, window_batch=None)
+    assert _max_diff(chunked, whole) < TOL
+
+
+def test_three_iterations_with_shift_equal(model, embeddings, plain_attention) -> None:
+    """The whole loop: noise draw, step, shift; both paths from the same generator seed."""
+    geo = FifoGeometry(4, 2, lookahead=True)
+    finals = {}
+    for batched in (False, True):
+        schedule, queue, gen = _queue(model, geo, eta=1.0, seed=7)
+        for _ in range(3):
+            noise = window_noise(geo, queue, schedule, gen)
+            queue = _step(model, embeddings, geo, schedule, queue, noise, batched=batched)
+            queue = shift_queue(queue, gen)
+        finals[batched] = queue
+    assert _max_diff(finals[False], finals[True]) < TOL
+
+
+# ------------------------------------------------------------------------------- lvdm/perf.py
+def test_unet_widths_of_the_tiny_model(model) -> None:
+    widths = perf.unet_widths(model)
+    # model_channels 32; the initial temporal attention is 8 heads x num_head_channels 16 wide.
+    assert (widths.model_channels, widths.widest, widths.heads) == (32, 128, 2)
+    assert widths.attention_backend == "sdpa"
+
+
+def test_window_estimate_is_monotone() -> None:
+    widths = perf.UNetWidths(model_channels=320, widest=512, heads=5)
+    sizes = [perf.window_activation_bytes(widths, 16, (s, s), 2) for s in (8, 16, 24, 40, 64)]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    assert perf.window_activation_bytes(widths, 16, (40, 64), 2) > perf.window_activation_bytes(
+        widths, 8, (40, 64), 2
+    )
+    one = perf.window_activation_bytes(widths, 16, (40, 64), 2, guidance=False)
+    assert perf.window_activation_bytes(widths, 16, (40, 64), 2, guidance=True) == 2 * one
+    assert perf.window_activation_bytes(widths, 16, (40, 64), 4, guidance=False) == 2 * one
+    math_backend = perf.UNetWidths(320, 512, 5, attention_backend="math")
+    # 16 frames x 5 heads x 2560² scores: more than the rest of the estimate together.
+    assert perf.window_activation_bytes(math_backend, 16, (40, 64), 2, guidance=False) > 2 * one
+
+
+def test_auto_window_batch_on_cpu(model) -> None:
+    geo = FifoGeometry(8, 4, lookahead=True)
+    chosen = perf.auto_window_batch(model, geo, (LATENT, LATENT), "cpu", dtype_bytes=4)
+    assert chosen is None or 1 <= chosen <= len(geo.windows())
+    assert chosen is None  # a tiny model's 8 windows fit in any machine's RAM
+
+
+def test_auto_window_batch_on_cpu_short_of_ram(model, monkeypatch) -> None:
+    geo = FifoGeometry(8, 4, lookahead=True)
+    per_window = perf.window_activation_bytes(perf.unet_widths(model), 8, (64, 64), 4)
+    monkeypatch.setattr(perf, "current_rss_bytes", lambda: 0)
+    monkeypatch.setattr(perf, "total_ram_bytes", lambda: int(3.5 * per_window / perf.CPU_RAM_FRACTION))
+    assert perf.auto_window_batch(model, geo, (64, 64), "cpu", dtype_bytes=4) == 3
+    monkeypatch.setattr(perf, "total_ram_bytes", lambda: 1)
+    assert perf.auto_window_batch(model, geo, (64, 64), "cpu", dtype_bytes=4) == 1  # never below 1
+
+
+def test_auto_window_batch_on_cuda_follows_free_memory(model, monkeypatch) -> None:
+    """The CUDA branch with the allocator queries stubbed: monotone in free memory, in [1, W]."""
+    geo = FifoGeometry(16, 4, lookahead=True)
+    per_window = perf.window_activation_bytes(perf.unet_widths(model), 16, (40, 64), 2)
+    free = {"bytes": 0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    chosen = []
+    for windows_free in (0, 1, 2.5, 5, 100):
+        budget = (windows_free + 0.01) * per_window + perf.CUDA_RESERVE_BYTES
+        free["bytes"] = int(budget / perf.CUDA_FREE_FRACTION) + 1
+        chosen.append(perf.auto_window_batch(model, geo, (40, 64), "cuda", dtype_bytes=2))
+    assert chosen == [1, 1, 2, 5, len(geo.windows())]
+
+
+def test_peak_memory_helpers_on_cpu() -> None:
+    before = perf.peak_memory_bytes("cpu")
+    assert before > 0
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    assert perf.peak_memory_bytes("cpu") >= perf.current_rss_bytes() > 0
+    del block
+    reset = perf.peak_memory_reset("cpu")
+    assert isinstance(reset, bool)
+    if reset:  # Linux: the peak came down to the current RSS
+        assert perf.peak_memory_bytes("cpu") <= max(before, perf.current_rss_bytes()) + 8 * 2**20
+
+
+# ------------------------------------------------------------------------ scripts/benchmark.py
+@pytest.fixture(scope="module")
+def bench_script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _resolve(bench_script, argv: list[str]) -> argparse.Namespace:
+    parser = bench_script.build_parser()
+    return bench_script.resolve_args(parser.parse_args(argv), parser)
+
+
+def test_benchmark_defaults_on_cpu(bench_script) -> None:
+    args = _resolve(bench_script, ["--device", "cpu"])
+    assert args.preset == "medium" and args.dtype == "fp32"
+    assert (args.video_length, args.height, args.width) == (16, 128, 128)
+    tiny = _resolve(bench_script, ["--preset", "tiny", "--device", "cpu"])
+    assert (tiny.video_length, tiny.height, tiny.width) == (8, 64, 64)
+    assert tiny.lengths == [8, 32] and tiny.iterations == 4 and tiny.guidance == 12.0 and tiny.eta == 1.0
+
+
+def test_benchmark_refuses_full_on_cpu(bench_script, capsys) -> None:
+    with pytest.raises(SystemExit) as err:
+        _resolve(bench_script, ["--preset", "full", "--device", "cpu"])
+    assert err.value.code == 2
+    assert "--allow-cpu-full" in capsys.readouterr().err
+    args = _resolve(bench_script, ["--preset", "full", "--device", "cpu", "--allow-cpu-full"])
+    assert (args.height, args.width, args.video_length) == (320, 512, 16)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--iterations", "0"],
+        ["--window_batch", "0"],
+        ["--video_length", "3"],
+        ["--lengths", "0"],
+        ["--warmup", "-1"],
+        ["--dtype", "fp8"],
+        ["--preset", "huge"],
+    ],
+)
+def test_benchmark_rejects_bad_arguments(bench_script, bad: list[str]) -> None:
+    with pytest.raises(SystemExit) as err:
+        _resolve(bench_script, ["--preset", "tiny", "--device", "cpu", *bad])
+    assert err.value.code == 2
+
+
+def test_benchmark_json_shape(bench_script, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--iterations", "1", "--warmup", "0"]
+    assert bench_script.main([*argv, "--lengths", "--no_memory", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "speed-up (sequential / fast)" in table
+    r = json.loads(out.read_text())
+    assert {"device", "preset", "config", "torch", "settings", "paths", "speedup", "max_abs_diff"} <= set(r)
+    assert r["preset"] == "tiny" and r["torch"] == torch.__version__ and r["device"]["type"] == "cpu"
+    assert r["settings"]["windows"] == 8 and r["settings"]["guidance"] == 12.0
+    seq, fast = r["paths"]["sequential"], r["paths"]["fast"]
+    assert seq["unet_calls_per_frame"] == 16 and fast["unet_calls_per_frame"] == 1
+    for p in (seq, fast):
+        assert len(p["iteration_seconds"]) == 1 and p["seconds_per_frame"] > 0
+    assert r["speedup"] == pytest.approx(seq["seconds_per_frame"] / fast["seconds_per_frame"])
+    assert r["memory_by_length"] == []
+    # --json without a path: the document on stdout instead of the table.
+    assert bench_script.main([*argv, "--lengths", "--no_memory", "--window_batch", "3", "--json"]) == 0
+    r2 = json.loads(capsys.readouterr().out)
+    assert r2["paths"]["fast"]["window_batch"] == 3 and r2["paths"]["fast"]["unet_calls_per_frame"] == 3
+
+
+def test_benchmark_probes_measure_memory(bench_script) -> None:
+    """CPU memory comes from fresh processes; one path probe, one (short) video length.
+
+    n = 1 keeps it quick: 2 windows, and a 1-frame video is a single FIFO iteration.
+    """
+    args = _resolve(bench_script, ["--preset", "tiny", "--device", "cpu", "--num_partitions", "1"])
+    path = bench_script.fresh_process_probe(args, {"kind": "path", "path": "fast"})
+    assert path["iterations"] == 1
+    assert path["peak_memory_bytes"] >= path["baseline_memory_bytes"] > 0
+    args._probe = json.dumps({"kind": "length", "length": 1})
+    with torch.inference_mode():
+        run = bench_script.probe(args)
+    assert run["length"] == 1 and run["frames"] == 1
+    assert run["iterations"] == FifoGeometry(8, 1).num_iterations(1) == 1
+    assert run["peak_memory_bytes"] > 0 and run["end_memory_bytes"] > 0
+
+
+def test_benchmark_script_runs_as_a_program() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--preset", "full", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2 and "meant for a GPU" in proc.stderr
