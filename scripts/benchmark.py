@@ -24,9 +24,10 @@ Peak memory: on CUDA ``max_memory_allocated`` with reset statistics; on CPU the 
 fresh process (this script re-invokes itself) that runs only that path, since a process's
 peak RSS does not come down. The fast path's memory is also measured over whole FIFO runs of
 ``--lengths`` output frames (decode + GIF streaming included) to show that it does not grow
-with the video length: the peak, and what is still held after the run. With more than one CPU
-thread the peak RSS of otherwise identical processes varies by up to ~200 MiB (the C
-allocator's per-thread arenas); what is held after the run is the steadier number.
+with the video length: the peak, and what is still held after the run. On CPU with more than
+one thread both vary by up to ~200 MiB between otherwise identical processes (the C
+allocator's per-thread arenas keep freed memory), whatever the length; within one process the
+RSS between iterations stays constant (no tensor accumulates across iterations).
 """
 
 from __future__ import annotations
