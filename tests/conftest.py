@@ -21,3 +21,14 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def manifest(reference_dir: Path) -> dict:
     return json.loads((reference_dir / "checkpoint_manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny-model tests on one thread: far faster than two contended ones."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

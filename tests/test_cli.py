@@ -28,13 +28,7 @@ TINIEST = ["--video_length", "2", "-n", "1", "-l", "2", "--no_progress"]
 PROMPT = "a red fox running through snow"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tiny U-Net is far faster on one thread than on two contended ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -42,6 +42,17 @@ TOL = 1e-4
 GUIDANCE = 12.0
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for this module. On a small machine shared with other work, two
+    spinning threads per op wait on each other when one is descheduled: the same tests took
+    15 minutes instead of 40 s. Both paths run with the same setting, so nothing is hidden."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model() -> Iterator[LatentDiffusion]:
     m = load_model(CONFIG, None, random_init=True, seed=0)
@@ -290,7 +301,7 @@ def test_benchmark_rejects_bad_arguments(bench_script, bad: list[str]) -> None:
 
 def test_benchmark_json_shape(bench_script, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
-    argv = ["--preset", "tiny", "--device", "cpu", "--iterations", "1", "--warmup", "0"]
+    argv = ["--preset", "tiny", "--device", "cpu", "--iterations", "1", "--warmup", "0", "--threads", "1"]
     assert bench_script.main([*argv, "--lengths", "--no_memory", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "speed-up (sequential / fast)" in table
@@ -315,7 +326,8 @@ def test_benchmark_probes_measure_memory(bench_script) -> None:
 
     n = 1 keeps it quick: 2 windows, and a 1-frame video is a single FIFO iteration.
     """
-    args = _resolve(bench_script, ["--preset", "tiny", "--device", "cpu", "--num_partitions", "1"])
+    argv = ["--preset", "tiny", "--device", "cpu", "--num_partitions", "1", "--threads", "1"]
+    args = _resolve(bench_script, argv)
     path = bench_script.fresh_process_probe(args, {"kind": "path", "path": "fast"})
     assert path["iterations"] == 1
     assert path["peak_memory_bytes"] >= path["baseline_memory_bytes"] > 0
