@@ -151,12 +151,11 @@ class FifoGenerator:
             )
             logger.info("window batch: %s", "all windows" if self.window_batch is None else self.window_batch)
         self.schedule = model.ddim_schedule(self.geometry.steps, settings.eta)
-        self._uncond_text = model.get_learned_conditioning([""])
-        self._uncond_image = None
+        # The unconditional context never changes: empty text (+ zero-image tokens, as published).
+        self.uncond_context = model.get_learned_conditioning([""])
         if model.has_image_embedder:
-            # Unconditional image tokens: a zero image, as published.
             zeros = torch.zeros(1, 3, 224, 224, device=self.device)
-            self._uncond_image = model.get_image_embeds(zeros)
+            self.uncond_context = torch.cat([self.uncond_context, model.get_image_embeds(zeros)], dim=1)
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -178,11 +177,6 @@ class FifoGenerator:
 
     def _image_tokens(self, images: Tensor) -> Tensor:
         return self.model.get_image_embeds(images.to(self.device))
-
-    def _uncond(self) -> Tensor:
-        if self._uncond_image is None:
-            return self._uncond_text
-        return torch.cat([self._uncond_text, self._uncond_image], dim=1)
 
     def cache_key(self, job: PromptJob) -> dict:
         """Everything that changes the base clip's noise and latent."""
@@ -227,7 +221,7 @@ class FifoGenerator:
             x_T,
             self.schedule,
             cond,
-            self._uncond(),
+            self.uncond_context,
             self.settings.guidance,
             use_scale=self.model.use_scale,
             generator=gen,
@@ -288,7 +282,7 @@ class FifoGenerator:
                     geo,
                     self.schedule,
                     contexts,
-                    self._uncond(),
+                    self.uncond_context,
                     s.guidance,
                     noise,
                     batched=s.batched,

@@ -8,6 +8,19 @@ from lvdm.reference import TOLERANCE, ReferenceSuite
 
 
 @pytest.fixture(scope="module")
+def check_reference():
+    """scripts/check_reference.py, imported as a module."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("check_reference", REPO / "scripts" / "check_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
 def results(reference_dir):
     return list(ReferenceSuite(reference_dir / "tiny_t2v").cases())
 
@@ -24,25 +37,13 @@ def test_every_case_within_tolerance(results) -> None:
     assert max(r.scaled_error for r in results) < TOLERANCE
 
 
-def test_check_reference_script_exits_zero(reference_dir, capsys) -> None:
-    import importlib.util
-
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("check_reference", REPO / "scripts" / "check_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_check_reference_script_exits_zero(check_reference, reference_dir, capsys) -> None:
+    module = check_reference
     assert module.main([str(reference_dir / "tiny_t2v")]) == 0
     out = capsys.readouterr().out
     assert "all cases within" in out and "FAIL" not in out
 
 
-def test_check_reference_rejects_a_non_fixture_folder(tmp_path) -> None:
-    import importlib.util
-
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("check_reference", REPO / "scripts" / "check_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_check_reference_rejects_a_non_fixture_folder(check_reference, tmp_path) -> None:
+    module = check_reference
     assert module.main([str(tmp_path)]) == 2
