@@ -11,6 +11,7 @@ videos. Everything a user can get wrong is checked before the model is loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace, mode, jobs) -> int:
 
     from lvdm.build import config_facts, load_config, load_model, model_identity
     from lvdm.checkpoint import CheckpointError
+    from lvdm.perf import tune_cpu_allocator
     from lvdm.pipeline import FifoGenerator, GenerationSettings
     from lvdm.utils import ConfigError
 
@@ -155,6 +157,8 @@ def run(args: argparse.Namespace, mode, jobs) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and torchrun:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if torch.device(device).type == "cpu":
+        tune_cpu_allocator()  # large tensors reuse heap memory instead of fresh page-faulting mmaps
     my_jobs = jobs[rank::world]
     try:
         facts = config_facts(load_config(args.config))
@@ -214,7 +218,7 @@ def run(args: argparse.Namespace, mode, jobs) -> int:
         device,
     )
     results = []
-    with torch.inference_mode():
+    with torch.inference_mode(), contextlib.closing(generator):
         for job in my_jobs:
             result = generator.run(job, output_root, experiment, cache_dir)
             results.append(result)

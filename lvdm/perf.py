@@ -1,24 +1,31 @@
-"""Speed helpers: how many FIFO windows go into one U-Net call, and peak-memory probes.
+"""Speed helpers for the batched FIFO path, and peak-memory probes.
 
 The batched FIFO path (``fifo_step(..., batched=True)``) runs ``window_batch`` windows, and
 both guidance branches, in one U-Net call. :func:`auto_window_batch` picks that number from
 the memory at hand so that the batched path never runs out of memory where the sequential
-path (one window, one branch per call) fits. :func:`peak_memory_reset` /
-:func:`peak_memory_bytes` measure what a stretch of code needed at its peak.
+path (one window, one branch per call) fits. :func:`plan_fast_path` says how such a call runs
+on the device (on CPU: :class:`ShardedDenoiser` and transformer chunks), and
+:func:`tune_cpu_allocator` keeps glibc from mapping fresh pages for every large tensor.
+:func:`peak_memory_reset` / :func:`peak_memory_bytes` measure what a stretch of code needed
+at its peak.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import resource
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import TracebackType
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from lvdm.models.samplers.ddim import Denoiser
 from lvdm.models.samplers.fifo import FifoGeometry
 from lvdm.modules.attention import SpatialTransformer, TemporalTransformer
 
@@ -36,6 +43,147 @@ CUDA_FREE_FRACTION = 0.85
 CUDA_RESERVE_BYTES = 512 * 2**20
 # On CPU, all windows in one call unless they would need more than this share of the RAM.
 CPU_RAM_FRACTION = 0.5
+# On CPU, transformers run chunks of at most this many tokens (UNetModel.set_transformer_chunk).
+# Measured with scripts/benchmark.py --preset medium on 2 cores, one thread per shard: no chunks
+# (batch-sized activations spill out of cache) and 8192 lost to 2048-4096; 1024 lost too.
+CPU_TRANSFORMER_CHUNK = 4096
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+@dataclass(frozen=True)
+class FastPathPlan:
+    """How the batched FIFO path runs a U-Net call on a device.
+
+    Attributes:
+        shards: slices of the batch evaluated in parallel threads (:class:`ShardedDenoiser`);
+            1: the whole batch in one call.
+        transformer_chunk: tokens per transformer chunk (``UNetModel.set_transformer_chunk``),
+            or None for the whole batch at once.
+    """
+
+    shards: int = 1
+    transformer_chunk: int | None = None
+
+
+def plan_fast_path(device: str | torch.device, threads: int | None = None) -> FastPathPlan:
+    """The fast path's execution plan for ``device``.
+
+    CUDA (and other accelerators): one call, no chunks; the device is fed best by big batches.
+    CPU: one shard per intra-op thread (``threads``, default ``torch.get_num_threads()``) and
+    transformer chunks of :data:`CPU_TRANSFORMER_CHUNK` tokens. The U-Net's samples are
+    independent, so spreading them over the cores keeps every core busy, where splitting
+    each small operation (norms, activations, attention over 16 frames) across the cores
+    leaves threads waiting at every operation's end.
+    """
+    if torch.device(device).type != "cpu":
+        return FastPathPlan()
+    threads = torch.get_num_threads() if threads is None else threads
+    return FastPathPlan(shards=max(1, threads), transformer_chunk=CPU_TRANSFORMER_CHUNK)
+
+
+class ShardedDenoiser:
+    """A denoiser whose batched calls run as parallel slices of the batch (CPU).
+
+    ``shards`` slices (at most one per sample) are evaluated at once on worker threads, each
+    with ``threads // shards`` intra-op threads, then concatenated: the same result as one
+    call. The intra-op thread count is process-wide in PyTorch; it is lowered for the duration
+    of a call and restored afterwards, so do not run other PyTorch work in parallel with a call.
+    The U-Net's per-pass state (the Q-cache store) is per thread.
+
+    Args:
+        denoise: a :data:`~lvdm.models.samplers.ddim.Denoiser` (context rows: k per sample).
+        shards: the most slices per call; 1 makes this a plain pass-through.
+        threads: intra-op threads to share out (default: ``torch.get_num_threads()`` at the call).
+    """
+
+    def __init__(self, denoise: Denoiser, shards: int, threads: int | None = None) -> None:
+        if shards < 1:
+            raise ValueError(f"shards must be ≥ 1, got {shards}")
+        self.denoise, self.shards, self.threads = denoise, shards, threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __call__(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        n = x.shape[0]
+        shards = min(self.shards, n)
+        if shards <= 1 or t.shape[0] != n or context.shape[0] % n:
+            return self.denoise(x, t, context)
+        # k contexts per sample, branch-major (see Denoiser): a slice keeps all k of its samples.
+        branches = context.shape[0] // n
+        per_branch = context.reshape(branches, n, *context.shape[1:])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.shards, thread_name_prefix="unet-shard")
+        total = torch.get_num_threads() if self.threads is None else self.threads
+        bounds = [round(i * n / shards) for i in range(shards + 1)]
+        # Grad, inference and autocast modes are per thread: carry the caller's into the workers.
+        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        autocast_dtype = torch.get_autocast_dtype(device_type)
+
+        def run(k: int) -> Tensor:
+            part = slice(bounds[k], bounds[k + 1])
+            with (
+                torch.inference_mode(inference),
+                torch.set_grad_enabled(grad),
+                torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast),
+            ):
+                ctx = per_branch[:, part].reshape(-1, *context.shape[1:])
+                return self.denoise(x[part], t[part], ctx)
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(max(1, total // shards))
+        try:
+            parts = list(self._pool.map(run, range(shards)))
+        finally:
+            torch.set_num_threads(previous)
+        # Each part is (k·slice, …) branch-major; put the branches back in front.
+        parts = [p.reshape(branches, -1, *p.shape[1:]) for p in parts]
+        out = torch.cat(parts, dim=1)
+        return out.reshape(-1, *out.shape[2:])
+
+    def close(self) -> None:
+        """Stop the worker threads (a later call starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> ShardedDenoiser:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def tune_cpu_allocator(mmap_threshold: int = 2**30) -> bool:
+    """Let glibc's malloc reuse freed memory for large tensors instead of mapping new pages.
+
+    By default glibc serves every allocation above ~32 MiB with a fresh ``mmap`` and returns it
+    with ``munmap``; each new tensor of that size then page-faults on every 4 KiB page and the
+    kernel zeroes it. The batched CPU path allocates such tensors thousands of times per
+    iteration (measured on the medium preset: ~600,000 page faults and 1.3-1.8 s of system
+    time per iteration, against ~0.01 s with this setting). Raising the mmap and trim
+    thresholds keeps that memory in the heap for reuse; the cost is that the process's
+    resident memory stays at its peak instead of shrinking between iterations.
+
+    Process-wide; a no-op (False) where the C library is not glibc or refuses the value.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    for threshold in (mmap_threshold, 32 * 2**20):  # older glibc caps the threshold at 32 MiB
+        if mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1:
+            mallopt(_M_TRIM_THRESHOLD, min(2 * int(threshold), 2**31 - 1))  # a C int
+            logger.debug("glibc malloc: mmap threshold %d MiB", threshold // 2**20)
+            return True
+    return False
 
 
 @dataclass(frozen=True)

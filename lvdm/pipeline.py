@@ -29,7 +29,7 @@ from lvdm.models.samplers.fifo import (
 )
 from lvdm.modules.networks.openaimodel3d import Downsample as UNetDownsample
 from lvdm.options import ModeOptions
-from lvdm.perf import auto_window_batch
+from lvdm.perf import FastPathPlan, ShardedDenoiser, auto_window_batch, plan_fast_path
 from lvdm.prompts import PromptJob
 from lvdm.video_io import VideoWriter
 
@@ -150,6 +150,12 @@ class FifoGenerator:
                 guidance=settings.guidance != 1.0,
             )
             logger.info("window batch: %s", "all windows" if self.window_batch is None else self.window_batch)
+        # How a batched call runs on this device (on CPU: parallel slices, transformer chunks).
+        # The sequential reference path runs the U-Net as published.
+        self.plan = plan_fast_path(self.device) if settings.batched else FastPathPlan()
+        model.unet.set_transformer_chunk(self.plan.transformer_chunk)
+        self._sharded = ShardedDenoiser(self._denoise_once, self.plan.shards)
+        logger.info("fast path plan: %s", self.plan)
         self.schedule = model.ddim_schedule(self.geometry.steps, settings.eta)
         # The unconditional context never changes: empty text (+ zero-image tokens, as published).
         self.uncond_context = model.get_learned_conditioning([""])
@@ -167,9 +173,17 @@ class FifoGenerator:
             with torch.autocast(self.device.type, dtype=dtype):
                 yield
 
-    def _denoise(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
+    def _denoise_once(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
         with self._autocast():
             return self.model.apply_model(x, t, context, fps=self.settings.fps).float()
+
+    def _denoise(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        """The sampler's denoiser: one U-Net call, or parallel slices of it (see ``plan``)."""
+        return self._sharded(x, t, context)
+
+    def close(self) -> None:
+        """Release the worker threads of the parallel slices (if any were started)."""
+        self._sharded.close()
 
     def _decode(self, z: Tensor) -> Tensor:
         with self._autocast():

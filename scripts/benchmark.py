@@ -12,7 +12,13 @@ machine's load hits both alike), and compares their outputs:
   call, as published, in fp32;
 - fast: ``fifo_step(..., batched=True)``: ``--window_batch`` windows (default: chosen by
   ``lvdm.perf.auto_window_batch``, i.e. all of them unless memory is short) and both guidance
-  branches per call; under ``--dtype`` autocast (default fp16 on CUDA, fp32 on CPU).
+  branches per call; under ``--dtype`` autocast (default fp16 on CUDA, fp32 on CPU); run as
+  ``lvdm.perf.plan_fast_path`` says (on CPU: the batch split into one slice per thread,
+  evaluated in parallel, and transformers in cache-sized chunks; ``--shards`` and
+  ``--transformer_chunk`` override it).
+
+On CPU both paths run after ``lvdm.perf.tune_cpu_allocator`` (as the CLI does), unless
+``--default_allocator``.
 
 One iteration dequeues one output frame, so seconds per iteration = seconds per output frame.
 Timed: ``fifo_step`` (U-Net calls, guidance, DDIM update, write-back). Not timed: the text
@@ -45,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +73,14 @@ from lvdm.models.samplers.fifo import (  # noqa: E402
 )
 from lvdm.models.utils_diffusion import DDIMSchedule  # noqa: E402
 from lvdm.perf import (  # noqa: E402
+    FastPathPlan,
+    ShardedDenoiser,
     auto_window_batch,
     current_rss_bytes,
     peak_memory_bytes,
     peak_memory_reset,
+    plan_fast_path,
+    tune_cpu_allocator,
     unet_widths,
     window_activation_bytes,
 )
@@ -154,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=8, help="frame-rate conditioning")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="fast path: parallel slices of each batched call (default: lvdm.perf.plan_fast_path; "
+        "one per thread on CPU, 1 on CUDA)",
+    )
+    p.add_argument(
+        "--transformer_chunk",
+        type=int,
+        default=None,
+        help="fast path: tokens per transformer chunk, 0 for none (default: lvdm.perf.plan_fast_path)",
+    )
+    p.add_argument(
+        "--default_allocator",
+        action="store_true",
+        help="CPU: leave glibc malloc as it is (no lvdm.perf.tune_cpu_allocator)",
+    )
+    p.add_argument(
         "--lengths",
         type=int,
         nargs="*",
@@ -211,6 +239,10 @@ def resolve_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
         parser.error("--window_batch must be ≥ 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be ≥ 1")
+    if args.shards is not None and args.shards < 1:
+        parser.error("--shards must be ≥ 1")
+    if args.transformer_chunk is not None and args.transformer_chunk < 0:
+        parser.error("--transformer_chunk must be ≥ 0 (0: no chunks)")
     if any(n < 1 for n in args.lengths):
         parser.error("--lengths must be ≥ 1")
     facts = config_facts(load_config(REPO / preset.config))
@@ -239,6 +271,9 @@ class Bench:
     queue: Tensor  # (1, c, L, h, w) the initial queue from random "base clip" latents
     window_batch: int | None  # the fast path's
     auto_window_batch: int | None
+    plan: FastPathPlan  # the fast path's execution plan
+    allocator_tuned: bool
+    fast_denoiser: ShardedDenoiser | None = None
 
     @property
     def guided(self) -> bool:
@@ -256,11 +291,21 @@ class Bench:
 
         return denoise
 
+    def path_denoiser(self, path: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """The path's denoiser, with the model set up for it (transformer chunks on the fast path)."""
+        fast = path == "fast"
+        self.model.unet.set_transformer_chunk(self.plan.transformer_chunk if fast else None)
+        if not fast:
+            return self.denoiser("fp32")
+        if self.fast_denoiser is None:
+            self.fast_denoiser = ShardedDenoiser(self.denoiser(self.args.dtype), self.plan.shards)
+        return self.fast_denoiser
+
     def step(self, path: str, queue: Tensor, noise: Tensor | None) -> Tensor:
         """One FIFO iteration (before the shift) on ``path``."""
         fast = path == "fast"
         return fifo_step(
-            self.denoiser(self.args.dtype if fast else "fp32"),
+            self.path_denoiser(path),
             queue,
             self.geometry,
             self.schedule,
@@ -291,6 +336,7 @@ def setup(args: argparse.Namespace) -> Bench:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    tuned = device.type == "cpu" and not args.default_allocator and tune_cpu_allocator()
     preset = PRESETS[args.preset]
     model = load_model(REPO / preset.config, None, random_init=True, device=device, seed=args.seed)
     geometry = FifoGeometry(args.video_length, args.num_partitions, not args.no_lookahead)
@@ -311,6 +357,11 @@ def setup(args: argparse.Namespace) -> Bench:
     window_batch = args.window_batch if args.window_batch is not None else auto
     if window_batch is not None and window_batch >= n_windows:
         window_batch = None  # all windows in one call
+    plan = plan_fast_path(device)
+    if args.shards is not None:
+        plan = replace(plan, shards=args.shards)
+    if args.transformer_chunk is not None:
+        plan = replace(plan, transformer_chunk=args.transformer_chunk or None)
     return Bench(
         args,
         device,
@@ -324,6 +375,8 @@ def setup(args: argparse.Namespace) -> Bench:
         queue,
         window_batch,
         auto,
+        plan,
+        tuned,
     )
 
 
@@ -473,9 +526,18 @@ def fresh_process_probe(args: argparse.Namespace, spec: dict[str, Any]) -> dict[
         cmd += [flag, str(value)]
     if args.window_batch is not None:
         cmd += ["--window_batch", str(args.window_batch)]
-    if args.threads is not None:
-        cmd += ["--threads", str(args.threads)]
-    for flag, on in (("--no_lookahead", args.no_lookahead), ("--no_guidance", args.no_guidance)):
+    for flag, value in (
+        ("--threads", args.threads),
+        ("--shards", args.shards),
+        ("--transformer_chunk", args.transformer_chunk),
+    ):
+        if value is not None:
+            cmd += [flag, str(value)]
+    for flag, on in (
+        ("--no_lookahead", args.no_lookahead),
+        ("--no_guidance", args.no_guidance),
+        ("--default_allocator", args.default_allocator),
+    ):
         if on:
             cmd.append(flag)
     if args.allow_cpu_full:
@@ -530,7 +592,7 @@ def sampler_overhead(bench: Bench, repeats: int = 5) -> dict[str, float]:
     write-back) with a U-Net that costs nothing: what batching cannot save."""
 
     def null(x: Tensor, t: Tensor, context: Tensor) -> Tensor:
-        return x
+        return x.repeat(context.shape[0] // x.shape[0], 1, 1, 1, 1)  # one output per context
 
     out = {}
     noise = window_noise(bench.geometry, bench.queue, bench.schedule, bench.generator)
@@ -623,6 +685,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "window_batch": bench.window_batch,
             "auto_window_batch": bench.auto_window_batch,
             "threads": torch.get_num_threads() if bench.device.type == "cpu" else None,
+            "shards": bench.plan.shards,
+            "transformer_chunk": bench.plan.transformer_chunk,
+            "allocator_tuned": bench.allocator_tuned,
         },
         "paths": paths,
         "speedup": paths["sequential"]["seconds_per_frame"] / paths["fast"]["seconds_per_frame"],
@@ -665,6 +730,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"f={s['video_length']} n={s['num_partitions']} lookahead={'on' if s['lookahead'] else 'off'} "
         f"({s['windows']} windows), guidance {s['guidance'] or 'off'}, eta {s['eta']}, seed {s['seed']}; "
         f"{s['iterations']} timed iteration(s) after {s['warmup']} warm-up, paths interleaved",
+        f"fast path: {s['shards']} parallel slice(s) per call, transformer chunks of "
+        f"{s['transformer_chunk'] or 'all'} tokens; glibc malloc tuned: {'yes' if s['allocator_tuned'] else 'no'}",
         "",
         f"{'path':<34}{'s/frame':>10}{'mean':>10}{'calls/frame':>13}{'peak memory':>14}{'above set-up':>14}",
     ]

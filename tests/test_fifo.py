@@ -218,10 +218,13 @@ def test_window_noise() -> None:
 
 # ----------------------------------------------------------------------------- one step
 def _fake_denoiser(calls: list):
-    """A deterministic stand-in for the U-Net that depends on x, the timesteps and the context."""
+    """A deterministic stand-in for the U-Net that depends on x, the timesteps and the context
+    (k contexts per sample, branch-major, as the Denoiser contract says)."""
 
     def denoise(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         calls.append((x.shape, t.clone(), context.shape))
+        branches = context.shape[0] // x.shape[0]
+        x, t = x.repeat(branches, 1, 1, 1, 1), t.repeat(branches, *([1] * (t.dim() - 1)))
         tt = t.to(x.dtype) / 1000.0
         tt = tt.reshape(x.shape[0], 1, -1, 1, 1) if t.dim() == 2 else tt.reshape(-1, 1, 1, 1, 1)
         ctx = context.mean(dim=(1, 2)).reshape(-1, 1, 1, 1, 1)

@@ -152,7 +152,7 @@ def test_window_batch_chunks_equal_all_at_once(model, embeddings, plain_attentio
     denoise = _denoiser(model)
 
     def counting(x, t, context):
-        calls.append(x.shape[0])
+        calls.append(context.shape[0])
         return denoise(x, t, context)
 
     cond, uncond = embeddings

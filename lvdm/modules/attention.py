@@ -207,7 +207,65 @@ def _make_pointwise(use_linear: bool, dims: int, c_in: int, c_out: int) -> nn.Mo
     return (nn.Conv1d if dims == 1 else nn.Conv2d)(c_in, c_out, kernel_size=1)
 
 
-class SpatialTransformer(nn.Module):
+def rows_per_chunk(rows: int, tokens: int, groups: int, max_tokens: int | None) -> int:
+    """How many sequences of ``tokens`` tokens a transformer runs at once.
+
+    At most ``max_tokens`` tokens per chunk (at least one sequence), and either a multiple of
+    ``groups`` or a divisor of it, so that a chunk never splits the frames that share one
+    context row unevenly. ``None``: all ``rows`` at once.
+    """
+    if max_tokens is None:
+        return rows
+    fit = max(1, max_tokens // tokens)
+    if fit >= groups:
+        return min(rows, fit // groups * groups)
+    return max(d for d in range(1, fit + 1) if groups % d == 0)
+
+
+class _Transformer(nn.Module):
+    """What the spatial and temporal transformers share: norm, projections, blocks, chunking.
+
+    ``max_tokens`` (set by ``UNetModel.set_transformer_chunk``) runs the sequences through the
+    projections and blocks in chunks of at most that many tokens. Every sequence is
+    independent there, so the result is the same; on CPU, chunks whose activations stay in
+    cache run faster than one batch-sized pass over memory.
+    """
+
+    def __init__(self, in_channels: int, n_heads: int, d_head: int, use_linear: bool, dims: int) -> None:
+        super().__init__()
+        inner = n_heads * d_head
+        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
+        self.proj_in = _make_pointwise(use_linear, dims, in_channels, inner)
+        self.transformer_blocks = nn.ModuleList()  # filled by the subclass
+        self.proj_out = _make_pointwise(use_linear, dims, inner, in_channels)
+        self.max_tokens: int | None = None
+
+    def _transform(self, y: Tensor, context: Tensor | None) -> Tensor:
+        y = _pointwise(self.proj_in, y)
+        for block in self.transformer_blocks:
+            y = block(y, context)
+        return _pointwise(self.proj_out, y)
+
+    def _transform_chunked(self, y: Tensor, context: Tensor | None) -> Tensor:
+        """y: (rows, n, c), context: (rows / g, m, d) or None → (rows, n, c)."""
+        rows, tokens, _ = y.shape
+        groups = 1 if context is None else rows // context.shape[0]
+        per = rows_per_chunk(rows, tokens, groups, self.max_tokens)
+        if per >= rows:
+            return self._transform(y, context)
+        out: Tensor | None = None
+        for lo in range(0, rows, per):
+            hi = min(rows, lo + per)
+            ctx = None if context is None else context[lo // groups : (hi - 1) // groups + 1]
+            part = self._transform(y[lo:hi], ctx)
+            if out is None:
+                out = part.new_empty((rows, *part.shape[1:]))
+            out[lo:hi] = part
+        assert out is not None
+        return out
+
+
+class SpatialTransformer(_Transformer):
     """Attention over the h·w positions of each frame; cross-attends the text (and image) tokens.
 
     Input and output: (b·t, c, h, w); context: (b, m, context_dim), shared by the t frames.
@@ -224,27 +282,22 @@ class SpatialTransformer(nn.Module):
         use_linear: bool = False,
         image_cross_attention: bool = False,
     ) -> None:
-        super().__init__()
-        inner = n_heads * d_head
-        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
-        self.proj_in = _make_pointwise(use_linear, 2, in_channels, inner)
-        self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim, image_cross_attention)
+        super().__init__(in_channels, n_heads, d_head, use_linear, dims=2)
+        self.transformer_blocks.extend(
+            BasicTransformerBlock(
+                n_heads * d_head, n_heads, d_head, dropout, context_dim, image_cross_attention
+            )
             for _ in range(depth)
         )
-        self.proj_out = _make_pointwise(use_linear, 2, inner, in_channels)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         _, _, h, w = x.shape
         y = rearrange(self.norm(x), "b c h w -> b (h w) c")
-        y = _pointwise(self.proj_in, y)
-        for block in self.transformer_blocks:
-            y = block(y, context)
-        y = _pointwise(self.proj_out, y)
+        y = self._transform_chunked(y, context)
         return rearrange(y, "b (h w) c -> b c h w", h=h, w=w) + x
 
 
-class TemporalTransformer(nn.Module):
+class TemporalTransformer(_Transformer):
     """Self-attention along time at each spatial position.
 
     Input and output: (b, c, t, h, w). The group norm spans all frames of a clip, so each
@@ -261,21 +314,14 @@ class TemporalTransformer(nn.Module):
         dropout: float = 0.0,
         use_linear: bool = False,
     ) -> None:
-        super().__init__()
-        inner = n_heads * d_head
-        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
-        self.proj_in = _make_pointwise(use_linear, 1, in_channels, inner)
+        super().__init__(in_channels, n_heads, d_head, use_linear, dims=1)
         # Both attentions are self-attention (temporal_selfatt_only), so attn2 has no context.
-        self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, n_heads, d_head, dropout, None) for _ in range(depth)
+        self.transformer_blocks.extend(
+            BasicTransformerBlock(n_heads * d_head, n_heads, d_head, dropout, None) for _ in range(depth)
         )
-        self.proj_out = _make_pointwise(use_linear, 1, inner, in_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         _, _, _, h, w = x.shape
         y = rearrange(self.norm(x), "b c t h w -> (b h w) t c")
-        y = _pointwise(self.proj_in, y)
-        for block in self.transformer_blocks:
-            y = block(y)
-        y = _pointwise(self.proj_out, y)
+        y = self._transform_chunked(y, None)
         return rearrange(y, "(b h w) t c -> b c t h w", h=h, w=w) + x

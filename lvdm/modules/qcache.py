@@ -7,10 +7,21 @@ Both sides are attention processors (see ``lvdm.modules.attention``), installed 
 block feeds which decoder block.
 
 Everything is elementwise per sample, so batched passes (several windows, cond and uncond
-in one call) give each sample its own cache.
+in one call) give each sample its own cache. Two execution details of the fast path are
+handled by the store rather than the U-Net:
+
+- A transformer may run its sequences in chunks (``UNetModel.set_transformer_chunk``), so a
+  processor is called once per chunk. The encoder records one query per chunk, in order, and
+  each decoder reader takes them back in the same order; the encoder and decoder sites of a
+  slot see the same shapes, hence the same chunks (checked on every read).
+- Slices of one batch may run concurrently in threads (``lvdm.perf.ShardedDenoiser``), so the
+  recorded queries are per thread.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
 
 from torch import Tensor
 
@@ -20,13 +31,37 @@ SlotKey = tuple
 
 
 class QCacheStore:
-    """Queries recorded by the encoder during the current U-Net pass, by slot."""
+    """Queries recorded by the encoder during the current U-Net pass of this thread, by slot."""
 
     def __init__(self) -> None:
-        self.queries: dict[SlotKey, Tensor] = {}
+        self._local = threading.local()
+
+    def _state(self) -> tuple[dict[SlotKey, list[Tensor]], dict[tuple[SlotKey, Hashable], int]]:
+        local = self._local
+        if not hasattr(local, "queries"):
+            local.queries, local.cursors = {}, {}
+        return local.queries, local.cursors
+
+    def record(self, slot: SlotKey, q: Tensor) -> None:
+        """Keep the query of the next chunk recorded under ``slot``."""
+        queries, _ = self._state()
+        queries.setdefault(slot, []).append(q)
+
+    def read(self, slot: SlotKey, reader: Hashable) -> Tensor:
+        """The next recorded query of ``slot`` that ``reader`` has not read yet in this pass."""
+        queries, cursors = self._state()
+        recorded = queries.get(slot, [])
+        position = cursors.get((slot, reader), 0)
+        if position >= len(recorded):
+            raise RuntimeError(f"Q-cache slot {slot} was not recorded before the decoder read it")
+        cursors[(slot, reader)] = position + 1
+        return recorded[position]
 
     def clear(self) -> None:
-        self.queries.clear()
+        """Forget this thread's queries (between U-Net passes)."""
+        queries, cursors = self._state()
+        queries.clear()
+        cursors.clear()
 
 
 class QCacheRecordProcessor(AttnProcessor):
@@ -37,7 +72,7 @@ class QCacheRecordProcessor(AttnProcessor):
         self.store, self.slot = store, slot
 
     def process_query(self, attn: CrossAttention, q: Tensor) -> Tensor:
-        self.store.queries[self.slot] = q
+        self.store.record(self.slot, q)
         return q
 
 
@@ -49,7 +84,11 @@ class QCacheBlendProcessor(AttnProcessor):
         self.store, self.slot, self.weight = store, slot, weight
 
     def process_query(self, attn: CrossAttention, q: Tensor) -> Tensor:
-        cached = self.store.queries.get(self.slot)
-        if cached is None:
-            raise RuntimeError(f"Q-cache slot {self.slot} was not recorded before the decoder read it")
+        cached = self.store.read(self.slot, id(self))
+        if cached.shape != q.shape:
+            # Broadcasting would silently mix samples; the sites must match exactly.
+            raise RuntimeError(
+                f"Q-cache slot {self.slot}: the decoder query {tuple(q.shape)} does not match the "
+                f"recorded encoder query {tuple(cached.shape)}"
+            )
         return (1.0 - self.weight) * q + self.weight * cached

@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 
 from lvdm.models.utils_diffusion import DDIMSchedule
 
-Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x, timesteps, context) -> eps
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""(x, timesteps, context) → eps. x (b, …) and timesteps (b,) or (b, t); context (k·b, m, d),
+k contexts per sample, branch-major; eps (k·b, …): each sample under each of its contexts."""
 
 
 def _gather(values: Tensor, index: int | Tensor, like: Tensor) -> Tensor:
@@ -39,14 +41,15 @@ def guided_noise(
 ) -> Tensor:
     """Classifier-free guidance: eps_u + scale·(eps_c − eps_u).
 
-    ``batched`` evaluates both branches in one call (same result, one pass over the weights);
-    otherwise, or when the two contexts differ in length (text-only base clip of the image
-    model against text + zero-image unconditional tokens), two calls as published.
+    ``batched`` evaluates both branches in one call, x once with two contexts per sample (same
+    result; the U-Net runs its context-free layers once for both); otherwise, or when the two
+    contexts differ in length (text-only base clip of the image model against text +
+    zero-image unconditional tokens), two calls as published.
     """
     if uncond is None or scale == 1.0:
         return denoise(x, t, cond)
     if batched and cond.shape[1:] == uncond.shape[1:]:
-        eps_c, eps_u = denoise(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond])).chunk(2)
+        eps_c, eps_u = denoise(x, t, torch.cat([cond, uncond])).chunk(2)
     else:
         eps_c, eps_u = denoise(x, t, cond), denoise(x, t, uncond)
     return eps_u + scale * (eps_c - eps_u)

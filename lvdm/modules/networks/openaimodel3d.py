@@ -313,6 +313,7 @@ class UNetModel(nn.Module):
             GroupNorm32(32, ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1))
         )
         self.attention_backend = "sdpa"
+        self.transformer_chunk: int | None = None
         self.qcache: QCacheOptions | None = None
         self._qcache_store: QCacheStore | None = None
 
@@ -325,6 +326,19 @@ class UNetModel(nn.Module):
         AttnProcessor(backend)  # validates the name
         self.attention_backend = backend
         self.set_qcache(self.qcache)
+
+    def set_transformer_chunk(self, max_tokens: int | None) -> None:
+        """Run every transformer's sequences in chunks of at most ``max_tokens`` tokens.
+
+        Same result; ``None`` (the default) runs each transformer on the whole batch at once.
+        A speed setting for large batches on CPU, where chunks that stay in cache run faster.
+        """
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be ≥ 1 or None, got {max_tokens}")
+        for layer in self.modules():
+            if isinstance(layer, (SpatialTransformer, TemporalTransformer)):
+                layer.max_tokens = max_tokens
+        self.transformer_chunk = max_tokens
 
     def set_qcache(self, options: QCacheOptions | None) -> None:
         """Install Q-cache processors for ``options``; ``None`` restores plain attention.
@@ -376,24 +390,36 @@ class UNetModel(nn.Module):
         Args:
             x: (b, c, t, h, w) noisy latents.
             timesteps: (b,) one timestep per clip, or (b, t) one per frame (FIFO).
-            context: (b, m, context_dim) text tokens (+ image tokens for image models).
+            context: (k·b, m, context_dim) text tokens (+ image tokens for image models): k
+                contexts per clip, branch-major (rows [i·b, (i+1)·b) are branch i, e.g. the
+                conditional and unconditional branches of guidance with k = 2).
             fps: frame rate conditioning, an int or (b,).
         Returns:
-            (b, out_channels, t, h, w)
+            (k·b, out_channels, t, h, w): the noise of every clip under each of its contexts.
         """
         b, _, t, _, _ = x.shape
         if timesteps.dim() == 2 and timesteps.shape != (b, t):
             raise ValueError(
                 f"per-frame timesteps must have shape (b, t) = {(b, t)}, got {tuple(timesteps.shape)}"
             )
+        if context.shape[0] % b:
+            raise ValueError(f"context rows ({context.shape[0]}) must be a multiple of the batch ({b})")
+        branches = context.shape[0] // b
+        if self._qcache_store is not None:
+            self._qcache_store.clear()  # nothing left over from a pass that raised
         emb = self.embed_time(timesteps, b, t, fps).type(x.dtype)
-        # The context stays (b, m, d): cross-attention shares it across the t frames of a clip.
         h = rearrange(x, "b c t h w -> (b t) c h w")
-        skips = []
-        for index, block in enumerate(self.input_blocks):
+        # The input convolution and the initial temporal attention see no context: run them
+        # once per clip, then give every branch its copy.
+        h = self.input_blocks[0](h, emb, None, b)
+        if self.addition_attention:
+            h = self.init_attn(h, emb, None, b)
+        if branches > 1:
+            h, emb, b = h.repeat(branches, 1, 1, 1), emb.repeat(branches, 1), b * branches
+        # The context stays (b, m, d): cross-attention shares it across the t frames of a clip.
+        skips = [h]
+        for block in self.input_blocks[1:]:
             h = block(h, emb, context, b)
-            if index == 0 and self.addition_attention:
-                h = self.init_attn(h, emb, context, b)
             skips.append(h)
         h = self.middle_block(h, emb, context, b)
         for block in self.output_blocks:
