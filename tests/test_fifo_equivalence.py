@@ -33,7 +33,8 @@ from lvdm import perf
 from lvdm.build import load_model
 from lvdm.models.ddpm3d import LatentDiffusion
 from lvdm.models.samplers.fifo import FifoGeometry, fifo_step, initial_queue, shift_queue, window_noise
-from lvdm.options import QCacheOptions
+from lvdm.options import QCacheOptions, parse_mode
+from lvdm.perf import ShardedDenoiser
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny_t2v.yaml"
@@ -142,6 +143,28 @@ def test_batched_step_equals_sequential_with_qcache(model, embeddings, qcache: Q
     assert _max_diff(sequential, batched) < TOL
     plain = _step(model, embeddings, geo, schedule, queue, noise, batched=True)
     assert _max_diff(plain, batched) > 1e-3  # the Q-cache was in effect
+
+
+@pytest.mark.parametrize("mode", ["t2v", "t2v_TTqcache_STqcache_attn1"])
+def test_cpu_fast_path_plan_equals_sequential(model, embeddings, mode: str) -> None:
+    """The fast path as it runs on CPU: parallel slices of the batch (two threads, so the
+    Q-cache store is used from several threads at once), transformer chunks smaller than a
+    clip, and cond/uncond sharing the context-free head."""
+    geo = FifoGeometry(4, 2, lookahead=True)
+    schedule, queue, gen = _queue(model, geo, eta=1.0)
+    noise = window_noise(geo, queue, schedule, gen)
+    cond, uncond = embeddings
+    contexts = cond.expand(len(geo.windows()), -1, -1)
+    try:
+        model.unet.set_qcache(parse_mode(mode).qcache)
+        sequential = _step(model, embeddings, geo, schedule, queue, noise, batched=False)
+        model.unet.set_transformer_chunk(600)  # 256 tokens per frame: 2 of a clip's 4 frames
+        with ShardedDenoiser(_denoiser(model), shards=2, threads=2) as sharded, torch.inference_mode():
+            fast = fifo_step(sharded, queue, geo, schedule, contexts, uncond, GUIDANCE, noise, batched=True)
+    finally:
+        model.unet.set_transformer_chunk(None)
+        model.unet.set_qcache(None)
+    assert _max_diff(sequential, fast) < TOL
 
 
 def test_window_batch_chunks_equal_all_at_once(model, embeddings, plain_attention) -> None:

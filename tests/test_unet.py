@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lvdm.modules.attention import AttnProcessor
+from lvdm.modules.attention import AttnProcessor, rows_per_chunk
 from lvdm.modules.networks.openaimodel3d import UNetModel
 from lvdm.modules.qcache import QCacheBlendProcessor, QCacheRecordProcessor
 from lvdm.options import QCacheOptions, parse_mode
@@ -135,3 +135,58 @@ def test_unsupported_published_options_are_named() -> None:
     cfg["not_a_parameter"] = 1
     with pytest.raises(TypeError, match="not_a_parameter"):
         UNetModel(**cfg)
+
+
+# ------------------------------------------------------------------ execution settings
+@pytest.mark.parametrize(
+    ("rows", "tokens", "groups", "max_tokens"),
+    [(64, 64, 8, 4096), (64, 64, 8, 100), (64, 64, 8, 10), (12, 16, 4, 40), (7, 16, 1, 50), (5, 10, 5, None)],
+)
+def test_rows_per_chunk_respects_budget_and_groups(rows, tokens, groups, max_tokens) -> None:
+    per = rows_per_chunk(rows, tokens, groups, max_tokens)
+    assert 1 <= per <= rows
+    if max_tokens is None:
+        assert per == rows
+        return
+    assert per * tokens <= max_tokens or per == 1
+    # Never splits the frames that share a context row unevenly.
+    assert per % groups == 0 or groups % per == 0
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["t2v", "t2v_TTqcache_STqcache_attn1_attn2"])
+def test_transformer_chunks_give_the_same_noise(unet, inputs, mode) -> None:
+    """Chunks of whole clips, of single frames and of part of a clip's frames: same result,
+    with and without Q-caches (which record and blend once per chunk)."""
+    unet.set_qcache(parse_mode(mode).qcache)
+    try:
+        whole = unet(*inputs, fps=8)
+        # 8x8 latent, 8 frames: 64 tokens per frame at the top level (spatial), 8 per
+        # position (temporal). 100 tokens: 1 frame or 12 positions per chunk.
+        for max_tokens in (100, 300, 1):
+            unet.set_transformer_chunk(max_tokens)
+            assert (unet(*inputs, fps=8) - whole).abs().max() < 1e-5
+    finally:
+        unet.set_transformer_chunk(None)
+        unet.set_qcache(None)
+    assert unet.transformer_chunk is None
+    with pytest.raises(ValueError, match="max_tokens"):
+        unet.set_transformer_chunk(0)
+
+
+@torch.no_grad()
+def test_several_contexts_per_clip_equal_separate_calls(unet, inputs) -> None:
+    """k contexts per clip (branch-major): the clips run once through the context-free head,
+    and every (branch, clip) pair gets what a call with that context alone gives."""
+    x, t, cond = inputs
+    uncond = torch.randn(cond.shape, generator=torch.Generator().manual_seed(1))
+    unet.set_qcache(parse_mode("t2v_TTqcache_attn1").qcache)
+    try:
+        both = unet(x, t, torch.cat([cond, uncond]), fps=8)
+        assert both.shape == (4, *x.shape[1:])
+        assert (both[:2] - unet(x, t, cond, fps=8)).abs().max() < 1e-5
+        assert (both[2:] - unet(x, t, uncond, fps=8)).abs().max() < 1e-5
+    finally:
+        unet.set_qcache(None)
+    with pytest.raises(ValueError, match="multiple of the batch"):
+        unet(x, t, cond[:1].expand(3, -1, -1))
