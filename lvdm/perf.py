@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lvdm.models.samplers.ddim import Denoiser
 from lvdm.models.samplers.fifo import FifoGeometry
 from lvdm.modules.attention import SpatialTransformer, TemporalTransformer
+from lvdm.modules.networks.openaimodel3d import UNetExecution
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ CUDA_FREE_FRACTION = 0.85
 CUDA_RESERVE_BYTES = 512 * 2**20
 # On CPU, all windows in one call unless they would need more than this share of the RAM.
 CPU_RAM_FRACTION = 0.5
-# On CPU, transformers run chunks of at most this many tokens (UNetModel.set_transformer_chunk).
+# On CPU, transformers run chunks of at most this many tokens (UNetExecution.transformer_chunk).
 # Measured with scripts/benchmark.py --preset medium on 2 cores, one thread per shard: no chunks
 # (batch-sized activations spill out of cache) and 8192 lost to 2048-4096; 1024 lost too.
 CPU_TRANSFORMER_CHUNK = 4096
@@ -59,28 +60,31 @@ class FastPathPlan:
     Attributes:
         shards: slices of the batch evaluated in parallel threads (:class:`ShardedDenoiser`);
             1: the whole batch in one call.
-        transformer_chunk: tokens per transformer chunk (``UNetModel.set_transformer_chunk``),
-            or None for the whole batch at once.
+        unet: how the U-Net computes (``UNetModel.set_execution``); the default is as published.
     """
 
     shards: int = 1
-    transformer_chunk: int | None = None
+    unet: UNetExecution = UNetExecution()
 
 
 def plan_fast_path(device: str | torch.device, threads: int | None = None) -> FastPathPlan:
     """The fast path's execution plan for ``device``.
 
-    CUDA (and other accelerators): one call, no chunks; the device is fed best by big batches.
-    CPU: one shard per intra-op thread (``threads``, default ``torch.get_num_threads()``) and
-    transformer chunks of :data:`CPU_TRANSFORMER_CHUNK` tokens. The U-Net's samples are
-    independent, so spreading them over the cores keeps every core busy, where splitting
-    each small operation (norms, activations, attention over 16 frames) across the cores
-    leaves threads waiting at every operation's end.
+    CUDA (and other accelerators): one call, layers as published; the device is fed best by
+    big batches (and fp16 autocast, chosen elsewhere).
+    CPU: one shard per intra-op thread (``threads``, default ``torch.get_num_threads()``),
+    transformer chunks of :data:`CPU_TRANSFORMER_CHUNK` tokens and 2D temporal convolutions.
+    The U-Net's samples are independent, so spreading them over the cores keeps every core
+    busy, where splitting each small operation (norms, activations, attention over 16 frames)
+    across the cores leaves threads waiting at every operation's end.
     """
     if torch.device(device).type != "cpu":
         return FastPathPlan()
     threads = torch.get_num_threads() if threads is None else threads
-    return FastPathPlan(shards=max(1, threads), transformer_chunk=CPU_TRANSFORMER_CHUNK)
+    return FastPathPlan(
+        shards=max(1, threads),
+        unet=UNetExecution(transformer_chunk=CPU_TRANSFORMER_CHUNK, temporal_conv_2d=True),
+    )
 
 
 class ShardedDenoiser:

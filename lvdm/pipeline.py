@@ -153,7 +153,7 @@ class FifoGenerator:
         # How a batched call runs on this device (on CPU: parallel slices, transformer chunks).
         # The sequential reference path runs the U-Net as published.
         self.plan = plan_fast_path(self.device) if settings.batched else FastPathPlan()
-        model.unet.set_transformer_chunk(self.plan.transformer_chunk)
+        model.unet.set_execution(self.plan.unet)
         self._sharded = ShardedDenoiser(self._denoise_once, self.plan.shards)
         logger.info("fast path plan: %s", self.plan)
         self.schedule = model.ddim_schedule(self.geometry.steps, settings.eta)

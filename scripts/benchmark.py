@@ -14,8 +14,9 @@ machine's load hits both alike), and compares their outputs:
   ``lvdm.perf.auto_window_batch``, i.e. all of them unless memory is short) and both guidance
   branches per call; under ``--dtype`` autocast (default fp16 on CUDA, fp32 on CPU); run as
   ``lvdm.perf.plan_fast_path`` says (on CPU: the batch split into one slice per thread,
-  evaluated in parallel, and transformers in cache-sized chunks; ``--shards`` and
-  ``--transformer_chunk`` override it).
+  evaluated in parallel, transformers in cache-sized chunks, temporal convolutions as 2D
+  ones; ``--shards``, ``--transformer_chunk`` and ``--conv3d`` override it). The sequential
+  path runs the layers as published.
 
 On CPU both paths run after ``lvdm.perf.tune_cpu_allocator`` (as the CLI does), unless
 ``--default_allocator``.
@@ -72,6 +73,7 @@ from lvdm.models.samplers.fifo import (  # noqa: E402
     window_noise,
 )
 from lvdm.models.utils_diffusion import DDIMSchedule  # noqa: E402
+from lvdm.modules.networks.openaimodel3d import UNetExecution  # noqa: E402
 from lvdm.perf import (  # noqa: E402
     FastPathPlan,
     ShardedDenoiser,
@@ -175,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="fast path: tokens per transformer chunk, 0 for none (default: lvdm.perf.plan_fast_path)",
+    )
+    p.add_argument(
+        "--conv3d",
+        action="store_true",
+        help="fast path: temporal convolutions as published 3D ones, whatever the plan says",
     )
     p.add_argument(
         "--default_allocator",
@@ -294,7 +301,7 @@ class Bench:
     def path_denoiser(self, path: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         """The path's denoiser, with the model set up for it (transformer chunks on the fast path)."""
         fast = path == "fast"
-        self.model.unet.set_transformer_chunk(self.plan.transformer_chunk if fast else None)
+        self.model.unet.set_execution(self.plan.unet if fast else UNetExecution())
         if not fast:
             return self.denoiser("fp32")
         if self.fast_denoiser is None:
@@ -361,7 +368,9 @@ def setup(args: argparse.Namespace) -> Bench:
     if args.shards is not None:
         plan = replace(plan, shards=args.shards)
     if args.transformer_chunk is not None:
-        plan = replace(plan, transformer_chunk=args.transformer_chunk or None)
+        plan = replace(plan, unet=replace(plan.unet, transformer_chunk=args.transformer_chunk or None))
+    if args.conv3d:
+        plan = replace(plan, unet=replace(plan.unet, temporal_conv_2d=False))
     return Bench(
         args,
         device,
@@ -537,6 +546,7 @@ def fresh_process_probe(args: argparse.Namespace, spec: dict[str, Any]) -> dict[
         ("--no_lookahead", args.no_lookahead),
         ("--no_guidance", args.no_guidance),
         ("--default_allocator", args.default_allocator),
+        ("--conv3d", args.conv3d),
     ):
         if on:
             cmd.append(flag)
@@ -686,7 +696,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "auto_window_batch": bench.auto_window_batch,
             "threads": torch.get_num_threads() if bench.device.type == "cpu" else None,
             "shards": bench.plan.shards,
-            "transformer_chunk": bench.plan.transformer_chunk,
+            "transformer_chunk": bench.plan.unet.transformer_chunk,
+            "temporal_conv_2d": bench.plan.unet.temporal_conv_2d,
             "allocator_tuned": bench.allocator_tuned,
         },
         "paths": paths,
@@ -731,7 +742,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"({s['windows']} windows), guidance {s['guidance'] or 'off'}, eta {s['eta']}, seed {s['seed']}; "
         f"{s['iterations']} timed iteration(s) after {s['warmup']} warm-up, paths interleaved",
         f"fast path: {s['shards']} parallel slice(s) per call, transformer chunks of "
-        f"{s['transformer_chunk'] or 'all'} tokens; glibc malloc tuned: {'yes' if s['allocator_tuned'] else 'no'}",
+        f"{s['transformer_chunk'] or 'all'} tokens, temporal convs {'2D' if s['temporal_conv_2d'] else '3D'}; "
+        f"glibc malloc tuned: {'yes' if s['allocator_tuned'] else 'no'}",
         "",
         f"{'path':<34}{'s/frame':>10}{'mean':>10}{'calls/frame':>13}{'peak memory':>14}{'above set-up':>14}",
     ]

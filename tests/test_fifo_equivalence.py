@@ -33,6 +33,7 @@ from lvdm import perf
 from lvdm.build import load_model
 from lvdm.models.ddpm3d import LatentDiffusion
 from lvdm.models.samplers.fifo import FifoGeometry, fifo_step, initial_queue, shift_queue, window_noise
+from lvdm.modules.networks.openaimodel3d import UNetExecution
 from lvdm.options import QCacheOptions, parse_mode
 from lvdm.perf import ShardedDenoiser
 
@@ -158,11 +159,12 @@ def test_cpu_fast_path_plan_equals_sequential(model, embeddings, mode: str) -> N
     try:
         model.unet.set_qcache(parse_mode(mode).qcache)
         sequential = _step(model, embeddings, geo, schedule, queue, noise, batched=False)
-        model.unet.set_transformer_chunk(600)  # 256 tokens per frame: 2 of a clip's 4 frames
+        # 256 tokens per frame: chunks of 2 of a clip's 4 frames; 2D temporal convolutions.
+        model.unet.set_execution(UNetExecution(transformer_chunk=600, temporal_conv_2d=True))
         with ShardedDenoiser(_denoiser(model), shards=2, threads=2) as sharded, torch.inference_mode():
             fast = fifo_step(sharded, queue, geo, schedule, contexts, uncond, GUIDANCE, noise, batched=True)
     finally:
-        model.unet.set_transformer_chunk(None)
+        model.unet.set_execution(UNetExecution())
         model.unet.set_qcache(None)
     assert _max_diff(sequential, fast) < TOL
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lvdm import perf
+from lvdm.modules.networks.openaimodel3d import UNetExecution
 from lvdm.perf import FastPathPlan, ShardedDenoiser, plan_fast_path
 
 
@@ -99,7 +100,7 @@ def test_errors_in_a_slice_reach_the_caller() -> None:
 
 def test_plan_per_device() -> None:
     assert plan_fast_path("cpu", threads=6) == FastPathPlan(
-        shards=6, transformer_chunk=perf.CPU_TRANSFORMER_CHUNK
+        shards=6, unet=UNetExecution(perf.CPU_TRANSFORMER_CHUNK, temporal_conv_2d=True)
     )
     assert plan_fast_path("cpu", threads=1).shards == 1
     assert plan_fast_path("cuda") == FastPathPlan()  # big batches feed a GPU best

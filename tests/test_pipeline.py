@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from lvdm.build import load_model
+from lvdm.modules.networks.openaimodel3d import UNetExecution
 from lvdm.options import parse_mode
 from lvdm.perf import CPU_TRANSFORMER_CHUNK, FastPathPlan
 from lvdm.pipeline import FifoGenerator, GenerationSettings
@@ -23,8 +24,10 @@ def test_fast_and_reference_paths_set_the_model_up(monkeypatch) -> None:
     settings = GenerationSettings(video_length=4, num_partitions=1, height=64, width=64, progress=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # plan as on a two-core machine
     fast = FifoGenerator(model, parse_mode("t2v"), settings, "test")
-    assert fast.plan == FastPathPlan(shards=2, transformer_chunk=CPU_TRANSFORMER_CHUNK)
-    assert model.unet.transformer_chunk == CPU_TRANSFORMER_CHUNK
+    assert fast.plan == FastPathPlan(
+        shards=2, unet=UNetExecution(CPU_TRANSFORMER_CHUNK, temporal_conv_2d=True)
+    )
+    assert model.unet.execution == fast.plan.unet
     monkeypatch.undo()
 
     # The fast denoiser splits a batch over worker threads; the result is one call's.
@@ -49,7 +52,7 @@ def test_fast_and_reference_paths_set_the_model_up(monkeypatch) -> None:
 
     reference = FifoGenerator(model, parse_mode("t2v"), GenerationSettings(batched=False, **_small()), "test")
     assert reference.plan == FastPathPlan()
-    assert model.unet.transformer_chunk is None
+    assert model.unet.execution == UNetExecution()  # layers as published
 
 
 def _small() -> dict:

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lvdm.modules.attention import AttnProcessor, rows_per_chunk
-from lvdm.modules.networks.openaimodel3d import UNetModel
+from lvdm.modules.networks.openaimodel3d import TemporalConv, UNetExecution, UNetModel
 from lvdm.modules.qcache import QCacheBlendProcessor, QCacheRecordProcessor
 from lvdm.options import QCacheOptions, parse_mode
 from tests.conftest import REPO
@@ -155,23 +155,37 @@ def test_rows_per_chunk_respects_budget_and_groups(rows, tokens, groups, max_tok
 
 @torch.no_grad()
 @pytest.mark.parametrize("mode", ["t2v", "t2v_TTqcache_STqcache_attn1_attn2"])
-def test_transformer_chunks_give_the_same_noise(unet, inputs, mode) -> None:
-    """Chunks of whole clips, of single frames and of part of a clip's frames: same result,
-    with and without Q-caches (which record and blend once per chunk)."""
+def test_execution_settings_give_the_same_noise(unet, inputs, mode) -> None:
+    """Transformer chunks of whole clips, of single frames and of part of a clip's frames, and
+    2D temporal convolutions: same result, with and without Q-caches (which record and blend
+    once per chunk)."""
     unet.set_qcache(parse_mode(mode).qcache)
     try:
         whole = unet(*inputs, fps=8)
         # 8x8 latent, 8 frames: 64 tokens per frame at the top level (spatial), 8 per
         # position (temporal). 100 tokens: 1 frame or 12 positions per chunk.
-        for max_tokens in (100, 300, 1):
-            unet.set_transformer_chunk(max_tokens)
+        for chunk in (100, 300, 1, None):
+            unet.set_execution(UNetExecution(transformer_chunk=chunk, temporal_conv_2d=chunk != 1))
             assert (unet(*inputs, fps=8) - whole).abs().max() < 1e-5
     finally:
-        unet.set_transformer_chunk(None)
+        unet.set_execution(UNetExecution())
         unet.set_qcache(None)
-    assert unet.transformer_chunk is None
-    with pytest.raises(ValueError, match="max_tokens"):
-        unet.set_transformer_chunk(0)
+    assert all(not m.as_2d for m in unet.modules() if isinstance(m, TemporalConv))
+    with pytest.raises(ValueError, match="transformer_chunk"):
+        UNetExecution(transformer_chunk=0)
+
+
+def test_temporal_conv_in_2d_equals_the_published_3d() -> None:
+    conv = TemporalConv(8)
+    assert conv.weight.shape == (8, 8, 3, 1, 1)  # the checkpoint's shape
+    x = torch.randn(3, 8, 5, 4, 6)
+    reference = conv(x)
+    conv.as_2d = True
+    torch.testing.assert_close(conv(x), reference, rtol=1e-5, atol=1e-6)
+    # Time is padded with zeros and never mixes with space.
+    x[:, :, 0] += 100.0
+    changed = (conv(x) - reference).abs().amax(dim=(0, 1, 3, 4)) > 1e-3
+    assert changed.tolist() == [True, True, False, False, False]
 
 
 @torch.no_grad()

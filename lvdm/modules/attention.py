@@ -225,7 +225,7 @@ def rows_per_chunk(rows: int, tokens: int, groups: int, max_tokens: int | None) 
 class _Transformer(nn.Module):
     """What the spatial and temporal transformers share: norm, projections, blocks, chunking.
 
-    ``max_tokens`` (set by ``UNetModel.set_transformer_chunk``) runs the sequences through the
+    ``max_tokens`` (set by ``UNetModel.set_execution``) runs the sequences through the
     projections and blocks in chunks of at most that many tokens. Every sequence is
     independent there, so the result is the same; on CPU, chunks whose activations stay in
     cache run faster than one batch-sized pass over memory.

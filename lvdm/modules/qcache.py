@@ -10,7 +10,7 @@ Everything is elementwise per sample, so batched passes (several windows, cond a
 in one call) give each sample its own cache. Two execution details of the fast path are
 handled by the store rather than the U-Net:
 
-- A transformer may run its sequences in chunks (``UNetModel.set_transformer_chunk``), so a
+- A transformer may run its sequences in chunks (``UNetExecution.transformer_chunk``), so a
   processor is called once per chunk. The encoder records one query per chunk, in order, and
   each decoder reader takes them back in the same order; the encoder and decoder sites of a
   slot see the same shapes, hence the same chunks (checked on every read).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,24 +48,57 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+@dataclass(frozen=True)
+class UNetExecution:
+    """How the U-Net computes, without changing what (see ``UNetModel.set_execution``).
+
+    Attributes:
+        transformer_chunk: run every transformer's sequences in chunks of at most this many
+            tokens (None: the whole batch at once). On CPU, chunks whose activations stay in
+            cache run faster than one batch-sized pass over memory.
+        temporal_conv_2d: compute the (3, 1, 1) temporal convolutions as 2D (3, 1)
+            convolutions over (time, h·w). The same arithmetic; on CPU oneDNN runs it faster
+            than its 3D kernel, and much faster than the generic 3D kernel PyTorch uses for a
+            batch of one.
+    """
+
+    transformer_chunk: int | None = None
+    temporal_conv_2d: bool = False
+
+    def __post_init__(self) -> None:
+        if self.transformer_chunk is not None and self.transformer_chunk < 1:
+            raise ValueError(f"transformer_chunk must be ≥ 1 or None, got {self.transformer_chunk}")
+
+
+class TemporalConv(nn.Conv3d):
+    """A (3, 1, 1) convolution along time (a Conv3d, as published: same keys and shapes) that
+    can run as the equivalent 2D convolution over (time, h·w)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.as_2d = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.as_2d:
+            return super().forward(x)
+        b, c, t, h, w = x.shape
+        weight = self.weight.reshape(*self.weight.shape[:3], 1)  # (out, in, 3, 1)
+        y = F.conv2d(x.reshape(b, c, t, h * w), weight, self.bias, padding=(1, 0))
+        return y.reshape(b, -1, t, h, w)
+
+
 class TemporalConvBlock(nn.Module):
     """Four residual (3, 1, 1) convolutions along time. (b, c, t, h, w) → same."""
 
     def __init__(self, channels: int, dropout: float = 0.0) -> None:
         super().__init__()
-        kernel, pad = (3, 1, 1), (1, 0, 0)
-        self.conv1 = nn.Sequential(
-            nn.GroupNorm(32, channels), nn.SiLU(), nn.Conv3d(channels, channels, kernel, padding=pad)
-        )
+        self.conv1 = nn.Sequential(nn.GroupNorm(32, channels), nn.SiLU(), TemporalConv(channels))
         for name in ("conv2", "conv3", "conv4"):
             setattr(
                 self,
                 name,
                 nn.Sequential(
-                    nn.GroupNorm(32, channels),
-                    nn.SiLU(),
-                    nn.Dropout(dropout),
-                    nn.Conv3d(channels, channels, kernel, padding=pad),
+                    nn.GroupNorm(32, channels), nn.SiLU(), nn.Dropout(dropout), TemporalConv(channels)
                 ),
             )
         zero_module(self.conv4[-1])
@@ -313,7 +347,7 @@ class UNetModel(nn.Module):
             GroupNorm32(32, ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1))
         )
         self.attention_backend = "sdpa"
-        self.transformer_chunk: int | None = None
+        self.execution = UNetExecution()
         self.qcache: QCacheOptions | None = None
         self._qcache_store: QCacheStore | None = None
 
@@ -327,18 +361,18 @@ class UNetModel(nn.Module):
         self.attention_backend = backend
         self.set_qcache(self.qcache)
 
-    def set_transformer_chunk(self, max_tokens: int | None) -> None:
-        """Run every transformer's sequences in chunks of at most ``max_tokens`` tokens.
+    def set_execution(self, execution: UNetExecution) -> None:
+        """Choose how the layers compute (:class:`UNetExecution`); the result stays the same.
 
-        Same result; ``None`` (the default) runs each transformer on the whole batch at once.
-        A speed setting for large batches on CPU, where chunks that stay in cache run faster.
+        The default ``UNetExecution()`` runs the layers as published; the fast path's plan
+        (``lvdm.perf.plan_fast_path``) picks what is faster on its device.
         """
-        if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"max_tokens must be ≥ 1 or None, got {max_tokens}")
         for layer in self.modules():
             if isinstance(layer, (SpatialTransformer, TemporalTransformer)):
-                layer.max_tokens = max_tokens
-        self.transformer_chunk = max_tokens
+                layer.max_tokens = execution.transformer_chunk
+            elif isinstance(layer, TemporalConv):
+                layer.as_2d = execution.temporal_conv_2d
+        self.execution = execution
 
     def set_qcache(self, options: QCacheOptions | None) -> None:
         """Install Q-cache processors for ``options``; ``None`` restores plain attention.
