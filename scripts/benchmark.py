@@ -299,7 +299,8 @@ class Bench:
         return denoise
 
     def path_denoiser(self, path: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-        """The path's denoiser, with the model set up for it (transformer chunks on the fast path)."""
+        """The path's denoiser, with the U-Net set up for it (the plan's execution on the fast
+        path, the published layers on the sequential one)."""
         fast = path == "fast"
         self.model.unet.set_execution(self.plan.unet if fast else UNetExecution())
         if not fast:
