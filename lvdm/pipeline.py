@@ -155,7 +155,10 @@ class FifoGenerator:
         self.plan = plan_fast_path(self.device) if settings.batched else FastPathPlan()
         model.unet.set_execution(self.plan.unet)
         self._sharded = ShardedDenoiser(self._denoise_once, self.plan.shards)
-        logger.info("fast path plan: %s", self.plan)
+        if settings.batched:
+            logger.info("fast path plan: %s", self.plan)
+        else:
+            logger.info("sequential path: one window and one guidance branch per call, layers as published")
         self.schedule = model.ddim_schedule(self.geometry.steps, settings.eta)
         # The unconditional context never changes: empty text (+ zero-image tokens, as published).
         self.uncond_context = model.get_learned_conditioning([""])
