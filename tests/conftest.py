@@ -11,6 +11,17 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
 
 
+def write_png(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
+    """A random-noise RGB image of ``size`` (width, height) at ``path`` (folders created)."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not (REFERENCE / "tiny_t2v" / "config.yaml").is_file():

@@ -18,6 +18,7 @@ import videocrafter_main
 from lvdm.options import parse_mode
 from lvdm.prompts import safe_name
 from lvdm.video_io import read_video
+from tests.conftest import write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 T2V = str(ROOT / "configs" / "tiny_t2v.yaml")
@@ -40,11 +41,8 @@ def work(tmp_path: Path, monkeypatch) -> Path:
     return d
 
 
-def make_png(path: Path, size: tuple[int, int] = (80, 48)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return path
+def make_png(path: Path) -> Path:
+    return write_png(path, (80, 48), seed=1)
 
 
 def prompt_file(tmp_path: Path, text: str, name: str = "prompts.txt") -> Path:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from lvdm.prompts import PromptFileError, Scene, parse_prompt_file, safe_name
+from tests.conftest import write_png
 
 
 def write(path: Path, text: str) -> Path:
@@ -18,10 +17,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def png(path: Path, size: tuple[int, int] = (16, 12)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return path
+    return write_png(path, size)
 
 
 # ----------------------------------------------------------------------------- text modes

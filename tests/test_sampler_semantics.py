@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import lvdm.pipeline as pipeline
 from lvdm.build import load_model
@@ -23,6 +22,7 @@ from lvdm.options import QCacheOptions, parse_mode
 from lvdm.pipeline import FifoGenerator, GenerationSettings
 from lvdm.prompts import PromptJob, Scene
 from lvdm.video_io import read_video
+from tests.conftest import write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 T2V = ROOT / "configs" / "tiny_t2v.yaml"
@@ -137,9 +137,7 @@ def test_seed_uses_the_first_base_frame_for_every_step(tmp_path, monkeypatch, i2
 
 
 def test_i2v_conditions_on_the_input_image(tmp_path, monkeypatch, i2v_model) -> None:
-    image = tmp_path / "in.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (40, 90, 3), dtype=np.uint8)).save(image)
+    image = write_png(tmp_path / "in.png", (90, 40))
     gen = FifoGenerator(i2v_model, parse_mode("i2v"), settings(), "test-model")
     rec = Recorder(monkeypatch)
     gen.run(PromptJob("a fox", line=1, image=image), tmp_path, "exp", tmp_path / "cache")
