@@ -316,6 +316,9 @@ def test_benchmark_refuses_full_on_cpu(bench_script, capsys) -> None:
         ["--warmup", "-1"],
         ["--dtype", "fp8"],
         ["--preset", "huge"],
+        ["--shards", "0"],
+        ["--transformer_chunk", "-1"],
+        ["--threads", "0"],
     ],
 )
 def test_benchmark_rejects_bad_arguments(bench_script, bad: list[str]) -> None:
