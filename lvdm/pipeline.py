@@ -31,7 +31,7 @@ from lvdm.modules.networks.openaimodel3d import Downsample as UNetDownsample
 from lvdm.options import ModeOptions
 from lvdm.perf import FastPathPlan, ShardedDenoiser, auto_window_batch, plan_fast_path
 from lvdm.prompts import PromptJob
-from lvdm.video_io import VideoWriter
+from tools.video_io import VideoWriter
 
 logger = logging.getLogger(__name__)
 

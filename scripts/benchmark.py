@@ -458,7 +458,7 @@ def run_fifo(bench: Bench, path: str, iterations: int, video_dir: Path | None) -
     """A FIFO run of ``iterations`` on ``path`` as the pipeline does it; output frames decoded
     and streamed to a GIF in ``video_dir`` (None: no decode). Returns frames and seconds."""
     from lvdm.pipeline import to_uint8_frames
-    from lvdm.video_io import VideoWriter
+    from tools.video_io import VideoWriter
 
     geo = bench.geometry
     skip = geo.discarded_frames()

@@ -2,7 +2,7 @@
 
     python scripts/check_reference.py ../shared/reference/tiny_t2v
 
-Exits 1 if any case's error exceeds 1e-4 (see lvdm/reference.py for how errors are scaled).
+Exits 1 if any case's error exceeds 1e-4 (see tools/reference.py for how errors are scaled).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvdm.reference import TOLERANCE, ReferenceSuite  # noqa: E402
+from tools.reference import TOLERANCE, ReferenceSuite  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

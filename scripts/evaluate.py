@@ -4,7 +4,7 @@
     python scripts/evaluate.py results/videocraft_v2_fifo/random_noise \\
         --clip_ckpt videocrafter_models/Image2Video_512/model.ckpt
 
-Writes metrics.csv, metrics.json and consistency.png (see lvdm/evaluation.py for the metrics) and
+Writes metrics.csv, metrics.json and consistency.png (see tools/evaluation.py for the metrics) and
 prints a table: one line per video, grouped by experiment, then the per-experiment means.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lvdm.checkpoint import CheckpointError  # noqa: E402
-from lvdm.evaluation import format_table, run_evaluation  # noqa: E402
-from lvdm.video_io import VideoReadError  # noqa: E402
+from tools.evaluation import format_table, run_evaluation  # noqa: E402
+from tools.video_io import VideoReadError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lvdm.comparison import (
+from tools.comparison import (
     align_lengths,
     default_labels,
     make_contact_sheet,
@@ -17,7 +17,7 @@ from lvdm.comparison import (
     render_label,
     resize_to_height,
 )
-from lvdm.video_io import read_video, write_video
+from tools.video_io import read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 GAP = 4

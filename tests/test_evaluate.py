@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lvdm.checkpoint import CheckpointError
-from lvdm.evaluation import load_clip_embedder, pixel_metrics, run_evaluation, video_key
-from lvdm.video_io import write_video
+from tools.evaluation import load_clip_embedder, pixel_metrics, run_evaluation, video_key
+from tools.video_io import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lvdm.reference import TOLERANCE, ReferenceSuite
+from tools.reference import TOLERANCE, ReferenceSuite
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from lvdm.build import build_model
 from lvdm.models.samplers.ddim import ddim_step, guided_noise
 from lvdm.options import parse_mode
-from lvdm.reference import ReferenceSuite
 from tests.conftest import REPO
+from tools.reference import ReferenceSuite
 
 
 @pytest.fixture(scope="module")

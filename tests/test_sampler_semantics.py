@@ -21,8 +21,8 @@ from lvdm.models.samplers.fifo import FifoGeometry
 from lvdm.options import QCacheOptions, parse_mode
 from lvdm.pipeline import FifoGenerator, GenerationSettings
 from lvdm.prompts import PromptJob, Scene
-from lvdm.video_io import read_video
 from tests.conftest import write_png
+from tools.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 T2V = ROOT / "configs" / "tiny_t2v.yaml"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from lvdm.video_io import VideoWriter
+from tools.video_io import VideoWriter
 
 logger = logging.getLogger(__name__)
 

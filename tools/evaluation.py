@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from lvdm.checkpoint import CheckpointError, read_state_dict
-from lvdm.video_io import find_videos, read_video
+from tools.video_io import find_videos, read_video
 
 logger = logging.getLogger(__name__)
 
