@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from lvdm.options import ModeError, parse_mode
+from fifo.options import GenerationSettings, ModeError, ModeOptions, Precision, parse_mode
 
 logger = logging.getLogger("videocrafter_main")
 
@@ -74,26 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """Argument checks that need no model; raise ValueError with the fix."""
+    """Checks of arguments that are not settings of the run; raise ValueError with the fix.
+
+    The run's settings are checked where they are defined (``GenerationSettings``).
+    """
     checks = [
-        (
-            args.video_length is None or (args.video_length >= 2 and args.video_length % 2 == 0),
-            "--video_length must be an even number ≥ 2",
-        ),
-        (args.num_partitions >= 1, "--num_partitions must be ≥ 1"),
-        (args.new_video_length >= 1, "--new_video_length must be ≥ 1"),
-        (
-            (args.height is None or args.height > 0) and (args.width is None or args.width > 0),
-            "--height and --width must be positive",
-        ),
-        (args.unconditional_guidance_scale >= 0, "--unconditional_guidance_scale must be ≥ 0"),
-        (0.0 <= args.eta <= 1.0, "--eta must lie in [0, 1]"),
-        (args.output_fps >= 1 and args.fps >= 1, "--fps and --output_fps must be ≥ 1"),
         (
             args.num_processes >= 1 and 0 <= args.rank < args.num_processes,
             "--rank must be in [0, --num_processes)",
         ),
-        (args.window_batch is None or args.window_batch >= 1, "--window_batch must be ≥ 1"),
         (
             args.random_init or args.ckpt_path,
             "--ckpt_path is required (or --random_init for tests and demos)",
@@ -104,8 +93,31 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(message)
 
 
-def experiment_name(args: argparse.Namespace, mode) -> str:
-    from lvdm.prompts import safe_name
+def settings_from_args(args: argparse.Namespace, facts, device: str) -> GenerationSettings:
+    """The run's settings; what the user left out comes from the model config ``facts``."""
+    return GenerationSettings(
+        video_length=args.video_length or facts.temporal_length,
+        num_partitions=args.num_partitions,
+        new_video_length=args.new_video_length,
+        height=args.height if args.height is not None else facts.default_size[0],
+        width=args.width if args.width is not None else facts.default_size[1],
+        fps=args.fps,
+        guidance=args.unconditional_guidance_scale,
+        eta=args.eta,
+        lookahead=args.lookahead_denoising,
+        seed=args.seed,
+        save_frames=args.save_frames,
+        use_mp4=args.use_mp4,
+        output_fps=args.output_fps,
+        batched=not args.sequential,
+        window_batch=args.window_batch,
+        dtype=Precision(args.dtype) if args.dtype else Precision.default_for(device),
+        progress=not args.no_progress,
+    )
+
+
+def experiment_name(args: argparse.Namespace, mode: ModeOptions) -> str:
+    from fifo.prompts import safe_name
 
     if args.experiment:
         return safe_name(args.experiment)
@@ -130,22 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mode = parse_mode(args.mode, args.qcache_weight)
         validate(args)
-        from lvdm.prompts import parse_prompt_file
+        from fifo.prompts import parse_prompt_file
 
-        jobs = parse_prompt_file(args.prompt_file, image_mode=mode.main == "i2v")
+        jobs = parse_prompt_file(args.prompt_file, image_mode=mode.main.takes_input_image)
     except (ModeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return run(args, mode, jobs)
 
 
-def run(args: argparse.Namespace, mode, jobs) -> int:
+def run(args: argparse.Namespace, mode: ModeOptions, jobs) -> int:
     import torch
 
+    from fifo.generator import FifoGenerator, check_model_fits
+    from fifo.perf import tune_cpu_allocator
     from lvdm.build import config_facts, load_config, load_model, model_identity
     from lvdm.checkpoint import CheckpointError
-    from lvdm.perf import tune_cpu_allocator
-    from lvdm.pipeline import FifoGenerator, GenerationSettings
     from lvdm.utils import ConfigError
 
     rank, world, torchrun = distributed_rank(args)
@@ -162,41 +174,10 @@ def run(args: argparse.Namespace, mode, jobs) -> int:
     my_jobs = jobs[rank::world]
     try:
         facts = config_facts(load_config(args.config))
-        if mode.uses_image_model and not facts.has_image_embedder:
-            raise ValueError(
-                f"mode {mode.main!r} needs the image-to-video model (a CLIP image embedder), but "
-                f"{args.config} has none: use --config configs/inference_i2v_512_v1.0.yaml "
-                "(or configs/tiny_i2v.yaml)"
-            )
-        video_length = args.video_length or facts.temporal_length
-        height, width = args.height or facts.default_size[0], args.width or facts.default_size[1]
-        if height % facts.size_multiple or width % facts.size_multiple:
-            raise ValueError(
-                f"--height and --width must be multiples of {facts.size_multiple} for this model, "
-                f"got {height}x{width}"
-            )
-        dtype = args.dtype or ("fp16" if str(device).startswith("cuda") else "fp32")
-        settings = GenerationSettings(
-            video_length=video_length,
-            num_partitions=args.num_partitions,
-            new_video_length=args.new_video_length,
-            height=height,
-            width=width,
-            fps=args.fps,
-            guidance=args.unconditional_guidance_scale,
-            eta=args.eta,
-            lookahead=args.lookahead_denoising,
-            seed=args.seed,
-            save_frames=args.save_frames,
-            use_mp4=args.use_mp4,
-            output_fps=args.output_fps,
-            batched=not args.sequential,
-            window_batch=args.window_batch,
-            dtype=dtype,
-            progress=not args.no_progress,
-        )
+        settings = settings_from_args(args, facts, device)
+        check_model_fits(facts, mode, settings, args.config)
         model = load_model(args.config, args.ckpt_path, args.random_init, device=device, seed=args.seed)
-        model.unet.set_attention_backend(args.attention)
+        model.unet.set_attn_processor(args.attention)
         generator = FifoGenerator(
             model, mode, settings, model_identity(args.config, args.ckpt_path, args.random_init, args.seed)
         )

@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lvdm.checkpoint import CheckpointError, load_weights, read_state_dict
 from lvdm.models.ddpm3d import LatentDiffusion
 from lvdm.modules.encoders.condition import register_openclip_configs
+from lvdm.modules.networks.openaimodel3d import Downsample
 from lvdm.utils import ConfigError, instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -39,12 +40,15 @@ def load_config(path: str | Path) -> dict:
 
 @dataclass(frozen=True)
 class ConfigFacts:
-    """What the CLI needs to know about a model config before building it."""
+    """What a run needs to know about a model before sampling: read from its config (before
+    building it, :func:`config_facts`) or from the built model (:func:`model_facts`)."""
 
     has_image_embedder: bool
     temporal_length: int
     default_size: tuple[int, int]  # (height, width) in pixels
     size_multiple: int  # height and width must be multiples of this
+    vae_scale: int = 8  # pixels per latent cell
+    unet_factor: int = 8  # the U-Net halves the latent this many times over (2**downsamples)
 
 
 def config_facts(cfg: dict) -> ConfigFacts:
@@ -61,6 +65,25 @@ def config_facts(cfg: dict) -> ConfigFacts:
         temporal_length=int(unet.get("temporal_length") or 16),
         default_size=(int(latent[0]) * vae, int(latent[1]) * vae),
         size_multiple=vae * unet_factor,
+        vae_scale=vae,
+        unet_factor=unet_factor,
+    )
+
+
+def model_facts(model: LatentDiffusion) -> ConfigFacts:
+    """The same facts, read from a built model."""
+    unet = model.unet
+    # The U-Net halves the latent at every Downsample and doubles it back: each latent side
+    # must divide by 2**downsamples, or the skip connections do not line up.
+    unet_factor = 2 ** sum(isinstance(m, Downsample) for m in unet.modules())
+    vae = model.vae_scale
+    return ConfigFacts(
+        has_image_embedder=model.has_image_embedder,
+        temporal_length=int(unet.temporal_length or 16),
+        default_size=(model.image_size[0] * vae, model.image_size[1] * vae),
+        size_multiple=vae * unet_factor,
+        vae_scale=vae,
+        unet_factor=unet_factor,
     )
 
 

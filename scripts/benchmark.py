@@ -8,17 +8,17 @@ One process, one model with random weights, one seed. Each timed FIFO iteration 
 paths on the same queue and the same DDIM noise, in alternating order (so that drift in the
 machine's load hits both alike), and compares their outputs:
 
-- sequential: ``fifo_step(..., batched=False)``: one window and one guidance branch per U-Net
-  call, as published, in fp32;
-- fast: ``fifo_step(..., batched=True)``: ``--window_batch`` windows (default: chosen by
-  ``lvdm.perf.auto_window_batch``, i.e. all of them unless memory is short) and both guidance
+- sequential: ``fifo_step`` with one window and one guidance branch per U-Net call
+  (``window_batch=1``, ``CFGDenoiser(batch_branches=False)``), as published, in fp32;
+- fast: ``fifo_step`` with ``--window_batch`` windows (default: chosen by
+  ``fifo.perf.auto_window_batch``, i.e. all of them unless memory is short) and both guidance
   branches per call; under ``--dtype`` autocast (default fp16 on CUDA, fp32 on CPU); run as
-  ``lvdm.perf.plan_fast_path`` says (on CPU: the batch split into one slice per thread,
+  ``fifo.perf.plan_fast_path`` says (on CPU: the batch split into one slice per thread,
   evaluated in parallel, transformers in cache-sized chunks, temporal convolutions as 2D
   ones; ``--shards``, ``--transformer_chunk`` and ``--conv3d`` override it). The sequential
   path runs the layers as published.
 
-On CPU both paths run after ``lvdm.perf.tune_cpu_allocator`` (as the CLI does), unless
+On CPU both paths run after ``fifo.perf.tune_cpu_allocator`` (as the CLI does), unless
 ``--default_allocator``.
 
 One iteration dequeues one output frame, so seconds per iteration = seconds per output frame.
@@ -51,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -63,34 +63,31 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from lvdm.build import config_facts, load_config, load_model  # noqa: E402
-from lvdm.models.ddpm3d import LatentDiffusion  # noqa: E402
-from lvdm.models.samplers.fifo import (  # noqa: E402
-    FifoGeometry,
-    fifo_step,
-    initial_queue,
-    shift_queue,
-    window_noise,
-)
-from lvdm.models.utils_diffusion import DDIMSchedule  # noqa: E402
-from lvdm.modules.networks.openaimodel3d import UNetExecution  # noqa: E402
-from lvdm.perf import (  # noqa: E402
+from fifo.geometry import FifoGeometry  # noqa: E402
+from fifo.guidance import CFGDenoiser, GuidedDenoiser, ModelDenoiser, compute_precision  # noqa: E402
+from fifo.noise import NoiseSource  # noqa: E402
+from fifo.options import Precision  # noqa: E402
+from fifo.perf import (  # noqa: E402
     FastPathPlan,
     ShardedDenoiser,
+    UNetExecution,
+    apply_execution,
     auto_window_batch,
-    current_rss_bytes,
-    peak_memory_bytes,
-    peak_memory_reset,
     plan_fast_path,
     tune_cpu_allocator,
     unet_widths,
     window_activation_bytes,
 )
+from fifo.schedule import DDIMSchedule  # noqa: E402
+from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue  # noqa: E402
+from lvdm.build import config_facts, load_config, load_model  # noqa: E402
+from lvdm.models.ddpm3d import LatentDiffusion  # noqa: E402
+from tools.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
 PATHS = ("sequential", "fast")
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = [p.value for p in Precision]
 PROBE_MARK = "BENCHMARK_PROBE_RESULT "
 PROMPT = "a red panda eating bamboo in a misty forest"
 
@@ -150,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--window_batch",
         type=int,
         default=None,
-        help="fast path: windows per U-Net call (default: lvdm.perf.auto_window_batch)",
+        help="fast path: windows per U-Net call (default: fifo.perf.auto_window_batch)",
     )
     p.add_argument(
         "--video_length",
@@ -169,14 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--shards",
         type=int,
         default=None,
-        help="fast path: parallel slices of each batched call (default: lvdm.perf.plan_fast_path; "
+        help="fast path: parallel slices of each batched call (default: fifo.perf.plan_fast_path; "
         "one per thread on CPU, 1 on CUDA)",
     )
     p.add_argument(
         "--transformer_chunk",
         type=int,
         default=None,
-        help="fast path: tokens per transformer chunk, 0 for none (default: lvdm.perf.plan_fast_path)",
+        help="fast path: tokens per transformer chunk, 0 for none (default: fifo.perf.plan_fast_path)",
     )
     p.add_argument(
         "--conv3d",
@@ -186,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--default_allocator",
         action="store_true",
-        help="CPU: leave glibc malloc as it is (no lvdm.perf.tune_cpu_allocator)",
+        help="CPU: leave glibc malloc as it is (no fifo.perf.tune_cpu_allocator)",
     )
     p.add_argument(
         "--lengths",
@@ -274,7 +271,7 @@ class Bench:
     latent_hw: tuple[int, int]
     contexts: Tensor  # (W, 77, d), the prompt for every window
     uncond: Tensor | None  # (1, 77, d) empty-prompt embedding, or None without guidance
-    generator: torch.Generator
+    generator: NoiseSource
     queue: Tensor  # (1, c, L, h, w) the initial queue from random "base clip" latents
     window_batch: int | None  # the fast path's
     auto_window_batch: int | None
@@ -286,27 +283,20 @@ class Bench:
     def guided(self) -> bool:
         return self.uncond is not None and self.args.guidance != 1.0
 
-    def denoiser(self, dtype: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-        """The U-Net as a (x, t, context) → eps callable, under autocast unless fp32."""
-        fps = self.args.fps
+    def denoiser(self, dtype: str, batch_branches: bool) -> GuidedDenoiser:
+        """The guided U-Net, under autocast unless fp32."""
+        model = ModelDenoiser(self.model, self.args.fps, Precision(dtype))
+        return CFGDenoiser(model, self.args.guidance, batch_branches=batch_branches)
 
-        def denoise(x: Tensor, t: Tensor, context: Tensor) -> Tensor:
-            if dtype == "fp32":
-                return self.model.apply_model(x, t, context, fps=fps)
-            with torch.autocast(self.device.type, dtype=DTYPES[dtype]):
-                return self.model.apply_model(x, t, context, fps=fps).float()
-
-        return denoise
-
-    def path_denoiser(self, path: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    def path_denoiser(self, path: str) -> GuidedDenoiser:
         """The path's denoiser, with the U-Net set up for it (the plan's execution on the fast
         path, the published layers on the sequential one)."""
         fast = path == "fast"
-        self.model.unet.set_execution(self.plan.unet if fast else UNetExecution())
+        apply_execution(self.model.unet, self.plan.unet if fast else UNetExecution())
         if not fast:
-            return self.denoiser("fp32")
+            return self.denoiser("fp32", batch_branches=False)
         if self.fast_denoiser is None:
-            self.fast_denoiser = ShardedDenoiser(self.denoiser(self.args.dtype), self.plan.shards)
+            self.fast_denoiser = ShardedDenoiser(self.denoiser(self.args.dtype, True), self.plan.shards)
         return self.fast_denoiser
 
     def step(self, path: str, queue: Tensor, noise: Tensor | None) -> Tensor:
@@ -319,9 +309,7 @@ class Bench:
             self.schedule,
             self.contexts,
             self.uncond,
-            self.args.guidance,
             noise,
-            batched=fast,
             window_batch=self.window_batch if fast else 1,
         )
 
@@ -332,10 +320,8 @@ class Bench:
         return math.ceil(n_windows / (self.window_batch or n_windows))
 
     def decode(self, z: Tensor) -> Tensor:
-        """(1, c, 1, h, w) latents → (1, 3, 1, H, W), as the pipeline decodes an output frame."""
-        if self.args.dtype == "fp32":
-            return self.model.decode_first_stage_2DAE(z)
-        with torch.autocast(self.device.type, dtype=DTYPES[self.args.dtype]):
+        """(1, c, 1, h, w) latents → (1, 3, 1, H, W), as the generator decodes an output frame."""
+        with compute_precision(self.device, Precision(self.args.dtype)):
             return self.model.decode_first_stage_2DAE(z).float()
 
 
@@ -348,20 +334,20 @@ def setup(args: argparse.Namespace) -> Bench:
     preset = PRESETS[args.preset]
     model = load_model(REPO / preset.config, None, random_init=True, device=device, seed=args.seed)
     geometry = FifoGeometry(args.video_length, args.num_partitions, not args.no_lookahead)
-    schedule = model.ddim_schedule(geometry.steps, args.eta)
+    schedule = DDIMSchedule.from_model(model, geometry.steps, args.eta)
     scale = model.vae_scale
     latent_hw = (args.height // scale, args.width // scale)
     n_windows = len(geometry.windows())
     # Embeddings once, outside every timed region.
     contexts = model.get_learned_conditioning([PROMPT]).expand(n_windows, -1, -1)
     uncond = None if args.no_guidance else model.get_learned_conditioning([""])
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    base = torch.randn(
-        (1, model.channels, geometry.video_length, *latent_hw), generator=generator, device=device
-    )
-    queue = initial_queue(base, geometry, schedule, unilatent=False, generator=generator)
+    generator = NoiseSource.seeded(args.seed, device)
+    base = generator.randn((1, model.channels, geometry.video_length, *latent_hw))
+    queue = initial_queue(base, geometry, schedule, unilatent=False, noise=generator)
     guided = uncond is not None and args.guidance != 1.0
-    auto = auto_window_batch(model, geometry, latent_hw, device, DTYPES[args.dtype].itemsize, guidance=guided)
+    auto = auto_window_batch(
+        model, geometry, latent_hw, device, Precision(args.dtype).itemsize, guidance=guided
+    )
     window_batch = args.window_batch if args.window_batch is not None else auto
     if window_batch is not None and window_batch >= n_windows:
         window_batch = None  # all windows in one call
@@ -415,7 +401,7 @@ def time_paths(bench: Bench) -> dict[str, Any]:
     total = args.warmup + args.iterations
     for it in range(total):
         timed = it >= args.warmup
-        noise = window_noise(bench.geometry, queue, bench.schedule, bench.generator)
+        noise = iteration_noise(bench.generator, bench.geometry, queue, bench.schedule)
         outputs: dict[str, Tensor] = {}
         last: dict[str, float] = {}
         order = PATHS if it % 2 == 0 else PATHS[::-1]
@@ -457,7 +443,7 @@ def time_paths(bench: Bench) -> dict[str, Any]:
 def run_fifo(bench: Bench, path: str, iterations: int, video_dir: Path | None) -> dict[str, Any]:
     """A FIFO run of ``iterations`` on ``path`` as the pipeline does it; output frames decoded
     and streamed to a GIF in ``video_dir`` (None: no decode). Returns frames and seconds."""
-    from lvdm.pipeline import to_uint8_frames
+    from fifo.run import to_uint8_frames
     from tools.video_io import VideoWriter
 
     geo = bench.geometry
@@ -470,7 +456,7 @@ def run_fifo(bench: Bench, path: str, iterations: int, video_dir: Path | None) -
         if video_dir is not None:
             writer = stack.enter_context(VideoWriter(video_dir / "benchmark.gif", fps=8))
         for it in range(iterations):
-            noise = window_noise(geo, queue, bench.schedule, bench.generator)
+            noise = iteration_noise(bench.generator, geo, queue, bench.schedule)
             queue = bench.step(path, queue, noise)
             if writer is not None and it >= skip:
                 frame = bench.decode(queue[:, :, geo.output_slot : geo.output_slot + 1])
@@ -602,26 +588,26 @@ def sampler_overhead(bench: Bench, repeats: int = 5) -> dict[str, float]:
     """Seconds per iteration of ``fifo_step`` itself (slicing, guidance mix, DDIM update,
     write-back) with a U-Net that costs nothing: what batching cannot save."""
 
-    def null(x: Tensor, t: Tensor, context: Tensor) -> Tensor:
-        return x.repeat(context.shape[0] // x.shape[0], 1, 1, 1, 1)  # one output per context
+    def null(x: Tensor, t: Tensor, context: Tensor, context_branches: int = 1) -> Tensor:
+        return x.repeat(context_branches, 1, 1, 1, 1)  # one output per context
 
     out = {}
-    noise = window_noise(bench.geometry, bench.queue, bench.schedule, bench.generator)
+    noise = iteration_noise(bench.generator, bench.geometry, bench.queue, bench.schedule)
     for path in PATHS:
+        fast = path == "fast"
+        guided = CFGDenoiser(null, bench.args.guidance, batch_branches=fast)
         times: list[float] = []
         for _ in range(repeats + 1):
             with _timer(bench.device, times):
                 fifo_step(
-                    null,
+                    guided,
                     bench.queue,
                     bench.geometry,
                     bench.schedule,
                     bench.contexts,
                     bench.uncond,
-                    bench.args.guidance,
                     noise,
-                    batched=path == "fast",
-                    window_batch=bench.window_batch if path == "fast" else 1,
+                    window_batch=bench.window_batch if fast else 1,
                 )
         out[path] = statistics.median(times[1:])
     return out
@@ -712,7 +698,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "memory_by_length": lengths,
         "window_activation_estimate_bytes": window_activation_bytes(
-            widths, bench.geometry.video_length, bench.latent_hw, DTYPES[args.dtype].itemsize, bench.guided
+            widths, bench.geometry.video_length, bench.latent_hw, Precision(args.dtype).itemsize, bench.guided
         ),
     }
 

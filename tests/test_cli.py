@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import videocrafter_main
-from lvdm.options import parse_mode
-from lvdm.prompts import safe_name
+from fifo.options import parse_mode
+from fifo.prompts import safe_name
 from tests.conftest import write_png
 from tools.video_io import read_video
 

@@ -1,4 +1,4 @@
-"""The FIFO queue (lvdm.models.samplers.fifo) against the facts of the published method.
+"""The FIFO queue (fifo.geometry, fifo.step) against the facts of the published method.
 
 Facts (shared/reference/README.md, "How the published method works"): f = video_length,
 n = num_partitions, steps = f·n. With lookahead, f/2 leading slots at noise index 0 from base
@@ -16,14 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from lvdm.models.samplers.fifo import (
-    FifoGeometry,
-    fifo_step,
-    initial_queue,
-    shift_queue,
-    window_noise,
-)
-from lvdm.models.utils_diffusion import DDIMSchedule, linear_betas, schedule_buffers
+from fifo.geometry import FifoGeometry
+from fifo.guidance import CFGDenoiser
+from fifo.noise import NoiseSource
+from fifo.schedule import DDIMSchedule
+from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue
+from lvdm.models.utils_diffusion import linear_betas, schedule_buffers
 
 GEOMETRIES = [(f, n, la) for f in (2, 4, 16) for n in (1, 2, 4) for la in (True, False)]
 
@@ -154,7 +152,9 @@ def test_initial_queue_without_noise(f: int, n: int, la: bool, unilatent: bool, 
     sched = schedule(geo.steps)
     real_randn = torch.randn
     monkeypatch.setattr(torch, "randn", lambda *a, **k: torch.zeros_like(real_randn(*a, **k)))
-    queue = initial_queue(_numbered_clip(f), geo, sched, unilatent, torch.Generator().manual_seed(0))
+    queue = initial_queue(
+        _numbered_clip(f), geo, sched, unilatent, NoiseSource(torch.Generator().manual_seed(0))
+    )
     assert queue.shape == (1, 4, geo.queue_length, 8, 8)
     idx = geo.slot_indices()
     for s in range(geo.queue_length):
@@ -169,7 +169,7 @@ def test_initial_queue_noise_levels(unilatent: bool) -> None:
     geo = FifoGeometry(4, 2, lookahead=True)
     sched = schedule(geo.steps)
     base = _numbered_clip(4, h=64, w=64)
-    queue = initial_queue(base, geo, sched, unilatent, torch.Generator().manual_seed(1))
+    queue = initial_queue(base, geo, sched, unilatent, NoiseSource(torch.Generator().manual_seed(1)))
     idx = geo.slot_indices()
     eps_all = []
     for s in range(geo.queue_length):
@@ -189,41 +189,45 @@ def test_initial_queue_is_reproducible() -> None:
     geo = FifoGeometry(4, 1)
     sched = schedule(geo.steps)
     base = torch.randn(1, 4, 4, 8, 8)
-    a = initial_queue(base, geo, sched, False, torch.Generator().manual_seed(5))
-    b = initial_queue(base, geo, sched, False, torch.Generator().manual_seed(5))
-    c = initial_queue(base, geo, sched, False, torch.Generator().manual_seed(6))
+    a = initial_queue(base, geo, sched, False, NoiseSource(torch.Generator().manual_seed(5)))
+    b = initial_queue(base, geo, sched, False, NoiseSource(torch.Generator().manual_seed(5)))
+    c = initial_queue(base, geo, sched, False, NoiseSource(torch.Generator().manual_seed(6)))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
 
 def test_shift_queue_drops_the_head_and_appends_noise() -> None:
     queue = torch.arange(6, dtype=torch.float32).reshape(1, 1, 6, 1, 1).expand(1, 4, 6, 32, 32).clone()
-    shifted = shift_queue(queue, torch.Generator().manual_seed(0))
+    shifted = shift_queue(queue, NoiseSource(torch.Generator().manual_seed(0)))
     assert shifted.shape == queue.shape
     assert torch.equal(shifted[:, :, :-1], queue[:, :, 1:])
     tail = shifted[:, :, -1]
     assert abs(tail.mean().item()) < 0.1
     assert abs(tail.std().item() - 1.0) < 0.1
-    again = shift_queue(queue, torch.Generator().manual_seed(0))
+    again = shift_queue(queue, NoiseSource(torch.Generator().manual_seed(0)))
     assert torch.equal(shifted, again)
 
 
 def test_window_noise() -> None:
     geo = FifoGeometry(4, 2)
     queue = torch.zeros(1, 4, geo.queue_length, 8, 8)
-    assert window_noise(geo, queue, schedule(geo.steps, eta=0.0), None) is None
-    noise = window_noise(geo, queue, schedule(geo.steps, eta=1.0), torch.Generator().manual_seed(0))
+    source = NoiseSource(torch.Generator().manual_seed(0))
+    assert iteration_noise(source, geo, queue, schedule(geo.steps, eta=0.0)) is None
+    noise = iteration_noise(source, geo, queue, schedule(geo.steps, eta=1.0))
     assert noise.shape == (len(geo.windows()), 4, 4, 8, 8)
 
 
 # ----------------------------------------------------------------------------- one step
 def _fake_denoiser(calls: list):
-    """A deterministic stand-in for the U-Net that depends on x, the timesteps and the context
-    (k contexts per sample, branch-major, as the Denoiser contract says)."""
+    """A deterministic stand-in for the model denoiser that depends on x, the timesteps and the
+    context (k = ``context_branches`` contexts per sample, branch-major, as ModelDenoiser takes them)."""
 
-    def denoise(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def denoise(
+        x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_branches: int = 1
+    ) -> torch.Tensor:
         calls.append((x.shape, t.clone(), context.shape))
-        branches = context.shape[0] // x.shape[0]
+        branches = context_branches
+        assert context.shape[0] == branches * x.shape[0]
         x, t = x.repeat(branches, 1, 1, 1, 1), t.repeat(branches, *([1] * (t.dim() - 1)))
         tt = t.to(x.dtype) / 1000.0
         tt = tt.reshape(x.shape[0], 1, -1, 1, 1) if t.dim() == 2 else tt.reshape(-1, 1, 1, 1, 1)
@@ -242,17 +246,16 @@ def test_fifo_step_batched_equals_sequential(f: int, n: int, la: bool) -> None:
     n_win = len(geo.windows())
     contexts = torch.randn(n_win, 5, 3, generator=gen)
     uncond = torch.randn(1, 5, 3, generator=gen)
-    noise = window_noise(geo, queue, sched, gen)
+    noise = iteration_noise(NoiseSource(gen), geo, queue, sched)
     results = {}
-    for name, kwargs in {
-        "batched": {"batched": True},
-        "sequential": {"batched": False},
-        "chunks": {"batched": True, "window_batch": 2},
+    for name, (batched, window_batch) in {
+        "batched": (True, None),
+        "sequential": (False, 1),
+        "chunks": (True, 2),
     }.items():
         calls: list = []
-        results[name] = fifo_step(
-            _fake_denoiser(calls), queue, geo, sched, contexts, uncond, 7.5, noise, **kwargs
-        )
+        guided = CFGDenoiser(_fake_denoiser(calls), 7.5, batch_branches=batched)
+        results[name] = fifo_step(guided, queue, geo, sched, contexts, uncond, noise, window_batch)
         if name == "batched":
             assert len(calls) == 1
         if name == "sequential":
@@ -274,9 +277,8 @@ def test_fifo_step_gives_each_frame_its_own_timestep() -> None:
     queue = torch.randn(1, 4, geo.queue_length, 4, 4)
     calls: list = []
     windows = geo.windows()
-    fifo_step(
-        _fake_denoiser(calls), queue, geo, sched, torch.zeros(len(windows), 5, 3), None, 1.0, batched=False
-    )
+    guided = CFGDenoiser(_fake_denoiser(calls), 1.0, batch_branches=False)
+    fifo_step(guided, queue, geo, sched, torch.zeros(len(windows), 5, 3), None, window_batch=1)
     ts = sched.timesteps[torch.from_numpy(geo.slot_indices())]
     assert len(calls) == len(windows)
     for (shape, t, _), w in zip(calls, windows):
@@ -290,10 +292,10 @@ def test_fifo_step_matches_a_hand_written_ddim_update() -> None:
     sched = schedule(geo.steps)
     queue = torch.randn(1, 1, geo.queue_length, 1, 1, dtype=torch.float64)
 
-    def denoise(x, t, c):
+    def denoise(x, t, c, context_branches=1):
         return 0.5 * x
 
-    out = fifo_step(denoise, queue, geo, sched, torch.zeros(2, 1, 1), None, 1.0)
+    out = fifo_step(CFGDenoiser(denoise, 1.0), queue, geo, sched, torch.zeros(2, 1, 1), None)
     for s in range(geo.queue_length):
         i = int(geo.slot_indices()[s])
         a, a_prev = float(sched.alphas[i]), float(sched.alphas_prev[i])

@@ -1,12 +1,13 @@
 """The fast FIFO path computes what the published sequential path computes, on a real U-Net.
 
-``fifo_step(..., batched=True)`` runs all windows and both guidance branches in one U-Net call
-(or chunks of ``window_batch`` windows); ``batched=False`` runs one window and one branch per
-call, as published. Both must give the same queue (fp32, within 1e-4) for the tiny
+``fifo_step`` with a ``CFGDenoiser(batch_branches=True)`` runs all windows and both guidance
+branches in one U-Net call (or chunks of ``window_batch`` windows); with
+``batch_branches=False`` and ``window_batch=1`` it runs one window and one branch per call, as
+published. Both must give the same queue (fp32, within 1e-4) for the tiny
 VideoCrafter2-structured model with random weights: eta 0 and 1 (same noise), lookahead on and
 off, with and without Q-caches, chunked or not, and over several iterations with the shift.
 
-Also: ``lvdm/perf.py`` (window batch choice, memory estimate, peak-memory helpers) and the
+Also: ``fifo/perf.py`` (window batch choice, memory estimate, peak-memory helpers) and the
 argument handling and JSON shape of ``scripts/benchmark.py``.
 
 Latent size: 16x16 (a 128x128 video), not the tiny config's default 8x8. At 8x8 the U-Net's
@@ -29,13 +30,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from lvdm import perf
+from fifo import perf
+from fifo.geometry import FifoGeometry
+from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.noise import NoiseSource
+from fifo.options import QCacheOptions, parse_mode
+from fifo.perf import ShardedDenoiser, UNetExecution, apply_execution
+from fifo.schedule import DDIMSchedule
+from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue
+from fifo.tricks.qcache import set_qcache
 from lvdm.build import load_model
 from lvdm.models.ddpm3d import LatentDiffusion
-from lvdm.models.samplers.fifo import FifoGeometry, fifo_step, initial_queue, shift_queue, window_noise
-from lvdm.modules.networks.openaimodel3d import UNetExecution
-from lvdm.options import QCacheOptions, parse_mode
-from lvdm.perf import ShardedDenoiser
+from tools import memory
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny_t2v.yaml"
@@ -59,7 +65,7 @@ def one_thread() -> Iterator[None]:
 def model() -> Iterator[LatentDiffusion]:
     m = load_model(CONFIG, None, random_init=True, seed=0)
     yield m
-    m.unet.set_qcache(None)
+    set_qcache(m.unet, None)
 
 
 @pytest.fixture(scope="module")
@@ -73,31 +79,31 @@ def embeddings(model: LatentDiffusion) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture()
 def plain_attention(model: LatentDiffusion) -> Iterator[None]:
-    model.unet.set_qcache(None)
+    set_qcache(model.unet, None)
     yield
-    model.unet.set_qcache(None)
+    set_qcache(model.unet, None)
 
 
-def _denoiser(model: LatentDiffusion):
-    def denoise(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return model.apply_model(x, t, context, fps=8)
-
-    return denoise
+def _guided(model: LatentDiffusion, batched: bool) -> CFGDenoiser:
+    return CFGDenoiser(ModelDenoiser(model, fps=8), GUIDANCE, batch_branches=batched)
 
 
 def _queue(model: LatentDiffusion, geo: FifoGeometry, eta: float, seed: int = 0):
     """A realistic queue: random 'base clip' latents noised to each slot's level."""
-    schedule = model.ddim_schedule(geo.steps, eta)
-    gen = torch.Generator().manual_seed(seed)
-    base = torch.randn(1, model.channels, geo.video_length, LATENT, LATENT, generator=gen)
-    return schedule, initial_queue(base, geo, schedule, unilatent=False, generator=gen), gen
+    schedule = DDIMSchedule.from_model(model, geo.steps, eta)
+    gen = NoiseSource(torch.Generator().manual_seed(seed))
+    base = gen.randn((1, model.channels, geo.video_length, LATENT, LATENT))
+    return schedule, initial_queue(base, geo, schedule, unilatent=False, noise=gen), gen
 
 
-def _step(model, embeddings, geo, schedule, queue, noise, **kwargs) -> torch.Tensor:
+def _step(model, embeddings, geo, schedule, queue, noise, batched: bool, window_batch=None) -> torch.Tensor:
+    """One iteration: batched (all windows and both branches per call, or chunks of
+    ``window_batch`` windows), or the published path (one window, one branch per call)."""
     cond, uncond = embeddings
     contexts = cond.expand(len(geo.windows()), -1, -1)
+    window_batch = window_batch if batched else 1
     with torch.inference_mode():
-        return fifo_step(_denoiser(model), queue, geo, schedule, contexts, uncond, GUIDANCE, noise, **kwargs)
+        return fifo_step(_guided(model, batched), queue, geo, schedule, contexts, uncond, noise, window_batch)
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,7 +119,7 @@ def test_batched_step_equals_sequential(
 ) -> None:
     geo = FifoGeometry(4, 2, lookahead)
     schedule, queue, gen = _queue(model, geo, eta)
-    noise = window_noise(geo, queue, schedule, gen)
+    noise = iteration_noise(gen, geo, queue, schedule)
     assert (noise is None) == (eta == 0.0)
     sequential = _step(model, embeddings, geo, schedule, queue, noise, batched=False)
     batched = _step(model, embeddings, geo, schedule, queue, noise, batched=True)
@@ -134,13 +140,13 @@ def test_batched_step_equals_sequential(
 def test_batched_step_equals_sequential_with_qcache(model, embeddings, qcache: QCacheOptions) -> None:
     geo = FifoGeometry(4, 2, lookahead=True)
     schedule, queue, gen = _queue(model, geo, eta=1.0)
-    noise = window_noise(geo, queue, schedule, gen)
+    noise = iteration_noise(gen, geo, queue, schedule)
     try:
-        model.unet.set_qcache(qcache)
+        set_qcache(model.unet, qcache)
         sequential = _step(model, embeddings, geo, schedule, queue, noise, batched=False)
         batched = _step(model, embeddings, geo, schedule, queue, noise, batched=True)
     finally:
-        model.unet.set_qcache(None)
+        set_qcache(model.unet, None)
     assert _max_diff(sequential, batched) < TOL
     plain = _step(model, embeddings, geo, schedule, queue, noise, batched=True)
     assert _max_diff(plain, batched) > 1e-3  # the Q-cache was in effect
@@ -153,38 +159,38 @@ def test_cpu_fast_path_plan_equals_sequential(model, embeddings, mode: str) -> N
     clip, and cond/uncond sharing the context-free head."""
     geo = FifoGeometry(4, 2, lookahead=True)
     schedule, queue, gen = _queue(model, geo, eta=1.0)
-    noise = window_noise(geo, queue, schedule, gen)
+    noise = iteration_noise(gen, geo, queue, schedule)
     cond, uncond = embeddings
     contexts = cond.expand(len(geo.windows()), -1, -1)
     try:
-        model.unet.set_qcache(parse_mode(mode).qcache)
+        set_qcache(model.unet, parse_mode(mode).qcache)
         sequential = _step(model, embeddings, geo, schedule, queue, noise, batched=False)
         # 256 tokens per frame: chunks of 2 of a clip's 4 frames; 2D temporal convolutions.
-        model.unet.set_execution(UNetExecution(transformer_chunk=600, temporal_conv_2d=True))
-        with ShardedDenoiser(_denoiser(model), shards=2, threads=2) as sharded, torch.inference_mode():
-            fast = fifo_step(sharded, queue, geo, schedule, contexts, uncond, GUIDANCE, noise, batched=True)
+        apply_execution(model.unet, UNetExecution(transformer_chunk=600, temporal_conv_2d=True))
+        with ShardedDenoiser(_guided(model, True), shards=2, threads=2) as sharded, torch.inference_mode():
+            fast = fifo_step(sharded, queue, geo, schedule, contexts, uncond, noise)
     finally:
-        model.unet.set_execution(UNetExecution())
-        model.unet.set_qcache(None)
+        apply_execution(model.unet, UNetExecution())
+        set_qcache(model.unet, None)
     assert _max_diff(sequential, fast) < TOL
 
 
 def test_window_batch_chunks_equal_all_at_once(model, embeddings, plain_attention) -> None:
     geo = FifoGeometry(4, 2, lookahead=True)  # 4 windows: chunks of 3 and 1
     schedule, queue, gen = _queue(model, geo, eta=1.0)
-    noise = window_noise(geo, queue, schedule, gen)
+    noise = iteration_noise(gen, geo, queue, schedule)
     calls: list[int] = []
-    denoise = _denoiser(model)
+    denoise = ModelDenoiser(model, fps=8)
 
-    def counting(x, t, context):
+    def counting(x, t, context, context_branches=1):
         calls.append(context.shape[0])
-        return denoise(x, t, context)
+        return denoise(x, t, context, context_branches)
 
     cond, uncond = embeddings
     contexts = cond.expand(len(geo.windows()), -1, -1)
     with torch.inference_mode():
         chunked = fifo_step(
-            counting, queue, geo, schedule, contexts, uncond, GUIDANCE, noise, batched=True, window_batch=3
+            CFGDenoiser(counting, GUIDANCE), queue, geo, schedule, contexts, uncond, noise, window_batch=3
         )
     assert calls == [6, 2]  # 3 windows x 2 guidance branches, then the last window
     whole = _step(model, embeddings, geo, schedule, queue, noise, batched=True, window_batch=None)
@@ -198,14 +204,14 @@ def test_three_iterations_with_shift_equal(model, embeddings, plain_attention) -
     for batched in (False, True):
         schedule, queue, gen = _queue(model, geo, eta=1.0, seed=7)
         for _ in range(3):
-            noise = window_noise(geo, queue, schedule, gen)
+            noise = iteration_noise(gen, geo, queue, schedule)
             queue = _step(model, embeddings, geo, schedule, queue, noise, batched=batched)
             queue = shift_queue(queue, gen)
         finals[batched] = queue
     assert _max_diff(finals[False], finals[True]) < TOL
 
 
-# ------------------------------------------------------------------------------- lvdm/perf.py
+# ------------------------------------------------------------------------------- fifo/perf.py
 def test_unet_widths_of_the_tiny_model(model) -> None:
     widths = perf.unet_widths(model)
     # model_channels 32; the initial temporal attention is 8 heads x num_head_channels 16 wide.
@@ -262,15 +268,15 @@ def test_auto_window_batch_on_cuda_follows_free_memory(model, monkeypatch) -> No
 
 
 def test_peak_memory_helpers_on_cpu() -> None:
-    before = perf.peak_memory_bytes("cpu")
+    before = memory.peak_memory_bytes("cpu")
     assert before > 0
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-    assert perf.peak_memory_bytes("cpu") >= perf.current_rss_bytes() > 0
+    assert memory.peak_memory_bytes("cpu") >= memory.current_rss_bytes() > 0
     del block
-    reset = perf.peak_memory_reset("cpu")
+    reset = memory.peak_memory_reset("cpu")
     assert isinstance(reset, bool)
     if reset:  # Linux: the peak came down to the current RSS
-        assert perf.peak_memory_bytes("cpu") <= max(before, perf.current_rss_bytes()) + 8 * 2**20
+        assert memory.peak_memory_bytes("cpu") <= max(before, memory.current_rss_bytes()) + 8 * 2**20
 
 
 # ------------------------------------------------------------------------ scripts/benchmark.py

@@ -1,4 +1,4 @@
-"""`--mode` parsing: lvdm.options.parse_mode and the frozen option objects."""
+"""`--mode` parsing: fifo.options.parse_mode and the frozen option objects."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from lvdm.options import MAIN_OPTIONS, SUB_OPTIONS, ModeError, ModeOptions, QCacheOptions, parse_mode
+from fifo.options import MAIN_OPTIONS, SUB_OPTIONS, ModeError, ModeOptions, QCacheOptions, parse_mode
 
 MAINS = ["t2v", "i2v", "t2v_seed", "t2v_seed_ar"]
 SUB_SETS = [
@@ -79,17 +79,17 @@ def test_longest_main_option_wins() -> None:
 
 @pytest.mark.parametrize("text", ["t2v_TTqcache", "t2v_seed_STqcache_unilatent"])
 def test_qcache_without_attention_means_attn1_and_says_so(text: str, caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="lvdm.options"):
+    with caplog.at_level(logging.INFO, logger="fifo.options"):
         mode = parse_mode(text)
     assert mode.qcache is not None and mode.qcache.attentions == ("attn1",)
-    messages = [r.getMessage() for r in caplog.records if r.name == "lvdm.options"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "fifo.options"]
     assert any("attn1" in m and text in m for m in messages), messages
 
 
 def test_explicit_attention_logs_nothing(caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="lvdm.options"):
+    with caplog.at_level(logging.INFO, logger="fifo.options"):
         parse_mode("t2v_TTqcache_attn2")
-    assert not [r for r in caplog.records if r.name == "lvdm.options"]
+    assert not [r for r in caplog.records if r.name == "fifo.options"]
 
 
 @pytest.mark.parametrize("text", ["t2v_attn1", "i2v_attn2", "t2v_seed_attn1_attn2_unilatent"])

@@ -1,4 +1,4 @@
-"""lvdm/perf.py: the CPU fast path's execution plan, parallel slices and allocator setting.
+"""fifo/perf.py: the CPU fast path's execution plan, parallel slices and allocator setting.
 
 (The window batch choice and memory helpers are tested with a real model in
 test_fifo_equivalence.py.)
@@ -13,19 +13,20 @@ import threading
 import pytest
 import torch
 
-from lvdm import perf
-from lvdm.modules.networks.openaimodel3d import UNetExecution
-from lvdm.perf import FastPathPlan, ShardedDenoiser, plan_fast_path
+from fifo import perf
+from fifo.perf import FastPathPlan, ShardedDenoiser, UNetExecution, plan_fast_path
 
 
 def _recording_denoiser(log: list[dict]):
-    """Stand-in U-Net: eps = x · 10 + context mean, one row per context (branch-major)."""
+    """Stand-in guided denoiser: eps = x · 10 + t + cond mean − uncond mean, one row per sample."""
 
-    def denoise(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def denoise(
+        x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None
+    ) -> torch.Tensor:
         log.append(
             {
                 "rows": x.shape[0],
-                "contexts": context.shape[0],
+                "contexts": cond.shape[0] + (0 if uncond is None else uncond.shape[0]),
                 "threads": torch.get_num_threads(),
                 "thread": threading.get_ident(),
                 "inference": torch.is_inference_mode_enabled(),
@@ -33,9 +34,8 @@ def _recording_denoiser(log: list[dict]):
                 "autocast": torch.is_autocast_enabled("cpu"),
             }
         )
-        branches = context.shape[0] // x.shape[0]
-        x = x.repeat(branches, 1, 1) + t.reshape(-1, 1, 1).repeat(branches, 1, 1)
-        return x * 10 + context.mean(dim=(1, 2)).reshape(-1, 1, 1)
+        out = x * 10 + t.reshape(-1, 1, 1) + cond.mean(dim=(1, 2)).reshape(-1, 1, 1)
+        return out if uncond is None else out - uncond.mean(dim=(1, 2)).reshape(-1, 1, 1)
 
     return denoise
 
@@ -45,13 +45,14 @@ def test_slices_give_the_whole_call(n: int, branches: int, shards: int) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 4, 3, generator=g)
     t = torch.arange(n, dtype=torch.float32)
-    context = torch.randn(branches * n, 7, 2, generator=g)
+    cond = torch.randn(n, 7, 2, generator=g)
+    uncond = torch.randn(n, 7, 2, generator=g) if branches == 2 else None
     log: list[dict] = []
-    whole = _recording_denoiser(log)(x, t, context)
+    whole = _recording_denoiser(log)(x, t, cond, uncond)
     log.clear()
     with ShardedDenoiser(_recording_denoiser(log), shards, threads=4) as sharded:
-        out = sharded(x, t, context)
-    torch.testing.assert_close(out, whole)  # branch-major order restored
+        out = sharded(x, t, cond, uncond)
+    torch.testing.assert_close(out, whole)  # sample order restored
     used = min(shards, n)
     assert len(log) == used
     assert sorted(call["rows"] for call in log) == sorted(
@@ -66,11 +67,11 @@ def test_callers_modes_reach_the_workers_and_threads_come_back() -> None:
     log: list[dict] = []
     before = torch.get_num_threads()
     sharded = ShardedDenoiser(_recording_denoiser(log), 2)
-    x, t, context = torch.randn(4, 2, 2), torch.zeros(4), torch.randn(8, 3, 2)
+    x, t, cond, uncond = torch.randn(4, 2, 2), torch.zeros(4), torch.randn(4, 3, 2), torch.randn(4, 3, 2)
     with torch.inference_mode():
-        sharded(x, t, context)
+        sharded(x, t, cond, uncond)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        sharded(x, t, context)
+        sharded(x, t, cond, uncond)
     sharded.close()
     assert [c["inference"] for c in log] == [True, True, False, False]
     assert [c["grad"] for c in log] == [False] * 4
@@ -81,20 +82,20 @@ def test_callers_modes_reach_the_workers_and_threads_come_back() -> None:
 def test_one_shard_or_unsplittable_calls_pass_through() -> None:
     log: list[dict] = []
     x, t = torch.randn(4, 2, 2), torch.zeros(4)
-    ShardedDenoiser(_recording_denoiser(log), 1)(x, t, torch.randn(4, 3, 2))
-    ShardedDenoiser(_recording_denoiser(log), 2)(x[:1], t[:1], torch.randn(1, 3, 2))
+    ShardedDenoiser(_recording_denoiser(log), 1)(x, t, torch.randn(4, 3, 2), None)
+    ShardedDenoiser(_recording_denoiser(log), 2)(x[:1], t[:1], torch.randn(1, 3, 2), None)
     assert [c["thread"] for c in log] == [threading.get_ident()] * 2
     with pytest.raises(ValueError, match="shards"):
         ShardedDenoiser(_recording_denoiser(log), 0)
 
 
 def test_errors_in_a_slice_reach_the_caller() -> None:
-    def broken(x, t, context):
+    def broken(x, t, cond, uncond):
         raise RuntimeError("out of memory in slice")
 
     before = torch.get_num_threads()
     with ShardedDenoiser(broken, 2) as sharded, pytest.raises(RuntimeError, match="slice"):
-        sharded(torch.zeros(2, 1), torch.zeros(2), torch.zeros(2, 1, 1))
+        sharded(torch.zeros(2, 1), torch.zeros(2), torch.zeros(2, 1, 1), None)
     assert torch.get_num_threads() == before
 
 

@@ -1,4 +1,4 @@
-"""lvdm/pipeline.py: how FifoGenerator sets the model up for the fast and the reference path.
+"""fifo/generator.py: how FifoGenerator sets the model up for the fast and the reference path.
 
 (Whole runs through the CLI are in test_cli.py.)
 """
@@ -10,11 +10,10 @@ from pathlib import Path
 
 import torch
 
+from fifo.generator import FifoGenerator
+from fifo.options import GenerationSettings, parse_mode
+from fifo.perf import CPU_TRANSFORMER_CHUNK, FastPathPlan, UNetExecution, current_execution
 from lvdm.build import load_model
-from lvdm.modules.networks.openaimodel3d import UNetExecution
-from lvdm.options import parse_mode
-from lvdm.perf import CPU_TRANSFORMER_CHUNK, FastPathPlan
-from lvdm.pipeline import FifoGenerator, GenerationSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +26,7 @@ def test_fast_and_reference_paths_set_the_model_up(monkeypatch) -> None:
     assert fast.plan == FastPathPlan(
         shards=2, unet=UNetExecution(CPU_TRANSFORMER_CHUNK, temporal_conv_2d=True)
     )
-    assert model.unet.execution == fast.plan.unet
+    assert current_execution(model.unet) == fast.plan.unet
     monkeypatch.undo()
 
     # The fast denoiser splits a batch over worker threads; the result is one call's.
@@ -42,17 +41,17 @@ def test_fast_and_reference_paths_set_the_model_up(monkeypatch) -> None:
     # 16x16 latents: at the 8x8 minimum the 1x1 bottom level turns rounding into ~1e-3.
     x = torch.randn(2, 4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([[999, 700, 400, 100], [900, 600, 300, 1]])
-    context = model.get_learned_conditioning(["a", "b", "", ""])
+    cond, uncond = model.get_learned_conditioning(["a", "b"]), model.get_learned_conditioning(["", ""])
     with torch.inference_mode():
-        sliced = fast._denoise(x, t, context)
-        whole = fast._denoise_once(x, t, context)
+        sliced = fast.fifo_denoiser(x, t, cond, uncond)
+        whole = fast.fifo_denoiser.denoise(x, t, cond, uncond)
     fast.close()
     assert len(threads - {threading.get_ident()}) == 2
     assert (sliced - whole).abs().max() < 1e-4
 
     reference = FifoGenerator(model, parse_mode("t2v"), GenerationSettings(batched=False, **_small()), "test")
     assert reference.plan == FastPathPlan()
-    assert model.unet.execution == UNetExecution()  # layers as published
+    assert current_execution(model.unet) == UNetExecution()  # layers as published
 
 
 def _small() -> dict:

@@ -1,4 +1,4 @@
-"""Prompt files (lvdm.prompts): formats, validation errors that name file and line, safe_name."""
+"""Prompt files (fifo.prompts): formats, validation errors that name file and line, safe_name."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lvdm.prompts import PromptFileError, Scene, parse_prompt_file, safe_name
+from fifo.prompts import PromptFileError, Scene, parse_prompt_file, safe_name
 from tests.conftest import write_png
 
 
@@ -209,7 +209,7 @@ def test_safe_name_distinct_for_prompts_without_latin_letters() -> None:
 
 
 def test_prompts_that_clean_to_the_same_folder_get_distinct_folders(tmp_path) -> None:
-    from lvdm.prompts import parse_prompt_file
+    from fifo.prompts import parse_prompt_file
 
     path = tmp_path / "p.txt"
     path.write_text("a cat!\na cat?\na dog\na dog\n")

@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
+from fifo.tricks.qcache import QCacheBlendProcessor, QCacheRecordProcessor, QCacheStore
 from lvdm.modules.attention import CrossAttention
-from lvdm.modules.qcache import QCacheBlendProcessor, QCacheRecordProcessor, QCacheStore
 
 
 def test_each_reader_takes_the_chunks_in_recorded_order() -> None:

@@ -14,9 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from fifo.ddim import ddim_step
+from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.options import parse_mode
+from fifo.schedule import DDIMSchedule
+from fifo.tricks.qcache import set_qcache
 from lvdm.build import build_model
-from lvdm.models.samplers.ddim import ddim_step, guided_noise
-from lvdm.options import parse_mode
 from tests.conftest import REPO
 from tools.reference import ReferenceSuite
 
@@ -63,18 +66,16 @@ def i2v_fixture(tmp_path_factory):
         t_fifo = torch.arange(0, 1000, 125)[:8]
         cases = {"x": x, "t_fifo": t_fifo, "t_base": torch.tensor([666]), "context": context}
         for run in meta["runs"]:
-            model.unet.set_qcache(parse_mode(run["mode"], run["qcache_weight"]).qcache)
+            set_qcache(model.unet, parse_mode(run["mode"], run["qcache_weight"]).qcache)
             cases[run["output"]] = model.apply_model(x, t_fifo[None], context, fps=8)
-        model.unet.set_qcache(None)
-        denoise = lambda a, t, c: model.apply_model(a, t, c, fps=8)  # noqa: E731
-        sched = model.ddim_schedule(16, 0.0)
+        set_qcache(model.unet, None)
+        guided = CFGDenoiser(ModelDenoiser(model, fps=8), 12.0, batch_branches=False)
+        sched = DDIMSchedule.from_model(model, 16, 0.0)
         t = torch.full((1,), int(sched.timesteps[10]))
-        x_prev, x0 = ddim_step(
-            x, guided_noise(denoise, x, t, context, uncond, 12.0), sched, 10, use_scale=True
-        )
+        x_prev, x0 = ddim_step(x, guided(x, t, context, uncond), sched, 10, use_scale=True)
         indices = torch.arange(0, 16, 2)
         f_prev, f_x0 = ddim_step(
-            x, guided_noise(denoise, x, sched.timesteps[indices][None], context, uncond, 12.0), sched, indices
+            x, guided(x, sched.timesteps[indices][None], context, uncond), sched, indices
         )
     save_file({"text_emb": text}, folder / "text.safetensors")
     save_file({k: v.contiguous() for k, v in cases.items()}, folder / "unet_cases.safetensors")

@@ -1,4 +1,4 @@
-"""What the FIFO generator feeds the U-Net, on the tiny models (lvdm.pipeline.FifoGenerator).
+"""What the FIFO generator feeds the U-Net, on the tiny models (fifo.generator.FifoGenerator).
 
 - t2v_seed_ar: the context keeps its length (77 text + 16 image tokens) and its image tokens are
   replaced, after every frame, by the newest frame's (the published variant appends them).
@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-import lvdm.pipeline as pipeline
+import fifo.run
+from fifo.conditioning import VideoConditioning, load_image
+from fifo.generator import FifoGenerator
+from fifo.geometry import FifoGeometry
+from fifo.options import GenerationSettings, QCacheOptions, parse_mode
+from fifo.prompts import PromptJob, Scene
+from fifo.tricks.qcache import set_qcache
 from lvdm.build import load_model
-from lvdm.models.samplers.fifo import FifoGeometry
-from lvdm.options import QCacheOptions, parse_mode
-from lvdm.pipeline import FifoGenerator, GenerationSettings
-from lvdm.prompts import PromptJob, Scene
 from tests.conftest import write_png
 from tools.video_io import read_video
 
@@ -66,31 +68,31 @@ def settings(**kw) -> GenerationSettings:
 
 
 class Recorder:
-    """Wraps lvdm.pipeline.fifo_step and keeps (contexts, uncond) of every iteration."""
+    """Wraps the fifo_step of fifo.run and keeps (contexts, uncond) of every iteration."""
 
     def __init__(self, monkeypatch) -> None:
         self.contexts: list[torch.Tensor] = []
         self.unconds: list[torch.Tensor] = []
-        real = pipeline.fifo_step
+        real = fifo.run.fifo_step
 
         def wrapped(denoise, queue, geometry, schedule, contexts, uncond, *args, **kwargs):
             self.contexts.append(contexts.detach().clone())
             self.unconds.append(uncond.detach().clone())
             return real(denoise, queue, geometry, schedule, contexts, uncond, *args, **kwargs)
 
-        monkeypatch.setattr(pipeline, "fifo_step", wrapped)
+        monkeypatch.setattr(fifo.run, "fifo_step", wrapped)
 
 
 def wrap_image_tokens(monkeypatch, generator: FifoGenerator) -> list[tuple[tuple[int, ...], torch.Tensor]]:
     calls: list = []
-    real = generator._image_tokens
+    real = generator.sampler.image_tokens
 
     def wrapped(images: torch.Tensor) -> torch.Tensor:
         out = real(images)
         calls.append((tuple(images.shape), out.detach().clone()))
         return out
 
-    monkeypatch.setattr(generator, "_image_tokens", wrapped)
+    monkeypatch.setattr(generator.sampler, "image_tokens", wrapped)
     return calls
 
 
@@ -141,7 +143,7 @@ def test_i2v_conditions_on_the_input_image(tmp_path, monkeypatch, i2v_model) -> 
     gen = FifoGenerator(i2v_model, parse_mode("i2v"), settings(), "test-model")
     rec = Recorder(monkeypatch)
     gen.run(PromptJob("a fox", line=1, image=image), tmp_path, "exp", tmp_path / "cache")
-    expected = i2v_model.get_image_embeds(pipeline.load_image(image, 64, 64))
+    expected = i2v_model.get_image_embeds(load_image(image, 64, 64))
     for ctx in rec.contexts:
         torch.testing.assert_close(ctx[:, TEXT_TOKENS:], expected.expand(ctx.shape[0], -1, -1))
 
@@ -180,7 +182,7 @@ def test_qcache_weight_zero_is_the_plain_unet(request, model_name: str) -> None:
     ctx_len = TEXT_TOKENS + (IMAGE_TOKENS if model_name == "i2v" else 0)
     context = torch.randn(2, ctx_len, 32, generator=gen)
     try:
-        unet.set_qcache(None)
+        set_qcache(unet, None)
         with torch.inference_mode():
             plain = model.apply_model(x, t, context, fps=8)
         for temporal, spatial, attn1, attn2 in [
@@ -189,15 +191,15 @@ def test_qcache_weight_zero_is_the_plain_unet(request, model_name: str) -> None:
             (True, True, True, True),
         ]:
             options = QCacheOptions(temporal, spatial, attn1, attn2, weight=0.0)
-            unet.set_qcache(options)
+            set_qcache(unet, options)
             with torch.inference_mode():
                 blended = model.apply_model(x, t, context, fps=8)
             assert torch.equal(blended, plain), options
-        unet.set_qcache(QCacheOptions(True, True, True, True, weight=0.9))
+        set_qcache(unet, QCacheOptions(True, True, True, True, weight=0.9))
         with torch.inference_mode():
             assert not torch.allclose(model.apply_model(x, t, context, fps=8), plain)
     finally:
-        unet.set_qcache(None)
+        set_qcache(unet, None)
 
 
 def test_qcache_weight_zero_gives_the_plain_video(tmp_path, t2v_model) -> None:
@@ -207,7 +209,7 @@ def test_qcache_weight_zero_gives_the_plain_video(tmp_path, t2v_model) -> None:
         with torch.inference_mode():
             result = gen.run(PromptJob("a fox", line=1), tmp_path / mode, "exp", tmp_path / "cache")
         videos.append(read_video(result.video_path))
-    t2v_model.unet.set_qcache(None)
+    set_qcache(t2v_model.unet, None)
     np.testing.assert_array_equal(videos[0], videos[1])
 
 
@@ -254,25 +256,23 @@ def test_story_switches_the_text_at_the_requested_frames(tmp_path, monkeypatch, 
 
 
 def test_story_window_texts_directly(t2v_model) -> None:
-    """window_texts alone: scene rows tagged by value, every iteration of a long story."""
+    """VideoConditioning.window_texts alone: scene rows tagged by value, every iteration of a long story."""
     scenes = (Scene(5, "a"), Scene(2, "b"), Scene(7, "c"), Scene(1, "d"))
     job = PromptJob("a", line=1, scenes=scenes)
     length = sum(sc.frames for sc in scenes)
     texts = torch.arange(len(scenes), dtype=torch.float32).reshape(-1, 1, 1).expand(-1, 77, 32)
+    conditioning = VideoConditioning(texts, tuple(sc.frames for sc in job.scenes), length)
     for la in (True, False):
-        gen = FifoGenerator(
-            t2v_model, parse_mode("t2v"), settings(video_length=4, num_partitions=3, lookahead=la), "m"
-        )
-        geo = gen.geometry
+        geo = settings(video_length=4, num_partitions=3, lookahead=la).geometry
         expected = _expected_scenes(geo, length, np.cumsum([sc.frames for sc in scenes]))
         for it in range(geo.num_iterations(length)):
-            picked = gen.window_texts(texts, job, it, geo.windows(), length)
+            picked = conditioning.window_texts(geo, it)
             assert picked[:, 0, 0].long().tolist() == expected[it], (la, it)
 
 
-def test_single_prompt_windows_share_the_text(t2v_model) -> None:
-    gen = FifoGenerator(t2v_model, parse_mode("t2v"), settings(), "m")
+def test_single_prompt_windows_share_the_text() -> None:
+    geo = settings().geometry
     texts = torch.randn(1, 77, 32)
-    picked = gen.window_texts(texts, PromptJob("x", line=1), 0, gen.geometry.windows(), 3)
-    assert picked.shape == (len(gen.geometry.windows()), 77, 32)
+    picked = VideoConditioning(texts, (), 3).window_texts(geo, 0)
+    assert picked.shape == (len(geo.windows()), 77, 32)
     assert all(torch.equal(p, texts[0]) for p in picked)

@@ -6,10 +6,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lvdm.modules.attention import AttnProcessor, rows_per_chunk
-from lvdm.modules.networks.openaimodel3d import TemporalConv, UNetExecution, UNetModel
-from lvdm.modules.qcache import QCacheBlendProcessor, QCacheRecordProcessor
-from lvdm.options import QCacheOptions, parse_mode
+from fifo.options import QCacheOptions, parse_mode
+from fifo.perf import TemporalConvAs2d, UNetExecution, apply_execution, rows_per_chunk
+from fifo.tricks.qcache import QCacheBlendProcessor, QCacheRecordProcessor, set_qcache
+from lvdm.modules.attention import AttnProcessor
+from lvdm.modules.networks.openaimodel3d import TemporalConv, UNetModel
 from tests.conftest import REPO
 
 
@@ -36,40 +37,40 @@ def inputs():
 
 @torch.no_grad()
 def test_sdpa_matches_math_attention(unet, inputs) -> None:
-    unet.set_attention_backend("math")
+    unet.set_attn_processor("math")
     reference = unet(*inputs, fps=8)
-    unet.set_attention_backend("sdpa")
+    unet.set_attn_processor("sdpa")
     assert (unet(*inputs, fps=8) - reference).abs().max() < 1e-5
 
 
 def test_unknown_backend_is_an_error(unet) -> None:
     with pytest.raises(ValueError, match="sdpa, xformers, math"):
-        unet.set_attention_backend("flash3")
+        unet.set_attn_processor("flash3")
 
 
 @torch.no_grad()
 def test_qcache_off_is_the_plain_model_bit_for_bit(unet, inputs) -> None:
     plain = unet(*inputs, fps=8)
-    unet.set_qcache(parse_mode("t2v_TTqcache_STqcache_attn1_attn2").qcache)
+    set_qcache(unet, parse_mode("t2v_TTqcache_STqcache_attn1_attn2").qcache)
     assert not torch.equal(unet(*inputs, fps=8), plain)
-    unet.set_qcache(None)
+    set_qcache(unet, None)
     assert torch.equal(unet(*inputs, fps=8), plain)
-    assert all(type(a.processor) is AttnProcessor for a in unet._attention_layers())
+    assert all(type(a.processor) is AttnProcessor for a in unet.attention_layers().values())
 
 
 @torch.no_grad()
 def test_qcache_weight_zero_equals_no_qcache(unet, inputs) -> None:
     plain = unet(*inputs, fps=8)
-    unet.set_qcache(QCacheOptions(temporal=True, spatial=True, attn1=True, attn2=True, weight=0.0))
+    set_qcache(unet, QCacheOptions(temporal=True, spatial=True, attn1=True, attn2=True, weight=0.0))
     try:
         assert torch.allclose(unet(*inputs, fps=8), plain, atol=1e-6)
     finally:
-        unet.set_qcache(None)
+        set_qcache(unet, None)
 
 
 def test_qcache_wiring_follows_the_published_block_map(unet) -> None:
     """Decoder block j of a level reads encoder block max(0, num_res_blocks - 1 - j); temporal attn1 only."""
-    unet.set_qcache(QCacheOptions(temporal=True, attn1=True, weight=0.9))
+    set_qcache(unet, QCacheOptions(temporal=True, attn1=True, weight=0.9))
     try:
         recorders = {}
         for index, block in enumerate(unet.input_blocks):
@@ -101,21 +102,21 @@ def test_qcache_wiring_follows_the_published_block_map(unet) -> None:
             type(a.processor) is AttnProcessor for a in unet.middle_block.modules() if hasattr(a, "processor")
         )
     finally:
-        unet.set_qcache(None)
+        set_qcache(unet, None)
 
 
 @torch.no_grad()
 def test_batched_samples_equal_single_samples(unet, inputs) -> None:
     """Per-sample, per-frame timesteps and contexts: a batch equals its samples run alone."""
     x, t, context = inputs
-    unet.set_qcache(parse_mode("t2v_TTqcache_attn1").qcache)
+    set_qcache(unet, parse_mode("t2v_TTqcache_attn1").qcache)
     try:
         batch = unet(x, t, context, fps=8)
         for i in range(2):
             alone = unet(x[i : i + 1], t[i : i + 1], context[i : i + 1], fps=8)
             assert (batch[i : i + 1] - alone).abs().max() < 1e-4
     finally:
-        unet.set_qcache(None)
+        set_qcache(unet, None)
 
 
 def test_bad_timestep_shape_is_an_error(unet, inputs) -> None:
@@ -159,18 +160,18 @@ def test_execution_settings_give_the_same_noise(unet, inputs, mode) -> None:
     """Transformer chunks of whole clips, of single frames and of part of a clip's frames, and
     2D temporal convolutions: same result, with and without Q-caches (which record and blend
     once per chunk)."""
-    unet.set_qcache(parse_mode(mode).qcache)
+    set_qcache(unet, parse_mode(mode).qcache)
     try:
         whole = unet(*inputs, fps=8)
         # 8x8 latent, 8 frames: 64 tokens per frame at the top level (spatial), 8 per
         # position (temporal). 100 tokens: 1 frame or 12 positions per chunk.
         for chunk in (100, 300, 1, None):
-            unet.set_execution(UNetExecution(transformer_chunk=chunk, temporal_conv_2d=chunk != 1))
+            apply_execution(unet, UNetExecution(transformer_chunk=chunk, temporal_conv_2d=chunk != 1))
             assert (unet(*inputs, fps=8) - whole).abs().max() < 1e-5
     finally:
-        unet.set_execution(UNetExecution())
-        unet.set_qcache(None)
-    assert all(not m.as_2d for m in unet.modules() if isinstance(m, TemporalConv))
+        apply_execution(unet, UNetExecution())
+        set_qcache(unet, None)
+    assert all(type(m) is TemporalConv for m in unet.modules() if isinstance(m, TemporalConv))
     with pytest.raises(ValueError, match="transformer_chunk"):
         UNetExecution(transformer_chunk=0)
 
@@ -180,7 +181,7 @@ def test_temporal_conv_in_2d_equals_the_published_3d() -> None:
     assert conv.weight.shape == (8, 8, 3, 1, 1)  # the checkpoint's shape
     x = torch.randn(3, 8, 5, 4, 6)
     reference = conv(x)
-    conv.as_2d = True
+    conv.__class__ = TemporalConvAs2d  # what apply_execution does
     torch.testing.assert_close(conv(x), reference, rtol=1e-5, atol=1e-6)
     # Time is padded with zeros and never mixes with space.
     x[:, :, 0] += 100.0
@@ -194,13 +195,15 @@ def test_several_contexts_per_clip_equal_separate_calls(unet, inputs) -> None:
     and every (branch, clip) pair gets what a call with that context alone gives."""
     x, t, cond = inputs
     uncond = torch.randn(cond.shape, generator=torch.Generator().manual_seed(1))
-    unet.set_qcache(parse_mode("t2v_TTqcache_attn1").qcache)
+    set_qcache(unet, parse_mode("t2v_TTqcache_attn1").qcache)
     try:
-        both = unet(x, t, torch.cat([cond, uncond]), fps=8)
+        both = unet(x, t, torch.cat([cond, uncond]), fps=8, context_branches=2)
         assert both.shape == (4, *x.shape[1:])
         assert (both[:2] - unet(x, t, cond, fps=8)).abs().max() < 1e-5
         assert (both[2:] - unet(x, t, uncond, fps=8)).abs().max() < 1e-5
     finally:
-        unet.set_qcache(None)
-    with pytest.raises(ValueError, match="multiple of the batch"):
+        set_qcache(unet, None)
+    with pytest.raises(ValueError, match="context_branches"):
         unet(x, t, cond[:1].expand(3, -1, -1))
+    with pytest.raises(ValueError, match="context_branches"):
+        unet(x, t, torch.cat([cond, uncond]), fps=8)  # two contexts per clip, not said

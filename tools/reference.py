@@ -2,7 +2,8 @@
 
 Every case runs through the same code the generator uses: the config is built with
 ``lvdm.build``, weights are loaded strictly, the U-Net runs with Q-cache processors from a
-parsed mode, and the sampler cases use ``lvdm.models.samplers``.
+parsed mode (``fifo.tricks.qcache``), and the sampler cases use ``fifo.ddim`` and
+``fifo.guidance``.
 
 The reported error of a case is the max absolute difference, divided by the reference's
 largest magnitude when that exceeds 1 (intermediate activations reach ~10, where fp32
@@ -12,7 +13,7 @@ summation order alone moves the last digits).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +21,16 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from fifo.ddim import ddim_step
+from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.options import parse_mode
+from fifo.schedule import DDIMSchedule
+from fifo.tricks.qcache import set_qcache
 from lvdm.build import build_model
 from lvdm.checkpoint import load_weights
 from lvdm.models.ddpm3d import LatentDiffusion
-from lvdm.models.samplers.ddim import ddim_step, guided_noise
-from lvdm.models.utils_diffusion import DDIMSchedule
 from lvdm.modules.encoders.condition import FrozenOpenCLIPImageEmbedderV2
 from lvdm.modules.encoders.resampler import Resampler
-from lvdm.options import parse_mode
 
 TOLERANCE = 1e-4
 
@@ -74,8 +77,9 @@ class ReferenceSuite:
         path = self.folder / f"{name}.safetensors"
         return load_file(path) if path.is_file() else None
 
-    def _denoiser(self) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-        return lambda x, t, c: self.model.apply_model(x, t, c, fps=self.fps)
+    def _guided(self, scale: float) -> CFGDenoiser:
+        """Guidance with one U-Net call per branch, as the published sampler runs it."""
+        return CFGDenoiser(ModelDenoiser(self.model, self.fps), scale, batch_branches=False)
 
     def cases(self) -> Iterator[CaseResult]:
         """Run every case the folder provides."""
@@ -88,7 +92,7 @@ class ReferenceSuite:
             yield from self.sampler_cases()
             yield from self.image_embed_cases()
             yield from self.resampler_cases()
-        self.model.unet.set_qcache(None)
+        set_qcache(self.model.unet, None)
 
     def text_cases(self) -> Iterator[CaseResult]:
         data = self._file("text")
@@ -105,11 +109,11 @@ class ReferenceSuite:
         if cases is None:
             return
         for run in self.meta.get("runs", []):
-            self.model.unet.set_qcache(parse_mode(run["mode"], run["qcache_weight"]).qcache)
+            set_qcache(self.model.unet, parse_mode(run["mode"], run["qcache_weight"]).qcache)
             t = self._timesteps(cases, run["timesteps"])
             eps = self.model.apply_model(cases["x"], t, cases["context"], fps=self.fps)
             yield compare(f"unet {run['output']}", eps, cases[run["output"]])
-        self.model.unet.set_qcache(None)
+        set_qcache(self.model.unet, None)
 
     def trace_cases(self) -> Iterator[CaseResult]:
         trace, cases = self._file("trace"), self._file("unet_cases")
@@ -177,27 +181,27 @@ class ReferenceSuite:
             return
         x, cond, uncond = cases["x"], cases["context"], data["uncond_context"]
         base = self.meta["sampler"]["base"]
-        sched = self.model.ddim_schedule(base["ddim_steps"], base["eta"])
-        self.model.unet.set_qcache(parse_mode(base.get("mode", "t2v")).qcache)
+        sched = DDIMSchedule.from_model(self.model, base["ddim_steps"], base["eta"])
+        set_qcache(self.model.unet, parse_mode(base.get("mode", "t2v")).qcache)
         t = torch.full((x.shape[0],), int(sched.timesteps[base["index"]]), dtype=torch.long)
-        eps = guided_noise(self._denoiser(), x, t, cond, uncond, base["guidance"], batched=False)
+        eps = self._guided(base["guidance"])(x, t, cond, uncond)
         x_prev, pred_x0 = ddim_step(x, eps, sched, base["index"], None, use_scale=self.model.use_scale)
         yield compare("sampler base_x_prev", x_prev, data["base_x_prev"])
         yield compare("sampler base_pred_x0", pred_x0, data["base_pred_x0"])
 
         fifo = self.meta["sampler"]["fifo"]
-        sched = self.model.ddim_schedule(fifo["ddim_steps"], fifo["eta"])
+        sched = DDIMSchedule.from_model(self.model, fifo["ddim_steps"], fifo["eta"])
         indices = data["fifo_indices"]
         t = data["fifo_timesteps"][None]
         for key in sorted(k for k in data if k.startswith("fifo_x_prev__")):
             tag = key.removeprefix("fifo_x_prev__")
             mode, weight = tag.rsplit("__vt", 1)
-            self.model.unet.set_qcache(parse_mode(mode, float(weight)).qcache)
-            eps = guided_noise(self._denoiser(), x, t, cond, uncond, fifo["guidance"], batched=False)
+            set_qcache(self.model.unet, parse_mode(mode, float(weight)).qcache)
+            eps = self._guided(fifo["guidance"])(x, t, cond, uncond)
             x_prev, pred_x0 = ddim_step(x, eps, sched, indices, None, use_scale=False)
             yield compare(f"sampler fifo_x_prev {tag}", x_prev, data[key])
             yield compare(f"sampler fifo_pred_x0 {tag}", pred_x0, data[f"fifo_pred_x0__{tag}"])
-        self.model.unet.set_qcache(None)
+        set_qcache(self.model.unet, None)
 
     def image_embed_cases(self) -> Iterator[CaseResult]:
         data = self._file("image_embed")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lvdm.models.utils_diffusion import DDIMSchedule, linear_betas, scale_array, schedule_buffers
+from lvdm.models.utils_diffusion import linear_betas, scale_array, schedule_buffers
 from lvdm.utils import instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -102,10 +102,6 @@ class LatentDiffusion(nn.Module):
         """Pixels per latent cell (8 for the published autoencoder)."""
         return 2 ** (self.first_stage_model.decoder.num_resolutions - 1)
 
-    def ddim_schedule(self, num_steps: int, eta: float) -> DDIMSchedule:
-        schedule = DDIMSchedule.create(self.alphas_cumprod, num_steps, eta, getattr(self, "scale_arr", None))
-        return schedule.to(self.device)
-
     # ------------------------------------------------------------------ conditioning
     @torch.no_grad()
     def get_learned_conditioning(self, texts: Sequence[str]) -> Tensor:
@@ -113,9 +109,15 @@ class LatentDiffusion(nn.Module):
         return self.cond_stage_model(list(texts))
 
     # ------------------------------------------------------------------ denoiser
-    def apply_model(self, x: Tensor, t: Tensor, context: Tensor, fps: int | Tensor = 8) -> Tensor:
-        """Predicted noise for x (b, c, t, h, w) at timesteps t (b,) or (b, t)."""
-        return self.model.diffusion_model(x, t, context, fps=fps)
+    def apply_model(
+        self, x: Tensor, t: Tensor, context: Tensor, fps: int | Tensor = 8, context_branches: int = 1
+    ) -> Tensor:
+        """Predicted noise for x (b, c, t, h, w) at timesteps t (b,) or (b, t).
+
+        ``context`` (k·b, m, d): one row per clip, or k = ``context_branches`` per clip
+        (``UNetModel.forward``); the result has k·b rows.
+        """
+        return self.model.diffusion_model(x, t, context, fps=fps, context_branches=context_branches)
 
     # ------------------------------------------------------------------ autoencoder
     @torch.no_grad()

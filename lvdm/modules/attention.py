@@ -2,8 +2,14 @@
 
 Each :class:`CrossAttention` delegates its computation to a swappable *processor* (the way
 diffusers does it). The default :class:`AttnProcessor` projects q/k/v and runs the attention
-kernel; the Q-cache trick (``lvdm.modules.qcache``) swaps in processors that record or blend
-the query, without flags threaded through the forward passes.
+kernel; the Q-cache trick (``fifo.tricks.qcache``) swaps in processors that record or blend
+the query, without flags threaded through the forward passes. The U-Net installs processors
+with ``UNetModel.set_attn_processor``; the FIFO method's tricks install their own on chosen
+layers (``fifo.tricks``).
+
+A context row may be shared by several consecutive samples of ``x``: the spatial transformers
+fold a clip's frames into the batch, ``(b·t, n, c)``, and cross-attend the clip's one context
+``(b, m, d)``. Layers take that repeat count explicitly (``context_repeats = t``).
 """
 
 from __future__ import annotations
@@ -67,22 +73,20 @@ class AttnProcessor:
         """Hook for tricks that change the query, ``q``: (b, n, heads·dim_head)."""
         return q
 
-    def __call__(self, attn: CrossAttention, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def __call__(
+        self, attn: CrossAttention, x: Tensor, context: Tensor | None = None, context_repeats: int = 1
+    ) -> Tensor:
+        """x: (b·r, n, c), context: (b, m, d) or None (self-attention), r = ``context_repeats``."""
         kernel = _KERNELS[self.backend]
         q = self.process_query(attn, attn.to_q(x))
-        context = x if context is None else context
-        groups = q.shape[0] // context.shape[0]
+        if context is None:
+            context, context_repeats = x, 1
 
         def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            # A context shared by `groups` consecutive samples (the frames of a clip): fold
-            # them into the query sequence instead of projecting the context once per frame.
-            # Softmax is per query row, so the result is the same.
-            if groups == 1:
-                return kernel(q, k, v)
-            b, h, n, d = q.shape
-            q = q.reshape(b // groups, groups, h, n, d).transpose(1, 2).reshape(b // groups, h, groups * n, d)
-            out = kernel(q, k, v).reshape(b // groups, h, groups, n, d).transpose(1, 2)
-            return out.reshape(b, h, n, d)
+            # A context row shared by `context_repeats` consecutive samples (the frames of a
+            # clip): fold them into the query sequence instead of projecting the context once
+            # per frame. Softmax is per query row, so the result is the same.
+            return attend_shared_context(kernel, q, k, v, context_repeats)
 
         if attn.image_cross_attention and context.shape[1] > attn.text_context_len:
             # Text and image tokens get their own keys/values; the two results are added.
@@ -93,6 +97,21 @@ class AttnProcessor:
         else:
             out = attend(*attn.split_heads(q, attn.to_k(context), attn.to_v(context)))
         return attn.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+def attend_shared_context(
+    kernel: Callable[[Tensor, Tensor, Tensor], Tensor], q: Tensor, k: Tensor, v: Tensor, repeats: int
+) -> Tensor:
+    """Attention of q (b·r, heads, n, d) over k, v (b, heads, m, d): r query rows per key row.
+
+    The r query rows of a key row are attended as one longer sequence, ``(b, heads, r·n, d)``.
+    """
+    if repeats == 1:
+        return kernel(q, k, v)
+    b, h, n, d = q.shape
+    q = q.reshape(b // repeats, repeats, h, n, d).transpose(1, 2).reshape(b // repeats, h, repeats * n, d)
+    out = kernel(q, k, v).reshape(b // repeats, h, repeats, n, d).transpose(1, 2)
+    return out.reshape(b, h, n, d)
 
 
 class CrossAttention(nn.Module):
@@ -136,10 +155,15 @@ class CrossAttention(nn.Module):
         """(b, n, heads·d) → (b, heads, n, d) for each tensor."""
         return tuple(rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in tensors)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """x: (b·g, n, query_dim), context: (b, m, context_dim) shared by g consecutive samples,
-        or None for self-attention → (b·g, n, query_dim)."""
-        return self.processor(self, x, context)
+    def forward(self, x: Tensor, context: Tensor | None = None, context_repeats: int = 1) -> Tensor:
+        """x: (b·r, n, query_dim), context: (b, m, context_dim) shared by r = ``context_repeats``
+        consecutive samples, or None for self-attention → (b·r, n, query_dim)."""
+        if context is not None and x.shape[0] != context.shape[0] * context_repeats:
+            raise ValueError(
+                f"attention: {x.shape[0]} query rows do not make {context.shape[0]} context rows "
+                f"× {context_repeats} repeats"
+            )
+        return self.processor(self, x, context, context_repeats)
 
 
 class GEGLU(nn.Module):
@@ -186,10 +210,10 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """x: (b, n, dim), context: (b, m, context_dim) or None."""
+    def forward(self, x: Tensor, context: Tensor | None = None, context_repeats: int = 1) -> Tensor:
+        """x: (b·r, n, dim), context: (b, m, context_dim) shared by r consecutive rows, or None."""
         x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
+        x = self.attn2(self.norm2(x), context, context_repeats) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -207,29 +231,8 @@ def _make_pointwise(use_linear: bool, dims: int, c_in: int, c_out: int) -> nn.Mo
     return (nn.Conv1d if dims == 1 else nn.Conv2d)(c_in, c_out, kernel_size=1)
 
 
-def rows_per_chunk(rows: int, tokens: int, groups: int, max_tokens: int | None) -> int:
-    """How many sequences of ``tokens`` tokens a transformer runs at once.
-
-    At most ``max_tokens`` tokens per chunk (at least one sequence), and either a multiple of
-    ``groups`` or a divisor of it, so that a chunk never splits the frames that share one
-    context row unevenly. ``None``: all ``rows`` at once.
-    """
-    if max_tokens is None:
-        return rows
-    fit = max(1, max_tokens // tokens)
-    if fit >= groups:
-        return min(rows, fit // groups * groups)
-    return max(d for d in range(1, fit + 1) if groups % d == 0)
-
-
 class _Transformer(nn.Module):
-    """What the spatial and temporal transformers share: norm, projections, blocks, chunking.
-
-    ``max_tokens`` (set by ``UNetModel.set_execution``) runs the sequences through the
-    projections and blocks in chunks of at most that many tokens. Every sequence is
-    independent there, so the result is the same; on CPU, chunks whose activations stay in
-    cache run faster than one batch-sized pass over memory.
-    """
+    """What the spatial and temporal transformers share: norm, projections in and out, blocks."""
 
     def __init__(self, in_channels: int, n_heads: int, d_head: int, use_linear: bool, dims: int) -> None:
         super().__init__()
@@ -238,31 +241,16 @@ class _Transformer(nn.Module):
         self.proj_in = _make_pointwise(use_linear, dims, in_channels, inner)
         self.transformer_blocks = nn.ModuleList()  # filled by the subclass
         self.proj_out = _make_pointwise(use_linear, dims, inner, in_channels)
-        self.max_tokens: int | None = None
 
-    def _transform(self, y: Tensor, context: Tensor | None) -> Tensor:
+    def transform(self, y: Tensor, context: Tensor | None, context_repeats: int = 1) -> Tensor:
+        """The token part: y (rows, n, c) → (rows, n, c); context (rows / r, m, d) or None.
+
+        Every row (a frame's positions, or a position's frames) is an independent sequence.
+        """
         y = _pointwise(self.proj_in, y)
         for block in self.transformer_blocks:
-            y = block(y, context)
+            y = block(y, context, context_repeats)
         return _pointwise(self.proj_out, y)
-
-    def _transform_chunked(self, y: Tensor, context: Tensor | None) -> Tensor:
-        """y: (rows, n, c), context: (rows / g, m, d) or None → (rows, n, c)."""
-        rows, tokens, _ = y.shape
-        groups = 1 if context is None else rows // context.shape[0]
-        per = rows_per_chunk(rows, tokens, groups, self.max_tokens)
-        if per >= rows:
-            return self._transform(y, context)
-        out: Tensor | None = None
-        for lo in range(0, rows, per):
-            hi = min(rows, lo + per)
-            ctx = None if context is None else context[lo // groups : (hi - 1) // groups + 1]
-            part = self._transform(y[lo:hi], ctx)
-            if out is None:
-                out = part.new_empty((rows, *part.shape[1:]))
-            out[lo:hi] = part
-        assert out is not None
-        return out
 
 
 class SpatialTransformer(_Transformer):
@@ -290,10 +278,11 @@ class SpatialTransformer(_Transformer):
             for _ in range(depth)
         )
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, frames: int = 1) -> Tensor:
+        """x: (b·frames, c, h, w); context: (b, m, context_dim), one row per clip."""
         _, _, h, w = x.shape
         y = rearrange(self.norm(x), "b c h w -> b (h w) c")
-        y = self._transform_chunked(y, context)
+        y = self.transform(y, context, frames)
         return rearrange(y, "b (h w) c -> b c h w", h=h, w=w) + x
 
 
@@ -323,5 +312,5 @@ class TemporalTransformer(_Transformer):
     def forward(self, x: Tensor) -> Tensor:
         _, _, _, h, w = x.shape
         y = rearrange(self.norm(x), "b c t h w -> (b h w) t c")
-        y = self._transform_chunked(y, None)
+        y = self.transform(y, None)
         return rearrange(y, "(b h w) t c -> b c t h w", h=h, w=w) + x

@@ -8,8 +8,7 @@ Timesteps may differ per frame (FIFO diagonal denoising) and per sample (batched
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +16,6 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from lvdm.modules.attention import AttnProcessor, CrossAttention, SpatialTransformer, TemporalTransformer
-from lvdm.modules.qcache import QCacheBlendProcessor, QCacheRecordProcessor, QCacheStore
-from lvdm.options import QCacheOptions
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: int = 10000) -> Tensor:
@@ -48,43 +45,14 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
-@dataclass(frozen=True)
-class UNetExecution:
-    """How the U-Net computes, without changing what (see ``UNetModel.set_execution``).
-
-    Attributes:
-        transformer_chunk: run every transformer's sequences in chunks of at most this many
-            tokens (None: the whole batch at once). On CPU, chunks whose activations stay in
-            cache run faster than one batch-sized pass over memory.
-        temporal_conv_2d: compute the (3, 1, 1) temporal convolutions as 2D (3, 1)
-            convolutions over (time, h·w). The same arithmetic; on CPU oneDNN runs it faster
-            than its 3D kernel, and much faster than the generic 3D kernel PyTorch uses for a
-            batch of one.
-    """
-
-    transformer_chunk: int | None = None
-    temporal_conv_2d: bool = False
-
-    def __post_init__(self) -> None:
-        if self.transformer_chunk is not None and self.transformer_chunk < 1:
-            raise ValueError(f"transformer_chunk must be ≥ 1 or None, got {self.transformer_chunk}")
-
-
 class TemporalConv(nn.Conv3d):
-    """A (3, 1, 1) convolution along time (a Conv3d, as published: same keys and shapes) that
-    can run as the equivalent 2D convolution over (time, h·w)."""
+    """A (3, 1, 1) convolution along time, zero-padded at both ends: (b, c, t, h, w) → same.
+
+    A Conv3d as published (same checkpoint keys and shapes).
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels, channels, (3, 1, 1), padding=(1, 0, 0))
-        self.as_2d = False
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.as_2d:
-            return super().forward(x)
-        b, c, t, h, w = x.shape
-        weight = self.weight.reshape(*self.weight.shape[:3], 1)  # (out, in, 3, 1)
-        y = F.conv2d(x.reshape(b, c, t, h * w), weight, self.bias, padding=(1, 0))
-        return y.reshape(b, -1, t, h, w)
 
 
 class TemporalConvBlock(nn.Module):
@@ -181,7 +149,7 @@ class TimestepEmbedSequential(nn.Sequential):
             if isinstance(layer, ResBlock):
                 x = layer(x, emb, batch_size)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
+                x = layer(x, context, frames=x.shape[0] // batch_size)
             elif isinstance(layer, TemporalTransformer):
                 x = rearrange(x, "(b t) c h w -> b c t h w", b=batch_size)
                 x = rearrange(layer(x), "b c t h w -> (b t) c h w")
@@ -205,8 +173,8 @@ class UNetModel(nn.Module):
     """VideoCrafter's 3D U-Net (``lvdm.modules.networks.openaimodel3d.UNetModel`` in configs).
 
     Parameter names are those of the published configs. ``use_checkpoint``, ``use_fp16``,
-    ``conv_resample``, ``dims``, ``temporal_length`` are accepted for compatibility and have
-    no effect at inference.
+    ``conv_resample``, ``dims`` are accepted for compatibility and have no effect at inference;
+    ``temporal_length`` (the frames per clip the model was trained on) is kept for the caller.
     """
 
     def __init__(
@@ -248,6 +216,7 @@ class UNetModel(nn.Module):
             raise ValueError("UNetModel: set num_heads or num_head_channels")
         self.model_channels = model_channels
         self.num_res_blocks = num_res_blocks
+        self.temporal_length = temporal_length
         self.fps_cond = fps_cond
         self.addition_attention = addition_attention
         emb_dim = model_channels * 4
@@ -285,9 +254,11 @@ class UNetModel(nn.Module):
                 nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
             )
 
-        # Q-cache bookkeeping: (level, index within level) of blocks that hold transformers.
-        self._encoder_sites: dict[tuple[int, int], int] = {}
-        self._decoder_sites: dict[tuple[int, int], int] = {}
+        # Where the transformers are: (level, index within the level) → block index, for the
+        # encoder (input_blocks) and the decoder (output_blocks). Tricks that pair encoder and
+        # decoder layers (the Q-caches) read them.
+        self.encoder_attention_blocks: dict[tuple[int, int], int] = {}
+        self.decoder_attention_blocks: dict[tuple[int, int], int] = {}
 
         blocks = [TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))]
         skip_channels = [model_channels]
@@ -300,7 +271,7 @@ class UNetModel(nn.Module):
                 ch = mult * model_channels
                 if ds in attention_resolutions:
                     layers += attention_layers(ch)
-                    self._encoder_sites[(level, i)] = len(blocks)
+                    self.encoder_attention_blocks[(level, i)] = len(blocks)
                 blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
@@ -336,7 +307,7 @@ class UNetModel(nn.Module):
                 ch = mult * model_channels
                 if ds in attention_resolutions:
                     layers += attention_layers(ch)
-                    self._decoder_sites[(level, j)] = len(blocks)
+                    self.decoder_attention_blocks[(level, j)] = len(blocks)
                 if level and j == num_res_blocks:
                     layers.append(Upsample(ch, ch))
                     ds //= 2
@@ -347,63 +318,23 @@ class UNetModel(nn.Module):
             GroupNorm32(32, ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1))
         )
         self.attention_backend = "sdpa"
-        self.execution = UNetExecution()
-        self.qcache: QCacheOptions | None = None
-        self._qcache_store: QCacheStore | None = None
 
     # ----------------------------------------------------------------- attention processors
-    def _attention_layers(self) -> list[CrossAttention]:
-        return [m for m in self.modules() if isinstance(m, CrossAttention)]
+    def attention_layers(self) -> dict[str, CrossAttention]:
+        """Every attention layer by its module name (as in the checkpoint keys)."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, CrossAttention)}
 
-    def set_attention_backend(self, backend: str) -> None:
-        """Choose the attention kernel: ``"sdpa"`` (default), ``"xformers"`` or ``"math"``."""
+    def set_attn_processor(self, backend: str, processor: Callable[[], AttnProcessor] | None = None) -> None:
+        """Give every attention layer a fresh default processor for ``backend``.
+
+        ``backend``: ``"sdpa"`` (default), ``"xformers"`` or ``"math"``. Tricks install their own
+        processors on chosen layers afterwards; this restores plain attention everywhere.
+        ``processor`` builds the processor instead (e.g. a subclass), called once per layer.
+        """
         AttnProcessor(backend)  # validates the name
         self.attention_backend = backend
-        self.set_qcache(self.qcache)
-
-    def set_execution(self, execution: UNetExecution) -> None:
-        """Choose how the layers compute (:class:`UNetExecution`); the result stays the same.
-
-        The default ``UNetExecution()`` runs the layers as published; the fast path's plan
-        (``lvdm.perf.plan_fast_path``) picks what is faster on its device.
-        """
-        for layer in self.modules():
-            if isinstance(layer, (SpatialTransformer, TemporalTransformer)):
-                layer.max_tokens = execution.transformer_chunk
-            elif isinstance(layer, TemporalConv):
-                layer.as_2d = execution.temporal_conv_2d
-        self.execution = execution
-
-    def set_qcache(self, options: QCacheOptions | None) -> None:
-        """Install Q-cache processors for ``options``; ``None`` restores plain attention.
-
-        Decoder block j of a level takes the queries of encoder block
-        ``max(0, num_res_blocks - 1 - j)`` of the same level (2 res blocks: second, first,
-        first). The middle block and ``init_attn`` take no part.
-        """
-        backend = self.attention_backend
-        for layer in self._attention_layers():
-            layer.processor = AttnProcessor(backend)
-        self.qcache = options
-        self._qcache_store = None
-        if options is None:
-            return
-        store = self._qcache_store = QCacheStore()
-        kinds = {"spatial": SpatialTransformer, "temporal": TemporalTransformer}
-        for (level, j), dec_index in self._decoder_sites.items():
-            enc_index = self._encoder_sites[(level, max(0, self.num_res_blocks - 1 - j))]
-            for kind in options.kinds:
-                enc = next(m for m in self.input_blocks[enc_index] if isinstance(m, kinds[kind]))
-                dec = next(m for m in self.output_blocks[dec_index] if isinstance(m, kinds[kind]))
-                for depth, (enc_block, dec_block) in enumerate(
-                    zip(enc.transformer_blocks, dec.transformer_blocks, strict=True)
-                ):
-                    for attn_name in options.attentions:
-                        slot = (enc_index, kind, depth, attn_name)
-                        getattr(enc_block, attn_name).processor = QCacheRecordProcessor(store, slot, backend)
-                        getattr(dec_block, attn_name).processor = QCacheBlendProcessor(
-                            store, slot, options.weight, backend
-                        )
+        for layer in self.attention_layers().values():
+            layer.processor = processor() if processor is not None else AttnProcessor(backend)
 
     # ---------------------------------------------------------------------------- forward
     def embed_time(self, timesteps: Tensor, batch: int, frames: int, fps: int | Tensor) -> Tensor:
@@ -418,16 +349,27 @@ class UNetModel(nn.Module):
             emb = emb + fps_emb.repeat_interleave(frames, dim=0)
         return emb
 
-    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor, fps: int | Tensor = 16) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        timesteps: Tensor,
+        context: Tensor,
+        fps: int | Tensor = 16,
+        context_branches: int = 1,
+    ) -> Tensor:
         """Predict the noise.
 
         Args:
             x: (b, c, t, h, w) noisy latents.
             timesteps: (b,) one timestep per clip, or (b, t) one per frame (FIFO).
-            context: (k·b, m, context_dim) text tokens (+ image tokens for image models): k
-                contexts per clip, branch-major (rows [i·b, (i+1)·b) are branch i, e.g. the
-                conditional and unconditional branches of guidance with k = 2).
+            context: (k·b, m, context_dim) text tokens (+ image tokens for image models), one
+                row per clip, or k rows per clip with ``context_branches`` = k.
             fps: frame rate conditioning, an int or (b,).
+            context_branches: k ≥ 1 contexts per clip, branch-major (rows [i·b, (i+1)·b) are
+                branch i; classifier-free guidance passes k = 2: conditional, unconditional).
+                The layers before the first cross-attention (input convolution, initial
+                temporal attention) see no context: they run once per clip, and each branch
+                continues from a copy. The result equals k separate calls.
         Returns:
             (k·b, out_channels, t, h, w): the noise of every clip under each of its contexts.
         """
@@ -436,20 +378,19 @@ class UNetModel(nn.Module):
             raise ValueError(
                 f"per-frame timesteps must have shape (b, t) = {(b, t)}, got {tuple(timesteps.shape)}"
             )
-        if context.shape[0] % b:
-            raise ValueError(f"context rows ({context.shape[0]}) must be a multiple of the batch ({b})")
-        branches = context.shape[0] // b
-        if self._qcache_store is not None:
-            self._qcache_store.clear()  # nothing left over from a pass that raised
+        if context_branches < 1 or context.shape[0] != context_branches * b:
+            raise ValueError(
+                f"context rows ({context.shape[0]}) must be context_branches ({context_branches}) "
+                f"× the batch ({b})"
+            )
         emb = self.embed_time(timesteps, b, t, fps).type(x.dtype)
         h = rearrange(x, "b c t h w -> (b t) c h w")
-        # The input convolution and the initial temporal attention see no context: run them
-        # once per clip, then give every branch its copy.
         h = self.input_blocks[0](h, emb, None, b)
         if self.addition_attention:
             h = self.init_attn(h, emb, None, b)
-        if branches > 1:
-            h, emb, b = h.repeat(branches, 1, 1, 1), emb.repeat(branches, 1), b * branches
+        if context_branches > 1:
+            h, emb = h.repeat(context_branches, 1, 1, 1), emb.repeat(context_branches, 1)
+            b *= context_branches
         # The context stays (b, m, d): cross-attention shares it across the t frames of a clip.
         skips = [h]
         for block in self.input_blocks[1:]:
@@ -458,6 +399,4 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb, context, b)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, b)
-        if self._qcache_store is not None:
-            self._qcache_store.clear()  # free the recorded queries between passes
         return rearrange(self.out(h).type(x.dtype), "(b t) c h w -> b c t h w", b=b)

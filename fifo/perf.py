@@ -1,34 +1,32 @@
-"""Speed helpers for the batched FIFO path, and peak-memory probes.
+"""How the batched FIFO path runs fast, applied from outside the model's layers.
 
-The batched FIFO path (``fifo_step(..., batched=True)``) runs ``window_batch`` windows, and
-both guidance branches, in one U-Net call. :func:`auto_window_batch` picks that number from
-the memory at hand so that the batched path never runs out of memory where the sequential
-path (one window, one branch per call) fits. :func:`plan_fast_path` says how such a call runs
-on the device (on CPU: :class:`ShardedDenoiser` and transformer chunks), and
-:func:`tune_cpu_allocator` keeps glibc from mapping fresh pages for every large tensor.
-:func:`peak_memory_reset` / :func:`peak_memory_bytes` measure what a stretch of code needed
-at its peak.
+- :func:`plan_fast_path` says how a batched U-Net call runs on a device (:class:`FastPathPlan`);
+  :func:`apply_execution` applies its :class:`UNetExecution` to a U-Net (transformer sequences in
+  cache-sized chunks, temporal convolutions as the equivalent 2D ones) by swapping those layers
+  for variants that compute the same thing differently; the model modules stay as published.
+- :class:`ShardedDenoiser` splits a batched call into parallel slices (CPU).
+- :func:`auto_window_batch` picks how many windows go in one call from the memory at hand.
+- :func:`tune_cpu_allocator` keeps glibc from mapping fresh pages for every large tensor.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
-import os
-import resource
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lvdm.models.samplers.ddim import Denoiser
-from lvdm.models.samplers.fifo import FifoGeometry
+from fifo.geometry import FifoGeometry
 from lvdm.modules.attention import SpatialTransformer, TemporalTransformer
-from lvdm.modules.networks.openaimodel3d import UNetExecution
+from lvdm.modules.networks.openaimodel3d import TemporalConv
+from tools.memory import current_rss_bytes, total_ram_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +49,122 @@ CPU_TRANSFORMER_CHUNK = 4096
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+
+
+@dataclass(frozen=True)
+class UNetExecution:
+    """How the U-Net computes, without changing what (see :func:`apply_execution`).
+
+    Attributes:
+        transformer_chunk: run every transformer's sequences in chunks of at most this many
+            tokens (None: the whole batch at once). On CPU, chunks whose activations stay in
+            cache run faster than one batch-sized pass over memory.
+        temporal_conv_2d: compute the (3, 1, 1) temporal convolutions as 2D (3, 1)
+            convolutions over (time, h·w). The same arithmetic; on CPU oneDNN runs it faster
+            than its 3D kernel, and much faster than the generic 3D kernel PyTorch uses for a
+            batch of one.
+    """
+
+    transformer_chunk: int | None = None
+    temporal_conv_2d: bool = False
+
+    def __post_init__(self) -> None:
+        if self.transformer_chunk is not None and self.transformer_chunk < 1:
+            raise ValueError(f"transformer_chunk must be ≥ 1 or None, got {self.transformer_chunk}")
+
+
+def rows_per_chunk(rows: int, tokens: int, groups: int, max_tokens: int | None) -> int:
+    """How many sequences of ``tokens`` tokens a transformer runs at once.
+
+    At most ``max_tokens`` tokens per chunk (at least one sequence), and either a multiple of
+    ``groups`` or a divisor of it, so that a chunk never splits the frames that share one
+    context row unevenly. ``None``: all ``rows`` at once.
+    """
+    if max_tokens is None:
+        return rows
+    fit = max(1, max_tokens // tokens)
+    if fit >= groups:
+        return min(rows, fit // groups * groups)
+    return max(d for d in range(1, fit + 1) if groups % d == 0)
+
+
+class _ChunkedSequences:
+    """Transformer variant: ``transform`` over chunks of at most ``max_tokens`` tokens.
+
+    Every sequence is independent in a transformer's token part, so the result is the one of
+    a single pass. Mixed in before SpatialTransformer / TemporalTransformer.
+    """
+
+    max_tokens: int
+
+    def transform(self, y: Tensor, context: Tensor | None, context_repeats: int = 1) -> Tensor:
+        """y: (rows, n, c), context: (rows / r, m, d) or None → (rows, n, c)."""
+        rows, tokens, _ = y.shape
+        groups = 1 if context is None else context_repeats
+        per = rows_per_chunk(rows, tokens, groups, self.max_tokens)
+        if per >= rows:
+            return super().transform(y, context, context_repeats)
+        # A chunk holds whole clips (per a multiple of groups) or part of one clip's frames.
+        repeats = min(per, groups)
+        out: Tensor | None = None
+        for lo in range(0, rows, per):
+            hi = min(rows, lo + per)
+            ctx = None if context is None else context[lo // groups : (hi - 1) // groups + 1]
+            part = super().transform(y[lo:hi], ctx, repeats)
+            if out is None:
+                out = part.new_empty((rows, *part.shape[1:]))
+            out[lo:hi] = part
+        assert out is not None
+        return out
+
+
+class ChunkedSpatialTransformer(_ChunkedSequences, SpatialTransformer):
+    """A SpatialTransformer whose sequences run in chunks (same parameters, same result)."""
+
+
+class ChunkedTemporalTransformer(_ChunkedSequences, TemporalTransformer):
+    """A TemporalTransformer whose sequences run in chunks (same parameters, same result)."""
+
+
+class TemporalConvAs2d(TemporalConv):
+    """A TemporalConv computed as the equivalent 2D (3, 1) convolution over (time, h·w)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, t, h, w = x.shape
+        weight = self.weight.reshape(*self.weight.shape[:3], 1)  # (out, in, 3, 1)
+        y = F.conv2d(x.reshape(b, c, t, h * w), weight, self.bias, padding=(1, 0))
+        return y.reshape(b, -1, t, h, w)
+
+
+_CHUNKED = {SpatialTransformer: ChunkedSpatialTransformer, TemporalTransformer: ChunkedTemporalTransformer}
+_PLAIN = {chunked: plain for plain, chunked in _CHUNKED.items()}
+
+
+def apply_execution(unet: nn.Module, execution: UNetExecution) -> None:
+    """Make a U-Net compute as ``execution`` says; ``UNetExecution()`` restores the published layers.
+
+    The layers concerned change class in place (as ``torch.nn.utils.parametrize`` does): the same
+    module objects, parameters and checkpoint keys, with a ``forward`` that computes the same
+    thing another way. Nothing else in the model changes.
+    """
+    for layer in unet.modules():
+        kind = type(layer)
+        plain = _PLAIN.get(kind, kind)
+        if plain in _CHUNKED:
+            if execution.transformer_chunk is None:
+                layer.__class__ = plain
+            else:
+                layer.__class__ = _CHUNKED[plain]
+                layer.max_tokens = execution.transformer_chunk
+        elif isinstance(layer, TemporalConv):
+            layer.__class__ = TemporalConvAs2d if execution.temporal_conv_2d else TemporalConv
+
+
+def current_execution(unet: nn.Module) -> UNetExecution:
+    """The :class:`UNetExecution` a U-Net runs with now (read off its layers)."""
+    chunk = next((m.max_tokens for m in unet.modules() if isinstance(m, _ChunkedSequences)), None)
+    conv_2d = any(isinstance(m, TemporalConvAs2d) for m in unet.modules())
+    return UNetExecution(transformer_chunk=chunk, temporal_conv_2d=conv_2d)
 
 
 @dataclass(frozen=True)
@@ -90,39 +204,38 @@ def plan_fast_path(device: str | torch.device, threads: int | None = None) -> Fa
 class ShardedDenoiser:
     """A denoiser whose batched calls run as parallel slices of the batch (CPU).
 
-    ``shards`` slices (at most one per sample) are evaluated at once on worker threads, each
-    with ``threads // shards`` intra-op threads, then concatenated: the same result as one
-    call. The intra-op thread count is process-wide in PyTorch; it is lowered for the duration
-    of a call and restored afterwards, so do not run other PyTorch work in parallel with a call.
+    Every tensor argument is a batch along dim 0 (None passes through): ``shards`` slices
+    (at most one per sample) are evaluated at once on worker threads, each with
+    ``threads // shards`` intra-op threads, then concatenated: the same result as one call.
+    The intra-op thread count is process-wide in PyTorch; it is lowered for the duration of a
+    call and restored afterwards, so do not run other PyTorch work in parallel with a call.
     The U-Net's per-pass state (the Q-cache store) is per thread.
 
     Args:
-        denoise: a :data:`~lvdm.models.samplers.ddim.Denoiser` (context rows: k per sample).
+        denoise: any callable whose tensor arguments share their batch dimension and whose
+            result has one row per sample (a guided denoiser ``(x, t, cond, uncond) → eps``).
         shards: the most slices per call; 1 makes this a plain pass-through.
         threads: intra-op threads to share out (default: ``torch.get_num_threads()`` at the call).
     """
 
-    def __init__(self, denoise: Denoiser, shards: int, threads: int | None = None) -> None:
+    def __init__(self, denoise: Callable[..., Tensor], shards: int, threads: int | None = None) -> None:
         if shards < 1:
             raise ValueError(f"shards must be ≥ 1, got {shards}")
         self.denoise, self.shards, self.threads = denoise, shards, threads
         self._pool: ThreadPoolExecutor | None = None
 
-    def __call__(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
-        n = x.shape[0]
+    def __call__(self, *args: Tensor | None) -> Tensor:
+        n = args[0].shape[0]
         shards = min(self.shards, n)
-        if shards <= 1 or t.shape[0] != n or context.shape[0] % n:
-            return self.denoise(x, t, context)
-        # k contexts per sample, branch-major (see Denoiser): a slice keeps all k of its samples.
-        branches = context.shape[0] // n
-        per_branch = context.reshape(branches, n, *context.shape[1:])
+        if shards <= 1 or any(a is not None and a.shape[0] != n for a in args):
+            return self.denoise(*args)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.shards, thread_name_prefix="unet-shard")
         total = torch.get_num_threads() if self.threads is None else self.threads
         bounds = [round(i * n / shards) for i in range(shards + 1)]
         # Grad, inference and autocast modes are per thread: carry the caller's into the workers.
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-        device_type = x.device.type
+        device_type = args[0].device.type
         autocast = torch.is_autocast_enabled(device_type)
         autocast_dtype = torch.get_autocast_dtype(device_type)
 
@@ -133,8 +246,7 @@ class ShardedDenoiser:
                 torch.set_grad_enabled(grad),
                 torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast),
             ):
-                ctx = per_branch[:, part].reshape(-1, *context.shape[1:])
-                return self.denoise(x[part], t[part], ctx)
+                return self.denoise(*(None if a is None else a[part] for a in args))
 
         previous = torch.get_num_threads()
         torch.set_num_threads(max(1, total // shards))
@@ -142,10 +254,7 @@ class ShardedDenoiser:
             parts = list(self._pool.map(run, range(shards)))
         finally:
             torch.set_num_threads(previous)
-        # Each part is (k·slice, …) branch-major; put the branches back in front.
-        parts = [p.reshape(branches, -1, *p.shape[1:]) for p in parts]
-        out = torch.cat(parts, dim=1)
-        return out.reshape(-1, *out.shape[2:])
+        return torch.cat(parts)
 
     def close(self) -> None:
         """Stop the worker threads (a later call starts new ones)."""
@@ -268,23 +377,6 @@ def window_activation_bytes(
     return int(SAFETY * dtype_bytes * elements) * branches
 
 
-def total_ram_bytes() -> int:
-    """Physical memory of the machine (``os.sysconf``), or 0 where it is not known."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def current_rss_bytes() -> int:
-    """Resident memory of this process now (Linux ``/proc/self/statm``), or 0."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def auto_window_batch(
     model: nn.Module,
     geometry: FifoGeometry,
@@ -353,60 +445,3 @@ def auto_window_batch(
         n_windows * per_window / 2**30,
     )
     return chosen
-
-
-def _reset_rss_peak() -> bool:
-    """Reset this process's peak RSS to its current RSS (Linux ≥ 4.0, ``clear_refs`` 5)."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-        return True
-    return False
-
-
-def peak_memory_reset(device: str | torch.device) -> bool:
-    """Start a new peak-memory measurement. Returns whether the peak was reset.
-
-    CUDA: resets the allocator's peak statistics (always True). CPU: the process peak RSS is
-    in general not resettable; on Linux ``/proc/self/clear_refs`` can lower it to the current
-    RSS, which is tried (True if it worked). Even then the allocator keeps freed memory
-    mapped, so a fresh process per measurement (as ``scripts/benchmark.py`` does) is the
-    clean way to measure on CPU.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    return _reset_rss_peak()
-
-
-def _vm_hwm_bytes() -> int | None:
-    """This process's own peak RSS (``VmHWM`` in ``/proc/self/status``), or None off Linux."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def peak_memory_bytes(device: str | torch.device) -> int:
-    """Peak memory since the last reset (or process start), in bytes.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, not the allocator's cache).
-    CPU: the process's peak resident set size (weights, interpreter and libraries included):
-    ``VmHWM`` on Linux, else ``ru_maxrss``. Linux's ``ru_maxrss`` (KiB) is not used there
-    because it also counts the memory image the process replaced at ``exec``: a child started
-    by ``subprocess`` from a large parent reports the parent's peak.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device))
-    hwm = _vm_hwm_bytes()
-    if hwm is not None:
-        return hwm
-    maxrss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere

@@ -1,4 +1,4 @@
-"""DDIM with classifier-free guidance: one step, and the loop for a fixed-length clip.
+"""DDIM: one step, and the loop that samples a fixed-length clip (the base clip).
 
 The step takes one schedule index per clip, per frame ``(t,)``, or per sample and frame
 ``(b, t)``, which is all FIFO needs on top of the base sampler.
@@ -6,17 +6,13 @@ The step takes one schedule index per clip, per frame ``(t,)``, or per sample an
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lvdm.models.utils_diffusion import DDIMSchedule
-
-Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""(x, timesteps, context) → eps. x (b, …) and timesteps (b,) or (b, t); context (k·b, m, d),
-k contexts per sample, branch-major; eps (k·b, …): each sample under each of its contexts."""
+from fifo.guidance import GuidedDenoiser
+from fifo.noise import NoiseSource
+from fifo.schedule import DDIMSchedule
 
 
 def _gather(values: Tensor, index: int | Tensor, like: Tensor) -> Tensor:
@@ -28,31 +24,6 @@ def _gather(values: Tensor, index: int | Tensor, like: Tensor) -> Tensor:
     if idx.dim() == 1:  # one index per frame
         return out.reshape(1, 1, -1, 1, 1)
     return out.reshape(out.shape[0], 1, out.shape[1], 1, 1)  # (b, t)
-
-
-def guided_noise(
-    denoise: Denoiser,
-    x: Tensor,
-    t: Tensor,
-    cond: Tensor,
-    uncond: Tensor | None,
-    scale: float,
-    batched: bool = True,
-) -> Tensor:
-    """Classifier-free guidance: eps_u + scale·(eps_c − eps_u).
-
-    ``batched`` evaluates both branches in one call, x once with two contexts per sample (same
-    result; the U-Net runs its context-free layers once for both); otherwise, or when the two
-    contexts differ in length (text-only base clip of the image model against text +
-    zero-image unconditional tokens), two calls as published.
-    """
-    if uncond is None or scale == 1.0:
-        return denoise(x, t, cond)
-    if batched and cond.shape[1:] == uncond.shape[1:]:
-        eps_c, eps_u = denoise(x, t, torch.cat([cond, uncond])).chunk(2)
-    else:
-        eps_c, eps_u = denoise(x, t, cond), denoise(x, t, uncond)
-    return eps_u + scale * (eps_c - eps_u)
 
 
 def ddim_step(
@@ -92,24 +63,28 @@ def ddim_step(
 
 
 def sample_ddim(
-    denoise: Denoiser,
+    denoise: GuidedDenoiser,
     x_T: Tensor,
     schedule: DDIMSchedule,
     cond: Tensor,
     uncond: Tensor | None,
-    guidance: float,
     use_scale: bool,
-    generator: torch.Generator | None = None,
+    noise: NoiseSource | None = None,
     progress: bool = True,
 ) -> Tensor:
-    """Denoise a clip from x_T (b, c, t, h, w) through every schedule step → clean latents."""
+    """Denoise a clip from x_T (b, c, t, h, w) through every schedule step → clean latents.
+
+    ``noise`` gives each step's DDIM noise when the schedule's eta > 0.
+    """
     x = x_T
     timesteps = schedule.timesteps.tolist()  # one host transfer, not one per step
     for index in tqdm(range(schedule.num_steps - 1, -1, -1), desc="base clip (DDIM)", disable=not progress):
         t = torch.full((x.shape[0],), timesteps[index], device=x.device, dtype=torch.long)
-        eps = guided_noise(denoise, x, t, cond, uncond, guidance)
-        noise = None
+        eps = denoise(x, t, cond, uncond)
+        step_noise = None
         if schedule.eta > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x, _ = ddim_step(x, eps, schedule, index, noise, use_scale)
+            if noise is None:
+                raise ValueError("eta > 0: sample_ddim needs a noise source")
+            step_noise = noise.latents(tuple(x.shape), x.dtype)
+        x, _ = ddim_step(x, eps, schedule, index, step_noise, use_scale)
     return x

@@ -1,16 +1,60 @@
-"""The `--mode` string, parsed once into a typed, immutable options object.
+"""What a user chooses, parsed once into typed, immutable objects.
 
-A mode is ``{main}[_{sub}]...``: one main option, then any of the sub options in any order.
-Everything downstream (sampler, U-Net attention processors) receives :class:`ModeOptions`,
-never the raw string.
+- ``--mode`` → :class:`ModeOptions` (:func:`parse_mode`): one :class:`MainMode`, then sub
+  options in any order. Nothing below the CLI sees the mode string.
+- The sampling and output settings → :class:`GenerationSettings`, validated on creation (the
+  one place where each setting's range is checked; messages name the command-line flag).
+- ``--dtype`` → :class:`Precision`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from fifo.geometry import FifoGeometry
 
 logger = logging.getLogger(__name__)
+
+
+class MainMode(str, Enum):
+    """The main option of ``--mode``: which model and what conditions the FIFO windows."""
+
+    T2V = "t2v"
+    I2V = "i2v"
+    T2V_SEED = "t2v_seed"
+    T2V_SEED_AR = "t2v_seed_ar"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def description(self) -> str:
+        return MAIN_OPTIONS[self.value]
+
+    @property
+    def uses_image_model(self) -> bool:
+        """Whether the mode needs the image-to-video model (an image embedder)."""
+        return self is not MainMode.T2V
+
+    @property
+    def takes_input_image(self) -> bool:
+        """Whether every prompt comes with an image (``image_path;prompt`` lines)."""
+        return self is MainMode.I2V
+
+    @property
+    def seeds_image(self) -> bool:
+        """Whether the base clip's first frame seeds the image tokens (t2v_seed, t2v_seed_ar)."""
+        return self in (MainMode.T2V_SEED, MainMode.T2V_SEED_AR)
+
+    @property
+    def reseeds_each_frame(self) -> bool:
+        """Whether the image tokens are replaced by the newest output frame's (t2v_seed_ar)."""
+        return self is MainMode.T2V_SEED_AR
+
 
 MAIN_OPTIONS: dict[str, str] = {
     "t2v": "text-to-video (VideoCrafter2 text-to-video model)",
@@ -49,8 +93,7 @@ class QCacheOptions:
             raise ModeError("a Q-cache needs a transformer kind: TTqcache and/or STqcache")
         if not (self.attn1 or self.attn2):
             raise ModeError("a Q-cache needs an attention: attn1 and/or attn2")
-        if not 0.0 <= self.weight <= 1.0:
-            raise ModeError(f"the Q-cache weight must lie in [0, 1], got {self.weight}")
+        check_qcache_weight(self.weight)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -63,33 +106,39 @@ class QCacheOptions:
         return tuple(a for a, on in (("attn1", self.attn1), ("attn2", self.attn2)) if on)
 
 
+def check_qcache_weight(weight: float) -> None:
+    """The one check of the Q-cache weight's range (also rejects NaN)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ModeError(f"the Q-cache weight (--qcache_weight) must lie in [0, 1], got {weight}")
+
+
 @dataclass(frozen=True)
 class ModeOptions:
     """Everything ``--mode`` selects."""
 
-    main: str = "t2v"
+    main: MainMode = MainMode.T2V
     qcache: QCacheOptions | None = None
     unilatent: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "main", MainMode(self.main))  # accepts "t2v" as well as MainMode.T2V
+
     @property
     def uses_image_model(self) -> bool:
-        """Whether the mode needs the image-to-video model (an image embedder)."""
-        return self.main != "t2v"
+        return self.main.uses_image_model
 
     @property
     def seeds_image(self) -> bool:
-        """Whether the base clip's first frame seeds the image tokens (t2v_seed, t2v_seed_ar)."""
-        return self.main in ("t2v_seed", "t2v_seed_ar")
+        return self.main.seeds_image
 
     @property
     def reseeds_each_frame(self) -> bool:
-        """Whether the image tokens are replaced by the newest output frame's (t2v_seed_ar)."""
-        return self.main == "t2v_seed_ar"
+        return self.main.reseeds_each_frame
 
     @property
     def name(self) -> str:
         """The canonical mode string (sub options in a fixed order)."""
-        parts = [self.main]
+        parts = [self.main.value]
         if self.qcache is not None:
             parts += [
                 p for p, on in (("TTqcache", self.qcache.temporal), ("STqcache", self.qcache.spatial)) if on
@@ -116,8 +165,7 @@ def parse_mode(mode: str, qcache_weight: float = 0.9) -> ModeOptions:
         ModeError: unknown or repeated parts (with the list of valid ones), ``attn1``/``attn2``
             without a Q-cache, or a weight outside [0, 1].
     """
-    if not 0.0 <= qcache_weight <= 1.0:  # also rejects NaN; checked even when no Q-cache is on
-        raise ModeError(f"the Q-cache weight (--qcache_weight) must lie in [0, 1], got {qcache_weight}")
+    check_qcache_weight(qcache_weight)  # checked even when no Q-cache is on
     text = mode.strip()
     # Longest main option first: "t2v_seed_ar" must not parse as "t2v" + "seed" + "ar".
     main = next(
@@ -153,4 +201,76 @@ def parse_mode(mode: str, qcache_weight: float = 0.9) -> ModeOptions:
             f"mode {mode!r}: {sorted(attns)} select which attention a Q-cache applies to, "
             "but no Q-cache is on: add TTqcache or STqcache"
         )
-    return ModeOptions(main=main, qcache=qcache, unilatent="unilatent" in subs)
+    return ModeOptions(main=MainMode(main), qcache=qcache, unilatent="unilatent" in subs)
+
+
+class Precision(str, Enum):
+    """The floating-point type the U-Net and the autoencoder compute in (``--dtype``)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.value]
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return self.torch_dtype.itemsize
+
+    @classmethod
+    def default_for(cls, device: str | torch.device) -> Precision:
+        """fp16 on CUDA, fp32 elsewhere."""
+        return cls.FP16 if torch.device(device).type == "cuda" else cls.FP32
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling and output settings shared by all prompts of a run, checked on creation.
+
+    Raises:
+        ValueError: a setting out of range; the message names its command-line flag.
+    """
+
+    video_length: int = 16
+    num_partitions: int = 4
+    new_video_length: int = 100
+    height: int = 320
+    width: int = 512
+    fps: int = 8
+    guidance: float = 12.0
+    eta: float = 1.0
+    lookahead: bool = True
+    seed: int = 321
+    save_frames: bool = False
+    use_mp4: bool = False
+    output_fps: int = 10
+    batched: bool = True
+    window_batch: int | None = None
+    dtype: Precision = Precision.FP32
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", Precision(self.dtype))  # accepts "fp16" as well
+        self.geometry  # noqa: B018 -- checks --video_length and --num_partitions
+        checks = [
+            (self.new_video_length >= 1, "--new_video_length must be ≥ 1"),
+            (self.height > 0 and self.width > 0, "--height and --width must be positive"),
+            (self.guidance >= 0, "--unconditional_guidance_scale must be ≥ 0"),
+            (0.0 <= self.eta <= 1.0, "--eta must lie in [0, 1]"),
+            (self.output_fps >= 1 and self.fps >= 1, "--fps and --output_fps must be ≥ 1"),
+            (self.window_batch is None or self.window_batch >= 1, "--window_batch must be ≥ 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def geometry(self) -> FifoGeometry:
+        """The queue layout of these settings."""
+        return FifoGeometry(self.video_length, self.num_partitions, self.lookahead)

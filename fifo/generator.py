@@ -1,0 +1,258 @@
+"""One prompt → one long video: conditioning, base clip, the FIFO loop, frames to the sinks.
+
+:class:`FifoGenerator` sets a loaded model up once for a mode and settings (the tricks'
+attention processors, the fast path, the guided denoiser) and then generates one video per
+:class:`~fifo.prompts.PromptJob`. :meth:`FifoGenerator.run` is a short composition of stages
+that can also run alone: :meth:`~FifoGenerator.conditioning`, :meth:`~FifoGenerator.base_clip`,
+then the state/step loop of :class:`~fifo.run.FifoSampler` with the sinks around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fifo.conditioning import VideoConditioning, load_image, with_image_tokens
+from fifo.ddim import sample_ddim
+from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.noise import NoiseSource, derived_seed
+from fifo.options import GenerationSettings, ModeOptions
+from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
+from fifo.prompts import PromptJob
+from fifo.run import FifoSampler, to_uint8_frames
+from fifo.schedule import DDIMSchedule
+from fifo.sinks import FrameSink, PngSink, VideoSink
+from fifo.tricks.qcache import set_qcache
+from lvdm.build import ConfigFacts, model_facts
+from lvdm.models.ddpm3d import LatentDiffusion
+from tools.video_io import VideoWriter
+
+logger = logging.getLogger(__name__)
+
+I2V_CONFIG_HINT = "use --config configs/inference_i2v_512_v1.0.yaml (or configs/tiny_i2v.yaml)"
+
+
+def check_model_fits(
+    facts: ConfigFacts, mode: ModeOptions, settings: GenerationSettings, source: str
+) -> None:
+    """The checks of a mode and settings against a model, in one place.
+
+    ``facts`` come from the config before the model is built (the CLI) or from the built model
+    (:class:`FifoGenerator`); ``source`` names it in the message.
+
+    Raises:
+        ValueError: the mode needs the image-to-video model, or the size does not fit the U-Net.
+    """
+    if mode.uses_image_model and not facts.has_image_embedder:
+        raise ValueError(
+            f"mode {mode.main.value!r} needs the image-to-video model (a CLIP image embedder), but "
+            f"{source} has none: {I2V_CONFIG_HINT}"
+        )
+    h, w = settings.height, settings.width
+    if h % facts.size_multiple or w % facts.size_multiple:
+        raise ValueError(
+            f"--height and --width must be multiples of {facts.size_multiple} for this model "
+            f"(autoencoder ×{facts.vae_scale}, U-Net ×{facts.unet_factor}), got {h}x{w}"
+        )
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    prompt: str
+    video_path: Path
+    frames: int
+    seconds: float
+    base_clip_cached: bool
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+class FifoGenerator:
+    """Generates long videos for prompt jobs with one loaded model.
+
+    Args:
+        model: the loaded model (its device is used; its U-Net gets the mode's processors and
+            the fast path's execution).
+        mode: the parsed ``--mode``.
+        settings: sampling/output settings.
+        model_id: fingerprint of the weights (``lvdm.build.model_identity``), for the cache.
+    """
+
+    def __init__(
+        self, model: LatentDiffusion, mode: ModeOptions, settings: GenerationSettings, model_id: str
+    ) -> None:
+        check_model_fits(model_facts(model), mode, settings, "this model")
+        self.model, self.mode, self.settings, self.model_id = model, mode, settings, model_id
+        self.geometry = settings.geometry
+        self.device = model.device
+        scale = model.vae_scale
+        self.latent_hw = (settings.height // scale, settings.width // scale)
+        set_qcache(model.unet, mode.qcache)
+
+        # How the FIFO windows run: batched on the fast path (window chunks, on CPU parallel
+        # slices and the plan's layer variants), or one window and one branch per call with
+        # the layers as published (--sequential).
+        self.window_batch = settings.window_batch if settings.batched else 1
+        if self.window_batch is None:
+            self.window_batch = auto_window_batch(
+                model,
+                self.geometry,
+                self.latent_hw,
+                self.device,
+                settings.dtype.itemsize,
+                guidance=settings.guidance != 1.0,
+            )
+            logger.info("window batch: %s", "all windows" if self.window_batch is None else self.window_batch)
+        self.plan = plan_fast_path(self.device) if settings.batched else FastPathPlan()
+        apply_execution(model.unet, self.plan.unet)
+        if settings.batched:
+            logger.info("fast path plan: %s", self.plan)
+        else:
+            logger.info("sequential path: one window and one guidance branch per call, layers as published")
+        model_denoiser = ModelDenoiser(model, settings.fps, settings.dtype)
+        # The base clip always batches its two guidance branches; the FIFO windows do on the fast path.
+        self.base_denoiser = ShardedDenoiser(CFGDenoiser(model_denoiser, settings.guidance), self.plan.shards)
+        self.fifo_denoiser = ShardedDenoiser(
+            CFGDenoiser(model_denoiser, settings.guidance, batch_branches=settings.batched), self.plan.shards
+        )
+        self.schedule = DDIMSchedule.from_model(model, self.geometry.steps, settings.eta)
+        # The unconditional context never changes: empty text (+ zero-image tokens, as published).
+        self.uncond_context = model.get_learned_conditioning([""])
+        if model.has_image_embedder:
+            zeros = torch.zeros(1, 3, 224, 224, device=self.device)
+            self.uncond_context = torch.cat([self.uncond_context, model.get_image_embeds(zeros)], dim=1)
+        self.sampler = FifoSampler(
+            model,
+            mode,
+            self.fifo_denoiser,
+            self.schedule,
+            self.geometry,
+            self.uncond_context,
+            self.window_batch,
+            settings.dtype,
+        )
+
+    def close(self) -> None:
+        """Release the worker threads of the parallel slices (if any were started)."""
+        self.base_denoiser.close()
+        self.fifo_denoiser.close()
+
+    # ------------------------------------------------------------------ stages
+    def conditioning(self, job: PromptJob) -> tuple[VideoConditioning, Tensor | None]:
+        """The job's text conditioning, and its input image's tokens (``i2v``) or None."""
+        s = self.settings
+        prompts = [sc.prompt for sc in job.scenes] if job.is_story else [job.prompt]
+        texts = self.model.get_learned_conditioning(prompts)  # (scenes, 77, d)
+        length = job.story_length if job.is_story else s.new_video_length
+        conditioning = VideoConditioning(texts, tuple(sc.frames for sc in job.scenes), length)
+        image_tokens = None
+        if self.mode.main.takes_input_image:
+            image_tokens = self.sampler.image_tokens(load_image(job.image, s.height, s.width))
+        return conditioning, image_tokens
+
+    def cache_key(self, job: PromptJob) -> dict:
+        """Everything that changes the base clip's noise and latent."""
+        s = self.settings
+        image_digest = hashlib.sha256(job.image.read_bytes()).hexdigest() if job.image else None
+        return {
+            "model": self.model_id,
+            "prompt": job.prompt,
+            "image": image_digest,
+            "seed": s.seed,
+            "size": [s.height, s.width],
+            "video_length": s.video_length,
+            "steps": self.geometry.steps,
+            "eta": s.eta,
+            "guidance": s.guidance,
+            "fps": s.fps,
+            "dtype": s.dtype.value,
+            "mode_main": self.mode.main.value,
+        }
+
+    def base_clip(
+        self, job: PromptJob, cond: Tensor, cache_dir: Path, noise: NoiseSource
+    ) -> tuple[Tensor, bool]:
+        """Sample (or reuse) the base clip: clean latents (1, c, f, h, w), and whether it was cached."""
+        key = self.cache_key(job)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        cache_file = cache_dir / f"{digest}.pt"
+        shape = (1, self.model.channels, self.settings.video_length, *self.latent_hw)
+        if cache_file.is_file():
+            try:
+                cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+            except Exception as err:  # a damaged cache file is recomputed, never fatal
+                logger.warning("base clip: ignoring unreadable cache file %s (%s)", cache_file, err)
+                cached = {}
+            if isinstance(cached, dict) and cached.get("key") == key:
+                logger.info("base clip: reusing cached latents %s", cache_file)
+                return cached["latents"].to(self.device), True
+        x_T = noise.latents(shape)
+        latents = sample_ddim(
+            self.base_denoiser,
+            x_T,
+            self.schedule,
+            cond,
+            self.uncond_context,
+            use_scale=self.model.use_scale,
+            noise=noise,
+            progress=self.settings.progress,
+        )
+        _atomic_save({"key": key, "x_T": x_T.cpu(), "latents": latents.cpu()}, cache_file)
+        return latents, False
+
+    def run(
+        self, job: PromptJob, output_root: Path, experiment: str, cache_dir: Path | None = None
+    ) -> GenerationResult:
+        """Generate one video under ``output_root/<prompt folder>/``; base latents cached in ``cache_dir``."""
+        start = time.perf_counter()
+        s = self.settings
+        # Two random streams: the base clip's (skipped on a cache hit) and the FIFO queue's, so a
+        # cached base clip gives the same video as a freshly sampled one.
+        base_noise = NoiseSource.seeded(s.seed, self.device)
+        fifo_noise = NoiseSource.seeded(derived_seed(s.seed, "fifo"), self.device)
+        prompt_dir = output_root / job.folder_name
+        exp_dir = prompt_dir / experiment
+
+        conditioning, image_tokens = self.conditioning(job)
+        # The base clip is conditioned on the text (+ the input image for i2v).
+        cond = with_image_tokens(conditioning.first_text, image_tokens)
+        base, cached = self.base_clip(job, cond, cache_dir or output_root / "latents", base_noise)
+        base_video = self.sampler.decode(base)
+        with VideoWriter(exp_dir / "origin.gif", fps=s.output_fps) as origin:
+            for frame in to_uint8_frames(base_video):
+                origin.write(frame)
+        if self.mode.seeds_image:
+            image_tokens = self.sampler.image_tokens(base_video[:, :, 0])
+
+        video_path = prompt_dir / f"{experiment}{'.mp4' if s.use_mp4 else '.gif'}"
+        sinks: list[FrameSink] = [VideoSink(video_path, s.output_fps)]
+        if s.save_frames:
+            sinks.append(PngSink(exp_dir / "fifo"))
+        state = self.sampler.initial_state(base, fifo_noise, image_tokens)
+        total = self.sampler.num_iterations(conditioning)
+        with contextlib.ExitStack() as stack:
+            for sink in sinks:
+                stack.enter_context(sink)
+            progress = stack.enter_context(tqdm(total=total, desc="FIFO", disable=not s.progress))
+            for output in self.sampler.steps(state, conditioning):
+                if output.frame is not None:
+                    for sink in sinks:
+                        sink.write(output.frame_index, output.frame)
+                progress.update(1)
+        return GenerationResult(
+            job.prompt, video_path, state.frames_emitted, time.perf_counter() - start, cached
+        )

@@ -1,0 +1,79 @@
+"""The model as the samplers see it: a denoiser, and classifier-free guidance over it.
+
+Samplers call a :data:`GuidedDenoiser` ``(x, t, cond, uncond) → eps`` on a plain batch: row i of
+``x``, ``t``, ``cond`` and ``uncond`` belong together, and eps has the rows of ``x``. Only
+:class:`CFGDenoiser` knows that the U-Net can take both guidance branches in one call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from fifo.options import Precision
+
+GuidedDenoiser = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+"""(x (b, c, t, h, w), timesteps (b,) or (b, t), cond (b, m, d), uncond (b, m', d) or None) → eps
+(b, c, t, h, w), guidance applied."""
+
+
+@contextlib.contextmanager
+def compute_precision(device: torch.device, precision: Precision) -> Iterator[None]:
+    """Autocast to ``precision`` on ``device``; fp32 runs as it is."""
+    if precision is Precision.FP32:
+        yield
+    else:
+        with torch.autocast(device.type, dtype=precision.torch_dtype):
+            yield
+
+
+class ModelDenoiser:
+    """A LatentDiffusion's U-Net as ``(x, t, context) → eps`` (float32), at a fixed fps and precision.
+
+    Args:
+        model: a ``LatentDiffusion`` (``apply_model``, ``device``).
+        fps: the frame-rate conditioning.
+        precision: what the U-Net computes in.
+    """
+
+    def __init__(self, model: nn.Module, fps: int, precision: Precision = Precision.FP32) -> None:
+        self.model, self.fps, self.precision = model, fps, precision
+
+    def __call__(self, x: Tensor, t: Tensor, context: Tensor, context_branches: int = 1) -> Tensor:
+        """x (b, c, t, h, w), context (k·b, m, d) with k = ``context_branches`` → eps (k·b, c, t, h, w)."""
+        with compute_precision(self.model.device, self.precision):
+            return self.model.apply_model(
+                x, t, context, fps=self.fps, context_branches=context_branches
+            ).float()
+
+
+BranchDenoiser = Callable[..., Tensor]
+"""(x (b, …), t, context (k·b, m, d), context_branches=k) → eps (k·b, …): a :class:`ModelDenoiser`."""
+
+
+class CFGDenoiser:
+    """Classifier-free guidance (k-diffusion's ``CFGDenoiser``): eps_u + scale·(eps_c − eps_u).
+
+    Args:
+        denoiser: the model denoiser (:class:`ModelDenoiser`, or a stand-in with its signature).
+        scale: the guidance scale; 1 (or no unconditional context) means the conditional branch alone.
+        batch_branches: evaluate both branches in one U-Net call (the clip goes once through the
+            context-free head; same result). Otherwise, or when the two contexts differ in length
+            (the image model's text-only base clip against text + zero-image unconditional
+            tokens), two calls as published.
+    """
+
+    def __init__(self, denoiser: BranchDenoiser, scale: float, batch_branches: bool = True) -> None:
+        self.denoiser, self.scale, self.batch_branches = denoiser, scale, batch_branches
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor | None) -> Tensor:
+        if uncond is None or self.scale == 1.0:
+            return self.denoiser(x, t, cond)
+        if self.batch_branches and cond.shape[1:] == uncond.shape[1:]:
+            eps_c, eps_u = self.denoiser(x, t, torch.cat([cond, uncond]), context_branches=2).chunk(2)
+        else:
+            eps_c, eps_u = self.denoiser(x, t, cond), self.denoiser(x, t, uncond)
+        return eps_u + self.scale * (eps_c - eps_u)

@@ -1,0 +1,145 @@
+"""A FIFO run as an explicit state and a step that advances it by one iteration.
+
+:class:`FifoState` is everything that changes from one iteration to the next: the queue, the
+noise source's stream, the iteration counter, the current image tokens (re-seeded every frame
+in ``t2v_seed_ar``) and how many output frames came out. :meth:`FifoSampler.step` runs one
+iteration (every window's DDIM step, the dequeue, the shift) and returns what came out: an
+output frame, or nothing during the queue's warm-up. Whatever consumes the frames (video and
+PNG writers, progress, a state saver, another rank) sits around the loop, not inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fifo.conditioning import VideoConditioning
+from fifo.geometry import FifoGeometry
+from fifo.guidance import GuidedDenoiser, compute_precision
+from fifo.noise import NoiseSource
+from fifo.options import ModeOptions, Precision
+from fifo.schedule import DDIMSchedule
+from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue
+
+
+def to_uint8_frames(video: Tensor) -> np.ndarray:
+    """(1, 3, t, H, W) in [-1, 1] → (t, H, W, 3) uint8."""
+    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+@dataclass
+class FifoState:
+    """A FIFO run at an iteration boundary.
+
+    Attributes:
+        queue: (1, c, L, h, w) latents at increasing noise levels.
+        noise: where the run's remaining random draws come from.
+        iteration: iterations done so far.
+        image_tokens: (1, 16, d) image tokens appended to every window's text (image modes),
+            or None.
+        frames_emitted: output frames produced so far.
+    """
+
+    queue: Tensor
+    noise: NoiseSource
+    iteration: int = 0
+    image_tokens: Tensor | None = None
+    frames_emitted: int = 0
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one iteration produced.
+
+    Attributes:
+        iteration: the iteration's number (0-based).
+        frame: (H, W, 3) uint8, the dequeued output frame; None during the warm-up.
+        frame_index: the frame's index in the video, or None.
+    """
+
+    iteration: int
+    frame: np.ndarray | None = None
+    frame_index: int | None = None
+
+
+class FifoSampler:
+    """The FIFO loop of one model with fixed mode and settings.
+
+    Args:
+        model: the LatentDiffusion (decoder, image embedder).
+        mode: the parsed ``--mode`` (``unilatent``, re-seeding).
+        denoise: the guided denoiser the windows run through.
+        schedule: the DDIM schedule of f·n steps.
+        geometry: the queue layout (``settings.geometry``).
+        uncond: (1, m, d) unconditional context, or None for no guidance.
+        window_batch: windows per denoiser call (None: all; 1: one by one).
+        precision: what the autoencoder decodes in.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: ModeOptions,
+        denoise: GuidedDenoiser,
+        schedule: DDIMSchedule,
+        geometry: FifoGeometry,
+        uncond: Tensor | None,
+        window_batch: int | None,
+        precision: Precision = Precision.FP32,
+    ) -> None:
+        self.model, self.mode, self.denoise = model, mode, denoise
+        self.schedule, self.geometry, self.uncond = schedule, geometry, uncond
+        self.window_batch, self.precision = window_batch, precision
+
+    # ------------------------------------------------------------------ model operations
+    def decode(self, z: Tensor) -> Tensor:
+        """Latents (1, c, t, h, w) → frames (1, 3, t, H, W) in ~[-1, 1], float32."""
+        with compute_precision(self.model.device, self.precision):
+            return self.model.decode_first_stage_2DAE(z).float()
+
+    def image_tokens(self, images: Tensor) -> Tensor:
+        """Images (b, 3, H, W) in [-1, 1] → image tokens (b, 16, d)."""
+        return self.model.get_image_embeds(images.to(self.model.device))
+
+    # ------------------------------------------------------------------ the run
+    def num_iterations(self, conditioning: VideoConditioning) -> int:
+        return self.geometry.num_iterations(conditioning.length)
+
+    def initial_state(
+        self, base_latents: Tensor, noise: NoiseSource, image_tokens: Tensor | None = None
+    ) -> FifoState:
+        """The state before the first iteration: the base clip (1, c, f, h, w) noised into the queue."""
+        queue = initial_queue(base_latents, self.geometry, self.schedule, self.mode.unilatent, noise)
+        return FifoState(queue=queue, noise=noise, image_tokens=image_tokens)
+
+    def step(self, state: FifoState, conditioning: VideoConditioning) -> StepOutput:
+        """Advance ``state`` by one iteration (in place) and return what it produced."""
+        geo, it = self.geometry, state.iteration
+        contexts = conditioning.window_contexts(geo, it, state.image_tokens)
+        noise = iteration_noise(state.noise, geo, state.queue, self.schedule)
+        queue = fifo_step(
+            self.denoise, state.queue, geo, self.schedule, contexts, self.uncond, noise, self.window_batch
+        )
+        keep = it >= geo.discarded_frames()
+        output = StepOutput(it)
+        if keep or self.mode.reseeds_each_frame:
+            frame_video = self.decode(queue[:, :, geo.output_slot : geo.output_slot + 1])
+            if self.mode.reseeds_each_frame:
+                # Replace (never append) the image tokens with the newest frame's.
+                state.image_tokens = self.image_tokens(frame_video[:, :, 0])
+            if keep:
+                output = StepOutput(it, to_uint8_frames(frame_video)[0], state.frames_emitted)
+                state.frames_emitted += 1
+        state.queue = shift_queue(queue, state.noise)
+        state.iteration += 1
+        return output
+
+    def steps(self, state: FifoState, conditioning: VideoConditioning) -> Iterator[StepOutput]:
+        """Step ``state`` until the video is complete, yielding every iteration's output."""
+        while state.iteration < self.num_iterations(conditioning):
+            yield self.step(state, conditioning)

@@ -1,0 +1,100 @@
+"""FIFO diagonal denoising on the queue: build it, run one iteration over its windows, shift it.
+
+The queue is a tensor (1, c, L, h, w) of latents at increasing noise levels (see
+:mod:`fifo.geometry`). Within one iteration no window reads a slot that an earlier window of
+the same iteration wrote, so the windows can run one by one (as published) or batched, with
+the same result.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fifo.ddim import ddim_step
+from fifo.geometry import FifoGeometry
+from fifo.guidance import GuidedDenoiser
+from fifo.noise import NoiseSource
+from fifo.schedule import DDIMSchedule
+
+
+def initial_queue(
+    base_latents: Tensor,
+    geometry: FifoGeometry,
+    schedule: DDIMSchedule,
+    unilatent: bool,
+    noise: NoiseSource,
+) -> Tensor:
+    """Noise the base clip's frames to each slot's level: (1, c, f, h, w) → (1, c, L, h, w).
+
+    One draw per slot, in slot order.
+    """
+    alphas = schedule.alphas
+    slots = []
+    for s in range(geometry.queue_length):
+        if s < geometry.lead:
+            i, frame = 0, 0
+        else:
+            i = s - geometry.lead
+            frame = geometry.base_frame_for_step(i, unilatent)
+        z0 = base_latents[:, :, frame : frame + 1]
+        eps = noise.queue_slot(z0)
+        a = float(alphas[i])
+        slots.append(a**0.5 * z0 + (1.0 - a) ** 0.5 * eps)
+    return torch.cat(slots, dim=2)
+
+
+def iteration_noise(
+    noise: NoiseSource, geometry: FifoGeometry, queue: Tensor, schedule: DDIMSchedule
+) -> Tensor | None:
+    """The DDIM noise of one iteration's windows, (W, c, f, h, w), or None when eta is 0."""
+    b, c, _, h, w = queue.shape
+    return noise.window_noise(
+        len(geometry.windows()) * b, (c, geometry.video_length, h, w), queue.dtype, needed=schedule.eta > 0
+    )
+
+
+def fifo_step(
+    denoise: GuidedDenoiser,
+    queue: Tensor,
+    geometry: FifoGeometry,
+    schedule: DDIMSchedule,
+    contexts: Tensor,
+    uncond: Tensor | None,
+    noise: Tensor | None = None,
+    window_batch: int | None = None,
+) -> Tensor:
+    """One FIFO iteration over all windows (before the shift). Returns the new queue.
+
+    Args:
+        denoise: the guided denoiser (one window per row).
+        queue: (1, c, L, h, w).
+        contexts: (W, m, d), the condition of each window in ``geometry.windows()`` order.
+        uncond: (1, m, d) unconditional context, or None for no guidance.
+        noise: (W, c, f, h, w) DDIM noise per window (eta > 0), same order.
+        window_batch: windows per denoiser call (None: all at once; 1: one by one, as published).
+    """
+    windows = geometry.windows()
+    slot_idx = torch.from_numpy(geometry.slot_indices()).to(queue.device)
+    timesteps = schedule.timesteps.to(queue.device)[slot_idx]
+    chunk = len(windows) if window_batch is None else max(1, window_batch)
+    # Every window reads the queue as it was at the start of the iteration (see module doc).
+    inputs = torch.cat([queue[:, :, w.start : w.end] for w in windows])
+    index = torch.stack([slot_idx[w.start : w.end] for w in windows])  # (W, f)
+    t = torch.stack([timesteps[w.start : w.end] for w in windows])
+    out = queue.clone()
+    for lo in range(0, len(windows), chunk):
+        sl = slice(lo, lo + chunk)
+        n = inputs[sl].shape[0]
+        unc = None if uncond is None else uncond.expand(n, -1, -1)
+        eps = denoise(inputs[sl], t[sl], contexts[sl], unc)
+        x_prev, _ = ddim_step(inputs[sl], eps, schedule, index[sl], None if noise is None else noise[sl])
+        for k, w in enumerate(windows[sl]):
+            keep = w.write_start - w.start
+            out[:, :, w.write_start : w.end] = x_prev[k : k + 1, :, keep:]
+    return out
+
+
+def shift_queue(queue: Tensor, noise: NoiseSource) -> Tensor:
+    """Drop the first slot, append fresh Gaussian noise at the tail."""
+    return torch.cat([queue[:, :, 1:], noise.tail(queue[:, :, :1])], dim=2)
