@@ -20,16 +20,20 @@ from fifo.geometry import FifoGeometry
 logger = logging.getLogger(__name__)
 
 
-class MainMode(str, Enum):
+class _Choice(str, Enum):
+    """A command-line choice: compares equal to its string and prints as it."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MainMode(_Choice):
     """The main option of ``--mode``: which model and what conditions the FIFO windows."""
 
     T2V = "t2v"
     I2V = "i2v"
     T2V_SEED = "t2v_seed"
     T2V_SEED_AR = "t2v_seed_ar"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def description(self) -> str:
@@ -204,15 +208,12 @@ def parse_mode(mode: str, qcache_weight: float = 0.9) -> ModeOptions:
     return ModeOptions(main=MainMode(main), qcache=qcache, unilatent="unilatent" in subs)
 
 
-class Precision(str, Enum):
+class Precision(_Choice):
     """The floating-point type the U-Net and the autoencoder compute in (``--dtype``)."""
 
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -232,15 +232,40 @@ def _make_pointwise(use_linear: bool, dims: int, c_in: int, c_out: int) -> nn.Mo
 
 
 class _Transformer(nn.Module):
-    """What the spatial and temporal transformers share: norm, projections in and out, blocks."""
+    """What the spatial and temporal transformers share: norm, projections in and out, blocks.
 
-    def __init__(self, in_channels: int, n_heads: int, d_head: int, use_linear: bool, dims: int) -> None:
+    The projections are Linear layers (``use_linear``) or kernel-1 convolutions of
+    ``POINTWISE_DIMS`` dimensions, as in the published checkpoints.
+    """
+
+    POINTWISE_DIMS = 2
+    CROSS_ATTENTION = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        d_head: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        context_dim: int | None = None,
+        use_linear: bool = False,
+        image_cross_attention: bool = False,
+    ) -> None:
         super().__init__()
+        if context_dim is not None and not self.CROSS_ATTENTION:
+            raise ValueError(f"{type(self).__name__} attends only to itself: context_dim must be None")
         inner = n_heads * d_head
         self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
-        self.proj_in = _make_pointwise(use_linear, dims, in_channels, inner)
-        self.transformer_blocks = nn.ModuleList()  # filled by the subclass
-        self.proj_out = _make_pointwise(use_linear, dims, inner, in_channels)
+        self.proj_in = _make_pointwise(use_linear, self.POINTWISE_DIMS, in_channels, inner)
+        self.transformer_blocks = nn.ModuleList()
+        self.proj_out = _make_pointwise(use_linear, self.POINTWISE_DIMS, inner, in_channels)
+        # Blocks last: random initialisation draws in the published order (--random_init videos
+        # stay the same), while the checkpoint keys keep the module order above.
+        self.transformer_blocks.extend(
+            BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim, image_cross_attention)
+            for _ in range(depth)
+        )
 
     def transform(self, y: Tensor, context: Tensor | None, context_repeats: int = 1) -> Tensor:
         """The token part: y (rows, n, c) → (rows, n, c); context (rows / r, m, d) or None.
@@ -259,25 +284,6 @@ class SpatialTransformer(_Transformer):
     Input and output: (b·t, c, h, w); context: (b, m, context_dim), shared by the t frames.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        n_heads: int,
-        d_head: int,
-        depth: int = 1,
-        dropout: float = 0.0,
-        context_dim: int | None = None,
-        use_linear: bool = False,
-        image_cross_attention: bool = False,
-    ) -> None:
-        super().__init__(in_channels, n_heads, d_head, use_linear, dims=2)
-        self.transformer_blocks.extend(
-            BasicTransformerBlock(
-                n_heads * d_head, n_heads, d_head, dropout, context_dim, image_cross_attention
-            )
-            for _ in range(depth)
-        )
-
     def forward(self, x: Tensor, context: Tensor | None = None, frames: int = 1) -> Tensor:
         """x: (b·frames, c, h, w); context: (b, m, context_dim), one row per clip."""
         _, _, h, w = x.shape
@@ -294,20 +300,8 @@ class TemporalTransformer(_Transformer):
     self-attention only, no causal mask, no relative positions.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        n_heads: int,
-        d_head: int,
-        depth: int = 1,
-        dropout: float = 0.0,
-        use_linear: bool = False,
-    ) -> None:
-        super().__init__(in_channels, n_heads, d_head, use_linear, dims=1)
-        # Both attentions are self-attention (temporal_selfatt_only), so attn2 has no context.
-        self.transformer_blocks.extend(
-            BasicTransformerBlock(n_heads * d_head, n_heads, d_head, dropout, None) for _ in range(depth)
-        )
+    POINTWISE_DIMS = 1
+    CROSS_ATTENTION = False  # temporal_selfatt_only: attn2 is self-attention too
 
     def forward(self, x: Tensor) -> Tensor:
         _, _, _, h, w = x.shape

@@ -128,7 +128,27 @@ def _freeze(module: nn.Module) -> None:
         param.requires_grad = False
 
 
-class FrozenOpenCLIPEmbedder(nn.Module):
+class _FrozenOpenCLIPTower(nn.Module):
+    """One tower of an OpenCLIP model, built without weights; the other tower is dropped.
+
+    ``version`` and ``device`` of the published configs are accepted and ignored: the weights
+    come from the diffusion checkpoint, and the module follows ``.to()`` like any other.
+    """
+
+    LAYERS: tuple[str, ...] = ()
+    DROPPED_TOWER = ""  # the open_clip attribute of the tower this encoder does not use
+
+    def __init__(self, arch: str, layer: str, version: str | None = None, device: object = None) -> None:
+        super().__init__()
+        if layer not in self.LAYERS:
+            raise ValueError(f"layer must be one of {self.LAYERS}, got {layer!r}")
+        model = _create_clip(arch)
+        delattr(model, self.DROPPED_TOWER)
+        self.model = model
+        self.layer = layer
+
+
+class FrozenOpenCLIPEmbedder(_FrozenOpenCLIPTower):
     """OpenCLIP text encoder: prompts -> per-token context ``(b, max_length, width)``.
 
     Tokens are embedded, pass all text transformer blocks but the last (``layer="penultimate"``)
@@ -145,24 +165,18 @@ class FrozenOpenCLIPEmbedder(nn.Module):
     """
 
     LAYERS = ("last", "penultimate")
+    DROPPED_TOWER = "visual"
 
     def __init__(
         self,
         arch: str = "ViT-H-14",
-        version: str | None = None,
-        device: str | torch.device | None = None,
         max_length: int = 77,
         freeze: bool = True,
         layer: str = "penultimate",
+        **published: str | None,
     ) -> None:
-        super().__init__()
-        if layer not in self.LAYERS:
-            raise ValueError(f"layer must be one of {self.LAYERS}, got {layer!r}")
-        model = _create_clip(arch)
-        del model.visual
-        self.model = model
+        super().__init__(arch, layer, **published)
         self.max_length = max_length
-        self.layer = layer
         # Number of final blocks to skip.
         self.layer_idx = self.LAYERS.index(layer)
         if freeze:
@@ -245,7 +259,7 @@ def resize_antialias(x: torch.Tensor, size: tuple[int, int], antialias: bool = T
     return F.interpolate(x, size=size, mode="bicubic", align_corners=True)
 
 
-class FrozenOpenCLIPImageEmbedderV2(nn.Module):
+class FrozenOpenCLIPImageEmbedderV2(_FrozenOpenCLIPTower):
     """OpenCLIP image encoder: images in ``[-1, 1]`` -> all visual tokens ``(b, 1 + grid**2, width)``.
 
     Images are resized to 224x224, mapped to ``[0, 1]`` and normalised with the CLIP mean/std, then
@@ -263,23 +277,17 @@ class FrozenOpenCLIPImageEmbedderV2(nn.Module):
     """
 
     LAYERS = ("pooled", "last")
+    DROPPED_TOWER = "transformer"
 
     def __init__(
         self,
         arch: str = "ViT-H-14",
-        version: str | None = None,
-        device: str | torch.device | None = None,
         freeze: bool = True,
         layer: str = "pooled",
         antialias: bool = True,
+        **published,
     ) -> None:
-        super().__init__()
-        if layer not in self.LAYERS:
-            raise ValueError(f"layer must be one of {self.LAYERS}, got {layer!r}")
-        model = _create_clip(arch)
-        del model.transformer
-        self.model = model
-        self.layer = layer
+        super().__init__(arch, layer, **published)
         self.antialias = antialias
         self.register_buffer("mean", torch.tensor(CLIP_MEAN), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD), persistent=False)

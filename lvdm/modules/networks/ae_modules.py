@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "Downsample",
     "Encoder",
     "ResnetBlock",
+    "TowerConfig",
     "Upsample",
     "make_attn",
     "normalize",
@@ -126,7 +128,21 @@ def make_attn(in_channels: int, attn_type: str = "vanilla") -> nn.Module:
     )
 
 
-class Downsample(nn.Module):
+class _Resample(nn.Module):
+    """A resolution change with an optional 3x3 convolution (``conv``, as in the checkpoints)."""
+
+    CONV_STRIDE, CONV_PADDING = 1, 1
+
+    def __init__(self, in_channels: int, with_conv: bool = True) -> None:
+        super().__init__()
+        self.with_conv = with_conv
+        if with_conv:
+            self.conv = nn.Conv2d(
+                in_channels, in_channels, kernel_size=3, stride=self.CONV_STRIDE, padding=self.CONV_PADDING
+            )
+
+
+class Downsample(_Resample):
     """Halve the spatial size.
 
     With a convolution: pad right and bottom by one, then a 3x3 stride-2 convolution without
@@ -136,11 +152,7 @@ class Downsample(nn.Module):
     Input ``(b, c, h, w)`` -> output ``(b, c, h // 2, w // 2)``.
     """
 
-    def __init__(self, in_channels: int, with_conv: bool = True) -> None:
-        super().__init__()
-        self.with_conv = with_conv
-        if with_conv:
-            self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=0)
+    CONV_STRIDE, CONV_PADDING = 2, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, c, h, w) -> (b, c, h // 2, w // 2)``."""
@@ -149,17 +161,11 @@ class Downsample(nn.Module):
         return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 
-class Upsample(nn.Module):
+class Upsample(_Resample):
     """Double the spatial size: nearest-neighbour x2, then (optionally) a 3x3 convolution.
 
     Input ``(b, c, h, w)`` -> output ``(b, c, 2h, 2w)``.
     """
-
-    def __init__(self, in_channels: int, with_conv: bool = True) -> None:
-        super().__init__()
-        self.with_conv = with_conv
-        if with_conv:
-            self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, c, h, w) -> (b, c, 2h, 2w)``."""
@@ -204,12 +210,68 @@ class _Mid(nn.Module):
         return self.block_2(self.attn_1(self.block_1(h)))
 
 
-def _attn_type(use_linear_attn: bool, attn_type: str) -> str:
-    # The published flag `use_linear_attn` overrides `attn_type`.
-    return "linear" if use_linear_attn else attn_type
+@dataclass(frozen=True)
+class TowerConfig:
+    """The published ``ddconfig``: what the encoder and the decoder are built from.
+
+    Attributes:
+        ch: channels of the full-resolution level; level i has ``ch * ch_mult[i]``.
+        out_ch: image channels the decoder outputs.
+        num_res_blocks: residual blocks per encoder level (the decoder has one more).
+        attn_resolutions: resolutions (in pixels of a ``resolution``-sized image) with attention.
+        in_channels: image channels the encoder takes.
+        resolution: the training image size.
+        z_channels: latent channels.
+        double_z: the encoder outputs mean and log-variance (2 · z_channels).
+        give_pre_end, tanh_out: decoder output options (off in the published models).
+        use_linear_attn, attn_type: the attention block kind (``use_linear_attn`` wins).
+    """
+
+    ch: int
+    out_ch: int
+    num_res_blocks: int
+    attn_resolutions: Sequence[int]
+    in_channels: int
+    resolution: int
+    z_channels: int
+    ch_mult: Sequence[int] = (1, 2, 4, 8)
+    dropout: float = 0.0
+    resamp_with_conv: bool = True
+    double_z: bool = True
+    give_pre_end: bool = False
+    tanh_out: bool = False
+    use_linear_attn: bool = False
+    attn_type: str = "vanilla"
+
+    @classmethod
+    def from_ddconfig(cls, owner: str, ddconfig: dict[str, Any]) -> TowerConfig:
+        """Read a ddconfig; keys the towers do not use are logged and ignored."""
+        known = {f.name for f in fields(cls)}
+        ignored = sorted(set(ddconfig) - known)
+        if ignored:
+            logger.debug("%s: ignoring unused arguments %s", owner, ignored)
+        return cls(**{k: v for k, v in ddconfig.items() if k in known})
+
+    @property
+    def block_attention(self) -> str:
+        # The published flag `use_linear_attn` overrides `attn_type`.
+        return "linear" if self.use_linear_attn else self.attn_type
 
 
-class Encoder(nn.Module):
+class _Tower(nn.Module):
+    """What the encoder and the decoder share: their config and its published attribute names."""
+
+    def __init__(self, ddconfig: dict[str, Any]) -> None:
+        super().__init__()
+        cfg = self.config = TowerConfig.from_ddconfig(type(self).__name__, ddconfig)
+        self.ch = cfg.ch
+        self.num_resolutions = len(cfg.ch_mult)
+        self.num_res_blocks = cfg.num_res_blocks
+        self.resolution = cfg.resolution
+        self.in_channels = cfg.in_channels
+
+
+class Encoder(_Tower):
     """Image -> latent moments.
 
     ``conv_in``, then one level per entry of ``ch_mult`` (``num_res_blocks`` residual blocks, an
@@ -217,63 +279,37 @@ class Encoder(nn.Module):
     downsampler on all levels but the last), the mid block, GroupNorm, swish and ``conv_out``.
 
     Input ``(b, in_channels, H, W)`` -> output ``(b, 2 * z_channels if double_z else z_channels,
-    H / 2**(len(ch_mult) - 1), W / 2**(len(ch_mult) - 1))``.
+    H / 2**(len(ch_mult) - 1), W / 2**(len(ch_mult) - 1))``. Built from the keys of
+    :class:`TowerConfig`.
     """
 
-    def __init__(
-        self,
-        *,
-        ch: int,
-        out_ch: int,
-        ch_mult: Sequence[int] = (1, 2, 4, 8),
-        num_res_blocks: int,
-        attn_resolutions: Sequence[int],
-        dropout: float = 0.0,
-        resamp_with_conv: bool = True,
-        in_channels: int,
-        resolution: int,
-        z_channels: int,
-        double_z: bool = True,
-        use_linear_attn: bool = False,
-        attn_type: str = "vanilla",
-        **ignore_kwargs: Any,
-    ) -> None:
-        super().__init__()
-        if ignore_kwargs:
-            logger.debug("Encoder: ignoring unused arguments %s", sorted(ignore_kwargs))
-        attn_type = _attn_type(use_linear_attn, attn_type)
-        self.ch = ch
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
+    def __init__(self, **ddconfig: Any) -> None:
+        super().__init__(ddconfig)
+        cfg = self.config
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, kernel_size=3, stride=1, padding=1)
 
-        self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
-
-        in_ch_mult = (1, *ch_mult)
-        curr_res = resolution
-        block_in = ch
+        in_ch_mult = (1, *cfg.ch_mult)
+        curr_res = cfg.resolution
         self.down = nn.ModuleList()
         for i_level in range(self.num_resolutions):
             level = _Level()
-            block_in = ch * in_ch_mult[i_level]
-            block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks):
-                level.block.append(ResnetBlock(block_in, block_out, dropout=dropout))
+            block_in = cfg.ch * in_ch_mult[i_level]
+            block_out = cfg.ch * cfg.ch_mult[i_level]
+            for _ in range(cfg.num_res_blocks):
+                level.block.append(ResnetBlock(block_in, block_out, dropout=cfg.dropout))
                 block_in = block_out
-                if curr_res in attn_resolutions:
-                    level.attn.append(make_attn(block_in, attn_type))
+                if curr_res in cfg.attn_resolutions:
+                    level.attn.append(make_attn(block_in, cfg.block_attention))
             if i_level != self.num_resolutions - 1:
-                level.downsample = Downsample(block_in, resamp_with_conv)
+                level.downsample = Downsample(block_in, cfg.resamp_with_conv)
                 curr_res //= 2
             self.down.append(level)
 
-        self.mid = _Mid(block_in, dropout, attn_type)
+        self.mid = _Mid(block_in, cfg.dropout, cfg.block_attention)
 
         self.norm_out = normalize(block_in)
-        self.conv_out = nn.Conv2d(
-            block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1, padding=1
-        )
+        z_out = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
+        self.conv_out = nn.Conv2d(block_in, z_out, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, in_channels, H, W) -> (b, 2 * z_channels, h, w)`` (``z_channels`` without double_z)."""
@@ -286,7 +322,7 @@ class Encoder(nn.Module):
         return self.conv_out(swish(self.norm_out(h)))
 
 
-class Decoder(nn.Module):
+class Decoder(_Tower):
     """Latent -> image.
 
     ``conv_in``, the mid block, then the levels from the deepest to level 0 (``num_res_blocks + 1``
@@ -296,65 +332,41 @@ class Decoder(nn.Module):
     matching the checkpoint names).
 
     Input ``(b, z_channels, h, w)`` -> output ``(b, out_ch, h * 2**(len(ch_mult) - 1), ...)``.
+    Built from the keys of :class:`TowerConfig`.
     """
 
-    def __init__(
-        self,
-        *,
-        ch: int,
-        out_ch: int,
-        ch_mult: Sequence[int] = (1, 2, 4, 8),
-        num_res_blocks: int,
-        attn_resolutions: Sequence[int],
-        dropout: float = 0.0,
-        resamp_with_conv: bool = True,
-        in_channels: int,
-        resolution: int,
-        z_channels: int,
-        give_pre_end: bool = False,
-        tanh_out: bool = False,
-        use_linear_attn: bool = False,
-        attn_type: str = "vanilla",
-        **ignore_kwargs: Any,
-    ) -> None:
-        super().__init__()
-        if ignore_kwargs:
-            logger.debug("Decoder: ignoring unused arguments %s", sorted(ignore_kwargs))
-        attn_type = _attn_type(use_linear_attn, attn_type)
-        self.ch = ch
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
-        self.give_pre_end = give_pre_end
-        self.tanh_out = tanh_out
+    def __init__(self, **ddconfig: Any) -> None:
+        super().__init__(ddconfig)
+        cfg = self.config
+        self.give_pre_end = cfg.give_pre_end
+        self.tanh_out = cfg.tanh_out
 
-        block_in = ch * ch_mult[-1]
-        curr_res = resolution // 2 ** (self.num_resolutions - 1)
-        self.z_shape = (1, z_channels, curr_res, curr_res)
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        curr_res = cfg.resolution // 2 ** (self.num_resolutions - 1)
+        self.z_shape = (1, cfg.z_channels, curr_res, curr_res)
         logger.debug("Decoder works with z of shape %s", self.z_shape)
 
-        self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
-        self.mid = _Mid(block_in, dropout, attn_type)
+        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, kernel_size=3, stride=1, padding=1)
+        self.mid = _Mid(block_in, cfg.dropout, cfg.block_attention)
 
         levels: list[_Level] = []
         for i_level in reversed(range(self.num_resolutions)):
             level = _Level()
-            block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks + 1):
-                level.block.append(ResnetBlock(block_in, block_out, dropout=dropout))
+            block_out = cfg.ch * cfg.ch_mult[i_level]
+            for _ in range(cfg.num_res_blocks + 1):
+                level.block.append(ResnetBlock(block_in, block_out, dropout=cfg.dropout))
                 block_in = block_out
-                if curr_res in attn_resolutions:
-                    level.attn.append(make_attn(block_in, attn_type))
+                if curr_res in cfg.attn_resolutions:
+                    level.attn.append(make_attn(block_in, cfg.block_attention))
             if i_level != 0:
-                level.upsample = Upsample(block_in, resamp_with_conv)
+                level.upsample = Upsample(block_in, cfg.resamp_with_conv)
                 curr_res *= 2
             levels.append(level)
         # Built deepest first; stored so that index i is level i, as in the checkpoints.
         self.up = nn.ModuleList(reversed(levels))
 
         self.norm_out = normalize(block_in)
-        self.conv_out = nn.Conv2d(block_in, out_ch, kernel_size=3, stride=1, padding=1)
+        self.conv_out = nn.Conv2d(block_in, cfg.out_ch, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """``(b, z_channels, h, w) -> (b, out_ch, H, W)`` (``(b, ch * ch_mult[0], H, W)`` with give_pre_end)."""

@@ -242,7 +242,9 @@ class UNetModel(nn.Module):
             ]
             if temporal_attention:
                 layers.append(
-                    TemporalTransformer(ch, n_heads, d_head, transformer_depth, dropout, use_linear)
+                    TemporalTransformer(
+                        ch, n_heads, d_head, transformer_depth, dropout, use_linear=use_linear
+                    )
                 )
             return layers
 
