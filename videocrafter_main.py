@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda when available, else cpu")
     p.add_argument("--random_init", action="store_true", help="no checkpoint: random weights (tests, demos)")
     p.add_argument(
-        "--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="default: fp16 on CUDA, fp32 on CPU"
+        "--dtype",
+        choices=[p.value for p in Precision],
+        default=None,
+        help="default: fp16 on CUDA, fp32 on CPU",
     )
     p.add_argument("--window_batch", type=int, default=None, help="windows per U-Net call (default: auto)")
     p.add_argument("--sequential", action="store_true", help="published path: one window and branch per call")
