@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from fifo.noise import NoiseOrder
 from fifo.options import GenerationSettings, ModeError, ModeOptions, Precision, parse_mode
 
 logger = logging.getLogger("videocrafter_main")
@@ -72,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window_batch", type=int, default=None, help="windows per U-Net call (default: auto)")
     p.add_argument("--sequential", action="store_true", help="published path: one window and branch per call")
     p.add_argument("--attention", choices=("sdpa", "xformers", "math"), default="sdpa")
+    p.add_argument(
+        "--rng",
+        choices=[o.value for o in NoiseOrder],
+        default=NoiseOrder.DEFAULT.value,
+        help="random numbers: 'default' (separate base-clip and FIFO streams; a cached base clip "
+        "gives the same video) or 'published' (one stream seeded once, drawn in the published "
+        "code's order: reproduces the published fork's video for a seed on the same device and dtype)",
+    )
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
     return p
 
@@ -116,6 +125,7 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
         window_batch=args.window_batch,
         dtype=Precision(args.dtype) if args.dtype else Precision.default_for(device),
         progress=not args.no_progress,
+        rng=NoiseOrder(args.rng),
     )
 
 

@@ -74,17 +74,15 @@ def sample_ddim(
 ) -> Tensor:
     """Denoise a clip from x_T (b, c, t, h, w) through every schedule step → clean latents.
 
-    ``noise`` gives each step's DDIM noise when the schedule's eta > 0.
+    ``noise`` gives each step's DDIM noise (needed when the schedule's eta > 0).
     """
     x = x_T
     timesteps = schedule.timesteps.tolist()  # one host transfer, not one per step
     for index in tqdm(range(schedule.num_steps - 1, -1, -1), desc="base clip (DDIM)", disable=not progress):
         t = torch.full((x.shape[0],), timesteps[index], device=x.device, dtype=torch.long)
         eps = denoise(x, t, cond, uncond)
-        step_noise = None
-        if schedule.eta > 0:
-            if noise is None:
-                raise ValueError("eta > 0: sample_ddim needs a noise source")
-            step_noise = noise.latents(tuple(x.shape), x.dtype)
+        if noise is None and schedule.eta > 0:
+            raise ValueError("eta > 0: sample_ddim needs a noise source")
+        step_noise = None if noise is None else noise.step_noise(tuple(x.shape), x.dtype, schedule.eta > 0)
         x, _ = ddim_step(x, eps, schedule, index, step_noise, use_scale)
     return x

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from fifo.conditioning import VideoConditioning, load_image, with_image_tokens
 from fifo.ddim import sample_ddim
 from fifo.guidance import CFGDenoiser, ModelDenoiser
-from fifo.noise import NoiseSource, derived_seed
+from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.prompts import PromptJob
@@ -135,6 +135,13 @@ class FifoGenerator:
         if model.has_image_embedder:
             zeros = torch.zeros(1, 3, 224, 224, device=self.device)
             self.uncond_context = torch.cat([self.uncond_context, model.get_image_embeds(zeros)], dim=1)
+        # --rng published: one stream for the whole process, seeded once (as the published
+        # seed_everything) and continued over the prompts.
+        self.published_noise = (
+            NoiseSource.seeded(settings.seed, self.device, NoiseOrder.PUBLISHED)
+            if settings.rng is NoiseOrder.PUBLISHED
+            else None
+        )
         self.sampler = FifoSampler(
             model,
             mode,
@@ -164,11 +171,30 @@ class FifoGenerator:
             image_tokens = self.sampler.image_tokens(load_image(job.image, s.height, s.width))
         return conditioning, image_tokens
 
-    def cache_key(self, job: PromptJob) -> dict:
-        """Everything that changes the base clip's noise and latent."""
+    def noise_sources(self) -> tuple[NoiseSource, NoiseSource]:
+        """The base clip's and the FIFO queue's noise sources for the next video.
+
+        Default: two fresh streams seeded from ``--seed``, so that a cached base clip gives the
+        same video as a freshly sampled one. ``--rng published``: the process's one stream.
+        """
+        if self.published_noise is not None:
+            return self.published_noise, self.published_noise
+        s = self.settings
+        return (
+            NoiseSource.seeded(s.seed, self.device),
+            NoiseSource.seeded(derived_seed(s.seed, "fifo"), self.device),
+        )
+
+    def cache_key(self, job: PromptJob, noise: NoiseSource | None = None) -> dict:
+        """Everything that changes the base clip's noise and latent.
+
+        With ``--rng published`` the stream's state before the base clip is part of it (a
+        second prompt starts where the first left the stream).
+        """
         s = self.settings
         image_digest = hashlib.sha256(job.image.read_bytes()).hexdigest() if job.image else None
-        return {
+        rng = {} if self.published_noise is None or noise is None else {"rng": noise.fingerprint()}
+        return rng | {
             "model": self.model_id,
             "prompt": job.prompt,
             "image": image_digest,
@@ -187,7 +213,7 @@ class FifoGenerator:
         self, job: PromptJob, cond: Tensor, cache_dir: Path, noise: NoiseSource
     ) -> tuple[Tensor, bool]:
         """Sample (or reuse) the base clip: clean latents (1, c, f, h, w), and whether it was cached."""
-        key = self.cache_key(job)
+        key = self.cache_key(job, noise)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         cache_file = cache_dir / f"{digest}.pt"
         shape = (1, self.model.channels, self.settings.video_length, *self.latent_hw)
@@ -199,6 +225,8 @@ class FifoGenerator:
                 cached = {}
             if isinstance(cached, dict) and cached.get("key") == key:
                 logger.info("base clip: reusing cached latents %s", cache_file)
+                if "noise_after" in cached:  # the stream continues where sampling left it
+                    noise.load_state_dict(cached["noise_after"])
                 return cached["latents"].to(self.device), True
         x_T = noise.latents(shape)
         latents = sample_ddim(
@@ -211,7 +239,10 @@ class FifoGenerator:
             noise=noise,
             progress=self.settings.progress,
         )
-        _atomic_save({"key": key, "x_T": x_T.cpu(), "latents": latents.cpu()}, cache_file)
+        payload = {"key": key, "x_T": x_T.cpu(), "latents": latents.cpu()}
+        if self.published_noise is not None:
+            payload["noise_after"] = noise.state_dict()
+        _atomic_save(payload, cache_file)
         return latents, False
 
     def run(
@@ -220,10 +251,7 @@ class FifoGenerator:
         """Generate one video under ``output_root/<prompt folder>/``; base latents cached in ``cache_dir``."""
         start = time.perf_counter()
         s = self.settings
-        # Two random streams: the base clip's (skipped on a cache hit) and the FIFO queue's, so a
-        # cached base clip gives the same video as a freshly sampled one.
-        base_noise = NoiseSource.seeded(s.seed, self.device)
-        fifo_noise = NoiseSource.seeded(derived_seed(s.seed, "fifo"), self.device)
+        base_noise, fifo_noise = self.noise_sources()
         prompt_dir = output_root / job.folder_name
         exp_dir = prompt_dir / experiment
 

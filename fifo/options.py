@@ -16,6 +16,7 @@ from enum import Enum
 import torch
 
 from fifo.geometry import FifoGeometry
+from fifo.noise import NoiseOrder
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,11 @@ class Precision(_Choice):
 class GenerationSettings:
     """Sampling and output settings shared by all prompts of a run, checked on creation.
 
+    ``rng``: ``DEFAULT`` draws the base clip and the FIFO queue from two streams seeded from
+    ``seed`` (a cached base clip then gives the same video as a fresh one, whatever came
+    before); ``PUBLISHED`` draws everything from one stream seeded once with ``seed`` and
+    continued over the prompts of the process, in the published code's order and shapes.
+
     Raises:
         ValueError: a setting out of range; the message names its command-line flag.
     """
@@ -255,9 +261,11 @@ class GenerationSettings:
     window_batch: int | None = None
     dtype: Precision = Precision.FP32
     progress: bool = True
+    rng: NoiseOrder = NoiseOrder.DEFAULT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", Precision(self.dtype))  # accepts "fp16" as well
+        object.__setattr__(self, "rng", NoiseOrder(self.rng))
         self.geometry  # noqa: B018 -- checks --video_length and --num_partitions
         checks = [
             (self.new_video_length >= 1, "--new_video_length must be ≥ 1"),

@@ -58,11 +58,13 @@ class StepOutput:
 
     Attributes:
         iteration: the iteration's number (0-based).
+        latent: (1, c, 1, h, w), the dequeued (clean) latent, also during the warm-up.
         frame: (H, W, 3) uint8, the dequeued output frame; None during the warm-up.
         frame_index: the frame's index in the video, or None.
     """
 
     iteration: int
+    latent: Tensor
     frame: np.ndarray | None = None
     frame_index: int | None = None
 
@@ -126,14 +128,15 @@ class FifoSampler:
             self.denoise, state.queue, geo, self.schedule, contexts, self.uncond, noise, self.window_batch
         )
         keep = it >= geo.discarded_frames()
-        output = StepOutput(it)
+        clean = queue[:, :, geo.output_slot : geo.output_slot + 1]
+        output = StepOutput(it, clean)
         if keep or self.mode.reseeds_each_frame:
-            frame_video = self.decode(queue[:, :, geo.output_slot : geo.output_slot + 1])
+            frame_video = self.decode(clean)
             if self.mode.reseeds_each_frame:
                 # Replace (never append) the image tokens with the newest frame's.
                 state.image_tokens = self.image_tokens(frame_video[:, :, 0])
             if keep:
-                output = StepOutput(it, to_uint8_frames(frame_video)[0], state.frames_emitted)
+                output = StepOutput(it, clean, to_uint8_frames(frame_video)[0], state.frames_emitted)
                 state.frames_emitted += 1
         state.queue = shift_queue(queue, state.noise)
         state.iteration += 1

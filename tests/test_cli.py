@@ -170,6 +170,28 @@ def test_same_seed_same_video_and_cache_reuse(tmp_path: Path, work: Path, caplog
     assert len(list((out1 / "latents").glob("*.pt"))) == 2
 
 
+def test_published_rng_cached_base_clip_gives_the_same_video(tmp_path: Path, work: Path, caplog) -> None:
+    """--rng published: one stream for base clip and FIFO; a cached base clip restores the stream
+    where sampling left it, so the video is the one a fresh run gives. Two prompts: the second
+    starts where the first left the stream (as the published code, seeded once per process)."""
+    caplog.set_level(logging.INFO)
+    prompts = prompt_file(tmp_path, f"{PROMPT}\na blue cube\n")
+    base = ["--config", T2V, "--random_init", "-p", prompts, *TINIEST, "--rng", "published"]
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    videos = [out1 / safe_name(p) / "t2v.gif" for p in (PROMPT, "a blue cube")]
+    assert run_cli(*base, "--output_dir", out1) == 0
+    assert not _log_says_cached(caplog)
+    fresh = [v.read_bytes() for v in videos]
+    assert len(list((out1 / "latents").glob("*.pt"))) == 2
+    caplog.clear()
+    assert run_cli(*base, "--output_dir", out1, "-ex", "again") == 0
+    assert sum("reusing cached latents" in r.getMessage() for r in caplog.records) == 2
+    assert [v.with_name("again.gif").read_bytes() for v in videos] == fresh
+    # The default scheme draws differently (its own streams per stage and per prompt).
+    assert run_cli(*base[:-2], "--output_dir", out2) == 0
+    assert (out2 / safe_name(PROMPT) / "t2v.gif").read_bytes() != fresh[0]
+
+
 def test_cache_follows_the_checkpoint(tmp_path: Path, work: Path, caplog) -> None:
     from safetensors.torch import save_file
 

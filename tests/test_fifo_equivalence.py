@@ -396,3 +396,34 @@ def test_benchmark_script_runs_as_a_program() -> None:
         cwd=ROOT,
     )
     assert proc.returncode == 2 and "meant for a GPU" in proc.stderr
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_published_order_same_stream_on_both_paths(model, embeddings, plain_attention, eta: float) -> None:
+    """In the published draw order the batched and the sequential path consume the identical
+    stream (the batched path assembles its (W, c, f, h, w) noise from the per-frame draws) and
+    dequeue the same latents."""
+    from fifo.conditioning import VideoConditioning
+    from fifo.noise import NoiseOrder
+    from fifo.run import FifoSampler
+
+    geo = FifoGeometry(4, 2, lookahead=True)
+    cond, uncond = embeddings
+    schedule = DDIMSchedule.from_model(model, geo.steps, eta)
+    base = torch.randn(
+        1, model.channels, geo.video_length, LATENT, LATENT, generator=torch.Generator().manual_seed(3)
+    )
+    conditioning = VideoConditioning(cond, (), length=1)
+    latents, states = {}, {}
+    for batched in (False, True):
+        sampler = FifoSampler(
+            model, parse_mode("t2v"), _guided(model, batched), schedule, geo, uncond, None if batched else 1
+        )
+        noise = NoiseSource.seeded(11, "cpu", NoiseOrder.PUBLISHED)
+        state = sampler.initial_state(base, noise)
+        with torch.inference_mode():
+            latents[batched] = [sampler.step(state, conditioning).latent for _ in range(3)]
+        states[batched] = noise.state_dict()["generator"]
+    assert torch.equal(states[False], states[True])
+    for seq, fast in zip(latents[False], latents[True]):
+        assert _max_diff(seq, fast) < TOL

@@ -27,8 +27,26 @@ def results(reference_dir):
 
 def test_every_file_of_the_fixture_is_checked(results) -> None:
     groups = {r.name.split()[0] for r in results}
-    assert groups == {"text", "unet", "trace", "decode", "schedule", "sampler", "image_embed", "resampler"}
+    assert groups == {
+        "text",
+        "unet",
+        "trace",
+        "decode",
+        "schedule",
+        "sampler",
+        "image_embed",
+        "resampler",
+        "fifo_run",
+    }
     assert sum(r.name.startswith("unet ") for r in results) == 7  # every run in meta.json
+    fifo_runs = [r for r in results if r.name.startswith("fifo_run ")]
+    assert [r.name.split()[1] for r in fifo_runs] == [
+        "t2v",
+        "t2v_TTqcache_attn1_vt0.9",
+        "t2v_unilatent",
+        "t2v_no_lookahead",
+    ]
+    assert all("12 frames, strict noise replay" in r.note for r in fifo_runs)
 
 
 def test_every_case_within_tolerance(results) -> None:
@@ -47,3 +65,21 @@ def test_check_reference_script_exits_zero(check_reference, reference_dir, capsy
 def test_check_reference_rejects_a_non_fixture_folder(check_reference, tmp_path) -> None:
     module = check_reference
     assert module.main([str(tmp_path)]) == 2
+
+
+def test_fifo_run_replay_is_strict(reference_dir) -> None:
+    """A draw the loop makes that the recording did not (or one it leaves out) fails the case."""
+    suite = ReferenceSuite(reference_dir / "tiny_t2v")
+    spec = suite.meta["fifo_run"]
+    run = dict(spec["runs"][-1])  # no lookahead: the shortest run
+    data = suite._file("fifo_run")
+    first_ddim = next(i for i, d in enumerate(run["draws"]) if d[0] == "ddim")
+    # The loop draws one frame's noise more than "recorded": the tail comes a draw too early.
+    run["draws"] = [d for i, d in enumerate(run["draws"]) if i != first_ddim]
+    broken = suite._fifo_run(run, spec, data)
+    assert not broken.passed and "noise replay" in broken.note
+    assert "asked for shape (1, 4, 1, 16, 16), the recording drew (1, 4, 16, 16)" in broken.note
+    run = dict(spec["runs"][-1])
+    run["draws"] = [*run["draws"][:3], ["queue_init", 3, None, [1, 4, 16, 16]], *run["draws"][4:]]
+    broken = suite._fifo_run(run, spec, data)
+    assert not broken.passed and "draw 3: asked for shape (1, 4, 1, 16, 16)" in broken.note

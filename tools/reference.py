@@ -21,9 +21,13 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from fifo.conditioning import VideoConditioning
 from fifo.ddim import ddim_step
+from fifo.geometry import FifoGeometry
 from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.noise import NoiseOrder, NoiseSource, NoiseStreamError, RecordedStream
 from fifo.options import parse_mode
+from fifo.run import FifoSampler
 from fifo.schedule import DDIMSchedule
 from fifo.tricks.qcache import set_qcache
 from lvdm.build import build_model
@@ -92,6 +96,7 @@ class ReferenceSuite:
             yield from self.sampler_cases()
             yield from self.image_embed_cases()
             yield from self.resampler_cases()
+            yield from self.fifo_run_cases()
         set_qcache(self.model.unet, None)
 
     def text_cases(self) -> Iterator[CaseResult]:
@@ -219,3 +224,63 @@ class ReferenceSuite:
         resampler = Resampler(**self.meta["resampler_kwargs"]).eval()
         resampler.load_state_dict(_params(data), strict=True)
         yield compare("resampler", resampler(data["input"]), data["output"])
+
+    def fifo_run_cases(self) -> Iterator[CaseResult]:
+        """Whole FIFO runs of the published loop, replayed through this project's loop.
+
+        Each run's recorded noise is replayed strictly in the published draw order (a draw of
+        another shape, or a recording not fully consumed, fails the case); every dequeued
+        latent of every iteration is compared, and the worst frame is reported.
+        """
+        data = self._file("fifo_run")
+        spec = self.meta.get("fifo_run")
+        if data is None or spec is None:
+            return
+        for run in spec["runs"]:
+            yield self._fifo_run(run, spec, data)
+
+    def _fifo_run(self, run: dict, spec: dict, data: dict[str, Tensor]) -> CaseResult:
+        name = f"fifo_run {run['name']}"
+        mode = parse_mode(run["mode"], run["qcache_weight"])
+        geometry = FifoGeometry(spec["video_length"], spec["num_partitions"], run["lookahead"])
+        if geometry.steps != spec["ddim_steps"]:
+            return CaseResult(
+                name, float("inf"), float("inf"), "ddim_steps is not video_length × num_partitions"
+            )
+        set_qcache(self.model.unet, mode.qcache)
+        # The published path: one window and one guidance branch per U-Net call.
+        sampler = FifoSampler(
+            self.model,
+            mode,
+            CFGDenoiser(ModelDenoiser(self.model, spec["fps"]), spec["guidance"], batch_branches=False),
+            DDIMSchedule.from_model(self.model, geometry.steps, spec["eta"]),
+            geometry,
+            data["uncond_context"],
+            window_batch=1,
+        )
+        stream = RecordedStream(
+            data[f"fifo_run__{run['name']}__noise"], shapes=[tuple(d[3]) for d in run["draws"]]
+        )
+        expected = data[f"fifo_run__{run['name']}__frames"]
+        conditioning = VideoConditioning(data["context"], (), spec["new_video_length"])
+        worst = CaseResult(name, 0.0, 0.0)
+        try:
+            state = sampler.initial_state(data["base_latents"], NoiseSource(stream, NoiseOrder.PUBLISHED))
+            iterations = 0
+            for out in sampler.steps(state, conditioning):
+                frame = compare(name, out.latent, expected[:, :, out.iteration : out.iteration + 1])
+                if frame.scaled_error > worst.scaled_error or not frame.passed:
+                    worst = frame
+                iterations += 1
+            stream.check_consumed()
+        except NoiseStreamError as err:
+            return CaseResult(name, float("inf"), float("inf"), f"noise replay: {err}")
+        finally:
+            set_qcache(self.model.unet, None)
+        if iterations != expected.shape[2]:
+            return CaseResult(
+                name, float("inf"), float("inf"), f"{iterations} iterations, expected {expected.shape[2]}"
+            )
+        return CaseResult(
+            name, worst.max_abs_error, worst.scaled_error, f"{iterations} frames, strict noise replay"
+        )
