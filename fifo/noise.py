@@ -93,10 +93,14 @@ class RecordedStream:
         shape = tuple(int(s) for s in shape)
         if self.shapes is not None:
             if self.draws >= len(self.shapes):
-                raise NoiseStreamError(f"draw {self.draws} of shape {shape}: the recording has only {len(self.shapes)}")
+                raise NoiseStreamError(
+                    f"draw {self.draws} of shape {shape}: the recording has only {len(self.shapes)}"
+                )
             expected = tuple(self.shapes[self.draws])
             if shape != expected:
-                raise NoiseStreamError(f"draw {self.draws}: asked for shape {shape}, the recording drew {expected}")
+                raise NoiseStreamError(
+                    f"draw {self.draws}: asked for shape {shape}, the recording drew {expected}"
+                )
         count = 1
         for s in shape:
             count *= s
@@ -135,7 +139,9 @@ class NoiseSource:
         order: the draw order (see the module doc).
     """
 
-    def __init__(self, stream: RandomStream | torch.Generator, order: NoiseOrder = NoiseOrder.DEFAULT) -> None:
+    def __init__(
+        self, stream: RandomStream | torch.Generator, order: NoiseOrder = NoiseOrder.DEFAULT
+    ) -> None:
         self.stream = GeneratorStream(stream) if isinstance(stream, torch.Generator) else stream
         self.order = NoiseOrder(order)
 
@@ -204,7 +210,9 @@ class NoiseSource:
         digest = hashlib.sha256()
         for key, value in sorted(self.stream.state_dict().items()):
             digest.update(key.encode())
-            digest.update(value.cpu().numpy().tobytes() if isinstance(value, Tensor) else repr(value).encode())
+            digest.update(
+                value.cpu().numpy().tobytes() if isinstance(value, Tensor) else repr(value).encode()
+            )
         return digest.hexdigest()[:16]
 
 
