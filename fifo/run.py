@@ -10,8 +10,9 @@ PNG writers, progress, a state saver, another rank) sits around the loop, not in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -43,6 +44,8 @@ class FifoState:
         image_tokens: (1, 16, d) image tokens appended to every window's text (image modes),
             or None.
         frames_emitted: output frames produced so far.
+        extras: the state of the tricks' step hooks, by hook name (tensors and plain values
+            only, so that it can be saved and restored with the rest).
     """
 
     queue: Tensor
@@ -50,6 +53,38 @@ class FifoState:
     iteration: int = 0
     image_tokens: Tensor | None = None
     frames_emitted: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class TailSampler(Protocol):
+    """What enters the queue at the tail after the shift: (1, c, 1, h, w).
+
+    ``queue`` is the queue before the shift (its last slot is the previous tail).
+    """
+
+    def __call__(self, queue: Tensor, noise: NoiseSource) -> Tensor: ...
+
+
+def gaussian_tail(queue: Tensor, noise: NoiseSource) -> Tensor:
+    """Fresh Gaussian noise, as published."""
+    return noise.tail(queue[:, :, :1])
+
+
+class StepHook:
+    """A trick's part of every step. Override what the trick needs; the defaults do nothing.
+
+    Hooks run in the order they are given to :class:`FifoSampler`. A hook keeps whatever must
+    survive from one iteration to the next in ``state.extras[self.name]``.
+    """
+
+    name = "hook"
+
+    def after_windows(self, sampler: FifoSampler, state: FifoState, queue: Tensor) -> Tensor:
+        """The queue after every window's DDIM step, before the dequeue: return it (changed or not)."""
+        return queue
+
+    def after_dequeue(self, sampler: FifoSampler, state: FifoState, latent: Tensor) -> None:
+        """Called with each iteration's dequeued latent (1, c, 1, h, w), before the shift."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +116,8 @@ class FifoSampler:
         uncond: (1, m, d) unconditional context, or None for no guidance.
         window_batch: windows per denoiser call (None: all; 1: one by one).
         precision: what the autoencoder decodes in.
+        tail_sampler: what enters the queue at the tail (default: fresh Gaussian noise).
+        hooks: the tricks' parts of every step (:class:`StepHook`), in order.
     """
 
     def __init__(
@@ -93,10 +130,13 @@ class FifoSampler:
         uncond: Tensor | None,
         window_batch: int | None,
         precision: Precision = Precision.FP32,
+        tail_sampler: TailSampler = gaussian_tail,
+        hooks: Sequence[StepHook] = (),
     ) -> None:
         self.model, self.mode, self.denoise = model, mode, denoise
         self.schedule, self.geometry, self.uncond = schedule, geometry, uncond
         self.window_batch, self.precision = window_batch, precision
+        self.tail_sampler, self.hooks = tail_sampler, tuple(hooks)
 
     # ------------------------------------------------------------------ model operations
     def decode(self, z: Tensor) -> Tensor:
@@ -127,8 +167,12 @@ class FifoSampler:
         queue = fifo_step(
             self.denoise, state.queue, geo, self.schedule, contexts, self.uncond, noise, self.window_batch
         )
+        for hook in self.hooks:
+            queue = hook.after_windows(self, state, queue)
         keep = it >= geo.discarded_frames()
         clean = queue[:, :, geo.output_slot : geo.output_slot + 1]
+        for hook in self.hooks:
+            hook.after_dequeue(self, state, clean)
         output = StepOutput(it, clean)
         if keep or self.mode.reseeds_each_frame:
             frame_video = self.decode(clean)
@@ -138,7 +182,7 @@ class FifoSampler:
             if keep:
                 output = StepOutput(it, clean, to_uint8_frames(frame_video)[0], state.frames_emitted)
                 state.frames_emitted += 1
-        state.queue = shift_queue(queue, state.noise)
+        state.queue = shift_queue(queue, self.tail_sampler(queue, state.noise))
         state.iteration += 1
         return output
 

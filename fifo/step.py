@@ -95,6 +95,8 @@ def fifo_step(
     return out
 
 
-def shift_queue(queue: Tensor, noise: NoiseSource) -> Tensor:
-    """Drop the first slot, append fresh Gaussian noise at the tail."""
-    return torch.cat([queue[:, :, 1:], noise.tail(queue[:, :, :1])], dim=2)
+def shift_queue(queue: Tensor, tail: NoiseSource | Tensor) -> Tensor:
+    """Drop the first slot and append ``tail`` (1, c, 1, h, w), or fresh Gaussian noise from a source."""
+    if isinstance(tail, NoiseSource):
+        tail = tail.tail(queue[:, :, :1])
+    return torch.cat([queue[:, :, 1:], tail], dim=2)
