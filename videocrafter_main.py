@@ -4,8 +4,8 @@
         --ckpt_path videocrafter_models/base_512_v2/model.ckpt \\
         --prompt_file prompts/published_t2v.txt --mode t2v_TTqcache_attn1_unilatent
 
-Flow: arguments → options (mode, settings) → validated prompts → model → FIFO generator →
-videos. Everything a user can get wrong is checked before the model is loaded.
+Flow: arguments → options (mode, settings, prompts, outputs) → model → FIFO generator → videos.
+Everything a user can get wrong is checked before the model is loaded.
 """
 
 from __future__ import annotations
@@ -15,38 +15,97 @@ import contextlib
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fifo.noise import NoiseOrder
-from fifo.options import GenerationSettings, ModeError, ModeOptions, Precision, parse_mode
+from fifo.options import (
+    MAIN_OPTIONS,
+    SUB_OPTIONS,
+    GenerationSettings,
+    ModeError,
+    ModeOptions,
+    Precision,
+    parse_mode,
+)
+
+if TYPE_CHECKING:
+    from fifo.outputs import OutputLayout
+    from fifo.prompts import PromptJob
 
 logger = logging.getLogger("videocrafter_main")
 
-DEFAULT_OUTPUT_ROOT = Path("results") / "videocraft_v2_fifo" / "random_noise"
+RESULTS = Path("results") / "videocraft_v2_fifo"
+DEFAULT_OUTPUT_ROOT = RESULTS / "random_noise"
+DEFAULT_CACHE_DIR = RESULTS / "latents"
+# A model this large (parameters) on a CPU takes hours per video: refused unless asked for.
+FULL_SIZE_PARAMETERS = 500_000_000
+
+
+class UsageError(ValueError):
+    """A mistake in the command line or its inputs: printed as ``error: ...``, exit code 2."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help (unless the help says it, or it is a switch or unset);
+    the description and the epilog as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default in (None, argparse.SUPPRESS)
+            or isinstance(action.default, bool)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _mode_parts_epilog() -> str:
+    mains = "\n".join(f"  {k:<13}{v}" for k, v in MAIN_OPTIONS.items())
+    subs = "\n".join(f"  {k:<13}{v}" for k, v in SUB_OPTIONS.items())
+    return f"--mode is {{main}}[_{{sub}}]..., e.g. t2v_TTqcache_attn1_unilatent\nmain:\n{mains}\nsub:\n{subs}"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, epilog=_mode_parts_epilog(), formatter_class=_HelpFormatter
+    )
     p.add_argument("--config", default="configs/inference_t2v_512_v2.0.yaml", help="model config (YAML)")
     p.add_argument("--ckpt_path", default=None, help="checkpoint (.ckpt, .pt or .safetensors)")
     p.add_argument(
         "--prompt_file", "-p", required=True, help="prompts, one per line (i2v: image_path;prompt)"
     )
-    p.add_argument("--mode", "-m", default="t2v", help="{main}[_{sub}]...: see the README")
-    p.add_argument("--seed", type=int, default=321)
+    p.add_argument("--mode", "-m", default="t2v", help="{main}[_{sub}]...: the parts are listed below")
+    p.add_argument("--seed", type=int, default=321, help="random seed of the whole run")
     p.add_argument(
         "--video_length",
         type=int,
         default=None,
-        help="frames per window f (default: the model's temporal_length, 16)",
+        help="frames per window f (default: the config's temporal_length)",
     )
     p.add_argument("--num_partitions", "-n", type=int, default=4, help="partitions n (DDIM steps = f·n)")
-    p.add_argument("--new_video_length", "-l", type=int, default=100, help="output frames")
+    p.add_argument(
+        "--new_video_length",
+        "-l",
+        type=int,
+        default=None,
+        help="output frames (default: 100; a story sets its own)",
+    )
+    p.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="accepted for published scripts and ignored: the DDIM steps are f·n, as the published code forces",
+    )
     p.add_argument("--height", type=int, default=None, help="default: the config's latent size × 8 (320)")
     p.add_argument("--width", type=int, default=None, help="default: the config's latent size × 8 (512)")
     p.add_argument("--fps", type=int, default=8, help="frame-rate conditioning of the model")
-    p.add_argument("--unconditional_guidance_scale", type=float, default=12.0)
-    p.add_argument("--eta", "-e", type=float, default=1.0)
+    p.add_argument(
+        "--unconditional_guidance_scale", type=float, default=12.0, help="classifier-free guidance"
+    )
+    p.add_argument("--eta", "-e", type=float, default=1.0, help="DDIM eta (0: deterministic steps)")
     p.add_argument(
         "--lookahead_denoising",
         "-ld",
@@ -54,25 +113,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn lookahead denoising OFF (on by default)",
     )
     p.add_argument("--save_frames", action="store_true", help="also save every output frame as PNG")
-    p.add_argument("--experiment", "-ex", default=None, help="output name (default: the mode and weight)")
-    p.add_argument("--output_dir", default=None, help=f"output root (default: {DEFAULT_OUTPUT_ROOT})")
+    p.add_argument(
+        "--experiment",
+        "-ex",
+        default=None,
+        help="output name (default: the mode, the Q-cache weight and every setting that differs from its default)",
+    )
+    p.add_argument(
+        "--output_dir",
+        default=None,
+        help=f"output root; the base-clip cache goes to its latents/ folder (default: {DEFAULT_OUTPUT_ROOT}, "
+        f"cache in {DEFAULT_CACHE_DIR})",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the outputs of an earlier run with the same name"
+    )
     p.add_argument("--use_mp4", action="store_true", help="write .mp4 instead of .gif")
-    p.add_argument("--output_fps", type=int, default=10)
+    p.add_argument("--output_fps", type=int, default=10, help="frames per second of the written video")
     p.add_argument("--rank", type=int, default=0, help="this process's shard of the prompt list")
     p.add_argument("--num_processes", type=int, default=1, help="number of shards")
-    p.add_argument("--debug", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="debug logging (third-party libraries included)")
     p.add_argument("--qcache_weight", type=float, default=0.9, help="Q-cache weight w in [0, 1]")
-    p.add_argument("--device", default=None, help="cuda when available, else cpu")
+    p.add_argument(
+        "--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available, else cpu)"
+    )
     p.add_argument("--random_init", action="store_true", help="no checkpoint: random weights (tests, demos)")
     p.add_argument(
+        "--allow_full_on_cpu",
+        action="store_true",
+        help="run a full-size model (hundreds of millions of parameters) on a CPU anyway: hours per video",
+    )
+    p.add_argument(
         "--dtype",
-        choices=[p.value for p in Precision],
+        choices=[v.value for v in Precision],
         default=None,
         help="default: fp16 on CUDA, fp32 on CPU",
     )
     p.add_argument("--window_batch", type=int, default=None, help="windows per U-Net call (default: auto)")
     p.add_argument("--sequential", action="store_true", help="published path: one window and branch per call")
-    p.add_argument("--attention", choices=("sdpa", "xformers", "math"), default="sdpa")
+    p.add_argument(
+        "--attention", choices=("sdpa", "xformers", "math"), default="sdpa", help="attention kernel"
+    )
     p.add_argument(
         "--rng",
         choices=[o.value for o in NoiseOrder],
@@ -85,24 +166,80 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Checks of arguments that are not settings of the run; raise ValueError with the fix.
+# ------------------------------------------------------------------------------------------ logging
+class _QuietThirdParty(logging.Filter):
+    """Drop third-party INFO/DEBUG records (open_clip logs through the root logger)."""
 
-    The run's settings are checked where they are defined (``GenerationSettings``).
-    """
-    checks = [
-        (
-            args.num_processes >= 1 and 0 <= args.rank < args.num_processes,
-            "--rank must be in [0, --num_processes)",
-        ),
-        (
-            args.random_init or args.ckpt_path,
-            "--ckpt_path is required (or --random_init for tests and demos)",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    PACKAGES = (f"{os.sep}open_clip{os.sep}", f"{os.sep}timm{os.sep}", f"{os.sep}huggingface_hub{os.sep}")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not any(p in record.pathname for p in self.PACKAGES)
+
+
+def configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not debug:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietThirdParty())
+        for name in ("PIL", "matplotlib", "urllib3", "filelock", "fsspec"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------------ the request
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything a run needs, checked: nothing below this point reads ``args``."""
+
+    mode: ModeOptions
+    settings: GenerationSettings
+    jobs: list[PromptJob]
+    config: str
+    ckpt_path: str | None
+    random_init: bool
+    device: str
+    attention: str
+    layout: OutputLayout
+    overwrite: bool
+    rank: int
+    world: int
+    torchrun: bool
+
+
+def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
+    """(rank, world size, launched by torchrun). torchrun's environment wins over --rank."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), True
+    return args.rank, args.num_processes, False
+
+
+def resolve_device(requested: str | None, torchrun: bool) -> str:
+    """The device to run on; a clear error when CUDA is asked for and absent."""
+    import torch
+
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise UsageError(f"--device {requested}: not a device; use cuda, cuda:N or cpu") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {requested}: this machine has no CUDA GPU that PyTorch can use "
+                "(torch.cuda.is_available() is False); run on a GPU machine or pass --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here (cuda:0 ... "
+                f"cuda:{torch.cuda.device_count() - 1})"
+            )
+        if device.index is None and torchrun:
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    elif device.type != "cpu":
+        raise UsageError(f"--device {requested}: only cuda and cpu are supported")
+    return str(device)
 
 
 def settings_from_args(args: argparse.Namespace, facts, device: str) -> GenerationSettings:
@@ -110,7 +247,7 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
     return GenerationSettings(
         video_length=args.video_length or facts.temporal_length,
         num_partitions=args.num_partitions,
-        new_video_length=args.new_video_length,
+        new_video_length=args.new_video_length if args.new_video_length is not None else 100,
         height=args.height if args.height is not None else facts.default_size[0],
         width=args.width if args.width is not None else facts.default_size[1],
         fps=args.fps,
@@ -129,92 +266,150 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
     )
 
 
-def experiment_name(args: argparse.Namespace, mode: ModeOptions) -> str:
-    from fifo.prompts import safe_name
+def _check_cpu_size(args: argparse.Namespace, device: str, cfg: dict) -> None:
+    """Refuse a full-size model with random weights on a CPU: hours of work nobody asked for."""
+    if not args.random_init or not device.startswith("cpu") or args.allow_full_on_cpu:
+        return
+    from lvdm.build import count_parameters, resolve_config_path
 
-    if args.experiment:
-        return safe_name(args.experiment)
-    name = mode.name
-    if mode.qcache is not None:
-        name += f"_w{mode.qcache.weight:g}"
-    return name
+    parameters = count_parameters(cfg, resolve_config_path(args.config).parent)
+    if parameters >= FULL_SIZE_PARAMETERS:
+        raise UsageError(
+            f"--random_init with {args.config} builds the full-size model ({parameters / 1e9:.1f} B "
+            "parameters) on a CPU: hours per video. For a demo or a test use --config "
+            "configs/tiny_t2v.yaml (or configs/tiny_i2v.yaml); to run it anyway pass --allow_full_on_cpu."
+        )
 
 
-def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
-    """(rank, world size, launched by torchrun). torchrun's environment wins over --rank."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), True
-    return args.rank, args.num_processes, False
+def build_request(args: argparse.Namespace) -> RunRequest:
+    """Check every input, in the order a user would fix them; nothing is written, no model is built.
+
+    Raises:
+        UsageError, ModeError, ValueError (PromptFileError, ConfigError, OutputError): the message
+        names the problem and the fix.
+    """
+    from fifo.generator import check_model_fits
+    from fifo.outputs import OutputLayout, check_not_overwriting, check_writable_folder, experiment_name
+    from fifo.prompts import parse_prompt_file, safe_name
+    from lvdm.build import config_facts, load_config
+
+    mode = parse_mode(args.mode, args.qcache_weight)
+    if not (args.num_processes >= 1 and 0 <= args.rank < args.num_processes):
+        raise UsageError("--rank must be in [0, --num_processes)")
+    if not (args.random_init or args.ckpt_path):
+        raise UsageError("--ckpt_path is required (or --random_init for tests and demos)")
+    jobs = parse_prompt_file(args.prompt_file, image_mode=mode.main.takes_input_image)
+    rank, world, torchrun = distributed_rank(args)
+    device = resolve_device(args.device, torchrun)
+    cfg = load_config(args.config)
+    facts = config_facts(cfg)
+    settings = settings_from_args(args, facts, device)
+    check_model_fits(facts, mode, settings, args.config)
+    _check_cpu_size(args, device, cfg)
+
+    defaults = settings_from_args(build_parser().parse_args(["-p", args.prompt_file]), facts, device)
+    experiment = safe_name(args.experiment) if args.experiment else experiment_name(mode, settings, defaults)
+    root = Path(args.output_dir) if args.output_dir else DEFAULT_OUTPUT_ROOT
+    # Published layout: results/videocraft_v2_fifo/latents; with --output_dir, inside it.
+    cache_dir = root / "latents" if args.output_dir else DEFAULT_CACHE_DIR
+    layout = OutputLayout(root, experiment, cache_dir, ".mp4" if settings.use_mp4 else ".gif")
+    check_writable_folder(root)
+    if not args.output_dir:
+        check_writable_folder(cache_dir, flag="the cache folder")
+    my_jobs = jobs[rank::world]
+    check_not_overwriting(layout, my_jobs, args.overwrite)
+
+    if args.num_inference_steps is not None and args.num_inference_steps != settings.geometry.steps:
+        logger.info(
+            "--num_inference_steps %d is ignored: the DDIM steps are video_length × num_partitions = %d "
+            "(as the published code forces)",
+            args.num_inference_steps,
+            settings.geometry.steps,
+        )
+    stories = [job for job in my_jobs if job.is_story]
+    if stories and args.new_video_length is not None:
+        logger.warning(
+            "-l/--new_video_length %d does not apply to the story in %s: a story's length is the sum of "
+            "its scenes' frames (%s)",
+            args.new_video_length,
+            args.prompt_file,
+            ", ".join(str(job.story_length) for job in stories),
+        )
+    return RunRequest(
+        mode=mode,
+        settings=settings,
+        jobs=jobs,
+        config=args.config,
+        ckpt_path=args.ckpt_path,
+        random_init=args.random_init,
+        device=device,
+        attention=args.attention,
+        layout=layout,
+        overwrite=args.overwrite,
+        rank=rank,
+        world=world,
+        torchrun=torchrun,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        mode = parse_mode(args.mode, args.qcache_weight)
-        validate(args)
-        from fifo.prompts import parse_prompt_file
-
-        jobs = parse_prompt_file(args.prompt_file, image_mode=mode.main.takes_input_image)
-    except (ModeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return run(args, mode, jobs)
-
-
-def run(args: argparse.Namespace, mode: ModeOptions, jobs) -> int:
-    import torch
-
-    from fifo.generator import FifoGenerator, check_model_fits
-    from fifo.perf import tune_cpu_allocator
-    from lvdm.build import config_facts, load_config, load_model, model_identity
-    from lvdm.checkpoint import CheckpointError
+    configure_logging(args.debug)
+    from fifo.outputs import OutputError
+    from fifo.prompts import PromptFileError
     from lvdm.utils import ConfigError
 
-    rank, world, torchrun = distributed_rank(args)
-    if torchrun:
+    try:
+        request = build_request(args)
+    except (UsageError, ModeError, PromptFileError, ConfigError, OutputError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run(request)
+
+
+def run(request: RunRequest) -> int:
+    import torch
+
+    from fifo.generator import FifoGenerator
+    from fifo.outputs import OutputError, create_folder
+    from fifo.perf import tune_cpu_allocator
+    from lvdm.build import load_model, model_identity
+    from lvdm.checkpoint import CheckpointError
+
+    r = request
+    if r.torchrun:
         import torch.distributed as dist
 
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and torchrun:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    if torch.device(device).type == "cpu":
+    if torch.device(r.device).type == "cpu":
         tune_cpu_allocator()  # large tensors reuse heap memory instead of fresh page-faulting mmaps
-    my_jobs = jobs[rank::world]
+    my_jobs = r.jobs[r.rank :: r.world]
     try:
-        facts = config_facts(load_config(args.config))
-        settings = settings_from_args(args, facts, device)
-        check_model_fits(facts, mode, settings, args.config)
-        model = load_model(args.config, args.ckpt_path, args.random_init, device=device, seed=args.seed)
-        model.unet.set_attn_processor(args.attention)
+        model = load_model(r.config, r.ckpt_path, r.random_init, device=r.device, seed=r.settings.seed)
+        model.unet.set_attn_processor(r.attention)
         generator = FifoGenerator(
-            model, mode, settings, model_identity(args.config, args.ckpt_path, args.random_init, args.seed)
+            model, r.mode, r.settings, model_identity(r.config, r.ckpt_path, r.random_init, r.settings.seed)
         )
-    except (ConfigError, CheckpointError, ValueError) as err:
+        create_folder(r.layout.root)
+    except (CheckpointError, OutputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    output_root = Path(args.output_dir) if args.output_dir else DEFAULT_OUTPUT_ROOT
-    # Published layout: results/videocraft_v2_fifo/latents; with --output_dir, inside it.
-    cache_dir = output_root / "latents" if args.output_dir else DEFAULT_OUTPUT_ROOT.parent / "latents"
-    experiment = experiment_name(args, mode)
     logger.info(
-        "rank %d/%d: %d of %d prompt(s), mode %s, device %s",
-        rank,
-        world,
+        "rank %d/%d: %d of %d prompt(s), mode %s, experiment %s, device %s",
+        r.rank,
+        r.world,
         len(my_jobs),
-        len(jobs),
-        mode.name,
-        device,
+        len(r.jobs),
+        r.mode.name,
+        r.layout.experiment,
+        r.device,
     )
     results = []
     with torch.inference_mode(), contextlib.closing(generator):
         for job in my_jobs:
-            result = generator.run(job, output_root, experiment, cache_dir)
+            result = generator.run(job, r.layout.root, r.layout.experiment, r.layout.cache_dir)
             results.append(result)
             logger.info(
                 "done: %d frames in %.1fs → %s%s",
@@ -223,17 +418,17 @@ def run(args: argparse.Namespace, mode: ModeOptions, jobs) -> int:
                 result.video_path,
                 " (cached base clip)" if result.base_clip_cached else "",
             )
-    if torchrun:
+    if r.torchrun:
         import torch.distributed as dist
 
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, [(r.prompt, str(r.video_path), r.frames) for r in results])
-        if rank == 0:
+        gathered: list = [None] * r.world
+        dist.all_gather_object(gathered, [(x.prompt, str(x.video_path), x.frames) for x in results])
+        if r.rank == 0:
             total = sum(len(g) for g in gathered)
             logger.info("all ranks: %d video(s) written", total)
-            for r, items in enumerate(gathered):
+            for rank, items in enumerate(gathered):
                 for prompt, path, frames in items:
-                    logger.info("  rank %d: %s (%d frames) %s", r, path, frames, prompt)
+                    logger.info("  rank %d: %s (%d frames) %s", rank, path, frames, prompt)
         dist.destroy_process_group()
     return 0
 

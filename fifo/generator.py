@@ -116,11 +116,17 @@ class FifoGenerator:
                 settings.dtype.itemsize,
                 guidance=settings.guidance != 1.0,
             )
-            logger.info("window batch: %s", "all windows" if self.window_batch is None else self.window_batch)
         self.plan = plan_fast_path(self.device) if settings.batched else FastPathPlan()
         apply_execution(model.unet, self.plan.unet)
+        n_windows = len(self.geometry.windows())
         if settings.batched:
-            logger.info("fast path plan: %s", self.plan)
+            per_call = "all" if self.window_batch is None else min(self.window_batch, n_windows)
+            logger.info(
+                "fast path: %s of %d windows and both guidance branches per U-Net call; %s",
+                per_call,
+                n_windows,
+                self.plan.describe(),
+            )
         else:
             logger.info("sequential path: one window and one guidance branch per call, layers as published")
         model_denoiser = ModelDenoiser(model, settings.fps, settings.dtype)

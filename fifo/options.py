@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -154,6 +156,12 @@ class ModeOptions:
         return "_".join(parts)
 
 
+def _did_you_mean(words: list[str], choices: list[str]) -> str:
+    """ " (did you mean 'x'?)" for the closest valid part of each unknown word, or ""."""
+    guesses = [m[0] for w in words if (m := difflib.get_close_matches(w, choices, n=1, cutoff=0.6))]
+    return f" (did you mean {', '.join(repr(g) for g in guesses)}?)" if guesses else ""
+
+
 def _valid_parts_message() -> str:
     mains = "\n".join(f"  {k:<12} {v}" for k, v in MAIN_OPTIONS.items())
     subs = "\n".join(f"  {k:<12} {v}" for k, v in SUB_OPTIONS.items())
@@ -178,11 +186,16 @@ def parse_mode(mode: str, qcache_weight: float = 0.9) -> ModeOptions:
         None,
     )
     if main is None:
-        raise ModeError(f"unknown main option in mode {mode!r}.\n{_valid_parts_message()}")
-    subs = [s for s in text[len(main) :].split("_") if s]
+        head = text.split("_")[0]
+        hint = _did_you_mean([text], list(MAIN_OPTIONS)) or _did_you_mean([head], list(MAIN_OPTIONS))
+        raise ModeError(f"unknown main option in mode {mode!r}{hint}.\n{_valid_parts_message()}")
+    subs = text[len(main) :].split("_")[1:]
+    if "" in subs:
+        raise ModeError(f"empty part in mode {mode!r} (two '_' in a row, or a trailing '_')")
     unknown = [s for s in subs if s not in SUB_OPTIONS]
     if unknown:
-        raise ModeError(f"unknown part(s) {unknown} in mode {mode!r}.\n{_valid_parts_message()}")
+        hint = _did_you_mean(unknown, list(SUB_OPTIONS))
+        raise ModeError(f"unknown part(s) {unknown} in mode {mode!r}{hint}.\n{_valid_parts_message()}")
     repeated = sorted({s for s in subs if subs.count(s) > 1})
     if repeated:
         raise ModeError(f"repeated part(s) {repeated} in mode {mode!r}")
@@ -270,7 +283,8 @@ class GenerationSettings:
         checks = [
             (self.new_video_length >= 1, "--new_video_length must be ≥ 1"),
             (self.height > 0 and self.width > 0, "--height and --width must be positive"),
-            (self.guidance >= 0, "--unconditional_guidance_scale must be ≥ 0"),
+            (0 <= self.guidance < math.inf, "--unconditional_guidance_scale must be a finite number ≥ 0"),
+            (0 <= self.seed < 2**63, "--seed must be a whole number in [0, 2**63)"),
             (0.0 <= self.eta <= 1.0, "--eta must lie in [0, 1]"),
             (self.output_fps >= 1 and self.fps >= 1, "--fps and --output_fps must be ≥ 1"),
             (self.window_batch is None or self.window_batch >= 1, "--window_batch must be ≥ 1"),

@@ -180,6 +180,17 @@ class FastPathPlan:
     shards: int = 1
     unet: UNetExecution = UNetExecution()
 
+    def describe(self) -> str:
+        """The plan in words, for the log."""
+        parts = [f"{self.shards} parallel slices per call" if self.shards > 1 else "one slice per call"]
+        if self.unet.transformer_chunk is not None:
+            parts.append(f"transformer chunks of {self.unet.transformer_chunk} tokens")
+        if self.unet.temporal_conv_2d:
+            parts.append("temporal convolutions as 2D ones")
+        if self.unet == UNetExecution():
+            parts.append("layers as published")
+        return ", ".join(parts)
+
 
 def plan_fast_path(device: str | torch.device, threads: int | None = None) -> FastPathPlan:
     """The fast path's execution plan for ``device``.

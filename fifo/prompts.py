@@ -7,7 +7,11 @@ Formats (blank lines and ``#`` comments are skipped):
   is relative to the prompt file.
 - Multi-prompt stories (text modes): consecutive ``frames|prompt`` lines form one video
   that moves from scene to scene, each prompt lasting ``frames`` output frames. A blank
-  line or a plain prompt line ends the story (a ``#`` comment line does not).
+  line or a plain prompt line ends the story (a ``#`` comment line does not). In a text mode
+  any line with a ``|`` is a story line and must start with a positive whole number of frames.
+
+Files are read as UTF-8; a byte-order mark (as some Windows editors write) is dropped, and
+Windows (CRLF) line endings work.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pathlib import Path
 from PIL import Image
 
 _STORY_LINE = re.compile(r"^\s*(\d+)\s*\|(.*)$")
+# What an image path before the first ";" looks like: an i2v line given to a text mode.
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class PromptFileError(ValueError):
@@ -76,6 +82,21 @@ def _check_image(path: Path, where: str) -> None:
         raise PromptFileError(f"{where}: cannot read image {path}: {err}") from err
 
 
+def _refuse_image_line(text: str, prompt_file: Path, where: str) -> None:
+    """A text-mode line that starts with an image path and ';' was meant for i2v: say so."""
+    if ";" not in text:
+        return
+    head = text.split(";", 1)[0].strip()
+    candidate = Path(head).expanduser()
+    candidate = candidate if candidate.is_absolute() else prompt_file.parent / candidate
+    if head.lower().endswith(_IMAGE_SUFFIXES) or (head and candidate.is_file()):
+        raise PromptFileError(
+            f"{where}: {head!r} before ';' looks like an image path ('image_path;prompt' is the i2v "
+            "format), but this mode takes text prompts only: use --mode i2v with the image-to-video "
+            "config, or remove the path from the line"
+        )
+
+
 def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
     """Read a prompt file for a text mode (``image_mode=False``) or ``i2v`` (``True``).
 
@@ -83,10 +104,12 @@ def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
         PromptFileError: missing/empty file, malformed line, missing or unreadable image.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PromptFileError(f"prompt file {path} is a folder: give the text file of prompts (-p FILE)")
     if not path.is_file():
         raise PromptFileError(f"prompt file not found: {path}")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise PromptFileError(f"cannot read prompt file {path}: {err}") from err
 
@@ -109,6 +132,12 @@ def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
             end_story()
             continue
         story_match = _STORY_LINE.match(text)
+        if "|" in text and not story_match and not image_mode:
+            head = text.split("|", 1)[0].strip()
+            raise PromptFileError(
+                f"{where}: a story line must start with a positive whole number of output frames, "
+                f"got {head!r} before '|' (expected 'frames|prompt', e.g. '40|a boat at dawn')"
+            )
         if story_match and not image_mode:
             frames, prompt = int(story_match.group(1)), story_match.group(2).strip()
             if frames < 1:
@@ -137,6 +166,7 @@ def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
             _check_image(image, where)
             jobs.append(PromptJob(prompt=prompt, line=number, image=image))
         else:
+            _refuse_image_line(text, path, where)
             jobs.append(PromptJob(prompt=text, line=number))
     end_story()
     if not jobs:

@@ -49,7 +49,11 @@ class VideoSink:
 
 
 class PngSink:
-    """Every output frame as ``<folder>/<index:04d>.png`` (``--save_frames``)."""
+    """Every output frame as ``<folder>/<index:04d>.png`` (``--save_frames``).
+
+    Frames of an earlier run in the folder (the run was allowed to overwrite it) are removed
+    first, so the folder never mixes two runs.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -59,6 +63,9 @@ class PngSink:
         Image.fromarray(frame).save(self.folder / f"{index:04d}.png")
 
     def __enter__(self) -> PngSink:
+        if self.folder.is_dir():
+            for stale in self.folder.glob("[0-9][0-9][0-9][0-9].png"):
+                stale.unlink()
         return self
 
     def __exit__(

@@ -22,9 +22,18 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path as given, or, when that does not exist and it is relative, the project's
+    (so ``configs/...`` works from any working directory)."""
+    path = Path(path)
+    if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).is_file():
+        return REPO_ROOT / path
+    return path
+
+
 def load_config(path: str | Path) -> dict:
     """Read a model config; the ``model:`` entry must build a LatentDiffusion."""
-    path = Path(path)
+    path = resolve_config_path(path)
     if not path.is_file():
         raise ConfigError(f"config not found: {path} (configs live in {REPO_ROOT / 'configs'})")
     try:
@@ -87,9 +96,19 @@ def model_facts(model: LatentDiffusion) -> ConfigFacts:
     )
 
 
+def count_parameters(cfg: dict, config_dir: str | Path | None = None) -> int:
+    """Parameters of the model a loaded config builds, counted on the meta device (no memory, ~s)."""
+    register_openclip_configs(REPO_ROOT / "configs" / "openclip")
+    if config_dir is not None:
+        register_openclip_configs(config_dir)
+    with torch.device("meta"):
+        model = instantiate_from_config(cfg["model"])
+    return sum(p.numel() for p in model.parameters())
+
+
 def build_model(config_path: str | Path) -> LatentDiffusion:
     """Build the model of a config with random weights (on the current default device)."""
-    config_path = Path(config_path)
+    config_path = resolve_config_path(config_path)
     cfg = load_config(config_path)
     # OpenCLIP architectures may be defined next to the config (fixtures) or in configs/openclip.
     register_openclip_configs(REPO_ROOT / "configs" / "openclip")
@@ -149,7 +168,7 @@ def model_identity(
     A checkpoint is identified by its resolved path, size and modification time (hashing
     gigabytes would cost more than it saves); random weights by the config and init seed.
     """
-    config_digest = hashlib.sha256(Path(config_path).read_bytes()).hexdigest()[:16]
+    config_digest = hashlib.sha256(resolve_config_path(config_path).read_bytes()).hexdigest()[:16]
     if random_init or ckpt_path is None:
         return f"random:{config_digest}:{seed}"
     st = Path(ckpt_path).stat()

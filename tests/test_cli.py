@@ -26,6 +26,9 @@ I2V = str(ROOT / "configs" / "tiny_i2v.yaml")
 SIZE = 64
 SMALL = ["--video_length", "4", "-n", "1", "-l", "3", "--no_progress"]
 TINIEST = ["--video_length", "2", "-n", "1", "-l", "2", "--no_progress"]
+# What SMALL and TINIEST add to the default experiment name (settings that differ from the defaults).
+SMALL_NAME = "f4_n1_l3"
+TINIEST_NAME = "f2_n1_l2"
 PROMPT = "a red fox running through snow"
 
 
@@ -61,9 +64,10 @@ def run_cli(*args: str) -> int:
     return videocrafter_main.main([str(a) for a in args])
 
 
-def experiment_of(mode: str, weight: float = 0.9) -> str:
+def experiment_of(mode: str, weight: float = 0.9, settings: str = SMALL_NAME) -> str:
+    """The default experiment name of a run with SMALL (or ``settings``'s tokens)."""
     parsed = parse_mode(mode, weight)
-    return parsed.name + (f"_w{weight:g}" if parsed.qcache else "")
+    return parsed.name + (f"_w{weight:g}" if parsed.qcache else "") + (f"_{settings}" if settings else "")
 
 
 def files_under(path: Path) -> list[Path]:
@@ -99,7 +103,7 @@ def test_mode_matrix(tmp_path: Path, work: Path, mode: str, config: str, extra: 
     )  # fmt: skip
     assert rc == 0
     weight = float(extra[extra.index("--qcache_weight") + 1]) if "--qcache_weight" in extra else 0.9
-    experiment = experiment_of(mode, weight)
+    experiment = experiment_of(mode, weight, SMALL_NAME + ("_nolookahead" if "-ld" in extra else ""))
     suffix = ".mp4" if "--use_mp4" in extra else ".gif"
     video = out / folder / f"{experiment}{suffix}"
     assert video.is_file(), files_under(out)
@@ -144,7 +148,7 @@ def test_same_seed_same_video_and_cache_reuse(tmp_path: Path, work: Path, caplog
     prompts = prompt_file(tmp_path, f"{PROMPT}\n")
     base = ["--config", T2V, "--random_init", "-p", prompts, *TINIEST]  # eta = 1: noise in every step
     out1, out2 = tmp_path / "out1", tmp_path / "out2"
-    video1 = out1 / safe_name(PROMPT) / "t2v.gif"
+    video1 = out1 / safe_name(PROMPT) / f"t2v_{TINIEST_NAME}.gif"
 
     assert run_cli(*base, "--output_dir", out1) == 0
     assert not _log_says_cached(caplog)
@@ -152,7 +156,7 @@ def test_same_seed_same_video_and_cache_reuse(tmp_path: Path, work: Path, caplog
     assert len(list((out1 / "latents").glob("*.pt"))) == 1
 
     caplog.clear()
-    assert run_cli(*base, "--output_dir", out1) == 0
+    assert run_cli(*base, "--output_dir", out1, "--overwrite") == 0  # the same name: replace it
     assert _log_says_cached(caplog)
     assert any("cached base clip" in r.getMessage() for r in caplog.records)
     # A reused base clip gives exactly the video that sampling it afresh gave.
@@ -161,12 +165,13 @@ def test_same_seed_same_video_and_cache_reuse(tmp_path: Path, work: Path, caplog
     caplog.clear()
     assert run_cli(*base, "--output_dir", out2) == 0
     assert not _log_says_cached(caplog)
-    assert (out2 / safe_name(PROMPT) / "t2v.gif").read_bytes() == first
+    assert (out2 / safe_name(PROMPT) / f"t2v_{TINIEST_NAME}.gif").read_bytes() == first
 
     caplog.clear()
     assert run_cli(*base, "--output_dir", out1, "--seed", "7") == 0
     assert not _log_says_cached(caplog)  # another seed: another base clip
-    assert video1.read_bytes() != first
+    assert video1.read_bytes() == first  # ... and another name: the first video is kept
+    assert video1.with_name(f"t2v_{TINIEST_NAME}_seed7.gif").read_bytes() != first
     assert len(list((out1 / "latents").glob("*.pt"))) == 2
 
 
@@ -178,7 +183,7 @@ def test_published_rng_cached_base_clip_gives_the_same_video(tmp_path: Path, wor
     prompts = prompt_file(tmp_path, f"{PROMPT}\na blue cube\n")
     base = ["--config", T2V, "--random_init", "-p", prompts, *TINIEST, "--rng", "published"]
     out1, out2 = tmp_path / "out1", tmp_path / "out2"
-    videos = [out1 / safe_name(p) / "t2v.gif" for p in (PROMPT, "a blue cube")]
+    videos = [out1 / safe_name(p) / f"t2v_{TINIEST_NAME}_rngpublished.gif" for p in (PROMPT, "a blue cube")]
     assert run_cli(*base, "--output_dir", out1) == 0
     assert not _log_says_cached(caplog)
     fresh = [v.read_bytes() for v in videos]
@@ -189,7 +194,7 @@ def test_published_rng_cached_base_clip_gives_the_same_video(tmp_path: Path, wor
     assert [v.with_name("again.gif").read_bytes() for v in videos] == fresh
     # The default scheme draws differently (its own streams per stage and per prompt).
     assert run_cli(*base[:-2], "--output_dir", out2) == 0
-    assert (out2 / safe_name(PROMPT) / "t2v.gif").read_bytes() != fresh[0]
+    assert (out2 / safe_name(PROMPT) / f"t2v_{TINIEST_NAME}.gif").read_bytes() != fresh[0]
 
 
 def test_cache_follows_the_checkpoint(tmp_path: Path, work: Path, caplog) -> None:
@@ -208,7 +213,7 @@ def test_cache_follows_the_checkpoint(tmp_path: Path, work: Path, caplog) -> Non
 
     prompts = prompt_file(tmp_path, f"{PROMPT}\n")
     out = tmp_path / "out"
-    base = ["--config", T2V, "-p", prompts, "--output_dir", out, *TINIEST]
+    base = ["--config", T2V, "-p", prompts, "--output_dir", out, *TINIEST, "--overwrite"]
     assert run_cli(*base, "--ckpt_path", ckpt_a) == 0
     assert not _log_says_cached(caplog)
     caplog.clear()
@@ -239,7 +244,7 @@ def test_rank_shards_the_prompt_list(tmp_path: Path, work: Path) -> None:
             "--rank", rank, "--num_processes", 3,
         )  # fmt: skip
         assert rc == 0
-        done[rank] = {p.parent.name for p in out.glob("*/t2v.gif")}
+        done[rank] = {p.parent.name for p in out.glob("*/t2v_f2_n1_l1.gif")}
     for rank in range(3):
         assert done[rank] == {safe_name(p) for p in prompts[rank::3]}  # strided
     all_done = [name for names in done.values() for name in names]
@@ -267,8 +272,9 @@ def test_story_prompt_file(tmp_path: Path, work: Path) -> None:
     )  # fmt: skip
     assert rc == 0
     folder = out / safe_name("a cat sleeps")
-    assert read_video(folder / "t2v.gif").shape == (6, SIZE, SIZE, 3)  # sum of the scene lengths
-    assert len(list((folder / "t2v" / "fifo").glob("*.png"))) == 6
+    name = "t2v_f2_n1_l50"  # -l does not apply to a story, but it is in the name as given
+    assert read_video(folder / f"{name}.gif").shape == (6, SIZE, SIZE, 3)  # sum of the scene lengths
+    assert len(list((folder / name / "fifo").glob("*.png"))) == 6
 
 
 # ----------------------------------------------------------------------------- bad inputs

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +54,38 @@ def _text_size(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str) ->
     return int(math.ceil(right - left)), int(math.ceil(bottom - top))
 
 
-def _fit_text(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str, width: int) -> str:
-    """Shorten ``text`` with a trailing "..." until it fits in ``width`` pixels."""
+def _keep_end(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str, width: int) -> str:
+    """The end of ``text`` behind a leading "..." that fits in ``width`` pixels.
+
+    Experiment names differ at their end (``..._w0.5`` against ``..._w0.9``): that part stays.
+    """
     if _text_size(font, text)[0] <= width:
         return text
-    while text and _text_size(font, text + "...")[0] > width:
-        text = text[:-1]
-    return text + "..." if text else ""
+    while text and _text_size(font, "..." + text)[0] > width:
+        text = text[1:]
+    return "..." + text if text else ""
+
+
+def _wrap_text(
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str, width: int, max_lines: int
+) -> list[str]:
+    """``text`` in at most ``max_lines`` lines of ``width`` pixels, broken after ``_``, spaces,
+    ``/`` and ``-`` where possible. What does not fit is cut from the front of the last line, so the
+    end of the text always shows."""
+    pieces = [p for p in re.split(r"(?<=[_ /-])", text) if p]
+    lines: list[str] = []
+    current = ""
+    for piece in pieces:
+        if current and _text_size(font, current + piece)[0] > width:
+            lines.append(current)
+            current = ""
+        current += piece
+    if current or not lines:
+        lines.append(current)
+    if len(lines) > max(1, max_lines):
+        keep = max(1, max_lines) - 1
+        lines = lines[:keep] + ["".join(lines[keep:])]
+    return [_keep_end(font, line, width) for line in lines]
 
 
 def _font_size_for(width: int) -> int:
@@ -77,7 +103,9 @@ def render_label(
     """A dark bar with ``text`` in light letters, left-aligned and vertically centred.
 
     Args:
-        text: The label; shortened with "..." when wider than the bar.
+        text: The label; wrapped over as many lines as the bar holds (after ``_``, spaces, ``/``,
+            ``-``), and where even that is too little, cut from the front of its last line, so
+            that labels which differ only at their end stay apart.
         width: Bar width in pixels.
         height: Bar height; default fits one line of the font.
         font_size: Default scales with ``width``.
@@ -86,13 +114,16 @@ def render_label(
         ``(height, width, 3)`` uint8.
     """
     font = _font(font_size or _font_size_for(width))
+    line_h = _bar_height(font) - 2 * PADDING
     height = height or _bar_height(font)
     bar = Image.new("RGB", (width, height), BAR_COLOUR)
     draw = ImageDraw.Draw(bar)
-    text = _fit_text(font, text, width - 2 * PADDING)
-    left, top, _, bottom = font.getbbox(text or "A")
-    y = (height - (bottom - top)) // 2 - top
-    draw.text((PADDING - left, y), text, fill=TEXT_COLOUR, font=font)
+    lines = _wrap_text(font, text, width - 2 * PADDING, max(1, (height - 2 * PADDING) // line_h))
+    y = (height - line_h * len(lines)) // 2
+    for line in lines:
+        left, top, _, _ = font.getbbox(line or "A")
+        draw.text((PADDING - left, y + 1 - top), line, fill=TEXT_COLOUR, font=font)
+        y += line_h
     return np.asarray(bar)
 
 
