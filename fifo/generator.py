@@ -101,6 +101,8 @@ class FifoGenerator:
         self.device = model.device
         scale = model.vae_scale
         self.latent_hw = (settings.height // scale, settings.width // scale)
+        # Weights in the run's dtype (a no-op when load_model put them there already).
+        model.set_precision(settings.dtype.torch_dtype)
         set_qcache(model.unet, mode.qcache)
 
         # How the FIFO windows run: batched on the fast path (window chunks, on CPU parallel
@@ -129,7 +131,7 @@ class FifoGenerator:
             )
         else:
             logger.info("sequential path: one window and one guidance branch per call, layers as published")
-        model_denoiser = ModelDenoiser(model, settings.fps, settings.dtype)
+        model_denoiser = ModelDenoiser(model, settings.fps)
         # The base clip always batches its two guidance branches; the FIFO windows do on the fast path.
         self.base_denoiser = ShardedDenoiser(CFGDenoiser(model_denoiser, settings.guidance), self.plan.shards)
         self.fifo_denoiser = ShardedDenoiser(
@@ -156,7 +158,6 @@ class FifoGenerator:
             self.geometry,
             self.uncond_context,
             self.window_batch,
-            settings.dtype,
         )
 
     def close(self) -> None:

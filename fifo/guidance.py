@@ -7,47 +7,33 @@ Samplers call a :data:`GuidedDenoiser` ``(x, t, cond, uncond) → eps`` on a pla
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-
-from fifo.options import Precision
 
 GuidedDenoiser = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
 """(x (b, c, t, h, w), timesteps (b,) or (b, t), cond (b, m, d), uncond (b, m', d) or None) → eps
 (b, c, t, h, w), guidance applied."""
 
 
-@contextlib.contextmanager
-def compute_precision(device: torch.device, precision: Precision) -> Iterator[None]:
-    """Autocast to ``precision`` on ``device``; fp32 runs as it is."""
-    if precision is Precision.FP32:
-        yield
-    else:
-        with torch.autocast(device.type, dtype=precision.torch_dtype):
-            yield
-
-
 class ModelDenoiser:
-    """A LatentDiffusion's U-Net as ``(x, t, context) → eps`` (float32), at a fixed fps and precision.
+    """A LatentDiffusion's U-Net as ``(x, t, context) → eps`` in float32, at a fixed fps.
+
+    The U-Net computes in its weights' dtype (``LatentDiffusion.set_precision``); the samplers'
+    latents and arithmetic stay float32.
 
     Args:
-        model: a ``LatentDiffusion`` (``apply_model``, ``device``).
+        model: a ``LatentDiffusion`` (``apply_model``).
         fps: the frame-rate conditioning.
-        precision: what the U-Net computes in.
     """
 
-    def __init__(self, model: nn.Module, fps: int, precision: Precision = Precision.FP32) -> None:
-        self.model, self.fps, self.precision = model, fps, precision
+    def __init__(self, model: nn.Module, fps: int) -> None:
+        self.model, self.fps = model, fps
 
     def __call__(self, x: Tensor, t: Tensor, context: Tensor, context_branches: int = 1) -> Tensor:
         """x (b, c, t, h, w), context (k·b, m, d) with k = ``context_branches`` → eps (k·b, c, t, h, w)."""
-        with compute_precision(self.model.device, self.precision):
-            return self.model.apply_model(
-                x, t, context, fps=self.fps, context_branches=context_branches
-            ).float()
+        return self.model.apply_model(x, t, context, fps=self.fps, context_branches=context_branches).float()
 
 
 BranchDenoiser = Callable[..., Tensor]

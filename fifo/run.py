@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from fifo.conditioning import VideoConditioning
 from fifo.geometry import FifoGeometry
-from fifo.guidance import GuidedDenoiser, compute_precision
+from fifo.guidance import GuidedDenoiser
 from fifo.noise import NoiseSource
-from fifo.options import ModeOptions, Precision
+from fifo.options import ModeOptions
 from fifo.schedule import DDIMSchedule
 from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue
 
@@ -115,7 +115,6 @@ class FifoSampler:
         geometry: the queue layout (``settings.geometry``).
         uncond: (1, m, d) unconditional context, or None for no guidance.
         window_batch: windows per denoiser call (None: all; 1: one by one).
-        precision: what the autoencoder decodes in.
         tail_sampler: what enters the queue at the tail (default: fresh Gaussian noise).
         hooks: the tricks' parts of every step (:class:`StepHook`), in order.
     """
@@ -129,20 +128,18 @@ class FifoSampler:
         geometry: FifoGeometry,
         uncond: Tensor | None,
         window_batch: int | None,
-        precision: Precision = Precision.FP32,
         tail_sampler: TailSampler = gaussian_tail,
         hooks: Sequence[StepHook] = (),
     ) -> None:
         self.model, self.mode, self.denoise = model, mode, denoise
         self.schedule, self.geometry, self.uncond = schedule, geometry, uncond
-        self.window_batch, self.precision = window_batch, precision
+        self.window_batch = window_batch
         self.tail_sampler, self.hooks = tail_sampler, tuple(hooks)
 
     # ------------------------------------------------------------------ model operations
     def decode(self, z: Tensor) -> Tensor:
-        """Latents (1, c, t, h, w) → frames (1, 3, t, H, W) in ~[-1, 1], float32."""
-        with compute_precision(self.model.device, self.precision):
-            return self.model.decode_first_stage_2DAE(z).float()
+        """Latents (1, c, t, h, w) → frames (1, 3, t, H, W) in ~[-1, 1], float32 (as published)."""
+        return self.model.decode_first_stage_2DAE(z).float()
 
     def image_tokens(self, images: Tensor) -> Tensor:
         """Images (b, 3, H, W) in [-1, 1] → image tokens (b, 16, d)."""

@@ -12,7 +12,8 @@ machine's load hits both alike), and compares their outputs:
   (``window_batch=1``, ``CFGDenoiser(batch_branches=False)``), as published, in fp32;
 - fast: ``fifo_step`` with ``--window_batch`` windows (default: chosen by
   ``fifo.perf.auto_window_batch``, i.e. all of them unless memory is short) and both guidance
-  branches per call; under ``--dtype`` autocast (default fp16 on CUDA, fp32 on CPU); run as
+  branches per call; with the U-Net and encoders in ``--dtype`` (default fp16 on CUDA, fp32 on
+  CPU; a second copy of the model when not fp32); run as
   ``fifo.perf.plan_fast_path`` says (on CPU: the batch split into one slice per thread,
   evaluated in parallel, transformers in cache-sized chunks, temporal convolutions as 2D
   ones; ``--shards``, ``--transformer_chunk`` and ``--conv3d`` override it). The sequential
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -64,7 +66,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from fifo.geometry import FifoGeometry  # noqa: E402
-from fifo.guidance import CFGDenoiser, GuidedDenoiser, ModelDenoiser, compute_precision  # noqa: E402
+from fifo.guidance import CFGDenoiser, GuidedDenoiser, ModelDenoiser  # noqa: E402
 from fifo.noise import NoiseSource  # noqa: E402
 from fifo.options import Precision  # noqa: E402
 from fifo.perf import (  # noqa: E402
@@ -141,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=sorted(DTYPES),
         default=None,
-        help="fast path autocast dtype (default: fp16 on CUDA, fp32 on CPU); the sequential path is fp32",
+        help="fast path weights' dtype (default: fp16 on CUDA, fp32 on CPU); the sequential path is fp32",
     )
     p.add_argument(
         "--window_batch",
@@ -277,26 +279,25 @@ class Bench:
     auto_window_batch: int | None
     plan: FastPathPlan  # the fast path's execution plan
     allocator_tuned: bool
+    fast_model: LatentDiffusion  # the model in --dtype (the sequential path's fp32 model when fp32)
     fast_denoiser: ShardedDenoiser | None = None
 
     @property
     def guided(self) -> bool:
         return self.uncond is not None and self.args.guidance != 1.0
 
-    def denoiser(self, dtype: str, batch_branches: bool) -> GuidedDenoiser:
-        """The guided U-Net, under autocast unless fp32."""
-        model = ModelDenoiser(self.model, self.args.fps, Precision(dtype))
-        return CFGDenoiser(model, self.args.guidance, batch_branches=batch_branches)
-
     def path_denoiser(self, path: str) -> GuidedDenoiser:
-        """The path's denoiser, with the U-Net set up for it (the plan's execution on the fast
-        path, the published layers on the sequential one)."""
-        fast = path == "fast"
-        apply_execution(self.model.unet, self.plan.unet if fast else UNetExecution())
-        if not fast:
-            return self.denoiser("fp32", batch_branches=False)
+        """The path's guided denoiser, with its U-Net set up for it (the plan's execution in
+        ``--dtype`` on the fast path, the published layers in fp32 on the sequential one)."""
+        if path == "sequential":
+            apply_execution(self.model.unet, UNetExecution())
+            return CFGDenoiser(
+                ModelDenoiser(self.model, self.args.fps), self.args.guidance, batch_branches=False
+            )
+        apply_execution(self.fast_model.unet, self.plan.unet)
         if self.fast_denoiser is None:
-            self.fast_denoiser = ShardedDenoiser(self.denoiser(self.args.dtype, True), self.plan.shards)
+            guided = CFGDenoiser(ModelDenoiser(self.fast_model, self.args.fps), self.args.guidance)
+            self.fast_denoiser = ShardedDenoiser(guided, self.plan.shards)
         return self.fast_denoiser
 
     def step(self, path: str, queue: Tensor, noise: Tensor | None) -> Tensor:
@@ -320,9 +321,9 @@ class Bench:
         return math.ceil(n_windows / (self.window_batch or n_windows))
 
     def decode(self, z: Tensor) -> Tensor:
-        """(1, c, 1, h, w) latents → (1, 3, 1, H, W), as the generator decodes an output frame."""
-        with compute_precision(self.device, Precision(self.args.dtype)):
-            return self.model.decode_first_stage_2DAE(z).float()
+        """(1, c, 1, h, w) latents → (1, 3, 1, H, W), as the generator decodes an output frame
+        (the autoencoder stays fp32 whatever --dtype)."""
+        return self.model.decode_first_stage_2DAE(z).float()
 
 
 def setup(args: argparse.Namespace) -> Bench:
@@ -351,6 +352,10 @@ def setup(args: argparse.Namespace) -> Bench:
     window_batch = args.window_batch if args.window_batch is not None else auto
     if window_batch is not None and window_batch >= n_windows:
         window_batch = None  # all windows in one call
+    fast_model = model
+    if args.dtype != "fp32":  # the fast path's weights in --dtype; the sequential path keeps fp32
+        fast_model = copy.deepcopy(model)
+        fast_model.set_precision(Precision(args.dtype).torch_dtype)
     plan = plan_fast_path(device)
     if args.shards is not None:
         plan = replace(plan, shards=args.shards)
@@ -373,6 +378,7 @@ def setup(args: argparse.Namespace) -> Bench:
         auto,
         plan,
         tuned,
+        fast_model,
     )
 
 

@@ -102,6 +102,28 @@ class LatentDiffusion(nn.Module):
         """Pixels per latent cell (8 for the published autoencoder)."""
         return 2 ** (self.first_stage_model.decoder.num_resolutions - 1)
 
+    def set_precision(self, dtype: torch.dtype) -> None:
+        """Keep the denoising U-Net and the conditioning encoders' weights in ``dtype``.
+
+        Like diffusers' ``torch_dtype``: half the weight memory in fp16/bf16, no autocast. The
+        U-Net's group norms still compute in float32 (``GroupNorm32``). The autoencoder stays in
+        float32 (frames are decoded in float32, as published: one frame per iteration costs
+        little), and so do the noise schedule's buffers. Parameters are replaced, not converted
+        in place, so this also works on meta and fake tensors.
+        """
+        for part in self.low_precision_parts():
+            for module in part.modules():
+                for name, param in list(module._parameters.items()):
+                    if param is not None and param.is_floating_point() and param.dtype != dtype:
+                        module._parameters[name] = nn.Parameter(param.detach().to(dtype), requires_grad=False)
+                for name, buffer in list(module._buffers.items()):
+                    if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+                        module._buffers[name] = buffer.to(dtype)
+
+    def low_precision_parts(self) -> list[nn.Module]:
+        """What :meth:`set_precision` converts: the U-Net and the text encoder."""
+        return [self.model, self.cond_stage_model]
+
     # ------------------------------------------------------------------ conditioning
     @torch.no_grad()
     def get_learned_conditioning(self, texts: Sequence[str]) -> Tensor:
@@ -123,7 +145,7 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def decode_first_stage_2DAE(self, z: Tensor) -> Tensor:
         """Decode each frame with the 2D autoencoder: (b, c, t, h, w) → (b, 3, t, H, W) in ~[-1, 1]."""
-        z = z / self.scale_factor
+        z = z.to(self.first_stage_model.post_quant_conv.weight.dtype) / self.scale_factor
         frames = [self.first_stage_model.decode(z[:, :, i]) for i in range(z.shape[2])]
         return torch.stack(frames, dim=2)
 
@@ -177,6 +199,10 @@ class LatentVisualDiffusion(LatentDiffusion):
     @property
     def has_image_embedder(self) -> bool:
         return True
+
+    def low_precision_parts(self) -> list[nn.Module]:
+        """The U-Net, the text encoder, the CLIP image embedder and the Resampler."""
+        return [*super().low_precision_parts(), self.embedder, self.image_proj_model]
 
     @torch.no_grad()
     def get_image_embeds(self, images: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ fold a clip's frames into the batch, ``(b·t, n, c)``, and cross-attend the clip
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 
@@ -22,7 +23,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-ATTENTION_BACKENDS = ("sdpa", "xformers", "math")
+ATTENTION_BACKENDS = ("sdpa", "xformers", "math", "efficient")
+
+# CUDA launches attention kernels with the batch (and heads) on grid axes limited to 65,535
+# blocks: a larger batch fails with "invalid configuration argument". The temporal attention's
+# batch is samples·h·w (16 samples at 512x512: 65,536), so on CUDA it runs in slices below this.
+CUDA_MAX_ATTENTION_BATCH = 32768
 
 
 def xformers_available() -> bool:
@@ -49,11 +55,38 @@ def _attend_xformers(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return xformers.ops.memory_efficient_attention(q, k, v).transpose(1, 2)
 
 
+def _attend_efficient(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """PyTorch's memory-efficient CUDA kernel, called directly (what SDPA picks on a GPU; a plan
+    on fake CUDA tensors uses it to count the fused kernel's memory, not the math fallback's)."""
+    return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, False)[0]
+
+
 _KERNELS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
     "sdpa": _attend_sdpa,
     "math": _attend_math,
     "xformers": _attend_xformers,
+    "efficient": _attend_efficient,
 }
+
+
+def run_attention(backend: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attention with ``backend`` over q (b, heads, n, d), k and v (b, heads, m, d).
+
+    On CUDA a batch beyond the kernels' grid limit runs in slices (same result).
+    """
+    kernel = _KERNELS[backend]
+    if q.device.type != "cuda" or q.shape[0] <= CUDA_MAX_ATTENTION_BATCH:
+        return kernel(q, k, v)
+    return torch.cat(
+        [
+            kernel(
+                q[i : i + CUDA_MAX_ATTENTION_BATCH],
+                k[i : i + CUDA_MAX_ATTENTION_BATCH],
+                v[i : i + CUDA_MAX_ATTENTION_BATCH],
+            )
+            for i in range(0, q.shape[0], CUDA_MAX_ATTENTION_BATCH)
+        ]
+    )
 
 
 class AttnProcessor:
@@ -61,7 +94,8 @@ class AttnProcessor:
 
     Args:
         backend: ``"sdpa"`` (default, torch's fused kernels), ``"xformers"`` (CUDA only),
-            or ``"math"`` (explicit softmax, the numerical reference).
+            ``"math"`` (explicit softmax, the numerical reference) or ``"efficient"`` (PyTorch's
+            memory-efficient CUDA kernel, called directly).
     """
 
     def __init__(self, backend: str = "sdpa") -> None:
@@ -77,7 +111,7 @@ class AttnProcessor:
         self, attn: CrossAttention, x: Tensor, context: Tensor | None = None, context_repeats: int = 1
     ) -> Tensor:
         """x: (b·r, n, c), context: (b, m, d) or None (self-attention), r = ``context_repeats``."""
-        kernel = _KERNELS[self.backend]
+        kernel = functools.partial(run_attention, self.backend)
         q = self.process_query(attn, attn.to_q(x))
         if context is None:
             context, context_repeats = x, 1

@@ -14,6 +14,7 @@ under ``with torch.device("meta"):`` without allocating memory.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -60,35 +61,27 @@ def register_openclip_configs(folder: str | Path) -> None:
     logger.debug("Registered OpenCLIP model configs from %s", folder)
 
 
-class _DropRandomInitNotice(logging.Filter):
-    """Hide open_clip's "initialized randomly" warning: our weights always come from the checkpoint."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No pretrained weights loaded" not in record.getMessage()
-
-
 def _create_clip(arch: str) -> nn.Module:
     """Build the open_clip CLIP model ``arch`` without weights, on the current default device.
 
-    Unknown architectures are looked up in the project's ``configs/openclip`` folder. Never downloads.
+    The model class is built straight from open_clip's config (as ``open_clip.create_model``
+    does with ``pretrained=None``), without ``create_model``'s final ``.to(device)``: under
+    ``with torch.device(...)`` the parameters are made where they belong (the meta device, or a
+    fake device in a dry run, where moving them is not possible). Unknown architectures are
+    looked up in the project's ``configs/openclip`` folder. Never downloads.
     """
     if arch not in open_clip.list_models():
         register_openclip_configs(PROJECT_OPENCLIP_CONFIGS)
-    if arch not in open_clip.list_models():
+    config = open_clip.get_model_config(arch)
+    if config is None:
         raise ValueError(
             f"Unknown OpenCLIP architecture {arch!r}: put an OpenCLIP model config named {arch}.json "
             f"in {PROJECT_OPENCLIP_CONFIGS} (configs/openclip)."
         )
-    # The default device is "meta" inside `with torch.device("meta")`: nothing gets allocated then.
-    device = torch.get_default_device()
-    root = logging.getLogger()
-    notice_filter = _DropRandomInitNotice()
-    root.addFilter(notice_filter)  # open_clip logs through the root logger
-    try:
-        model = open_clip.create_model(arch, pretrained=None, precision="fp32", device=device)
-    finally:
-        root.removeFilter(notice_filter)
-    logger.debug("Built OpenCLIP %s on %s without pretrained weights", arch, device)
+    config = copy.deepcopy(config)
+    model_class = open_clip.CustomTextCLIP if config.pop("custom_text", False) else open_clip.CLIP
+    model = model_class(**config, cast_dtype=None)
+    logger.debug("Built OpenCLIP %s on %s without pretrained weights", arch, torch.get_default_device())
     return model
 
 
@@ -302,9 +295,9 @@ class FrozenOpenCLIPImageEmbedderV2(_FrozenOpenCLIPTower):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``(b, 3, h, w)`` in ``[-1, 1]`` -> CLIP-normalised ``(b, 3, 224, 224)``."""
-        x = resize_antialias(images, self.image_size, antialias=self.antialias)
+        x = resize_antialias(images.float(), self.image_size, antialias=self.antialias)
         x = (x + 1.0) / 2.0
-        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        return (x - self.mean.float().view(1, -1, 1, 1)) / self.std.float().view(1, -1, 1, 1)
 
     def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Transformer input: ``(b, 3, h, w)`` in ``[-1, 1]`` -> ``(b, 1 + grid**2, vision_width)``.
@@ -312,7 +305,7 @@ class FrozenOpenCLIPImageEmbedderV2(_FrozenOpenCLIPTower):
         Preprocess, patchify, prepend the class token, add positions, patch dropout, ``ln_pre``.
         """
         visual = self.model.visual
-        x = visual.conv1(self.preprocess(images))  # (b, d, grid, grid)
+        x = visual.conv1(self.preprocess(images).to(visual.conv1.weight.dtype))  # (b, d, grid, grid)
         x = x.flatten(2).transpose(1, 2)  # (b, grid**2, d)
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)

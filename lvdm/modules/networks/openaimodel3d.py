@@ -32,10 +32,12 @@ def timestep_embedding(timesteps: Tensor, dim: int, max_period: int = 10000) -> 
 
 
 class GroupNorm32(nn.GroupNorm):
-    """Group norm computed in float32 whatever the input dtype (stable under fp16)."""
+    """Group norm computed in float32 whatever the input and weight dtypes (stable under fp16)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -339,15 +341,21 @@ class UNetModel(nn.Module):
             layer.processor = processor() if processor is not None else AttnProcessor(backend)
 
     # ---------------------------------------------------------------------------- forward
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights, which the forward pass computes in (float32 in the norms)."""
+        return self.time_embed[0].weight.dtype
+
     def embed_time(self, timesteps: Tensor, batch: int, frames: int, fps: int | Tensor) -> Tensor:
         """Time (+ fps) embedding per frame: timesteps (b,) or (b, t) → (b·t, 4·model_channels)."""
         per_frame = timesteps.dim() == 2
-        emb = self.time_embed(timestep_embedding(timesteps.reshape(-1), self.model_channels))
+        dtype = self.dtype
+        emb = self.time_embed(timestep_embedding(timesteps.reshape(-1), self.model_channels).to(dtype))
         if not per_frame:
             emb = emb.repeat_interleave(frames, dim=0)
         if self.fps_cond:
             fps_t = torch.as_tensor(fps, device=timesteps.device).reshape(-1).expand(batch)
-            fps_emb = self.fps_embedding(timestep_embedding(fps_t, self.model_channels))
+            fps_emb = self.fps_embedding(timestep_embedding(fps_t, self.model_channels).to(dtype))
             emb = emb + fps_emb.repeat_interleave(frames, dim=0)
         return emb
 
@@ -373,9 +381,12 @@ class UNetModel(nn.Module):
                 temporal attention) see no context: they run once per clip, and each branch
                 continues from a copy. The result equals k separate calls.
         Returns:
-            (k·b, out_channels, t, h, w): the noise of every clip under each of its contexts.
+            (k·b, out_channels, t, h, w): the noise of every clip under each of its contexts, in
+            the dtype of ``x`` (the layers compute in the weights' dtype, see :attr:`dtype`).
         """
         b, _, t, _, _ = x.shape
+        out_dtype = x.dtype
+        x, context = x.to(self.dtype), context.to(self.dtype)
         if timesteps.dim() == 2 and timesteps.shape != (b, t):
             raise ValueError(
                 f"per-frame timesteps must have shape (b, t) = {(b, t)}, got {tuple(timesteps.shape)}"
@@ -401,4 +412,4 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb, context, b)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, b)
-        return rearrange(self.out(h).type(x.dtype), "(b t) c h w -> b c t h w", b=b)
+        return rearrange(self.out(h).type(out_dtype), "(b t) c h w -> b c t h w", b=b)
