@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,34 @@ def build_parser() -> argparse.ArgumentParser:
         "code's order: reproduces the published fork's video for a seed on the same device and dtype)",
     )
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="check every input, then plan the run on fake tensors on the target device (memory, FLOPs, "
+        "U-Net calls per frame) in seconds, without computing it; works for a GPU this machine does not have",
+    )
+    p.add_argument(
+        "--max_memory",
+        type=parse_memory,
+        default=None,
+        metavar="SIZE",
+        help="device memory the run may use, e.g. 24GiB (default: the GPU's total); a dry run or a run "
+        "whose plan needs more stops with the settings that would fit",
+    )
     return p
+
+
+_MEMORY_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_MEMORY_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_memory(text: str) -> int:
+    """'24GiB', '24 GB', '1.5gib', '2000000000' → bytes (argparse type)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _MEMORY_UNITS or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size: use e.g. 24GiB, 16GB or 512MiB")
+    return int(float(match.group(1)) * _MEMORY_UNITS[unit])
 
 
 # ------------------------------------------------------------------------------------------ logging
@@ -205,6 +233,8 @@ class RunRequest:
     rank: int
     world: int
     torchrun: bool
+    dry_run: bool = False
+    max_memory: int | None = None
 
 
 def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
@@ -214,8 +244,9 @@ def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
     return args.rank, args.num_processes, False
 
 
-def resolve_device(requested: str | None, torchrun: bool) -> str:
-    """The device to run on; a clear error when CUDA is asked for and absent."""
+def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False) -> str:
+    """The device to run on; a clear error when CUDA is asked for and absent (a dry run plans for
+    a device it does not need to have)."""
     import torch
 
     if requested is None:
@@ -224,6 +255,8 @@ def resolve_device(requested: str | None, torchrun: bool) -> str:
         device = torch.device(requested)
     except RuntimeError as err:
         raise UsageError(f"--device {requested}: not a device; use cuda, cuda:N or cpu") from err
+    if device.type == "cuda" and dry_run and not torch.cuda.is_available():
+        return "cuda" if device.index is None else str(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(
@@ -260,7 +293,10 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
         output_fps=args.output_fps,
         batched=not args.sequential,
         window_batch=args.window_batch,
-        dtype=Precision(args.dtype) if args.dtype else Precision.default_for(device),
+        # --sequential is the published path: fp32 unless asked otherwise.
+        dtype=Precision(args.dtype)
+        if args.dtype
+        else (Precision.FP32 if args.sequential else Precision.default_for(device)),
         progress=not args.no_progress,
         rng=NoiseOrder(args.rng),
     )
@@ -268,7 +304,7 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
 
 def _check_cpu_size(args: argparse.Namespace, device: str, cfg: dict) -> None:
     """Refuse a full-size model with random weights on a CPU: hours of work nobody asked for."""
-    if not args.random_init or not device.startswith("cpu") or args.allow_full_on_cpu:
+    if not args.random_init or not device.startswith("cpu") or args.allow_full_on_cpu or args.dry_run:
         return
     from lvdm.build import count_parameters, resolve_config_path
 
@@ -278,6 +314,21 @@ def _check_cpu_size(args: argparse.Namespace, device: str, cfg: dict) -> None:
             f"--random_init with {args.config} builds the full-size model ({parameters / 1e9:.1f} B "
             "parameters) on a CPU: hours per video. For a demo or a test use --config "
             "configs/tiny_t2v.yaml (or configs/tiny_i2v.yaml); to run it anyway pass --allow_full_on_cpu."
+        )
+
+
+def _check_attention(backend: str, device: str) -> None:
+    """xformers: CUDA only and optional; found out now, not at the first attention call."""
+    if backend != "xformers":
+        return
+    from lvdm.modules.attention import xformers_available
+
+    if not device.startswith("cuda"):
+        raise UsageError(f"--attention xformers runs on CUDA only, not on {device}: use --attention sdpa")
+    if not xformers_available():
+        raise UsageError(
+            "--attention xformers: the xformers package is not installed (pip install xformers, matching "
+            "your torch and CUDA); --attention sdpa (the default) uses PyTorch's fused kernels instead"
         )
 
 
@@ -300,12 +351,18 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         raise UsageError("--ckpt_path is required (or --random_init for tests and demos)")
     jobs = parse_prompt_file(args.prompt_file, image_mode=mode.main.takes_input_image)
     rank, world, torchrun = distributed_rank(args)
-    device = resolve_device(args.device, torchrun)
+    device = resolve_device(args.device, torchrun, args.dry_run)
     cfg = load_config(args.config)
     facts = config_facts(cfg)
     settings = settings_from_args(args, facts, device)
+    if settings.dtype.value == "fp16" and device.startswith("cpu"):
+        raise UsageError(
+            "--dtype fp16 on a CPU: PyTorch's CPU kernels do not all run (or run fast) in fp16; "
+            "use --dtype bf16 or fp32 there"
+        )
     check_model_fits(facts, mode, settings, args.config)
     _check_cpu_size(args, device, cfg)
+    _check_attention(args.attention, device)
 
     defaults = settings_from_args(build_parser().parse_args(["-p", args.prompt_file]), facts, device)
     experiment = safe_name(args.experiment) if args.experiment else experiment_name(mode, settings, defaults)
@@ -349,6 +406,8 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         rank=rank,
         world=world,
         torchrun=torchrun,
+        dry_run=args.dry_run,
+        max_memory=args.max_memory,
     )
 
 
@@ -364,7 +423,80 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ModeError, PromptFileError, ConfigError, OutputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return run(request)
+    return dry_run(request) if request.dry_run else run(request)
+
+
+def dry_run(request: RunRequest) -> int:
+    """Plan the run (``--dry_run``): the model built on fake tensors on the target device, each stage
+    of the first prompt run once; print the plan, then the same as one JSON line."""
+    import json
+    import time
+
+    import torch
+
+    from fifo.generator import FifoGenerator
+    from fifo.perf import FastPathPlan, plan_fast_path
+    from fifo.plan import fake_tensors, plan_run
+    from lvdm.build import build_model
+
+    r = request
+    start = time.perf_counter()
+    fake = fake_tensors()
+    with fake, torch.device(r.device):
+        model = build_model(r.config)
+        model.set_precision(r.settings.dtype.torch_dtype)
+    # On CUDA, SDPA runs fused kernels; on fake tensors without a GPU it would fall back to the
+    # math kernel and count the whole attention matrix: plan with the memory-efficient kernel.
+    model.unet.set_attn_processor(
+        "efficient" if r.device.startswith("cuda") and r.attention != "math" else r.attention
+    )
+    seconds_to_model = time.perf_counter() - start
+    # The dry run computes in one thread: the CPU plan's parallel slices do not change memory or FLOPs.
+    cpu_plan = FastPathPlan(shards=1, unet=plan_fast_path(r.device).unet) if r.settings.batched else None
+
+    def build_generator(settings: GenerationSettings) -> FifoGenerator:
+        return FifoGenerator(model, r.mode, settings, "dry-run", plan=cpu_plan)
+
+    budget = r.max_memory
+    if budget is None and r.device.startswith("cuda") and torch.cuda.is_available():
+        budget = torch.cuda.get_device_properties(torch.device(r.device)).total_memory
+    plan = plan_run(build_generator, model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds_to_model)
+    plan.attention = (
+        r.attention if plan.attention == r.attention else f"{r.attention} (planned as {plan.attention})"
+    )
+    for line in plan.lines():
+        logger.info("plan: %s", line)
+    if not plan.fits:
+        print(f"error: {memory_advice(plan, r.settings)}", file=sys.stderr)
+        print(json.dumps(plan.json()))
+        return 2
+    print(json.dumps(plan.json()))
+    return 0
+
+
+def memory_advice(plan, settings: GenerationSettings) -> str:
+    """Why a plan does not fit, and which of --window_batch / --dtype / --sequential would."""
+    gib = 2**30
+    need = f"the run needs {plan.peak_memory_bytes / gib:.2f} GiB of device memory at its peak"
+    have = f"{plan.budget_bytes / gib:.2f} GiB are available (--max_memory, or the GPU's total)"
+    options = []
+    fixed = plan.peak_memory_bytes - plan.window_batch * plan.per_window_bytes
+    fitting = (plan.budget_bytes - fixed) // plan.per_window_bytes if plan.per_window_bytes else 0
+    if settings.batched and 1 <= fitting < plan.window_batch:
+        options.append(f"--window_batch {fitting}")
+    if settings.dtype.value == "fp32" and plan.peak_memory_bytes / 2 <= plan.budget_bytes:
+        options.append("--dtype fp16 (or bf16): weights and activations take half")
+    if (
+        settings.batched
+        and fixed + plan.per_window_bytes // 2 <= plan.budget_bytes < fixed + plan.per_window_bytes
+    ):
+        options.append("--sequential: one window and one guidance branch per call")
+    if options:
+        return f"{need}, but {have}. It would fit with " + ", or ".join(options) + "."
+    return (
+        f"{need}, but {have}, and no --window_batch, --dtype or --sequential setting brings it below "
+        f"that (the weights alone take {plan.weights_bytes / gib:.2f} GiB): use a device with more memory."
+    )
 
 
 def run(request: RunRequest) -> int:
@@ -373,6 +505,7 @@ def run(request: RunRequest) -> int:
     from fifo.generator import FifoGenerator
     from fifo.outputs import OutputError, create_folder
     from fifo.perf import tune_cpu_allocator
+    from fifo.run import NonFiniteError
     from lvdm.build import load_model, model_identity
     from lvdm.checkpoint import CheckpointError
 
@@ -409,7 +542,11 @@ def run(request: RunRequest) -> int:
     results = []
     with torch.inference_mode(), contextlib.closing(generator):
         for job in my_jobs:
-            result = generator.run(job, r.layout.root, r.layout.experiment, r.layout.cache_dir)
+            try:
+                result = generator.run(job, r.layout.root, r.layout.experiment, r.layout.cache_dir)
+            except NonFiniteError as err:
+                print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
+                return 1
             results.append(result)
             logger.info(
                 "done: %d frames in %.1fs → %s%s",

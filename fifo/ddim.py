@@ -17,7 +17,9 @@ from fifo.schedule import DDIMSchedule
 
 def _gather(values: Tensor, index: int | Tensor, like: Tensor) -> Tensor:
     """values[index] shaped to broadcast over ``like`` (b, c, t, h, w)."""
-    idx = torch.as_tensor(index).to(values.device)
+    if isinstance(index, int):  # a Python index: no tensor whose value would have to be read
+        return values[index].to(device=like.device, dtype=like.dtype).reshape(1, 1, 1, 1, 1)
+    idx = index.to(values.device)
     out = values[idx].to(device=like.device, dtype=like.dtype)
     if idx.dim() == 0:
         return out.reshape(1, 1, 1, 1, 1)
@@ -71,14 +73,17 @@ def sample_ddim(
     use_scale: bool,
     noise: NoiseSource | None = None,
     progress: bool = True,
+    max_steps: int | None = None,
 ) -> Tensor:
     """Denoise a clip from x_T (b, c, t, h, w) through every schedule step → clean latents.
 
-    ``noise`` gives each step's DDIM noise (needed when the schedule's eta > 0).
+    ``noise`` gives each step's DDIM noise (needed when the schedule's eta > 0). ``max_steps``
+    stops early (the latents are then not clean: for planning a run).
     """
     x = x_T
-    timesteps = schedule.timesteps.tolist()  # one host transfer, not one per step
-    for index in tqdm(range(schedule.num_steps - 1, -1, -1), desc="base clip (DDIM)", disable=not progress):
+    timesteps = schedule.timestep_values.tolist()  # host values: the device is never waited for
+    indices = list(range(schedule.num_steps - 1, -1, -1))[:max_steps]
+    for index in tqdm(indices, desc="base clip (DDIM)", disable=not progress):
         t = torch.full((x.shape[0],), timesteps[index], device=x.device, dtype=torch.long)
         eps = denoise(x, t, cond, uncond)
         if noise is None and schedule.eta > 0:

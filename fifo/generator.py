@@ -27,8 +27,9 @@ from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
+from fifo.plan import window_memory
 from fifo.prompts import PromptJob
-from fifo.run import FifoSampler, to_uint8_frames
+from fifo.run import FifoSampler, check_finite, to_uint8_frames
 from fifo.schedule import DDIMSchedule
 from fifo.sinks import FrameSink, PngSink, VideoSink
 from fifo.tricks.qcache import set_qcache
@@ -90,10 +91,17 @@ class FifoGenerator:
         mode: the parsed ``--mode``.
         settings: sampling/output settings.
         model_id: fingerprint of the weights (``lvdm.build.model_identity``), for the cache.
+        plan: how batched calls run (default: ``plan_fast_path`` of the device on the batched
+            path, the published layers on the sequential one).
     """
 
     def __init__(
-        self, model: LatentDiffusion, mode: ModeOptions, settings: GenerationSettings, model_id: str
+        self,
+        model: LatentDiffusion,
+        mode: ModeOptions,
+        settings: GenerationSettings,
+        model_id: str,
+        plan: FastPathPlan | None = None,
     ) -> None:
         check_model_fits(model_facts(model), mode, settings, "this model")
         self.model, self.mode, self.settings, self.model_id = model, mode, settings, model_id
@@ -108,19 +116,16 @@ class FifoGenerator:
         # How the FIFO windows run: batched on the fast path (window chunks, on CPU parallel
         # slices and the plan's layer variants), or one window and one branch per call with
         # the layers as published (--sequential).
-        self.window_batch = settings.window_batch if settings.batched else 1
-        if self.window_batch is None:
-            self.window_batch = auto_window_batch(
-                model,
-                self.geometry,
-                self.latent_hw,
-                self.device,
-                settings.dtype.itemsize,
-                guidance=settings.guidance != 1.0,
-            )
-        self.plan = plan_fast_path(self.device) if settings.batched else FastPathPlan()
+        if plan is None:
+            plan = plan_fast_path(self.device) if settings.batched else FastPathPlan()
+        self.plan = plan
         apply_execution(model.unet, self.plan.unet)
         n_windows = len(self.geometry.windows())
+        self.window_batch = settings.window_batch if settings.batched else 1
+        if self.window_batch is None:
+            guided = settings.guidance != 1.0
+            memory = window_memory(model, self.geometry.video_length, self.latent_hw, guided, n_windows)
+            self.window_batch = auto_window_batch(n_windows, memory, self.device)
         if settings.batched:
             per_call = "all" if self.window_batch is None else min(self.window_batch, n_windows)
             logger.info(
@@ -144,12 +149,8 @@ class FifoGenerator:
             zeros = torch.zeros(1, 3, 224, 224, device=self.device)
             self.uncond_context = torch.cat([self.uncond_context, model.get_image_embeds(zeros)], dim=1)
         # --rng published: one stream for the whole process, seeded once (as the published
-        # seed_everything) and continued over the prompts.
-        self.published_noise = (
-            NoiseSource.seeded(settings.seed, self.device, NoiseOrder.PUBLISHED)
-            if settings.rng is NoiseOrder.PUBLISHED
-            else None
-        )
+        # seed_everything) when the first video starts, and continued over the prompts.
+        self._published_noise: NoiseSource | None = None
         self.sampler = FifoSampler(
             model,
             mode,
@@ -184,9 +185,11 @@ class FifoGenerator:
         Default: two fresh streams seeded from ``--seed``, so that a cached base clip gives the
         same video as a freshly sampled one. ``--rng published``: the process's one stream.
         """
-        if self.published_noise is not None:
-            return self.published_noise, self.published_noise
         s = self.settings
+        if s.rng is NoiseOrder.PUBLISHED:
+            if self._published_noise is None:
+                self._published_noise = NoiseSource.seeded(s.seed, self.device, NoiseOrder.PUBLISHED)
+            return self._published_noise, self._published_noise
         return (
             NoiseSource.seeded(s.seed, self.device),
             NoiseSource.seeded(derived_seed(s.seed, "fifo"), self.device),
@@ -200,7 +203,8 @@ class FifoGenerator:
         """
         s = self.settings
         image_digest = hashlib.sha256(job.image.read_bytes()).hexdigest() if job.image else None
-        rng = {} if self.published_noise is None or noise is None else {"rng": noise.fingerprint()}
+        published = self.settings.rng is NoiseOrder.PUBLISHED
+        rng = {"rng": noise.fingerprint()} if published and noise is not None else {}
         return rng | {
             "model": self.model_id,
             "prompt": job.prompt,
@@ -214,7 +218,31 @@ class FifoGenerator:
             "fps": s.fps,
             "dtype": s.dtype.value,
             "mode_main": self.mode.main.value,
+            # CPU and CUDA generators draw different numbers from the same seed.
+            "device": self.device.type,
         }
+
+    def sample_base_clip(
+        self, cond: Tensor, noise: NoiseSource, steps: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Sample a base clip from fresh noise: (x_T, latents), both (1, c, f, h, w).
+
+        ``steps`` stops after that many DDIM steps (a dry run plans one); None runs them all.
+        """
+        shape = (1, self.model.channels, self.settings.video_length, *self.latent_hw)
+        x_T = noise.latents(shape)
+        latents = sample_ddim(
+            self.base_denoiser,
+            x_T,
+            self.schedule,
+            cond,
+            self.uncond_context,
+            use_scale=self.model.use_scale,
+            noise=noise,
+            progress=self.settings.progress and steps is None,
+            max_steps=steps,
+        )
+        return x_T, latents
 
     def base_clip(
         self, job: PromptJob, cond: Tensor, cache_dir: Path, noise: NoiseSource
@@ -223,7 +251,6 @@ class FifoGenerator:
         key = self.cache_key(job, noise)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         cache_file = cache_dir / f"{digest}.pt"
-        shape = (1, self.model.channels, self.settings.video_length, *self.latent_hw)
         if cache_file.is_file():
             try:
                 cached = torch.load(cache_file, map_location="cpu", weights_only=True)
@@ -235,19 +262,10 @@ class FifoGenerator:
                 if "noise_after" in cached:  # the stream continues where sampling left it
                     noise.load_state_dict(cached["noise_after"])
                 return cached["latents"].to(self.device), True
-        x_T = noise.latents(shape)
-        latents = sample_ddim(
-            self.base_denoiser,
-            x_T,
-            self.schedule,
-            cond,
-            self.uncond_context,
-            use_scale=self.model.use_scale,
-            noise=noise,
-            progress=self.settings.progress,
-        )
+        x_T, latents = self.sample_base_clip(cond, noise)
+        check_finite(latents, "the base clip's latents")
         payload = {"key": key, "x_T": x_T.cpu(), "latents": latents.cpu()}
-        if self.published_noise is not None:
+        if self.settings.rng is NoiseOrder.PUBLISHED:
             payload["noise_after"] = noise.state_dict()
         _atomic_save(payload, cache_file)
         return latents, False
@@ -267,11 +285,13 @@ class FifoGenerator:
         cond = with_image_tokens(conditioning.first_text, image_tokens)
         base, cached = self.base_clip(job, cond, cache_dir or output_root / "latents", base_noise)
         base_video = self.sampler.decode(base)
+        check_finite(base_video, "the decoded base clip")
         with VideoWriter(exp_dir / "origin.gif", fps=s.output_fps) as origin:
             for frame in to_uint8_frames(base_video):
                 origin.write(frame)
         if self.mode.seeds_image:
             image_tokens = self.sampler.image_tokens(base_video[:, :, 0])
+            check_finite(image_tokens, "the seeding image tokens")
 
         video_path = prompt_dir / f"{experiment}{'.mp4' if s.use_mp4 else '.gif'}"
         sinks: list[FrameSink] = [VideoSink(video_path, s.output_fps)]

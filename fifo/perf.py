@@ -5,7 +5,8 @@
   cache-sized chunks, temporal convolutions as the equivalent 2D ones) by swapping those layers
   for variants that compute the same thing differently; the model modules stay as published.
 - :class:`ShardedDenoiser` splits a batched call into parallel slices (CPU).
-- :func:`auto_window_batch` picks how many windows go in one call from the memory at hand.
+- :func:`auto_window_batch` picks how many windows go in one call from the memory at hand and
+  the memory per window measured on fake tensors (:func:`fifo.plan.window_memory`).
 - :func:`tune_cpu_allocator` keeps glibc from mapping fresh pages for every large tensor.
 """
 
@@ -18,24 +19,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fifo.geometry import FifoGeometry
 from lvdm.modules.attention import SpatialTransformer, TemporalTransformer
 from lvdm.modules.networks.openaimodel3d import TemporalConv
 from tools.memory import current_rss_bytes, total_ram_bytes
 
+if TYPE_CHECKING:
+    from fifo.plan import WindowMemory
+
 logger = logging.getLogger(__name__)
 
-# Live activation elements per (frame · latent position), in units of the U-Net's widths
-# (see window_activation_bytes): skip connections + current features, and transformer working set.
-SKIP_FACTOR = 6
-TRANSFORMER_FACTOR = 20
-# Margin on top of the estimate (allocator fragmentation, kernel workspaces, dtype copies).
-SAFETY = 1.5
 # Share of free device memory that the batch may plan to use, and memory held back for
 # workspaces (cuDNN/cuBLAS) that the allocator does not show.
 CUDA_FREE_FRACTION = 0.85
@@ -310,149 +308,57 @@ def tune_cpu_allocator(mmap_threshold: int = 2**30) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class UNetWidths:
-    """The U-Net widths that set its activation memory at full latent resolution.
-
-    Attributes:
-        model_channels: C, the channels of the full-resolution level.
-        widest: the widest token dimension of a transformer at full resolution (C, or the
-            extra initial temporal attention's 8 · num_head_channels when that is wider).
-        heads: attention heads of the full-resolution spatial transformer.
-        attention_backend: ``"sdpa"``, ``"xformers"`` or ``"math"`` (only ``"math"``
-            materialises the attention matrix).
-    """
-
-    model_channels: int
-    widest: int
-    heads: int
-    attention_backend: str = "sdpa"
-
-
-def unet_widths(model: nn.Module) -> UNetWidths:
-    """Read :class:`UNetWidths` from a LatentDiffusion (``model.unet``) or a bare UNetModel."""
-    unet = getattr(model, "unet", model)
-    channels = int(unet.model_channels)
-    widest, heads = channels, 1
-    init_attn = getattr(unet, "init_attn", None)
-    if init_attn is not None:
-        for layer in init_attn.modules():
-            if isinstance(layer, TemporalTransformer):
-                widest = max(widest, int(layer.transformer_blocks[0].attn1.to_q.out_features))
-    for layer in unet.input_blocks.modules():
-        if isinstance(layer, SpatialTransformer):  # the first one sits at full resolution
-            heads = int(layer.transformer_blocks[0].attn1.heads)
-            break
-    return UNetWidths(channels, widest, heads, str(getattr(unet, "attention_backend", "sdpa")))
-
-
-def window_activation_bytes(
-    widths: UNetWidths, frames: int, latent_hw: tuple[int, int], dtype_bytes: int, guidance: bool = True
-) -> int:
-    """Conservative peak activation memory that one FIFO window adds to a U-Net call.
-
-    The estimate, per sample (one window, one guidance branch) of ``frames`` = t frames at
-    latent size h × w, with N = t·h·w latent positions::
-
-        bytes ≈ SAFETY · dtype_bytes · N · (SKIP_FACTOR · C + TRANSFORMER_FACTOR · W)
-
-    - ``SKIP_FACTOR · C``: the encoder's skip connections stay alive until the decoder uses
-      them. With channel_mult (1, 2, 4, 4) and 2 res blocks they sum to ≈ 5.1 · N · C
-      elements (3 full-resolution maps, the rest at 1/4, 1/16, 1/64 of the positions), plus
-      the current feature map: 6.
-    - ``TRANSFORMER_FACTOR · W``: the largest transient, a full-resolution transformer's
-      GEGLU feed-forward on W-wide tokens: its projection (8W), the gelu of the gate (4W),
-      the gated product (4W), the norm output and the residual (2W): ≈ 18W, rounded to 20.
-      W is the widest full-resolution token width: C for the spatial/temporal
-      transformers, 8 · num_head_channels for VideoCrafter's extra initial temporal
-      attention (512 against C = 320 in VideoCrafter2, 4·C in the benchmark's small models).
-    - ``SAFETY`` (1.5): allocator fragmentation, float32 copies inside the group norms under
-      fp16 autocast, kernel workspaces.
-
-    Measured on CPU in fp32 (peak RSS growth of one fast-path FIFO iteration, 8 windows ×
-    2 branches, ``scripts/benchmark.py --preset medium``: C = 32, W = 64, 16 frames of 16×16):
-    ≈ 1,390 elements per position, against 1,472 for the bracket above before the safety
-    margin (estimate with margin: 552 MiB, measured: 347 MiB). The ``"math"`` attention
-    backend also materialises the full-resolution spatial attention scores and their softmax,
-    2 · heads · (h·w)² per frame, which are added. With ``guidance`` both branches of a window
-    share the call: twice the per-sample memory. Weights are not counted (they are in memory
-    before the estimate is used; the model runs without autograd, so autocast keeps no
-    low-precision copies of them).
-    """
-    h, w = latent_hw
-    positions = frames * h * w
-    elements = positions * (SKIP_FACTOR * widths.model_channels + TRANSFORMER_FACTOR * widths.widest)
-    if widths.attention_backend == "math":
-        elements += 2 * frames * widths.heads * (h * w) ** 2
-    branches = 2 if guidance else 1
-    return int(SAFETY * dtype_bytes * elements) * branches
-
-
-def auto_window_batch(
-    model: nn.Module,
-    geometry: FifoGeometry,
-    latent_hw: tuple[int, int],
-    device: str | torch.device,
-    dtype_bytes: int,
-    guidance: bool = True,
-) -> int | None:
-    """Windows per U-Net call for the batched FIFO path.
+def auto_window_batch(n_windows: int, memory: WindowMemory, device: str | torch.device) -> int | None:
+    """Windows per U-Net call for the batched FIFO path, from the measured memory per window.
 
     Args:
-        model: the LatentDiffusion (or its UNetModel), already on ``device``.
-        geometry: the FIFO queue layout (frames per window, number of windows).
-        latent_hw: latent (h, w).
+        n_windows: windows per iteration.
+        memory: a call's activation memory per window and beyond it
+            (:func:`fifo.plan.window_memory`, measured on fake tensors with the model as it runs).
         device: where the U-Net runs.
-        dtype_bytes: bytes per activation element (4 for fp32, 2 under fp16/bf16 autocast).
-        guidance: classifier-free guidance on (each window is two samples in the call).
     Returns:
-        CUDA: an int in [1, number of windows]: as many windows as fit in
-        ``CUDA_FREE_FRACTION`` of the free device memory (free + cached by PyTorch, less
-        ``CUDA_RESERVE_BYTES``) at :func:`window_activation_bytes` each. Never below 1, so
-        with guidance a single window still needs two samples' activations: where even
-        that does not fit, only the sequential path (``batched=False``) fits.
-        CPU and other devices: None (all windows in one call) unless all windows would need
-        more than ``CPU_RAM_FRACTION`` of the RAM (less what this process holds); then the
-        number that fits, at least 1.
+        CUDA: an int in [1, n_windows]: as many windows as fit in ``CUDA_FREE_FRACTION`` of the
+        free device memory (free + cached by PyTorch, less ``CUDA_RESERVE_BYTES``). Never below 1,
+        so with guidance a single window still needs two samples' activations: where even that
+        does not fit, only the sequential path fits.
+        CPU and other devices: None (all windows in one call) unless all windows would need more
+        than ``CPU_RAM_FRACTION`` of the RAM (less what this process holds); then the number that
+        fits, at least 1.
     """
     device = torch.device(device)
-    n_windows = len(geometry.windows())
-    per_window = max(
-        1,
-        window_activation_bytes(unet_widths(model), geometry.video_length, latent_hw, dtype_bytes, guidance),
-    )
+    per_window = memory.per_window_bytes
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        budget = CUDA_FREE_FRACTION * (free + cached) - CUDA_RESERVE_BYTES
+        budget = CUDA_FREE_FRACTION * (free + cached) - CUDA_RESERVE_BYTES - memory.fixed_bytes
         fits = int(budget // per_window)
         chosen = min(n_windows, max(1, fits))
         if fits < 1:
             logger.warning(
-                "auto window batch: even one window (%.2f GiB estimated) may not fit in %.2f GiB; "
-                "the sequential path (one guidance branch per call) needs half of that with guidance",
-                per_window / 2**30,
-                budget / 2**30,
+                "auto window batch: even one window (%.2f GiB measured) may not fit in %.2f GiB; "
+                "the sequential path (one guidance branch per call) needs about half of that",
+                memory.for_windows(1) / 2**30,
+                (budget + memory.fixed_bytes) / 2**30,
             )
         logger.info(
-            "auto window batch: %d of %d windows per call (%.2f GiB per window, %.2f GiB budget)",
+            "auto window batch: %d of %d windows per call (%.2f GiB per window, %.2f GiB free)",
             chosen,
             n_windows,
             per_window / 2**30,
-            budget / 2**30,
+            (budget + memory.fixed_bytes) / 2**30,
         )
         return chosen
     total = total_ram_bytes()
     if total <= 0:
         return None
     budget = CPU_RAM_FRACTION * total - current_rss_bytes()
-    if n_windows * per_window <= budget:
+    if memory.for_windows(n_windows) <= budget:
         return None
-    chosen = min(n_windows, max(1, int(budget // per_window)))
+    chosen = min(n_windows, max(1, int((budget - memory.fixed_bytes) // per_window)))
     logger.info(
         "auto window batch: %d of %d windows per call (all would need %.2f GiB of RAM)",
         chosen,
         n_windows,
-        n_windows * per_window / 2**30,
+        memory.for_windows(n_windows) / 2**30,
     )
     return chosen

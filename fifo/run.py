@@ -10,6 +10,7 @@ PNG writers, progress, a state saver, another rank) sits around the loop, not in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import maybe_get_fake_mode
 
 from fifo.conditioning import VideoConditioning
 from fifo.geometry import FifoGeometry
@@ -25,6 +27,28 @@ from fifo.noise import NoiseSource
 from fifo.options import ModeOptions
 from fifo.schedule import DDIMSchedule
 from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue
+
+
+class NonFiniteError(RuntimeError):
+    """NaN or infinite values in a stage of the run: stopping beats writing garbage frames."""
+
+
+def check_finite(tensor: Tensor, stage: str, iteration: int | None = None) -> None:
+    """Raise :class:`NonFiniteError` naming the stage (and iteration) if ``tensor`` has NaN or inf.
+
+    One reduction and one host sync per call; fake tensors (a planned run) hold no values and pass.
+    """
+    if maybe_get_fake_mode(tensor) is not None or bool(torch.isfinite(tensor).all()):
+        return
+    where = stage if iteration is None else f"{stage} at FIFO iteration {iteration}"
+    hint = (
+        " Half precision overflows first: try --dtype bf16 or --dtype fp32."
+        if tensor.dtype in (torch.float16, torch.bfloat16) or stage != "the decoded frame"
+        else ""
+    )
+    raise NonFiniteError(
+        f"non-finite values (NaN or inf) in {where}; the run stopped, nothing more was written.{hint}"
+    )
 
 
 def to_uint8_frames(video: Tensor) -> np.ndarray:
@@ -87,21 +111,26 @@ class StepHook:
         """Called with each iteration's dequeued latent (1, c, 1, h, w), before the shift."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class StepOutput:
     """What one iteration produced.
 
     Attributes:
         iteration: the iteration's number (0-based).
         latent: (1, c, 1, h, w), the dequeued (clean) latent, also during the warm-up.
-        frame: (H, W, 3) uint8, the dequeued output frame; None during the warm-up.
+        video: (1, 3, 1, H, W) in ~[-1, 1], the decoded output frame; None during the warm-up.
         frame_index: the frame's index in the video, or None.
     """
 
     iteration: int
     latent: Tensor
-    frame: np.ndarray | None = None
+    video: Tensor | None = None
     frame_index: int | None = None
+
+    @functools.cached_property
+    def frame(self) -> np.ndarray | None:
+        """The output frame as (H, W, 3) uint8 (converted when first asked for), or None."""
+        return None if self.video is None else to_uint8_frames(self.video)[0]
 
 
 class FifoSampler:
@@ -166,6 +195,7 @@ class FifoSampler:
         )
         for hook in self.hooks:
             queue = hook.after_windows(self, state, queue)
+        check_finite(queue, "the queue", it)
         keep = it >= geo.discarded_frames()
         clean = queue[:, :, geo.output_slot : geo.output_slot + 1]
         for hook in self.hooks:
@@ -173,11 +203,13 @@ class FifoSampler:
         output = StepOutput(it, clean)
         if keep or self.mode.reseeds_each_frame:
             frame_video = self.decode(clean)
+            check_finite(frame_video, "the decoded frame", it)
             if self.mode.reseeds_each_frame:
                 # Replace (never append) the image tokens with the newest frame's.
                 state.image_tokens = self.image_tokens(frame_video[:, :, 0])
+                check_finite(state.image_tokens, "the re-seeded image tokens", it)
             if keep:
-                output = StepOutput(it, clean, to_uint8_frames(frame_video)[0], state.frames_emitted)
+                output = StepOutput(it, clean, frame_video, state.frames_emitted)
                 state.frames_emitted += 1
         state.queue = shift_queue(queue, self.tail_sampler(queue, state.noise))
         state.iteration += 1

@@ -7,11 +7,12 @@ sub-schedule it needs with :meth:`DDIMSchedule.from_model`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import maybe_get_fake_mode
 
 
 def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
@@ -21,7 +22,13 @@ def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarra
 
 @dataclass(frozen=True)
 class DDIMSchedule:
-    """The DDIM sub-schedule, indexed by step index (0 = least noisy). All arrays (steps,)."""
+    """The DDIM sub-schedule, indexed by step index (0 = least noisy). All arrays (steps,).
+
+    The tensors live where the sampler computes (:meth:`to`); the same values stay on the host
+    as numpy arrays (``timestep_values``, ``alpha_values``) for what the sampler decides in Python
+    (which timestep comes next, a slot's noise level), so that it never waits for the device and
+    also runs on fake tensors, which carry no values.
+    """
 
     timesteps: Tensor  # int64
     alphas: Tensor  # float64: ᾱ at each DDIM timestep
@@ -30,9 +37,11 @@ class DDIMSchedule:
     scale_arr: Tensor | None  # float64 latent scale (use_scale models), else None
     scale_arr_prev: Tensor | None
     eta: float = 0.0  # kept so samplers know whether to draw noise without reading a device tensor
+    timestep_values: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    alpha_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def to(self, device: torch.device | str) -> DDIMSchedule:
-        """The same schedule on ``device`` (the sampler then never syncs with the host)."""
+        """The same schedule with its tensors on ``device`` (the host values stay)."""
 
         def move(value: object) -> object:
             return value.to(device) if isinstance(value, Tensor) else value
@@ -41,32 +50,59 @@ class DDIMSchedule:
 
     @property
     def num_steps(self) -> int:
-        return int(self.timesteps.numel())
+        return len(self.timestep_values)
 
     @classmethod
     def create(
         cls,
-        alphas_cumprod: Tensor,
+        alphas_cumprod: Tensor | np.ndarray,
         num_steps: int,
         eta: float,
-        scale_arr: Tensor | None = None,
+        scale_arr: Tensor | np.ndarray | None = None,
     ) -> DDIMSchedule:
-        """Build from the model's ``alphas_cumprod`` (and ``scale_arr`` if it uses one)."""
-        if num_steps < 1 or num_steps > alphas_cumprod.numel():
-            raise ValueError(f"DDIM steps must be in 1..{alphas_cumprod.numel()}, got {num_steps}")
-        ts = torch.from_numpy(ddim_timesteps(num_steps, alphas_cumprod.numel()))
-        ac = alphas_cumprod.detach().cpu().double()
+        """Build from the model's ``alphas_cumprod`` (and ``scale_arr`` if it uses one), in float64 on the host."""
+        ac = _host_float64(alphas_cumprod)
+        if num_steps < 1 or num_steps > ac.size:
+            raise ValueError(f"DDIM steps must be in 1..{ac.size}, got {num_steps}")
+        ts = ddim_timesteps(num_steps, ac.size)
         alphas = ac[ts]
-        alphas_prev = torch.cat([ac[:1], ac[ts[:-1]]])
-        sigmas = eta * torch.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
+        alphas_prev = np.concatenate([ac[:1], ac[ts[:-1]]])
+        sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
         scale, scale_prev = None, None
         if scale_arr is not None:
-            scale = scale_arr.detach().cpu().double()[ts]
-            scale_prev = torch.cat([scale[:1], scale[:-1]])
-        return cls(ts, alphas, alphas_prev, sigmas, scale, scale_prev, float(eta))
+            scale = _host_float64(scale_arr)[ts]
+            scale_prev = np.concatenate([scale[:1], scale[:-1]])
+
+        def tensor(values: np.ndarray | None) -> Tensor | None:
+            return None if values is None else torch.from_numpy(np.ascontiguousarray(values))
+
+        return cls(
+            tensor(ts),
+            tensor(alphas),
+            tensor(alphas_prev),
+            tensor(sigmas),
+            tensor(scale),
+            tensor(scale_prev),
+            float(eta),
+            timestep_values=ts,
+            alpha_values=alphas,
+        )
 
     @classmethod
     def from_model(cls, model: nn.Module, num_steps: int, eta: float) -> DDIMSchedule:
-        """The schedule of a LatentDiffusion (its ``alphas_cumprod`` and ``scale_arr``), on its device."""
-        schedule = cls.create(model.alphas_cumprod, num_steps, eta, getattr(model, "scale_arr", None))
-        return schedule.to(model.alphas_cumprod.device)
+        """The schedule of a LatentDiffusion (its ``alphas_cumprod`` and ``scale_arr``), on its device.
+
+        A model on fake tensors (a planned run) has no values in its buffers: its schedule is
+        computed from its config (``LatentDiffusion.schedule_arrays``), as the buffers were.
+        """
+        if maybe_get_fake_mode(model.alphas_cumprod) is not None:
+            alphas_cumprod, scale_arr = model.schedule_arrays()
+        else:
+            alphas_cumprod, scale_arr = model.alphas_cumprod, getattr(model, "scale_arr", None)
+        return cls.create(alphas_cumprod, num_steps, eta, scale_arr).to(model.alphas_cumprod.device)
+
+
+def _host_float64(values: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64)

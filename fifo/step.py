@@ -29,7 +29,7 @@ def initial_queue(
 
     One draw per slot, in slot order.
     """
-    alphas = schedule.alphas
+    alphas = schedule.alpha_values
     slots = []
     for s in range(geometry.queue_length):
         if s < geometry.lead:

@@ -77,9 +77,8 @@ from fifo.perf import (  # noqa: E402
     auto_window_batch,
     plan_fast_path,
     tune_cpu_allocator,
-    unet_widths,
-    window_activation_bytes,
 )
+from fifo.plan import WindowMemory, window_memory  # noqa: E402
 from fifo.schedule import DDIMSchedule  # noqa: E402
 from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue  # noqa: E402
 from lvdm.build import config_facts, load_config, load_model  # noqa: E402
@@ -149,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--window_batch",
         type=int,
         default=None,
-        help="fast path: windows per U-Net call (default: fifo.perf.auto_window_batch)",
+        help="fast path: windows per U-Net call (default: fifo.perf.auto_window_batch, from the memory "
+        "per window measured on fake tensors)",
     )
     p.add_argument(
         "--video_length",
@@ -280,6 +280,7 @@ class Bench:
     plan: FastPathPlan  # the fast path's execution plan
     allocator_tuned: bool
     fast_model: LatentDiffusion  # the model in --dtype (the sequential path's fp32 model when fp32)
+    window_memory: WindowMemory  # the fast path's activation memory per window (measured on fake tensors)
     fast_denoiser: ShardedDenoiser | None = None
 
     @property
@@ -345,13 +346,6 @@ def setup(args: argparse.Namespace) -> Bench:
     generator = NoiseSource.seeded(args.seed, device)
     base = generator.randn((1, model.channels, geometry.video_length, *latent_hw))
     queue = initial_queue(base, geometry, schedule, unilatent=False, noise=generator)
-    guided = uncond is not None and args.guidance != 1.0
-    auto = auto_window_batch(
-        model, geometry, latent_hw, device, Precision(args.dtype).itemsize, guidance=guided
-    )
-    window_batch = args.window_batch if args.window_batch is not None else auto
-    if window_batch is not None and window_batch >= n_windows:
-        window_batch = None  # all windows in one call
     fast_model = model
     if args.dtype != "fp32":  # the fast path's weights in --dtype; the sequential path keeps fp32
         fast_model = copy.deepcopy(model)
@@ -363,6 +357,13 @@ def setup(args: argparse.Namespace) -> Bench:
         plan = replace(plan, unet=replace(plan.unet, transformer_chunk=args.transformer_chunk or None))
     if args.conv3d:
         plan = replace(plan, unet=replace(plan.unet, temporal_conv_2d=False))
+    guided = uncond is not None and args.guidance != 1.0
+    apply_execution(fast_model.unet, plan.unet)  # measured as the fast path runs
+    memory = window_memory(fast_model, geometry.video_length, latent_hw, guided, n_windows)
+    auto = auto_window_batch(n_windows, memory, device)
+    window_batch = args.window_batch if args.window_batch is not None else auto
+    if window_batch is not None and window_batch >= n_windows:
+        window_batch = None  # all windows in one call
     return Bench(
         args,
         device,
@@ -379,6 +380,7 @@ def setup(args: argparse.Namespace) -> Bench:
         plan,
         tuned,
         fast_model,
+        memory,
     )
 
 
@@ -649,7 +651,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         overhead = sampler_overhead(bench)
         memory = path_memory(bench, timing) if not args.no_memory else {p: {} for p in PATHS}
         lengths = length_memory(bench) if args.lengths else []
-    widths = unet_widths(bench.model)
     paths = {}
     for path in PATHS:
         t = timing["times"][path]
@@ -703,9 +704,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             else "peak RSS of a fresh process (weights and libraries included)"
         ),
         "memory_by_length": lengths,
-        "window_activation_estimate_bytes": window_activation_bytes(
-            widths, bench.geometry.video_length, bench.latent_hw, Precision(args.dtype).itemsize, bench.guided
-        ),
+        "window_activation_estimate_bytes": bench.window_memory.per_window_bytes,
     }
 
 
@@ -755,7 +754,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"fifo_step without the U-Net: sequential {r['paths']['sequential']['sampler_overhead_seconds'] * 1e3:.2f} ms, "
         f"fast {r['paths']['fast']['sampler_overhead_seconds'] * 1e3:.2f} ms per frame; "
         f"VAE decode (not timed above) {r['decode_seconds_per_frame']:.3f} s per frame",
-        f"memory: {r['memory_kind']}; estimated activations per fast-path window "
+        f"memory: {r['memory_kind']}; activations per fast-path window (measured on fake tensors) "
         f"{_mib(r['window_activation_estimate_bytes'])}",
     ]
     if r["memory_by_length"]:

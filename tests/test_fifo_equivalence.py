@@ -212,59 +212,103 @@ def test_three_iterations_with_shift_equal(model, embeddings, plain_attention) -
 
 
 # ------------------------------------------------------------------------------- fifo/perf.py
-def test_unet_widths_of_the_tiny_model(model) -> None:
-    widths = perf.unet_widths(model)
-    # model_channels 32; the initial temporal attention is 8 heads x num_head_channels 16 wide.
-    assert (widths.model_channels, widths.widest, widths.heads) == (32, 128, 2)
-    assert widths.attention_backend == "sdpa"
+def test_window_memory_is_measured_as_the_model_runs(model) -> None:
+    """Measured on fake tensors: more with Q-caches (recorded queries) and with the math attention
+    kernel (the whole attention matrix) than plain; cached per set-up."""
+    from fifo.plan import window_memory
+
+    plain = window_memory(model, 8, (LATENT, LATENT), True, 4)
+    assert plain.per_window_bytes > 0 and plain.fixed_bytes >= 0
+    assert window_memory(model, 8, (LATENT, LATENT), True, 4) is plain  # cached
+    assert window_memory(model, 8, (LATENT, LATENT), False, 4).per_window_bytes < plain.per_window_bytes
+    try:
+        set_qcache(model.unet, QCacheOptions(temporal=True, spatial=True, attn1=True, attn2=True))
+        assert window_memory(model, 8, (LATENT, LATENT), True, 4).per_window_bytes > plain.per_window_bytes
+    finally:
+        set_qcache(model.unet, None)
+    try:
+        model.unet.set_attn_processor("math")
+        assert window_memory(model, 8, (LATENT, LATENT), True, 4).per_window_bytes > plain.per_window_bytes
+    finally:
+        model.unet.set_attn_processor("sdpa")
 
 
-def test_window_estimate_is_monotone() -> None:
-    widths = perf.UNetWidths(model_channels=320, widest=512, heads=5)
-    sizes = [perf.window_activation_bytes(widths, 16, (s, s), 2) for s in (8, 16, 24, 40, 64)]
-    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
-    assert perf.window_activation_bytes(widths, 16, (40, 64), 2) > perf.window_activation_bytes(
-        widths, 8, (40, 64), 2
-    )
-    one = perf.window_activation_bytes(widths, 16, (40, 64), 2, guidance=False)
-    assert perf.window_activation_bytes(widths, 16, (40, 64), 2, guidance=True) == 2 * one
-    assert perf.window_activation_bytes(widths, 16, (40, 64), 4, guidance=False) == 2 * one
-    math_backend = perf.UNetWidths(320, 512, 5, attention_backend="math")
-    # 16 frames x 5 heads x 2560² scores: more than the rest of the estimate together.
-    assert perf.window_activation_bytes(math_backend, 16, (40, 64), 2, guidance=False) > 2 * one
+@pytest.mark.parametrize(
+    ("config", "frames", "side", "windows"),
+    [("tiny_t2v.yaml", 8, 8, 8), ("tiny_t2v.yaml", 8, 16, 4), ("bench_medium.yaml", 16, 16, 8)],
+)
+def test_window_memory_within_twice_the_real_peak_on_cpu(
+    config: str, frames: int, side: int, windows: int
+) -> None:
+    """The fake-run estimate of a batched call against the peak RSS a fresh process adds running it."""
+    script = f"""
+import json, sys, torch
+sys.path.insert(0, {str(ROOT)!r})
+torch.set_num_threads(1)
+from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.perf import apply_execution, plan_fast_path
+from fifo.plan import window_memory
+from lvdm.build import load_model
+from tools.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset
+model = load_model({str(ROOT / "configs" / config)!r}, None, random_init=True)
+apply_execution(model.unet, plan_fast_path("cpu", threads=1).unet)
+estimate = window_memory(model, {frames}, ({side}, {side}), True, {windows}).for_windows({windows})
+context = model.get_learned_conditioning([""])
+denoise = CFGDenoiser(ModelDenoiser(model, 8), 12.0)
+def call(w):
+    x = torch.randn(w, 4, {frames}, {side}, {side})
+    t = torch.zeros(w, {frames}, dtype=torch.long)
+    with torch.inference_mode():
+        denoise(x, t, context.expand(w, -1, -1), context.expand(w, -1, -1))
+call(1)  # kernels and allocator warmed up
+base = current_rss_bytes()
+if not peak_memory_reset("cpu"):
+    print(json.dumps(None)); sys.exit()
+call({windows})
+print(json.dumps([estimate, peak_memory_bytes("cpu") - base]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    if measured is None:
+        pytest.skip("the peak RSS cannot be reset on this platform (Linux /proc/self/clear_refs)")
+    estimate, real = measured
+    assert 0.5 * real <= estimate <= 2 * real, (estimate, real)
 
 
 def test_auto_window_batch_on_cpu(model) -> None:
-    geo = FifoGeometry(8, 4, lookahead=True)
-    chosen = perf.auto_window_batch(model, geo, (LATENT, LATENT), "cpu", dtype_bytes=4)
-    assert chosen is None or 1 <= chosen <= len(geo.windows())
-    assert chosen is None  # a tiny model's 8 windows fit in any machine's RAM
+    from fifo.plan import window_memory
+
+    memory = window_memory(model, 8, (LATENT, LATENT), True, 8)
+    assert perf.auto_window_batch(8, memory, "cpu") is None  # a tiny model's 8 windows fit in any RAM
 
 
-def test_auto_window_batch_on_cpu_short_of_ram(model, monkeypatch) -> None:
-    geo = FifoGeometry(8, 4, lookahead=True)
-    per_window = perf.window_activation_bytes(perf.unet_widths(model), 8, (64, 64), 4)
+def test_auto_window_batch_on_cpu_short_of_ram(monkeypatch) -> None:
+    from fifo.plan import WindowMemory
+
+    memory = WindowMemory(fixed_bytes=2**20, per_window_bytes=100 * 2**20)
     monkeypatch.setattr(perf, "current_rss_bytes", lambda: 0)
-    monkeypatch.setattr(perf, "total_ram_bytes", lambda: int(3.5 * per_window / perf.CPU_RAM_FRACTION))
-    assert perf.auto_window_batch(model, geo, (64, 64), "cpu", dtype_bytes=4) == 3
+    monkeypatch.setattr(perf, "total_ram_bytes", lambda: int(memory.for_windows(3.5) / perf.CPU_RAM_FRACTION))
+    assert perf.auto_window_batch(8, memory, "cpu") == 3
     monkeypatch.setattr(perf, "total_ram_bytes", lambda: 1)
-    assert perf.auto_window_batch(model, geo, (64, 64), "cpu", dtype_bytes=4) == 1  # never below 1
+    assert perf.auto_window_batch(8, memory, "cpu") == 1  # never below 1
 
 
-def test_auto_window_batch_on_cuda_follows_free_memory(model, monkeypatch) -> None:
+def test_auto_window_batch_on_cuda_follows_free_memory(monkeypatch) -> None:
     """The CUDA branch with the allocator queries stubbed: monotone in free memory, in [1, W]."""
-    geo = FifoGeometry(16, 4, lookahead=True)
-    per_window = perf.window_activation_bytes(perf.unet_widths(model), 16, (40, 64), 2)
+    from fifo.plan import WindowMemory
+
+    memory = WindowMemory(fixed_bytes=3 * 2**30, per_window_bytes=2 * 2**30)
     free = {"bytes": 0}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * 2**30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
     chosen = []
     for windows_free in (0, 1, 2.5, 5, 100):
-        budget = (windows_free + 0.01) * per_window + perf.CUDA_RESERVE_BYTES
+        budget = memory.for_windows(windows_free) + 0.01 * memory.per_window_bytes + perf.CUDA_RESERVE_BYTES
         free["bytes"] = int(budget / perf.CUDA_FREE_FRACTION) + 1
-        chosen.append(perf.auto_window_batch(model, geo, (40, 64), "cuda", dtype_bytes=2))
-    assert chosen == [1, 1, 2, 5, len(geo.windows())]
+        chosen.append(perf.auto_window_batch(8, memory, "cuda"))
+    assert chosen == [1, 1, 2, 5, 8]
 
 
 def test_peak_memory_helpers_on_cpu() -> None:

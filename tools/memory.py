@@ -1,4 +1,5 @@
-"""Memory of this process and of a CUDA device: what is held now, and the peak of a stretch of code."""
+"""Memory of this process and of a CUDA device: what is held now, and the peak of a stretch of code;
+and the memory of a run on fake tensors (:class:`LiveTensorBytes`)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import contextlib
 import os
 import resource
 import sys
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 def total_ram_bytes() -> int:
@@ -82,3 +86,47 @@ def peak_memory_bytes(device: str | torch.device) -> int:
         return hwm
     maxrss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of the tensors that the ops run under it create and that are still alive: now and at
+    the peak. Works on fake tensors (PyTorch's ``FakeTensorMode``), where nothing is allocated, so
+    a run on a device that is not here can be measured as a caching allocator would count it
+    (``max_memory_allocated``): every storage once, from the op that creates it until the last
+    tensor using it is gone. Tensors that existed before are not counted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bytes: dict[int, int] = {}  # storage → its size
+        self._users: dict[int, int] = {}  # storage → tensors alive on it
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        self._users[key] -= 1
+        if self._users[key] == 0:
+            self.current -= self._bytes.pop(key)
+            del self._users[key]
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key not in self._bytes:
+            self._bytes[key] = storage.nbytes()
+            self._users[key] = 0
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+        self._users[key] += 1
+        weakref.finalize(tensor, self._release, key)
+
+    def reset_peak(self) -> None:
+        """Start a new peak measurement from what is alive now."""
+        self.peak = self.current
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 -- PyTorch's protocol
+        out = func(*args, **(kwargs or {}))
+        for item in tree_flatten(out)[0]:
+            if isinstance(item, torch.Tensor):
+                self._track(item)
+        return out

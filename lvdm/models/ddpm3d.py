@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -78,11 +79,25 @@ class LatentDiffusion(nn.Module):
         self.image_size = tuple(image_size) if isinstance(image_size, Sequence) else (image_size, image_size)
         self.num_timesteps = timesteps
         self.use_scale = use_scale
+        self._schedule_config = (timesteps, linear_start, linear_end, scale_a, scale_b, fix_scale_bug)
+        _, scale_arr = self.schedule_arrays()
         for name, values in schedule_buffers(linear_betas(timesteps, linear_start, linear_end)).items():
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
         if use_scale:
-            arr = scale_array(timesteps, scale_a, scale_b, fix_scale_bug)
-            self.register_buffer("scale_arr", torch.tensor(arr, dtype=torch.float32))
+            self.register_buffer("scale_arr", torch.tensor(scale_arr, dtype=torch.float32))
+
+    def schedule_arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``alphas_cumprod`` and ``scale_arr`` (or None) as the buffers hold them (float32 values,
+        as float64 arrays), computed from the config: for a model whose buffers hold no values."""
+        timesteps, linear_start, linear_end, scale_a, scale_b, fix_scale_bug = self._schedule_config
+        buffers = schedule_buffers(linear_betas(timesteps, linear_start, linear_end))
+        alphas_cumprod = buffers["alphas_cumprod"].astype(np.float32).astype(np.float64)
+        scale_arr = None
+        if self.use_scale:
+            scale_arr = (
+                scale_array(timesteps, scale_a, scale_b, fix_scale_bug).astype(np.float32).astype(np.float64)
+            )
+        return alphas_cumprod, scale_arr
 
     # ------------------------------------------------------------------ properties
     @property

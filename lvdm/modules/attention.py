@@ -69,23 +69,22 @@ _KERNELS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
 }
 
 
+def max_attention_batch(device: torch.device) -> int | None:
+    """The largest batch one attention kernel launch takes on ``device`` (None: no limit)."""
+    return CUDA_MAX_ATTENTION_BATCH if device.type == "cuda" else None
+
+
 def run_attention(backend: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Attention with ``backend`` over q (b, heads, n, d), k and v (b, heads, m, d).
 
-    On CUDA a batch beyond the kernels' grid limit runs in slices (same result).
+    A batch beyond what one kernel launch takes (CUDA's grid limit) runs in slices: same result.
     """
     kernel = _KERNELS[backend]
-    if q.device.type != "cuda" or q.shape[0] <= CUDA_MAX_ATTENTION_BATCH:
+    limit = max_attention_batch(q.device)
+    if limit is None or q.shape[0] <= limit:
         return kernel(q, k, v)
     return torch.cat(
-        [
-            kernel(
-                q[i : i + CUDA_MAX_ATTENTION_BATCH],
-                k[i : i + CUDA_MAX_ATTENTION_BATCH],
-                v[i : i + CUDA_MAX_ATTENTION_BATCH],
-            )
-            for i in range(0, q.shape[0], CUDA_MAX_ATTENTION_BATCH)
-        ]
+        [kernel(q[i : i + limit], k[i : i + limit], v[i : i + limit]) for i in range(0, q.shape[0], limit)]
     )
 
 

@@ -1,0 +1,286 @@
+"""Plan a run before it starts: its stages run once on fake tensors on the target device.
+
+PyTorch's ``FakeTensorMode`` makes tensors that carry shape, dtype and device but no data: the
+generator's own code runs on them (text encoding, a base-clip DDIM step with guidance, one whole
+FIFO iteration as the generator runs it, the shift, a decode, the image embedding) in seconds,
+for a GPU this machine does not have, and any device or dtype mismatch raises as it would on
+the GPU. :class:`~tools.memory.LiveTensorBytes` counts the memory the stages hold at their peak
+and ``torch.utils.flop_counter.FlopCounterMode`` the FLOPs of an output frame.
+
+The same measurement, one batched U-Net call of one and of two windows, gives the activation
+memory per window that :func:`fifo.perf.auto_window_batch` divides the free memory by.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensorMode, maybe_get_fake_mode
+from torch.utils.flop_counter import FlopCounterMode
+
+from fifo.conditioning import with_image_tokens
+from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.noise import NoiseSource
+from fifo.options import GenerationSettings, ModeOptions
+from fifo.prompts import PromptJob
+from tools.memory import LiveTensorBytes
+
+
+def fake_tensors() -> FakeTensorMode:
+    """A fake-tensor mode in which real tensors (a real model's weights, constants) may take part."""
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def fake_mode_of(model: nn.Module) -> FakeTensorMode:
+    """The fake-tensor mode a model built on fake tensors belongs to (its tensors work only there),
+    or a new one for a real model (its weights then take part as fake copies, no data copied)."""
+    mode = maybe_get_fake_mode(next(model.parameters()))
+    return mode if mode is not None else fake_tensors()
+
+
+class UnseededStream:
+    """Standard-normal draws without a generator (fake tensors have no random state)."""
+
+    def __init__(self, device: str | torch.device) -> None:
+        self.device = torch.device(device)
+
+    def randn(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.randn(shape, device=self.device, dtype=dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer of ``model``."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+# ---------------------------------------------------------------------------------- per window
+@dataclass(frozen=True)
+class WindowMemory:
+    """Activation memory of a batched U-Net call: ``fixed_bytes + windows · per_window_bytes``.
+
+    The line goes through calls of one window and of all windows, both measured. Between them
+    it errs on the safe side: transformer chunks (the CPU plan) make memory grow less than
+    linearly with the windows of a call.
+    """
+
+    fixed_bytes: int
+    per_window_bytes: int
+
+    def for_windows(self, windows: int) -> int:
+        return self.fixed_bytes + windows * self.per_window_bytes
+
+
+def _measure_window_memory(
+    model: nn.Module, frames: int, latent_hw: tuple[int, int], guidance: bool, most_windows: int
+) -> WindowMemory:
+    counts = (1, max(2, most_windows))
+    device = model.device
+    peaks = []
+    with fake_mode_of(model), torch.no_grad():
+        context = model.get_learned_conditioning([""])
+        if model.has_image_embedder:
+            context = with_image_tokens(context, torch.zeros(1, 16, context.shape[-1], device=device))
+        denoise = CFGDenoiser(ModelDenoiser(model, fps=8), 12.0 if guidance else 1.0)
+        for windows in counts:
+            x = torch.zeros(windows, model.channels, frames, *latent_hw, device=device)
+            t = torch.zeros(windows, frames, dtype=torch.long, device=device)
+            cond = context.expand(windows, -1, -1).to(device)
+            tracker = LiveTensorBytes()
+            with tracker:
+                denoise(x, t, cond, cond if guidance else None)
+            peaks.append(tracker.peak)
+    per_window = max(1, (peaks[1] - peaks[0]) // (counts[1] - 1))
+    return WindowMemory(fixed_bytes=max(0, peaks[0] - per_window), per_window_bytes=per_window)
+
+
+def _model_setup_key(model: nn.Module) -> tuple:
+    """What a call's memory depends on besides its inputs: the architecture, weights' dtype and
+    device, and how each layer computes (layer classes, attention processors and backends)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.named_parameters():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+    for name, module in model.named_modules():
+        processor = getattr(module, "processor", None)
+        digest.update(f"{name}:{type(module).__name__}:{getattr(module, 'max_tokens', '')}".encode())
+        if processor is not None:
+            digest.update(f"{type(processor).__name__}:{processor.backend}".encode())
+    return digest.hexdigest(), str(model.device)
+
+
+# Measurements by model set-up, size and window count: a process that builds the same model
+# again (one run per prompt file in a sweep, the tests) measures it once. Bounded.
+_WINDOW_MEMORY: dict[tuple, WindowMemory] = {}
+_WINDOW_MEMORY_ENTRIES = 32
+
+
+def window_memory(
+    model: nn.Module, frames: int, latent_hw: tuple[int, int], guidance: bool, most_windows: int = 2
+) -> WindowMemory:
+    """The activation memory of one batched U-Net call per window (both guidance branches), measured
+    on fake tensors with the model as it is set up (weights' dtype, attention backend, processors,
+    execution plan) for one window and for ``most_windows``: seconds, once per model set-up, size
+    and window count in a process."""
+    key = (_model_setup_key(model), frames, tuple(latent_hw), guidance, most_windows)
+    if key not in _WINDOW_MEMORY:
+        if len(_WINDOW_MEMORY) >= _WINDOW_MEMORY_ENTRIES:
+            _WINDOW_MEMORY.pop(next(iter(_WINDOW_MEMORY)))
+        _WINDOW_MEMORY[key] = _measure_window_memory(model, frames, tuple(latent_hw), guidance, most_windows)
+    return _WINDOW_MEMORY[key]
+
+
+# ---------------------------------------------------------------------------------- the plan
+@dataclass
+class RunPlan:
+    """What a run will need, from its stages run once on fake tensors."""
+
+    device: str
+    dtype: str
+    attention: str
+    window_batch: int  # windows per U-Net call on the batched path (1 on --sequential)
+    windows: int
+    unet_calls_per_frame: int
+    tflop_per_frame: float
+    peak_memory_bytes: int
+    weights_bytes: int
+    per_window_bytes: int
+    seconds_to_first_step: float
+    stage_shapes: dict[str, list[int]]
+    budget_bytes: int | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.budget_bytes is None or self.peak_memory_bytes <= self.budget_bytes
+
+    def json(self) -> dict[str, Any]:
+        """The plan as one JSON object (the dry run's last line)."""
+        out = asdict(self)
+        out["fits"] = self.fits
+        return out
+
+    def lines(self) -> list[str]:
+        """The plan for people."""
+        gib = 2**30
+        budget = "" if self.budget_bytes is None else f" of {self.budget_bytes / gib:.2f} GiB"
+        return [
+            f"device {self.device}, {self.dtype} weights, attention {self.attention}",
+            f"{self.windows} FIFO windows, {self.window_batch} per U-Net call: "
+            f"{self.unet_calls_per_frame} U-Net calls and {self.tflop_per_frame:.1f} TFLOP per output frame",
+            f"peak device memory {self.peak_memory_bytes / gib:.2f} GiB{budget} "
+            f"(weights {self.weights_bytes / gib:.2f} GiB, {self.per_window_bytes / gib:.2f} GiB more per window "
+            "in a call)",
+            f"time to the first step: {self.seconds_to_first_step:.1f} s here (model built, checkpoint checked; "
+            "reading the weights from disk comes on top)",
+            "stages: " + ", ".join(f"{k} {tuple(v)}" for k, v in self.stage_shapes.items()),
+        ]
+
+
+def run_stages(
+    generator: Any, job: PromptJob, noise: NoiseSource, frame_flops: FlopCounterMode | None = None
+) -> dict[str, Tensor]:
+    """One step of every stage of ``job`` through the generator's own code, as a run takes them.
+
+    Returns each stage's output: ``text``, ``image_tokens`` (i2v and seeding), ``base_step`` (one
+    DDIM step of the base clip, with guidance), ``decode`` (one frame), ``fifo_queue`` (the queue
+    after one FIFO iteration and the shift), ``fifo_latent`` (the dequeued latent).
+    ``frame_flops`` counts what one output frame costs: the FIFO iteration and its frame's decode.
+    """
+    conditioning, image_tokens = generator.conditioning(job)
+    out: dict[str, Tensor] = {"text": conditioning.texts}
+    cond = with_image_tokens(conditioning.first_text, image_tokens)
+    _, base = generator.sample_base_clip(cond, noise, steps=1)
+    out["base_step"] = base
+    frame = generator.sampler.decode(base[:, :, :1])
+    out["decode"] = frame
+    if generator.mode.seeds_image:
+        image_tokens = generator.sampler.image_tokens(frame[:, :, 0])
+    if image_tokens is not None:
+        out["image_tokens"] = image_tokens
+    state = generator.sampler.initial_state(base, noise, image_tokens)
+    with frame_flops if frame_flops is not None else contextlib.nullcontext():
+        step = generator.sampler.step(state, conditioning)
+        generator.sampler.decode(step.latent)
+    out["fifo_queue"] = state.queue
+    out["fifo_latent"] = step.latent
+    return out
+
+
+def plan_run(
+    build_generator: Any,
+    model: nn.Module,
+    mode: ModeOptions,
+    settings: GenerationSettings,
+    job: PromptJob,
+    device: str,
+    budget_bytes: int | None,
+    seconds_to_model: float,
+) -> RunPlan:
+    """Run every stage once on fake tensors and measure what the run needs.
+
+    Args:
+        build_generator: ``settings → FifoGenerator`` for ``model`` (built on fake tensors).
+        model: the model, built on fake tensors on ``device`` in the run's dtype.
+        settings: the run's settings; a ``window_batch`` of None means as many windows per call as
+            ``budget_bytes`` allows (all of them without a budget).
+        budget_bytes: the device memory the run may use, or None.
+        seconds_to_model: time spent so far (model built, checkpoint checked); the generator's set-up
+            (unconditional context, processors) is added for the time to the first step.
+    """
+    geometry = settings.geometry
+    n_windows = len(geometry.windows())
+    latent_hw = (settings.height // model.vae_scale, settings.width // model.vae_scale)
+    guided = settings.guidance != 1.0
+    weights = weight_bytes(model)
+    fake = fake_mode_of(model)
+    window_batch = 1 if not settings.batched else (settings.window_batch or n_windows)
+    start = time.perf_counter()
+    with fake, torch.no_grad():
+        # The model set up as the run will (processors, execution plan); then a window measured.
+        generator = build_generator(replace(settings, window_batch=window_batch))
+    seconds_to_first_step = seconds_to_model + time.perf_counter() - start
+    per_window = window_memory(model, geometry.video_length, latent_hw, guided, n_windows)
+    if settings.batched and settings.window_batch is None and budget_bytes is not None:
+        # As many windows per call as fit next to the weights (at least one).
+        room = budget_bytes - weights - per_window.fixed_bytes
+        fitting = max(1, min(n_windows, room // per_window.per_window_bytes))
+        if fitting != window_batch:
+            window_batch = fitting
+            with fake, torch.no_grad():
+                generator = build_generator(replace(settings, window_batch=window_batch))
+    with fake, torch.no_grad():
+        noise = NoiseSource(UnseededStream(device))
+        tracker = LiveTensorBytes()
+        flops = FlopCounterMode(display=False)
+        with tracker:
+            outputs = run_stages(generator, job, noise, flops)
+    if settings.batched:
+        calls = math.ceil(n_windows / window_batch)
+    else:
+        calls = n_windows * (2 if guided else 1)
+    return RunPlan(
+        device=device,
+        dtype=settings.dtype.value,
+        attention=model.unet.attention_backend,
+        window_batch=window_batch,
+        windows=n_windows,
+        unet_calls_per_frame=calls,
+        tflop_per_frame=flops.get_total_flops() / 1e12,
+        peak_memory_bytes=weights + tracker.peak,
+        weights_bytes=weights,
+        per_window_bytes=per_window.per_window_bytes,
+        seconds_to_first_step=seconds_to_first_step,
+        stage_shapes={k: list(v.shape) for k, v in outputs.items()},
+        budget_bytes=budget_bytes,
+    )

@@ -1,0 +1,141 @@
+"""Defects on the CUDA path, tested on CPU: attention batches past CUDA's grid limit, NaN/inf
+stopping the run, xformers checked up front, the published path in fp32, the cache key's device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import lvdm.modules.attention as attention
+import videocrafter_main
+from fifo.generator import FifoGenerator
+from fifo.options import GenerationSettings, parse_mode
+from fifo.prompts import PromptJob
+from fifo.run import NonFiniteError
+from lvdm.build import load_model
+from tests.conftest import REPO
+
+T2V = str(REPO / "configs" / "tiny_t2v.yaml")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# --------------------------------------------------------------------------- attention grid limit
+def test_attention_batch_beyond_the_kernel_limit_runs_in_slices(monkeypatch) -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(11, 2, 16, 8, generator=g) for _ in range(3))
+    whole = attention.run_attention("sdpa", q, k, v)
+    launches: list[int] = []
+    real = attention._KERNELS["sdpa"]
+
+    def counting(q, k, v):
+        launches.append(q.shape[0])
+        return real(q, k, v)
+
+    monkeypatch.setitem(attention._KERNELS, "sdpa", counting)
+    monkeypatch.setattr(attention, "max_attention_batch", lambda device: 4)
+    sliced = attention.run_attention("sdpa", q, k, v)
+    assert launches == [4, 4, 3]
+    torch.testing.assert_close(sliced, whole)
+
+
+def test_the_limit_is_cuda_s_grid() -> None:
+    assert attention.max_attention_batch(torch.device("cuda", 0)) < 65535
+    assert attention.max_attention_batch(torch.device("cpu")) is None
+    # The temporal attention of 16 samples at 512x512 (64x64 latents) is past it.
+    assert attention.max_attention_batch(torch.device("cuda")) < 16 * 64 * 64
+
+
+# --------------------------------------------------------------------------- NaN and inf
+def _nan_unet(model, monkeypatch, after_calls: int = 0) -> None:
+    real = model.unet.forward
+    calls = {"n": 0}
+
+    def forward(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] > after_calls else out
+
+    monkeypatch.setattr(model.unet, "forward", forward)
+
+
+def test_nan_in_the_queue_stops_the_run_with_stage_and_iteration(tmp_path, monkeypatch) -> None:
+    model = load_model(T2V, None, random_init=True)
+    settings = GenerationSettings(
+        video_length=2, num_partitions=1, new_video_length=2, height=64, width=64, progress=False
+    )
+    generator = FifoGenerator(model, parse_mode("t2v"), settings, "m")
+    _nan_unet(model, monkeypatch, after_calls=2)  # the base clip's two DDIM steps are fine
+    with torch.inference_mode(), pytest.raises(NonFiniteError, match="the queue at FIFO iteration 0"):
+        generator.run(PromptJob("a fox", line=1), tmp_path / "out", "exp", tmp_path / "cache")
+    # The video was never written (its temporary file is gone too).
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.suffix == ".gif" and p.name != "origin.gif"]
+
+
+def test_nan_through_the_command_line(tmp_path, monkeypatch, capsys) -> None:
+    import lvdm.build
+
+    real_load = lvdm.build.load_model
+
+    def load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        _nan_unet(model, monkeypatch)
+        return model
+
+    monkeypatch.setattr(lvdm.build, "load_model", load)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    rc = videocrafter_main.main(
+        ["--config", T2V, "--random_init", "-p", str(prompts), "--video_length", "2", "-n", "1", "-l", "1",
+         "--output_dir", str(tmp_path / "out"), "--no_progress"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "non-finite values (NaN or inf) in the base clip's latents" in err and "'a fox'" in err
+    assert not list((tmp_path / "out").rglob("*.gif"))
+
+
+# --------------------------------------------------------------------------- xformers up front
+def test_xformers_on_cpu_or_not_installed_is_a_usage_error(tmp_path, capsys, monkeypatch) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    base = [
+        "--config",
+        T2V,
+        "--random_init",
+        "-p",
+        str(prompts),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--attention",
+        "xformers",
+    ]
+    assert videocrafter_main.main([*base, "--device", "cpu"]) == 2
+    assert "--attention xformers runs on CUDA only" in capsys.readouterr().err
+    monkeypatch.setattr(attention, "xformers_available", lambda: False)
+    assert videocrafter_main.main([*base, "--device", "cuda", "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert "xformers package is not installed" in err and "--attention sdpa" in err
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- the published path, the cache key
+def test_sequential_is_fp32_unless_asked(monkeypatch) -> None:
+    parser = videocrafter_main.build_parser()
+    facts = type("Facts", (), {"temporal_length": 16, "default_size": (320, 512)})()
+    for argv, expected in (
+        ([], "fp16"),
+        (["--sequential"], "fp32"),
+        (["--sequential", "--dtype", "bf16"], "bf16"),
+    ):
+        args = parser.parse_args(["-p", "x", *argv])
+        assert videocrafter_main.settings_from_args(args, facts, "cuda").dtype.value == expected
+
+
+def test_base_clip_cache_key_holds_the_device(tmp_path: Path) -> None:
+    model = load_model(T2V, None, random_init=True)
+    settings = GenerationSettings(video_length=2, num_partitions=1, height=64, width=64, progress=False)
+    key = FifoGenerator(model, parse_mode("t2v"), settings, "m").cache_key(PromptJob("a fox", line=1))
+    assert key["device"] == "cpu"

@@ -1,0 +1,313 @@
+"""The CUDA path at full size, proven on a CPU-only machine: dry runs on fake CUDA tensors.
+
+``--dry_run`` builds the model on fake tensors on the target device in the run's dtype and runs
+one step of every stage through the generator's own code (fifo/plan.py). Here: both published
+full-size configs on fake CUDA, every main mode with Q-caches and unilatent, fp16/bf16/fp32,
+batched and sequential, lookahead on and off; the plan's memory (fp16 below fp32, growing with the
+window batch); a tiny dry run against a real tiny run stage by stage; bf16 for real on CPU; the
+command line, its JSON line and its errors.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+import videocrafter_main
+from fifo.generator import FifoGenerator
+from fifo.noise import NoiseSource
+from fifo.options import GenerationSettings, parse_mode
+from fifo.plan import RunPlan, fake_tensors, plan_run, run_stages
+from fifo.prompts import PromptJob
+from lvdm.build import build_model, load_model
+from tests.conftest import REPO, write_png
+from tools.memory import current_rss_bytes
+
+T2V_FULL = REPO / "configs" / "inference_t2v_512_v2.0.yaml"
+I2V_FULL = REPO / "configs" / "inference_i2v_512_v1.0.yaml"
+GIB = 2**30
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class FakeModels:
+    """Full-size models built on fake CUDA tensors, once per (config, dtype)."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, torch.dtype], object] = {}
+
+    def get(self, config, dtype: torch.dtype):
+        key = (str(config), dtype)
+        if key not in self._models:
+            with fake_tensors(), torch.device("cuda"):
+                model = build_model(config)
+                model.set_precision(dtype)
+            model.unet.set_attn_processor("efficient")
+            self._models[key] = model
+        return self._models[key]
+
+
+@pytest.fixture(scope="module")
+def fake_models() -> FakeModels:
+    return FakeModels()
+
+
+def plan(
+    fake_models: FakeModels, config, mode: str, job: PromptJob, budget: int | None = None, **settings
+) -> RunPlan:
+    options = GenerationSettings(**{"progress": False, **settings})
+    model = fake_models.get(config, options.dtype.torch_dtype)
+    parsed = parse_mode(mode)
+
+    def build(s: GenerationSettings) -> FifoGenerator:
+        return FifoGenerator(model, parsed, s, "fake")
+
+    return plan_run(build, model, parsed, options, job, "cuda", budget, 0.0)
+
+
+def image_job(tmp_path) -> PromptJob:
+    return PromptJob("a lighthouse at dusk", line=1, image=write_png(tmp_path / "in.png", (160, 96)))
+
+
+# --------------------------------------------------------------------------- full size, fake CUDA
+COVERING = [
+    # config, mode, dtype, batched, lookahead, n: every main mode, Q-caches, unilatent, each dtype,
+    # both paths, lookahead on and off (the sequential cases with one partition: 16 U-Net calls of
+    # the full model are many seconds even on fake tensors).
+    (T2V_FULL, "t2v_TTqcache_attn1_unilatent", "fp16", True, True, 4),
+    (T2V_FULL, "t2v_STqcache_attn2", "bf16", False, False, 1),
+    (I2V_FULL, "i2v_TTqcache_STqcache_attn1", "bf16", True, False, 2),
+    (I2V_FULL, "t2v_seed_TTqcache_attn1_unilatent", "fp32", False, True, 1),
+    (I2V_FULL, "t2v_seed_ar_STqcache_attn1", "fp16", True, True, 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "mode", "dtype", "batched", "lookahead", "partitions"),
+    COVERING,
+    ids=[
+        f"{c.stem[10:13]}-{m}-{d}-{'batched' if b else 'sequential'}-{'la' if la else 'nola'}"
+        for c, m, d, b, la, _ in COVERING
+    ],
+)
+def test_full_size_dry_run_on_fake_cuda(
+    fake_models, tmp_path, config, mode, dtype, batched, lookahead, partitions
+) -> None:
+    job = image_job(tmp_path) if mode.startswith("i2v") else PromptJob("a red panda", line=1)
+    p = plan(
+        fake_models,
+        config,
+        mode,
+        job,
+        dtype=dtype,
+        batched=batched,
+        lookahead=lookahead,
+        num_partitions=partitions,
+    )
+    f, n = 16, partitions
+    queue = f // 2 * lookahead + f * n
+    windows = (2 if lookahead else 1) * n
+    assert p.stage_shapes["text"] == [1, 77, 1024]
+    assert p.stage_shapes["base_step"] == [1, 4, f, 40, 64]
+    assert p.stage_shapes["decode"] == [1, 3, 1, 320, 512]
+    assert p.stage_shapes["fifo_queue"] == [1, 4, queue, 40, 64]
+    assert p.stage_shapes["fifo_latent"] == [1, 4, 1, 40, 64]
+    assert ("image_tokens" in p.stage_shapes) == (config == I2V_FULL)
+    if config == I2V_FULL:
+        assert p.stage_shapes["image_tokens"] == [1, 16, 1024]
+    assert p.windows == windows
+    assert p.unet_calls_per_frame == (1 if batched else 2 * windows)
+    assert p.dtype == dtype and p.device == "cuda"
+    # The U-Net alone is 1.4 B parameters: ~2.7 GiB in half precision, ~5.4 GiB in fp32.
+    assert (
+        (2.5 * GIB if dtype != "fp32" else 5.0 * GIB)
+        < p.weights_bytes
+        < (6 * GIB if dtype != "fp32" else 11 * GIB)
+    )
+    assert p.weights_bytes < p.peak_memory_bytes < 80 * GIB
+    assert p.tflop_per_frame > 10 * windows  # ~12 TFLOP per window and branch at fp16 (~25 per window)
+
+
+def test_memory_lower_in_fp16_and_growing_with_the_window_batch(fake_models) -> None:
+    job = PromptJob("a red panda", line=1)
+    common = {"num_partitions": 2, "lookahead": True}  # 4 windows
+    fp32 = plan(fake_models, T2V_FULL, "t2v", job, dtype="fp32", window_batch=2, **common)
+    fp16 = {
+        w: plan(fake_models, T2V_FULL, "t2v", job, dtype="fp16", window_batch=w, **common) for w in (1, 2, 4)
+    }
+    assert fp16[2].peak_memory_bytes < fp32.peak_memory_bytes
+    assert fp16[2].weights_bytes < 0.6 * fp32.weights_bytes
+    peaks = [fp16[w].peak_memory_bytes for w in (1, 2, 4)]
+    assert peaks[0] < peaks[1] < peaks[2], peaks
+    # Given a budget, the plan picks as many windows per call as fit.
+    budget = (peaks[1] + peaks[2]) // 2
+    auto = plan(fake_models, T2V_FULL, "t2v", job, budget=budget, dtype="fp16", **common)
+    assert auto.fits and 2 <= auto.window_batch < 4, auto.window_batch
+
+
+def test_full_size_model_is_built_without_memory(fake_models) -> None:
+    before = current_rss_bytes()
+    model = fake_models.get(T2V_FULL, torch.float32)
+    params = sum(p.numel() for p in model.parameters())
+    assert params > 1.5e9  # U-Net, text encoder and autoencoder
+    assert current_rss_bytes() - before < 1 * GIB  # 7 GB of fp32 weights were never allocated
+    assert next(model.parameters()).device.type == "cuda"
+
+
+# --------------------------------------------------------------------------- tiny: fake against real
+@pytest.mark.parametrize(
+    ("config", "mode"), [("tiny_t2v.yaml", "t2v_TTqcache_attn1"), ("tiny_i2v.yaml", "t2v_seed_ar")]
+)
+def test_tiny_dry_run_has_the_shapes_of_a_real_run(tmp_path, config: str, mode: str) -> None:
+    settings = GenerationSettings(video_length=4, num_partitions=2, height=64, width=64, progress=False)
+    parsed = parse_mode(mode)
+    job = PromptJob("a red panda", line=1)
+    real_model = load_model(REPO / "configs" / config, None, random_init=True)
+    real = FifoGenerator(real_model, parsed, settings, "real")
+    with torch.inference_mode():
+        real_shapes = {
+            k: list(v.shape) for k, v in run_stages(real, job, NoiseSource.seeded(0, "cpu")).items()
+        }
+    with fake_tensors():
+        fake_model = build_model(REPO / "configs" / config)
+    p = plan_run(
+        lambda s: FifoGenerator(fake_model, parsed, s, "fake"),
+        fake_model,
+        parsed,
+        settings,
+        job,
+        "cpu",
+        None,
+        0.0,
+    )
+    assert p.stage_shapes == real_shapes
+    assert p.device == "cpu" and p.tflop_per_frame > 0
+
+
+# --------------------------------------------------------------------------- bf16 for real on CPU
+def test_bf16_on_cpu_end_to_end_is_close_to_fp32() -> None:
+    job = PromptJob("a red panda", line=1)
+    latents = {}
+    for dtype in ("fp32", "bf16"):
+        model = load_model(REPO / "configs" / "tiny_t2v.yaml", None, random_init=True)
+        settings = GenerationSettings(
+            video_length=4,
+            num_partitions=1,
+            new_video_length=2,
+            height=128,
+            width=128,
+            progress=False,
+            dtype=dtype,
+        )
+        generator = FifoGenerator(model, parse_mode("t2v"), settings, "m")
+        assert model.unet.dtype == settings.dtype.torch_dtype
+        assert model.first_stage_model.decoder.conv_out.weight.dtype == torch.float32  # decoded in fp32
+        with torch.inference_mode():
+            conditioning, _ = generator.conditioning(job)
+            _, base = generator.sample_base_clip(conditioning.first_text, NoiseSource.seeded(1, "cpu"))
+            state = generator.sampler.initial_state(base, NoiseSource.seeded(2, "cpu"))
+            outputs = list(generator.sampler.steps(state, conditioning))
+        frames = [o.frame for o in outputs if o.frame is not None]
+        assert len(frames) == 2
+        stacked = torch.cat([o.latent for o in outputs])
+        assert torch.isfinite(stacked).all() and stacked.dtype == torch.float32
+        latents[dtype] = stacked
+    error = (latents["bf16"] - latents["fp32"]).abs().mean() / latents["fp32"].abs().mean()
+    assert error < 0.1, error  # bf16 keeps 8 bits of mantissa; a different seed differs by ~1
+
+
+def test_fp16_on_cpu_is_refused(tmp_path, capsys) -> None:
+    pfile = tmp_path / "p.txt"
+    pfile.write_text("a red panda\n")
+    rc = videocrafter_main.main(
+        ["--config", str(REPO / "configs" / "tiny_t2v.yaml"), "--random_init", "-p", str(pfile), "--device", "cpu",
+         "--dtype", "fp16", "--output_dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "--dtype fp16" in err and "bf16" in err and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- the command line
+def _dry_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "videocrafter_main.py", "--random_init", "--dry_run", "--device", "cuda", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_dry_run_command_prints_the_plan_and_its_json(tmp_path) -> None:
+    proc = _dry_run(
+        "--config", str(T2V_FULL), "--dtype", "fp16", "-p", "prompts/demo.txt", "--mode", "t2v_TTqcache_attn1_unilatent",
+        "--output_dir", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {
+        "device",
+        "dtype",
+        "window_batch",
+        "peak_memory_bytes",
+        "weights_bytes",
+        "unet_calls_per_frame",
+        "tflop_per_frame",
+    } <= set(plan)
+    assert plan["device"] == "cuda" and plan["dtype"] == "fp16" and plan["unet_calls_per_frame"] == 1
+    assert "plan: peak device memory" in proc.stderr
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_dry_run_that_does_not_fit(tmp_path, capsys) -> None:
+    rc = videocrafter_main.main(
+        ["--config", str(T2V_FULL), "--random_init", "--dry_run", "--device", "cuda", "--dtype", "fp16",
+         "-p", str(REPO / "prompts" / "demo.txt"), "--max_memory", "2GiB", "-n", "1", "--output_dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "error: the run needs" in err and "2.00 GiB are available" in err and "weights alone" in err
+
+
+def test_dry_run_that_fits_with_fewer_windows_says_which(fake_models) -> None:
+    job = PromptJob("a red panda", line=1)
+    full = plan(fake_models, T2V_FULL, "t2v", job, dtype="fp16", num_partitions=2)
+    tight = replace(full, budget_bytes=full.peak_memory_bytes - full.per_window_bytes)
+    assert not tight.fits
+    advice = videocrafter_main.memory_advice(tight, GenerationSettings(dtype="fp16", num_partitions=2))
+    assert f"--window_batch {full.window_batch - 1}" in advice
+
+
+def test_dry_run_bad_input_is_the_real_runs_error_before_anything_is_built(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    import lvdm.build
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("built a model before the usage error")
+
+    monkeypatch.setattr(lvdm.build, "build_model", refuse)
+    pfile = tmp_path / "p.txt"
+    pfile.write_text("ten|a boat\n")
+    for extra in ([], ["--dry_run", "--device", "cuda"]):
+        rc = videocrafter_main.main(
+            [
+                "--config",
+                str(T2V_FULL),
+                "--random_init",
+                "-p",
+                str(pfile),
+                "--output_dir",
+                str(tmp_path / "o"),
+                *extra,
+            ]
+        )
+        assert rc == 2
+        assert "positive whole number of output frames" in capsys.readouterr().err
+    rc = videocrafter_main.main(
+        ["--config", str(T2V_FULL), "--random_init", "-p", "prompts/demo.txt", "--dry_run", "--device", "cuda",
+         "--mode", "t2v_seed", "--output_dir", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert rc == 2 and "image-to-video model" in capsys.readouterr().err
