@@ -22,6 +22,17 @@ def write_png(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
     return path
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist every worker computes on one thread: the workers share the cores, and
+    two spinning threads per op wait on each other when one is descheduled."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not (REFERENCE / "tiny_t2v" / "config.yaml").is_file():

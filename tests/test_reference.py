@@ -55,11 +55,15 @@ def test_every_case_within_tolerance(results) -> None:
     assert max(r.scaled_error for r in results) < TOLERANCE
 
 
-def test_check_reference_script_exits_zero(check_reference, reference_dir, capsys) -> None:
+def test_check_reference_script_exits_zero(check_reference, reference_dir, results, capsys, monkeypatch) -> None:
+    """The script prints one line per case of the suite and exits 0; the cases' numbers are the
+    ones computed above (the same ReferenceSuite code, not run twice)."""
     module = check_reference
+    monkeypatch.setattr(module.ReferenceSuite, "cases", lambda self: iter(results))
     assert module.main([str(reference_dir / "tiny_t2v")]) == 0
     out = capsys.readouterr().out
     assert "all cases within" in out and "FAIL" not in out
+    assert sum(line.startswith("ok   fifo_run ") for line in out.splitlines()) == 4
 
 
 def test_check_reference_rejects_a_non_fixture_folder(check_reference, tmp_path) -> None:
