@@ -55,7 +55,9 @@ def test_every_case_within_tolerance(results) -> None:
     assert max(r.scaled_error for r in results) < TOLERANCE
 
 
-def test_check_reference_script_exits_zero(check_reference, reference_dir, results, capsys, monkeypatch) -> None:
+def test_check_reference_script_exits_zero(
+    check_reference, reference_dir, results, capsys, monkeypatch
+) -> None:
     """The script prints one line per case of the suite and exits 0; the cases' numbers are the
     ones computed above (the same ReferenceSuite code, not run twice)."""
     module = check_reference
