@@ -15,7 +15,10 @@ import contextlib
 import logging
 import os
 import re
+import shlex
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue interrupted videos from their saved state (same arguments); finished ones are skipped",
+    )
+    p.add_argument(
+        "--save_state_every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="save the run's state every N output frames (default: at most once a minute)",
+    )
+    p.add_argument(
         "--dry_run",
         action="store_true",
         help="check every input, then plan the run on fake tensors on the target device (memory, FLOPs, "
@@ -235,6 +250,9 @@ class RunRequest:
     torchrun: bool
     dry_run: bool = False
     max_memory: int | None = None
+    resume: bool = False
+    save_state_every: int | None = None
+    done: frozenset[int] = frozenset()  # indices (in this rank's jobs) of videos already complete
 
 
 def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
@@ -332,6 +350,38 @@ def _check_attention(backend: str, device: str) -> None:
         )
 
 
+def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -> frozenset[int]:
+    """For --resume: the jobs whose video is complete (skipped), and a usage error when a saved
+    state was made with other arguments (naming what differs). A damaged state is left to the run,
+    which reports it and starts afresh."""
+    from fifo.generator import resume_fingerprint
+    from fifo.resume import StateError, StateStore, fingerprint_differences, state_folder
+
+    done = set()
+    for index, job in enumerate(jobs):
+        video = layout.video_path(job)
+        store = StateStore(state_folder(video), {})
+        if not store.exists():
+            if video.is_file():
+                done.add(index)
+            continue
+        try:
+            saved = store.read_fingerprint()
+        except StateError:
+            continue
+        differences = fingerprint_differences(
+            saved, resume_fingerprint(job, mode, settings, model_id, device, video)
+        )
+        if differences:
+            raise UsageError(
+                f"--resume: the state saved in {store.folder} was made with other arguments:\n  "
+                + "\n  ".join(differences)
+                + "\nRun the interrupted command again with --resume, or drop --resume (and pass "
+                "--overwrite) to start afresh."
+            )
+    return frozenset(done)
+
+
 def build_request(args: argparse.Namespace) -> RunRequest:
     """Check every input, in the order a user would fix them; nothing is written, no model is built.
 
@@ -342,7 +392,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
     from fifo.generator import check_model_fits
     from fifo.outputs import OutputLayout, check_not_overwriting, check_writable_folder, experiment_name
     from fifo.prompts import parse_prompt_file, safe_name
-    from lvdm.build import config_facts, load_config
+    from lvdm.build import config_facts, load_config, model_identity
 
     mode = parse_mode(args.mode, args.qcache_weight)
     if not (args.num_processes >= 1 and 0 <= args.rank < args.num_processes):
@@ -374,7 +424,14 @@ def build_request(args: argparse.Namespace) -> RunRequest:
     if not args.output_dir:
         check_writable_folder(cache_dir, flag="the cache folder")
     my_jobs = jobs[rank::world]
-    check_not_overwriting(layout, my_jobs, args.overwrite)
+    if args.save_state_every is not None and args.save_state_every < 1:
+        raise UsageError("--save_state_every must be ≥ 1 (output frames between saved states)")
+    done: frozenset[int] = frozenset()
+    if args.resume:
+        model_id = model_identity(args.config, args.ckpt_path, args.random_init, args.seed)
+        done = _check_resumable(my_jobs, layout, mode, settings, model_id, device)
+    else:
+        check_not_overwriting(layout, my_jobs, args.overwrite)
 
     if args.num_inference_steps is not None and args.num_inference_steps != settings.geometry.steps:
         logger.info(
@@ -408,6 +465,9 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         torchrun=torchrun,
         dry_run=args.dry_run,
         max_memory=args.max_memory,
+        resume=args.resume,
+        save_state_every=args.save_state_every,
+        done=done,
     )
 
 
@@ -499,12 +559,71 @@ def memory_advice(plan, settings: GenerationSettings) -> str:
     )
 
 
+class StopRequest:
+    """SIGINT/SIGTERM during a run: the first asks the run to stop after the current iteration
+    (state saved, partial video written); a second one ends the process at once."""
+
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signal_number).name if self.signal_number else "request"
+
+    @property
+    def exit_code(self) -> int:
+        return self.EXIT_CODES.get(self.signal_number, 1)
+
+    def _handle(self, number: int, _frame: object) -> None:
+        if self.signal_number is not None:
+            os._exit(self.EXIT_CODES.get(number, 1))  # the second signal: now
+        self.signal_number = number
+        logger.warning(
+            "%s: finishing the current iteration, then saving the state (send it again to stop at once)",
+            signal.Signals(number).name,
+        )
+
+    @contextlib.contextmanager
+    def installed(self):  # noqa: ANN201 -- a context manager
+        """Handle SIGINT and SIGTERM while the block runs (main thread only), then restore."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in self.EXIT_CODES}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def resume_command() -> str:
+    """The command line of this run with --resume (to print when it stops)."""
+    argv = [sys.executable.rsplit("/", 1)[-1], *sys.argv]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def run(request: RunRequest) -> int:
+    """Generate the videos of ``request``; SIGINT/SIGTERM stop it cleanly (see :class:`StopRequest`)."""
+    stop = StopRequest()
+    with stop.installed():
+        return _run(request, stop)
+
+
+def _run(request: RunRequest, stop: StopRequest) -> int:
     import torch
 
     from fifo.generator import FifoGenerator
     from fifo.outputs import OutputError, create_folder
     from fifo.perf import tune_cpu_allocator
+    from fifo.resume import Durability, RunInterrupted, state_folder
     from fifo.run import NonFiniteError
     from lvdm.build import load_model, model_identity
     from lvdm.checkpoint import CheckpointError
@@ -540,13 +659,31 @@ def run(request: RunRequest) -> int:
         r.device,
     )
     results = []
+    durability = Durability(
+        resume=r.resume, save_every_frames=r.save_state_every, stop_requested=stop.requested
+    )
     with torch.inference_mode(), contextlib.closing(generator):
-        for job in my_jobs:
+        for index, job in enumerate(my_jobs):
+            if index in r.done:
+                logger.info("--resume: %s is complete already, skipped", r.layout.video_path(job))
+                continue
             try:
-                result = generator.run(job, r.layout.root, r.layout.experiment, r.layout.cache_dir)
+                result = generator.run(
+                    job, r.layout.root, r.layout.experiment, r.layout.cache_dir, durability
+                )
             except NonFiniteError as err:
                 print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
                 return 1
+            except RunInterrupted as stopped:
+                logger.warning(
+                    "stopped by %s after %d frame(s); state saved in %s%s. To continue: %s",
+                    stop.signal_name,
+                    stopped.frames,
+                    state_folder(r.layout.video_path(job)),
+                    f"; the frames so far: {stopped.partial_video}" if stopped.partial_video else "",
+                    resume_command(),
+                )
+                return stop.exit_code
             results.append(result)
             logger.info(
                 "done: %d frames in %.1fs → %s%s",

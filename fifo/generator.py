@@ -29,13 +29,23 @@ from fifo.options import GenerationSettings, ModeOptions
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
 from fifo.prompts import PromptJob
+from fifo.resume import (
+    Durability,
+    RunInterrupted,
+    StateError,
+    StateSaver,
+    StateStore,
+    fingerprint_differences,
+    partial_video_path,
+    state_folder,
+)
 from fifo.run import FifoSampler, check_finite, to_uint8_frames
 from fifo.schedule import DDIMSchedule
 from fifo.sinks import FrameSink, PngSink, VideoSink
 from fifo.tricks.qcache import set_qcache
 from lvdm.build import ConfigFacts, model_facts
 from lvdm.models.ddpm3d import LatentDiffusion
-from tools.video_io import VideoWriter
+from tools.video_io import VideoWriter, stale_temporary_files
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +74,54 @@ def check_model_fits(
             f"--height and --width must be multiples of {facts.size_multiple} for this model "
             f"(autoencoder ×{facts.vae_scale}, U-Net ×{facts.unet_factor}), got {h}x{w}"
         )
+
+
+def base_clip_key(
+    job: PromptJob, mode: ModeOptions, settings: GenerationSettings, model_id: str, device: str | torch.device
+) -> dict:
+    """Everything that changes a base clip's noise and latent (plain values, for the cache key)."""
+    s = settings
+    image_digest = hashlib.sha256(job.image.read_bytes()).hexdigest() if job.image else None
+    return {
+        "model": model_id,
+        "prompt": job.prompt,
+        "image": image_digest,
+        "seed": s.seed,
+        "size": [s.height, s.width],
+        "video_length": s.video_length,
+        "steps": s.geometry.steps,
+        "eta": s.eta,
+        "guidance": s.guidance,
+        "fps": s.fps,
+        "dtype": s.dtype.value,
+        "mode_main": mode.main.value,
+        # CPU and CUDA generators draw different numbers from the same seed.
+        "device": torch.device(device).type,
+    }
+
+
+def resume_fingerprint(
+    job: PromptJob,
+    mode: ModeOptions,
+    settings: GenerationSettings,
+    model_id: str,
+    device: str | torch.device,
+    video_path: Path,
+) -> dict:
+    """What a saved state must match to be resumed for ``job`` (plain values)."""
+    s = settings
+    return base_clip_key(job, mode, s, model_id, device) | {
+        "mode": mode.name,
+        "qcache_weight": None if mode.qcache is None else mode.qcache.weight,
+        "lookahead": s.lookahead,
+        "num_partitions": s.num_partitions,
+        "length": job.story_length if job.is_story else s.new_video_length,
+        "scenes": [[sc.frames, sc.prompt] for sc in job.scenes],
+        "video": video_path.name,
+        "output_fps": s.output_fps,
+        "rng": s.rng.value,
+        "path": "batched" if s.batched else "sequential",
+    }
 
 
 @dataclass(frozen=True)
@@ -196,31 +254,14 @@ class FifoGenerator:
         )
 
     def cache_key(self, job: PromptJob, noise: NoiseSource | None = None) -> dict:
-        """Everything that changes the base clip's noise and latent.
+        """Everything that changes the base clip's noise and latent (see :func:`base_clip_key`).
 
         With ``--rng published`` the stream's state before the base clip is part of it (a
         second prompt starts where the first left the stream).
         """
-        s = self.settings
-        image_digest = hashlib.sha256(job.image.read_bytes()).hexdigest() if job.image else None
         published = self.settings.rng is NoiseOrder.PUBLISHED
         rng = {"rng": noise.fingerprint()} if published and noise is not None else {}
-        return rng | {
-            "model": self.model_id,
-            "prompt": job.prompt,
-            "image": image_digest,
-            "seed": s.seed,
-            "size": [s.height, s.width],
-            "video_length": s.video_length,
-            "steps": self.geometry.steps,
-            "eta": s.eta,
-            "guidance": s.guidance,
-            "fps": s.fps,
-            "dtype": s.dtype.value,
-            "mode_main": self.mode.main.value,
-            # CPU and CUDA generators draw different numbers from the same seed.
-            "device": self.device.type,
-        }
+        return rng | base_clip_key(job, self.mode, self.settings, self.model_id, self.device)
 
     def sample_base_clip(
         self, cond: Tensor, noise: NoiseSource, steps: int | None = None
@@ -270,44 +311,123 @@ class FifoGenerator:
         _atomic_save(payload, cache_file)
         return latents, False
 
-    def run(
-        self, job: PromptJob, output_root: Path, experiment: str, cache_dir: Path | None = None
-    ) -> GenerationResult:
-        """Generate one video under ``output_root/<prompt folder>/``; base latents cached in ``cache_dir``."""
-        start = time.perf_counter()
-        s = self.settings
+    def _start_state(self, job: PromptJob, conditioning, image_tokens, cache_dir: Path, exp_dir: Path):
+        """The base clip (sampled or cached), origin.gif, and the state before the first iteration."""
         base_noise, fifo_noise = self.noise_sources()
-        prompt_dir = output_root / job.folder_name
-        exp_dir = prompt_dir / experiment
-
-        conditioning, image_tokens = self.conditioning(job)
         # The base clip is conditioned on the text (+ the input image for i2v).
         cond = with_image_tokens(conditioning.first_text, image_tokens)
-        base, cached = self.base_clip(job, cond, cache_dir or output_root / "latents", base_noise)
+        base, cached = self.base_clip(job, cond, cache_dir, base_noise)
         base_video = self.sampler.decode(base)
         check_finite(base_video, "the decoded base clip")
-        with VideoWriter(exp_dir / "origin.gif", fps=s.output_fps) as origin:
+        with VideoWriter(exp_dir / "origin.gif", fps=self.settings.output_fps) as origin:
             for frame in to_uint8_frames(base_video):
                 origin.write(frame)
         if self.mode.seeds_image:
             image_tokens = self.sampler.image_tokens(base_video[:, :, 0])
             check_finite(image_tokens, "the seeding image tokens")
+        return self.sampler.initial_state(base, fifo_noise, image_tokens), cached
 
+    def _resumed_state(self, store: StateStore, exp_dir: Path):
+        """The saved state and frames of an interrupted run, or None (none, damaged, or mismatched)."""
+        if not store.exists():
+            logger.info("--resume: no saved state in %s, starting from the beginning", store.folder)
+            return None
+        if not (exp_dir / "origin.gif").is_file():
+            logger.warning("--resume: %s is missing; starting from the beginning", exp_dir / "origin.gif")
+            return None
+        _, fifo_noise = self.noise_sources()
+        try:
+            fingerprint, state, frames = store.load(fifo_noise, self.device)
+        except StateError as err:
+            logger.warning("--resume: ignoring a damaged state (%s); starting from the beginning", err)
+            return None
+        differences = fingerprint_differences(fingerprint, store.fingerprint)
+        if differences:
+            raise ValueError(
+                f"--resume: the saved state in {store.folder} was made with other settings:\n  "
+                + "\n  ".join(differences)
+                + "\nRun with the same arguments, or without --resume (use --overwrite) to start afresh."
+            )
+        logger.info(
+            "--resume: continuing %s from iteration %d (%d frames)",
+            store.folder,
+            state.iteration,
+            len(frames),
+        )
+        return state, frames
+
+    def run(
+        self,
+        job: PromptJob,
+        output_root: Path,
+        experiment: str,
+        cache_dir: Path | None = None,
+        durability: Durability | None = None,
+    ) -> GenerationResult:
+        """Generate one video under ``output_root/<prompt folder>/``; base latents cached in ``cache_dir``.
+
+        With ``durability`` the state is saved as the run goes (and restored with ``resume``), and
+        the run stops cleanly when ``durability.stop_requested()`` (raising :class:`RunInterrupted`).
+        """
+        start = time.perf_counter()
+        s = self.settings
+        prompt_dir = output_root / job.folder_name
+        exp_dir = prompt_dir / experiment
         video_path = prompt_dir / f"{experiment}{'.mp4' if s.use_mp4 else '.gif'}"
-        sinks: list[FrameSink] = [VideoSink(video_path, s.output_fps)]
+        for stale in stale_temporary_files(video_path):  # left by a killed run
+            stale.unlink()
+        fingerprint = resume_fingerprint(job, self.mode, s, self.model_id, self.device, video_path)
+        store = None if durability is None else StateStore(state_folder(video_path), fingerprint)
+
+        conditioning, image_tokens = self.conditioning(job)
+        resumed = self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
+        cached, saved_frames = False, []
+        if resumed is not None:
+            state, saved_frames = resumed
+        else:
+            state, cached = self._start_state(
+                job, conditioning, image_tokens, cache_dir or output_root / "latents", exp_dir
+            )
+
+        video = VideoSink(video_path, s.output_fps)
+        sinks: list[FrameSink] = [video]
         if s.save_frames:
             sinks.append(PngSink(exp_dir / "fifo"))
-        state = self.sampler.initial_state(base, fifo_noise, image_tokens)
+        saver = (
+            None
+            if store is None
+            else StateSaver(store, durability.save_every_frames, durability.save_every_seconds)
+        )
         total = self.sampler.num_iterations(conditioning)
         with contextlib.ExitStack() as stack:
             for sink in sinks:
                 stack.enter_context(sink)
-            progress = stack.enter_context(tqdm(total=total, desc="FIFO", disable=not s.progress))
+            for index, frame in enumerate(saved_frames):  # the frames before the interruption
+                for sink in sinks:
+                    sink.write(index, frame)
+            progress = stack.enter_context(
+                tqdm(total=total, initial=state.iteration, desc="FIFO", unit="it", disable=not s.progress)
+            )
             for output in self.sampler.steps(state, conditioning):
                 if output.frame is not None:
                     for sink in sinks:
                         sink.write(output.frame_index, output.frame)
+                    if saver is not None:
+                        saver.write_frame(output.frame_index, output.frame)
                 progress.update(1)
+                progress.set_postfix_str(
+                    f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
+                )
+                if saver is not None:
+                    saver.after_step(state)
+                    if durability.stop_requested() and state.iteration < total:
+                        saver.save(state)
+                        raise RunInterrupted(
+                            state.frames_emitted, video.finish_as(partial_video_path(video_path))
+                        )
+        if store is not None:  # complete: no state, no partial video of an earlier interruption
+            store.remove()
+            partial_video_path(video_path).unlink(missing_ok=True)
         return GenerationResult(
             job.prompt, video_path, state.frames_emitted, time.perf_counter() - start, cached
         )

@@ -39,6 +39,13 @@ class VideoSink:
     def write(self, index: int, frame: np.ndarray) -> None:
         self._writer.write(frame)
 
+    def finish_as(self, path: Path) -> Path | None:
+        """Finish the video so far as ``path`` (a playable partial video); None without frames."""
+        if self._writer.frames_written == 0:
+            self._writer.abort()
+            return None
+        return self._writer.close(path)
+
     def __enter__(self) -> VideoSink:
         return self
 

@@ -20,6 +20,7 @@ leaves a truncated video behind (and never clobbers a good one from an earlier r
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import secrets
@@ -43,6 +44,7 @@ __all__ = [
     "iter_video",
     "probe_video",
     "read_video",
+    "stale_temporary_files",
     "write_video",
 ]
 
@@ -180,6 +182,14 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(path, float(meta.get("fps") or 0.0), int(width), int(height))
 
 
+def stale_temporary_files(path: str | os.PathLike) -> list[Path]:
+    """Temporary files a :class:`VideoWriter` for ``path`` left behind (its process was killed)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{glob.escape(path.stem)}{_PARTIAL_MARK}*{path.suffix}"))
+
+
 def find_videos(
     paths: Iterable[str | os.PathLike], include_origin: bool = False, recursive: bool = True
 ) -> list[Path]:
@@ -205,8 +215,8 @@ def find_videos(
         for path in candidates:
             if not path.is_file() or path.suffix.lower() not in VIDEO_SUFFIXES:
                 continue
-            if path.name.startswith(".") or _PARTIAL_MARK in path.name:
-                continue
+            if path.name.startswith(".") or _PARTIAL_MARK in path.name or path.stem.endswith(".partial"):
+                continue  # unfinished, or the partial video of an interrupted run
             if path.stem == "origin" and not include_origin:
                 continue
             found.append(path)
@@ -419,8 +429,8 @@ class VideoWriter:
             self.write(frame)
 
     # -- finishing ------------------------------------------------------------------------
-    def close(self) -> Path:
-        """Finish the file and move it to :attr:`path`. Returns :attr:`path`.
+    def close(self, destination: str | os.PathLike | None = None) -> Path:
+        """Finish the file and move it to :attr:`path` (or ``destination``). Returns where it went.
 
         Raises:
             ValueError: no frame was written (nothing is created).
@@ -428,6 +438,7 @@ class VideoWriter:
         """
         if self._closed:
             return self.path
+        target = self.path if destination is None else Path(destination)
         if self.frames_written == 0:
             self.abort()
             raise ValueError(f"{self.path}: no frames were written; nothing saved")
@@ -443,13 +454,13 @@ class VideoWriter:
                 raise RuntimeError(
                     f"{self.path}: the encoder wrote nothing (ffmpeg failed; see its messages above)"
                 )
-            os.replace(self.temp_path, self.path)
+            os.replace(self.temp_path, target)
         except BaseException:
             self.abort()
             raise
         self._closed = True
-        logger.debug("wrote %s (%d frames, %.3g fps)", self.path, self.frames_written, self.fps)
-        return self.path
+        logger.debug("wrote %s (%d frames, %.3g fps)", target, self.frames_written, self.fps)
+        return target
 
     def abort(self) -> None:
         """Stop writing and delete the temporary file; :attr:`path` is not touched."""

@@ -1,0 +1,243 @@
+"""Runs that survive interruption: the FIFO state saved as it goes, restored by ``--resume``.
+
+Next to a video being generated, ``<video>.state/`` holds what a resumed run needs to write the
+identical file:
+
+- ``state.pt``: the :class:`~fifo.run.FifoState` at an iteration boundary (queue, noise stream,
+  iteration, image tokens, frames emitted, the tricks' state) and a fingerprint of everything that
+  must match to resume (the base clip's cache key, the full mode, the queue layout, the length,
+  the output format, the random scheme). Written atomically (temporary file, then rename).
+- ``frames/0000.png``, ...: every output frame so far, lossless, so that the video file can be
+  rebuilt frame for frame (a GIF or MP4 cannot be appended to, nor decoded back exactly).
+
+The folder is removed when the video is complete. A state is saved every ``save_every_frames``
+output frames, or, by default, when ``save_every_seconds`` have passed since the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fifo.noise import NoiseSource
+from fifo.run import FifoState
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+# A state at most this often by default: a save is a few MB (the queue) plus nothing else, so
+# this costs far below 1% of a run whose iterations take seconds, and a kill loses at most
+# this much work.
+DEFAULT_SAVE_SECONDS = 60.0
+
+
+class StateError(RuntimeError):
+    """A saved state that cannot be used (damaged, or of another format)."""
+
+
+def state_folder(video_path: Path) -> Path:
+    """Where the state of the video at ``video_path`` is kept: ``<video>.state/``."""
+    return video_path.with_name(video_path.name + ".state")
+
+
+def partial_video_path(video_path: Path) -> Path:
+    """The playable video of an interrupted run: ``<experiment>.partial.gif`` (or .mp4)."""
+    return video_path.with_name(f"{video_path.stem}.partial{video_path.suffix}")
+
+
+@dataclass
+class Durability:
+    """How a run survives interruption (what the CLI asks of :meth:`FifoGenerator.run`).
+
+    Attributes:
+        resume: continue from a saved state when there is one that matches.
+        save_every_frames: save the state every this many output frames (None: by time).
+        save_every_seconds: without ``save_every_frames``, save when this much time has passed.
+        stop_requested: asked after every iteration; True stops the run cleanly (state saved,
+            partial video written, :class:`RunInterrupted` raised).
+    """
+
+    resume: bool = False
+    save_every_frames: int | None = None
+    save_every_seconds: float = DEFAULT_SAVE_SECONDS
+    stop_requested: Callable[[], bool] = field(default=lambda: False)
+
+
+class RunInterrupted(Exception):
+    """A run stopped on request after saving its state.
+
+    Attributes:
+        frames: output frames written so far; partial_video: the playable partial video (or None).
+    """
+
+    def __init__(self, frames: int, partial_video: Path | None) -> None:
+        super().__init__(f"stopped after {frames} frame(s)")
+        self.frames, self.partial_video = frames, partial_video
+
+
+def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a saved state's fingerprint and this run's, one line per key."""
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            lines.append(f"{key}: the saved state has {saved.get(key)!r}, this run {current.get(key)!r}")
+    return lines
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+class StateStore:
+    """The state folder of one video: saves, loads and removes it.
+
+    Args:
+        folder: ``<video>.state``.
+        fingerprint: what must match to resume (plain values, JSON-like).
+    """
+
+    def __init__(self, folder: Path, fingerprint: dict[str, Any]) -> None:
+        self.folder, self.fingerprint = folder, fingerprint
+
+    @property
+    def state_file(self) -> Path:
+        return self.folder / "state.pt"
+
+    def frame_path(self, index: int) -> Path:
+        return self.folder / "frames" / f"{index:04d}.png"
+
+    def exists(self) -> bool:
+        return self.state_file.is_file()
+
+    def write_frame(self, index: int, frame: np.ndarray) -> None:
+        """Keep output frame ``index`` (H, W, 3) uint8, losslessly."""
+        path = self.frame_path(index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".png.tmp")
+        Image.fromarray(frame).save(tmp, format="PNG")
+        tmp.replace(path)
+
+    def save(self, state: FifoState) -> None:
+        """Save ``state`` (at an iteration boundary) atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "version": STATE_VERSION,
+            "fingerprint": self.fingerprint,
+            "queue": state.queue.detach().cpu(),
+            "noise": _to_cpu(state.noise.state_dict()),
+            "iteration": state.iteration,
+            "image_tokens": None if state.image_tokens is None else state.image_tokens.detach().cpu(),
+            "frames_emitted": state.frames_emitted,
+            "extras": _to_cpu(state.extras),
+        }
+        tmp = self.state_file.with_suffix(".pt.tmp")
+        torch.save(payload, tmp)
+        tmp.replace(self.state_file)
+
+    def load(
+        self, noise: NoiseSource, device: torch.device
+    ) -> tuple[dict[str, Any], FifoState, list[np.ndarray]]:
+        """The saved fingerprint, the state (on ``device``, drawing from ``noise`` restored to the
+        saved point) and the output frames so far.
+
+        Raises:
+            StateError: a damaged or unreadable state, or frames missing.
+        """
+        try:
+            payload = torch.load(self.state_file, map_location="cpu", weights_only=True)
+            if not isinstance(payload, dict) or payload.get("version") != STATE_VERSION:
+                raise StateError(f"{self.state_file} is not a state of this version")
+            noise.load_state_dict(payload["noise"])
+            state = FifoState(
+                queue=payload["queue"].to(device),
+                noise=noise,
+                iteration=int(payload["iteration"]),
+                image_tokens=None if payload["image_tokens"] is None else payload["image_tokens"].to(device),
+                frames_emitted=int(payload["frames_emitted"]),
+                extras=_to_device(payload["extras"], device),
+            )
+            frames = []
+            for index in range(state.frames_emitted):
+                with Image.open(self.frame_path(index)) as image:
+                    frames.append(np.asarray(image.convert("RGB")).copy())
+        except StateError:
+            raise
+        except Exception as err:  # a damaged state is reported and ignored, never fatal
+            raise StateError(f"{self.folder} cannot be read ({type(err).__name__}: {err})") from err
+        return payload["fingerprint"], state, frames
+
+    def read_fingerprint(self) -> dict[str, Any]:
+        """The saved fingerprint alone (for checking a resume before any model is loaded)."""
+        try:
+            payload = torch.load(self.state_file, map_location="cpu", weights_only=True)
+            return dict(payload["fingerprint"])
+        except Exception as err:
+            raise StateError(f"{self.folder} cannot be read ({type(err).__name__}: {err})") from err
+
+    def remove(self) -> None:
+        """Delete the folder (the video is complete)."""
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.rglob("*"), reverse=True):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
+        self.folder.rmdir()
+
+
+class StateSaver:
+    """Around the FIFO loop: keeps every output frame and saves the state now and then.
+
+    Args:
+        store: the video's state folder.
+        every_frames: save every this many output frames (None: by time).
+        every_seconds: without ``every_frames``, save when this much time has passed.
+    """
+
+    def __init__(self, store: StateStore, every_frames: int | None, every_seconds: float) -> None:
+        self.store, self.every_frames, self.every_seconds = store, every_frames, every_seconds
+        self._last_time = time.monotonic()
+        self._last_frames = -1
+
+    def write_frame(self, index: int, frame: np.ndarray) -> None:
+        self.store.write_frame(index, frame)
+
+    def after_step(self, state: FifoState) -> None:
+        """Save if the rule says so (called at each iteration boundary)."""
+        if self.every_frames is not None:
+            due = state.frames_emitted > 0 and state.frames_emitted % self.every_frames == 0
+            due = due and state.frames_emitted != self._last_frames
+        else:
+            due = time.monotonic() - self._last_time >= self.every_seconds
+        if due:
+            self.save(state)
+
+    def save(self, state: FifoState) -> None:
+        started = time.monotonic()
+        self.store.save(state)
+        self._last_time, self._last_frames = time.monotonic(), state.frames_emitted
+        logger.debug(
+            "state saved at iteration %d (%d frames) in %.3fs", state.iteration, state.frames_emitted,
+            time.monotonic() - started,
+        )  # fmt: skip

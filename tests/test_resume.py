@@ -1,0 +1,261 @@
+"""Long runs lose nothing: a stopped or killed run, continued with --resume, writes exactly the
+video (and PNG frames) an uninterrupted run writes (fifo/resume.py, FifoGenerator.run)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import videocrafter_main
+from fifo.resume import StateSaver, StateStore
+from tests.conftest import REPO
+
+T2V = str(REPO / "configs" / "tiny_t2v.yaml")
+I2V = str(REPO / "configs" / "tiny_i2v.yaml")
+SMALL = [
+    "--random_init",
+    "--video_length",
+    "4",
+    "-n",
+    "2",
+    "-l",
+    "6",
+    "--no_progress",
+    "-ex",
+    "run",
+    "--save_frames",
+]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` but the base-clip cache, by relative path."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).parts[0] != "latents"
+    }
+
+
+def prompt_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text(text)
+    return path
+
+
+def stop_after(iterations: int, monkeypatch) -> None:
+    """A SIGINT arriving during iteration ``iterations``: the run stops after it (the CLI's
+    StopRequest is asked after every iteration)."""
+    calls = {"n": 0}
+
+    def requested(self) -> bool:
+        calls["n"] += 1
+        if calls["n"] >= iterations:
+            self.signal_number = signal.SIGINT
+        return self.signal_number is not None
+
+    monkeypatch.setattr(videocrafter_main.StopRequest, "requested", requested)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The outputs of an uninterrupted run of each case (computed once per case)."""
+    done: dict[str, dict[str, bytes]] = {}
+
+    def outputs_of(case: str, args: list[str]) -> dict[str, bytes]:
+        if case not in done:
+            out = tmp_path_factory.mktemp(case)
+            assert videocrafter_main.main([*args, "--output_dir", str(out)]) == 0
+            done[case] = outputs(out)
+        return done[case]
+
+    return outputs_of
+
+
+CASES = {
+    "qcache_unilatent": (T2V, "a red fox in the snow\n", ["--mode", "t2v_TTqcache_attn1_unilatent"]),
+    "story": (T2V, "3|a cat sleeps\n3|the cat wakes up\n", []),
+    "seed_ar": (I2V, "a red fox in the snow\n", ["--mode", "t2v_seed_ar"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("stop_at", [1, 5, 9], ids=["first-iteration", "mid-run", "last-frame"])
+def test_stopped_then_resumed_is_byte_identical(
+    tmp_path, monkeypatch, uninterrupted, case: str, stop_at: int
+) -> None:
+    config, text, extra = CASES[case]
+    prompts = prompt_file(tmp_path.parent, text)  # one path for every test of the case: one cache key
+    args = ["--config", config, "-p", str(prompts), *SMALL, *extra, "--save_state_every", "2"]
+    expected = uninterrupted(case, args)
+
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        stop_after(stop_at, patch)  # 10 iterations (6 frames after 4 of warm-up): stop after 1, 5 or 9
+        assert videocrafter_main.main([*args, "--output_dir", str(out)]) == 130
+    stopped = outputs(out)
+    assert any(name.endswith(".state/state.pt") for name in stopped)
+    video = next(name for name in expected if name.endswith("run.gif"))
+    assert video not in stopped  # the final video appears only when complete
+    assert videocrafter_main.main([*args, "--output_dir", str(out), "--resume"]) == 0
+    assert outputs(out) == expected  # byte-identical, and nothing else left (no state, no partial video)
+
+
+def test_killed_before_the_first_state_starts_again(tmp_path, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    prompts = prompt_file(tmp_path, "a red fox in the snow\n")
+    args = ["--config", T2V, "-p", str(prompts), *SMALL]
+    assert videocrafter_main.main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "killed"
+    folder = out / "a_red_fox_in_the_snow"
+    folder.mkdir(parents=True)
+    (folder / ".run.partial-dead.gif").write_bytes(b"GIF89a unfinished")  # what a kill leaves
+    assert videocrafter_main.main([*args, "--output_dir", str(out), "--resume"]) == 0
+    assert any(
+        "no saved state" in r.getMessage() and "from the beginning" in r.getMessage() for r in caplog.records
+    )
+    assert outputs(out) == outputs(tmp_path / "whole")
+
+
+def test_damaged_state_is_reported_and_ignored(tmp_path, monkeypatch, caplog) -> None:
+    import logging
+
+    prompts = prompt_file(tmp_path, "a red fox in the snow\n")
+    args = ["--config", T2V, "-p", str(prompts), *SMALL, "--save_state_every", "1"]
+    assert videocrafter_main.main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "damaged"
+    with monkeypatch.context() as patch:
+        stop_after(6, patch)
+        videocrafter_main.main([*args, "--output_dir", str(out)])
+    (state,) = out.rglob("state.pt")
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    caplog.set_level(logging.WARNING)
+    assert videocrafter_main.main([*args, "--output_dir", str(out), "--resume"]) == 0
+    assert any("ignoring a damaged state" in r.getMessage() for r in caplog.records)
+    assert outputs(out) == outputs(tmp_path / "whole")
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [(["--seed", "7"], "seed"), (["--mode", "t2v_unilatent"], "mode"), (["-l", "7"], "length")],
+    ids=["seed", "mode", "length"],
+)
+def test_a_state_of_other_arguments_is_refused(tmp_path, monkeypatch, capsys, change, named: str) -> None:
+    prompts = prompt_file(tmp_path, "a red fox in the snow\n")
+    args = [
+        "--config",
+        T2V,
+        "-p",
+        str(prompts),
+        *SMALL,
+        "--save_state_every",
+        "1",
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    with monkeypatch.context() as patch:
+        stop_after(6, patch)
+        videocrafter_main.main(args)
+    before = outputs(tmp_path / "o")
+    capsys.readouterr()
+    assert videocrafter_main.main([*args, *change, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "other arguments" in err and f"{named}:" in err and "Traceback" not in err
+    assert outputs(tmp_path / "o") == before  # nothing touched
+
+
+def test_finished_prompts_are_not_redone(tmp_path, monkeypatch, caplog) -> None:
+    import logging
+
+    prompts = prompt_file(tmp_path, "a red fox in the snow\na blue cube\n")
+    args = [
+        "--config",
+        T2V,
+        "-p",
+        str(prompts),
+        *SMALL,
+        "--save_state_every",
+        "1",
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    with monkeypatch.context() as patch:
+        stop_after(14, patch)  # the first video (10 iterations) completes, the second stops
+        assert videocrafter_main.main(args) == 130
+    first = tmp_path / "o" / "a_red_fox_in_the_snow" / "run.gif"
+    done = first.read_bytes()
+    caplog.set_level(logging.INFO)
+    assert videocrafter_main.main([*args, "--resume"]) == 0
+    assert any("complete already, skipped" in r.getMessage() for r in caplog.records)
+    assert first.read_bytes() == done and (tmp_path / "o" / "a_blue_cube" / "run.gif").is_file()
+
+
+def test_state_saving_rule() -> None:
+    class Store:
+        saves: list[int] = []
+
+        def save(self, state) -> None:
+            self.saves.append(state.frames_emitted)
+
+    class State:
+        frames_emitted = 0
+        iteration = 0
+
+    store, state = Store(), State()
+    saver = StateSaver(store, every_frames=3, every_seconds=60.0)  # type: ignore[arg-type]
+    for frames in [0, 1, 2, 3, 3, 4, 5, 6]:
+        state.frames_emitted = frames
+        saver.after_step(state)  # type: ignore[arg-type]
+    assert store.saves == [3, 6]
+    timed = StateSaver(Store(), every_frames=None, every_seconds=0.0)  # type: ignore[arg-type]
+    timed.after_step(state)  # type: ignore[arg-type]
+    assert timed.store.saves[-1] == 6
+    assert StateStore(Path("x.gif.state"), {}).state_file == Path("x.gif.state/state.pt")
+
+
+# --------------------------------------------------------------------------- real signals
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "videocrafter_main.py", *args], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)],
+    ids=["INT", "TERM", "KILL"],
+)
+def test_signals_then_resume(tmp_path, uninterrupted, sig: int, code: int) -> None:
+    prompts = prompt_file(tmp_path.parent, "a red fox in the snow\n")
+    # 24 iterations at 128x128: a few seconds, so that the signal comes mid-run.
+    args = [
+        "--config", T2V, "-p", str(prompts), "--random_init", "--video_length", "4", "-n", "2", "-l", "20",
+        "--height", "128", "--width", "128", "--save_state_every", "2", "--no_progress", "-ex", "run",
+    ]  # fmt: skip
+    expected = uninterrupted("signals", args)
+    out = tmp_path / "signalled"
+    frames = out / "a_red_fox_in_the_snow" / "run.gif.state" / "frames"
+    proc = _start([*args, "--output_dir", str(out)])
+    deadline = time.monotonic() + 240
+    while len(list(frames.glob("*.png"))) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == code, err[-2000:]
+    if sig != signal.SIGKILL:
+        assert "state saved in" in err and "--resume" in err
+        assert (out / "a_red_fox_in_the_snow" / "run.partial.gif").is_file()
+    assert videocrafter_main.main([*args, "--output_dir", str(out), "--resume"]) == 0
+    assert outputs(out) == expected
