@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import logging
 import os
 import re
@@ -43,6 +44,9 @@ logger = logging.getLogger("videocrafter_main")
 RESULTS = Path("results") / "videocraft_v2_fifo"
 DEFAULT_OUTPUT_ROOT = RESULTS / "random_noise"
 DEFAULT_CACHE_DIR = RESULTS / "latents"
+# The job's control collectives (agreeing on errors, the summary at the end) may wait for the
+# slowest rank's whole share of the prompt list: hours.
+CONTROL_TIMEOUT = datetime.timedelta(days=7)
 # A model this large (parameters) on a CPU takes hours per video: refused unless asked for.
 FULL_SIZE_PARAMETERS = 500_000_000
 
@@ -134,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--use_mp4", action="store_true", help="write .mp4 instead of .gif")
     p.add_argument("--output_fps", type=int, default=10, help="frames per second of the written video")
+    p.add_argument(
+        "--parallel",
+        choices=("prompts", "windows"),
+        default="prompts",
+        help="under torchrun: 'prompts' gives each rank its share of the prompt list; 'windows' "
+        "splits the FIFO windows of every iteration of each video over the ranks (one video faster)",
+    )
     p.add_argument("--rank", type=int, default=0, help="this process's shard of the prompt list")
     p.add_argument("--num_processes", type=int, default=1, help="number of shards")
     p.add_argument("--debug", action="store_true", help="debug logging (third-party libraries included)")
@@ -248,6 +259,7 @@ class RunRequest:
     rank: int
     world: int
     torchrun: bool
+    parallel: str = "prompts"
     dry_run: bool = False
     max_memory: int | None = None
     resume: bool = False
@@ -286,8 +298,16 @@ def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False)
                 f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here (cuda:0 ... "
                 f"cuda:{torch.cuda.device_count() - 1})"
             )
-        if device.index is None and torchrun:
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        if torchrun:
+            # One GPU per process of a node: torchrun's LOCAL_RANK picks it.
+            local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+            if device.index is not None and local_ranks > 1:
+                raise UsageError(
+                    f"--device {requested} under torchrun would put all {local_ranks} processes of this node "
+                    "on one GPU; pass --device cuda (each process takes cuda:LOCAL_RANK)"
+                )
+            if device.index is None:
+                return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     elif device.type != "cpu":
         raise UsageError(f"--device {requested}: only cuda and cpu are supported")
     return str(device)
@@ -423,7 +443,10 @@ def build_request(args: argparse.Namespace) -> RunRequest:
     check_writable_folder(root)
     if not args.output_dir:
         check_writable_folder(cache_dir, flag="the cache folder")
-    my_jobs = jobs[rank::world]
+    if args.parallel == "windows" and not torchrun:
+        logger.info("--parallel windows without torchrun: one process computes every window")
+    # --parallel windows: every rank works on every video; rank 0 writes.
+    my_jobs = jobs if args.parallel == "windows" else jobs[rank::world]
     if args.save_state_every is not None and args.save_state_every < 1:
         raise UsageError("--save_state_every must be ≥ 1 (output frames between saved states)")
     done: frozenset[int] = frozenset()
@@ -463,6 +486,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         rank=rank,
         world=world,
         torchrun=torchrun,
+        parallel=args.parallel,
         dry_run=args.dry_run,
         max_memory=args.max_memory,
         resume=args.resume,
@@ -478,12 +502,59 @@ def main(argv: list[str] | None = None) -> int:
     from fifo.prompts import PromptFileError
     from lvdm.utils import ConfigError
 
+    several = start_process_group()
+    if several and args.parallel == "windows" and int(os.environ["RANK"]) != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
     try:
-        request = build_request(args)
+        request, error = build_request(args), None
     except (UsageError, ModeError, PromptFileError, ConfigError, OutputError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        request, error = None, f"error: {err}"
+    error = agree_on_errors(error) if several else error
+    if error is not None:
+        print(error, file=sys.stderr)
+        end_process_group()
         return 2
     return dry_run(request) if request.dry_run else run(request)
+
+
+def start_process_group() -> bool:
+    """Under torchrun with several processes, join the job's process group (gloo, for agreeing on
+    errors, small objects and the summary; each video's data goes through its own group). Returns
+    whether there are several processes. Nothing is computed yet: inputs are checked next, on
+    every rank, and the ranks agree on the outcome before any work."""
+    from fifo.parallel import LaunchEnv
+
+    launch = LaunchEnv.from_environment()
+    if launch is None or launch.world < 2:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=CONTROL_TIMEOUT)
+    return True
+
+
+def end_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def agree_on_errors(error: str | None) -> str | None:
+    """Every rank's input check → one outcome: this rank's own error, or the first failed rank's
+    (so that a bad input found on one rank stops every rank at once, none waits for it)."""
+    import torch.distributed as dist
+
+    errors: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    if error is not None:
+        return error
+    failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+    if not failed:
+        return None
+    rank, first = failed[0]
+    return f"error: rank {rank} stopped the job: {first.removeprefix('error: ')}"
 
 
 def dry_run(request: RunRequest) -> int:
@@ -622,6 +693,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
 
     from fifo.generator import FifoGenerator
     from fifo.outputs import OutputError, create_folder
+    from fifo.parallel import shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
     from fifo.run import NonFiniteError
@@ -629,42 +701,45 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     from lvdm.checkpoint import CheckpointError
 
     r = request
-    if r.torchrun:
-        import torch.distributed as dist
-
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if torch.device(r.device).type == "cpu":
+    device = torch.device(r.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # this rank's GPU for everything CUDA does implicitly (NCCL too)
+    if device.type == "cpu":
         tune_cpu_allocator()  # large tensors reuse heap memory instead of fresh page-faulting mmaps
-    my_jobs = r.jobs[r.rank :: r.world]
+    several = r.torchrun and r.world > 1
+    group = window_group(r) if several and r.parallel == "windows" else None
+    # --parallel windows: every rank takes part in every video, in rank 0's view of what is done.
+    my_jobs = r.jobs if r.parallel == "windows" else r.jobs[r.rank :: r.world]
+    done = r.done if group is None else group.broadcast_object(r.done)
     try:
         model = load_model(r.config, r.ckpt_path, r.random_init, device=r.device, seed=r.settings.seed)
         model.unet.set_attn_processor(r.attention)
-        generator = FifoGenerator(
-            model, r.mode, r.settings, model_identity(r.config, r.ckpt_path, r.random_init, r.settings.seed)
-        )
-        create_folder(r.layout.root)
+        model_id = model_identity(r.config, r.ckpt_path, r.random_init, r.settings.seed)
+        generator = FifoGenerator(model, r.mode, r.settings, model_id, group=group)
+        if group is None or group.is_writer:
+            create_folder(r.layout.root)
     except (CheckpointError, OutputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    logger.info(
-        "rank %d/%d: %d of %d prompt(s), mode %s, experiment %s, device %s",
-        r.rank,
-        r.world,
-        len(my_jobs),
-        len(r.jobs),
-        r.mode.name,
-        r.layout.experiment,
-        r.device,
-    )
+    if group is not None:
+        windows = len(r.settings.geometry.windows())
+        logger.info(
+            "%d ranks share every video's %d windows (%s per rank); mode %s, experiment %s, device %s",
+            r.world, windows, shares_text(windows, r.world), r.mode.name, r.layout.experiment, r.device,
+        )  # fmt: skip
+    else:
+        logger.info(
+            "rank %d/%d: %d of %d prompt(s), mode %s, experiment %s, device %s",
+            r.rank, r.world, len(my_jobs), len(r.jobs), r.mode.name, r.layout.experiment, r.device,
+        )  # fmt: skip
     results = []
     durability = Durability(
         resume=r.resume, save_every_frames=r.save_state_every, stop_requested=stop.requested
     )
     with torch.inference_mode(), contextlib.closing(generator):
         for index, job in enumerate(my_jobs):
-            if index in r.done:
+            if index in done:
                 logger.info("--resume: %s is complete already, skipped", r.layout.video_path(job))
                 continue
             try:
@@ -675,14 +750,15 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
                 print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
                 return 1
             except RunInterrupted as stopped:
-                logger.warning(
-                    "stopped by %s after %d frame(s); state saved in %s%s. To continue: %s",
-                    stop.signal_name,
-                    stopped.frames,
-                    state_folder(r.layout.video_path(job)),
-                    f"; the frames so far: {stopped.partial_video}" if stopped.partial_video else "",
-                    resume_command(),
-                )
+                if group is None or group.is_writer:
+                    logger.warning(
+                        "stopped by %s after %d frame(s); state saved in %s%s. To continue: %s",
+                        stop.signal_name,
+                        stopped.frames,
+                        state_folder(r.layout.video_path(job)),
+                        f"; the frames so far: {stopped.partial_video}" if stopped.partial_video else "",
+                        resume_command(),
+                    )
                 return stop.exit_code
             results.append(result)
             logger.info(
@@ -692,19 +768,39 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
                 result.video_path,
                 " (cached base clip)" if result.base_clip_cached else "",
             )
-    if r.torchrun:
-        import torch.distributed as dist
-
-        gathered: list = [None] * r.world
-        dist.all_gather_object(gathered, [(x.prompt, str(x.video_path), x.frames) for x in results])
-        if r.rank == 0:
-            total = sum(len(g) for g in gathered)
-            logger.info("all ranks: %d video(s) written", total)
-            for rank, items in enumerate(gathered):
-                for prompt, path, frames in items:
-                    logger.info("  rank %d: %s (%d frames) %s", rank, path, frames, prompt)
-        dist.destroy_process_group()
+    if several and r.parallel == "prompts":
+        summarize_ranks(r, results)
+    end_process_group()
     return 0
+
+
+def window_group(request: RunRequest):  # noqa: ANN201 -- a fifo.parallel.RankGroup
+    """--parallel windows: the ranks' data group (NCCL between GPUs, gloo on CPUs), with timeouts
+    so that a rank that died makes the others fail instead of waiting forever."""
+    import torch
+    import torch.distributed as dist
+
+    from fifo.parallel import DEFAULT_TIMEOUT, RankGroup
+
+    device = torch.device(request.device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    return RankGroup(
+        request.rank, request.world, device, dist.new_group(backend=backend, timeout=DEFAULT_TIMEOUT)
+    )
+
+
+def summarize_ranks(request: RunRequest, results: list) -> None:
+    """--parallel prompts: rank 0 logs every rank's videos (a gloo collective with a long timeout:
+    ranks that finish early wait here for the slowest one)."""
+    import torch.distributed as dist
+
+    gathered: list = [None] * request.world
+    dist.all_gather_object(gathered, [(x.prompt, str(x.video_path), x.frames) for x in results])
+    if request.rank == 0:
+        logger.info("all ranks: %d video(s) written", sum(len(g) for g in gathered))
+        for rank, items in enumerate(gathered):
+            for prompt, path, frames in items:
+                logger.info("  rank %d: %s (%d frames) %s", rank, path, frames, prompt)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from fifo.ddim import sample_ddim
 from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions
+from fifo.parallel import DistributedWindows, RankGroup, local_windows
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
 from fifo.prompts import PromptJob
@@ -39,7 +40,7 @@ from fifo.resume import (
     partial_video_path,
     state_folder,
 )
-from fifo.run import FifoSampler, check_finite, to_uint8_frames
+from fifo.run import FifoSampler, FifoState, check_finite, to_uint8_frames
 from fifo.schedule import DDIMSchedule
 from fifo.sinks import FrameSink, PngSink, VideoSink
 from fifo.tricks.qcache import set_qcache
@@ -151,6 +152,7 @@ class FifoGenerator:
         model_id: fingerprint of the weights (``lvdm.build.model_identity``), for the cache.
         plan: how batched calls run (default: ``plan_fast_path`` of the device on the batched
             path, the published layers on the sequential one).
+        group: the ranks that share each video's windows (``--parallel windows``), or None.
     """
 
     def __init__(
@@ -160,9 +162,11 @@ class FifoGenerator:
         settings: GenerationSettings,
         model_id: str,
         plan: FastPathPlan | None = None,
+        group: RankGroup | None = None,
     ) -> None:
         check_model_fits(model_facts(model), mode, settings, "this model")
         self.model, self.mode, self.settings, self.model_id = model, mode, settings, model_id
+        self.group = group
         self.geometry = settings.geometry
         self.device = model.device
         scale = model.vae_scale
@@ -217,6 +221,8 @@ class FifoGenerator:
             self.geometry,
             self.uncond_context,
             self.window_batch,
+            windows_step=local_windows if group is None else DistributedWindows(group),
+            group=group,
         )
 
     def close(self) -> None:
@@ -225,15 +231,15 @@ class FifoGenerator:
         self.fifo_denoiser.close()
 
     # ------------------------------------------------------------------ stages
-    def conditioning(self, job: PromptJob) -> tuple[VideoConditioning, Tensor | None]:
-        """The job's text conditioning, and its input image's tokens (``i2v``) or None."""
+    def conditioning(self, job: PromptJob, image: bool = True) -> tuple[VideoConditioning, Tensor | None]:
+        """The job's text conditioning, and its input image's tokens (``i2v``, unless not ``image``) or None."""
         s = self.settings
         prompts = [sc.prompt for sc in job.scenes] if job.is_story else [job.prompt]
         texts = self.model.get_learned_conditioning(prompts)  # (scenes, 77, d)
         length = job.story_length if job.is_story else s.new_video_length
         conditioning = VideoConditioning(texts, tuple(sc.frames for sc in job.scenes), length)
         image_tokens = None
-        if self.mode.main.takes_input_image:
+        if self.mode.main.takes_input_image and image:
             image_tokens = self.sampler.image_tokens(load_image(job.image, s.height, s.width))
         return conditioning, image_tokens
 
@@ -356,6 +362,32 @@ class FifoGenerator:
         )
         return state, frames
 
+    def _share_state(self, state: FifoState | None) -> FifoState:
+        """Several ranks: rank 0's state (fresh or resumed) on every rank."""
+        group = self.group
+        meta = group.broadcast_object(
+            None
+            if state is None
+            else {
+                "queue": (tuple(state.queue.shape), state.queue.dtype),
+                "tokens": None
+                if state.image_tokens is None
+                else (tuple(state.image_tokens.shape), state.image_tokens.dtype),
+                "iteration": state.iteration,
+                "frames_emitted": state.frames_emitted,
+                "noise": state.noise.state_dict(),
+            }
+        )
+        queue = group.broadcast(None if state is None else state.queue, meta["queue"])
+        tokens = None
+        if meta["tokens"] is not None:
+            tokens = group.broadcast(None if state is None else state.image_tokens, meta["tokens"])
+        if state is not None:
+            return state
+        _, noise = self.noise_sources()
+        noise.load_state_dict(meta["noise"])
+        return FifoState(queue, noise, meta["iteration"], tokens, meta["frames_emitted"])
+
     def run(
         self,
         job: PromptJob,
@@ -368,31 +400,42 @@ class FifoGenerator:
 
         With ``durability`` the state is saved as the run goes (and restored with ``resume``), and
         the run stops cleanly when ``durability.stop_requested()`` (raising :class:`RunInterrupted`).
+        With several ranks (``group``) every rank runs this; rank 0 alone samples the base clip,
+        writes the files and the state, and shares what the others need.
         """
         start = time.perf_counter()
         s = self.settings
+        writer = self.group is None or self.group.is_writer
         prompt_dir = output_root / job.folder_name
         exp_dir = prompt_dir / experiment
         video_path = prompt_dir / f"{experiment}{'.mp4' if s.use_mp4 else '.gif'}"
-        for stale in stale_temporary_files(video_path):  # left by a killed run
-            stale.unlink()
-        fingerprint = resume_fingerprint(job, self.mode, s, self.model_id, self.device, video_path)
-        store = None if durability is None else StateStore(state_folder(video_path), fingerprint)
+        store = None
+        if writer:
+            for stale in stale_temporary_files(video_path):  # left by a killed run
+                stale.unlink()
+            if durability is not None:
+                fingerprint = resume_fingerprint(job, self.mode, s, self.model_id, self.device, video_path)
+                store = StateStore(state_folder(video_path), fingerprint)
 
-        conditioning, image_tokens = self.conditioning(job)
-        resumed = self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
-        cached, saved_frames = False, []
-        if resumed is not None:
-            state, saved_frames = resumed
-        else:
-            state, cached = self._start_state(
-                job, conditioning, image_tokens, cache_dir or output_root / "latents", exp_dir
-            )
+        conditioning, image_tokens = self.conditioning(job, image=writer)
+        state, cached, saved_frames = None, False, []
+        if writer:
+            resumed = self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
+            if resumed is not None:
+                state, saved_frames = resumed
+            else:
+                state, cached = self._start_state(
+                    job, conditioning, image_tokens, cache_dir or output_root / "latents", exp_dir
+                )
+        if self.group is not None:
+            state = self._share_state(state)
 
-        video = VideoSink(video_path, s.output_fps)
-        sinks: list[FrameSink] = [video]
-        if s.save_frames:
-            sinks.append(PngSink(exp_dir / "fifo"))
+        sinks: list[FrameSink] = []
+        if writer:
+            video = VideoSink(video_path, s.output_fps)
+            sinks.append(video)
+            if s.save_frames:
+                sinks.append(PngSink(exp_dir / "fifo"))
         saver = (
             None
             if store is None
@@ -406,7 +449,13 @@ class FifoGenerator:
                 for sink in sinks:
                     sink.write(index, frame)
             progress = stack.enter_context(
-                tqdm(total=total, initial=state.iteration, desc="FIFO", unit="it", disable=not s.progress)
+                tqdm(
+                    total=total,
+                    initial=state.iteration,
+                    desc="FIFO",
+                    unit="it",
+                    disable=not (s.progress and writer),
+                )
             )
             for output in self.sampler.steps(state, conditioning):
                 if output.frame is not None:
@@ -420,11 +469,15 @@ class FifoGenerator:
                 )
                 if saver is not None:
                     saver.after_step(state)
-                    if durability.stop_requested() and state.iteration < total:
+                stop = durability is not None and durability.stop_requested()
+                if self.group is not None:
+                    stop = self.group.any(stop)  # every rank stops after the same iteration
+                if stop and state.iteration < total:
+                    partial = None
+                    if saver is not None:
                         saver.save(state)
-                        raise RunInterrupted(
-                            state.frames_emitted, video.finish_as(partial_video_path(video_path))
-                        )
+                        partial = video.finish_as(partial_video_path(video_path))
+                    raise RunInterrupted(state.frames_emitted, partial)
         if store is not None:  # complete: no state, no partial video of an earlier interruption
             store.remove()
             partial_video_path(video_path).unlink(missing_ok=True)

@@ -70,6 +70,11 @@ class FifoGeometry:
             return i // (self.steps // f)
         return max(0, i - (self.steps - f))
 
+    @property
+    def frames_written(self) -> int:
+        """Frames each window writes back: its last f/2 with lookahead, all f without."""
+        return self.video_length // 2 if self.lookahead else self.video_length
+
     def windows(self) -> list[Window]:
         """Windows in processing order, noisiest first."""
         f = self.video_length

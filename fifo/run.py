@@ -11,7 +11,7 @@ PNG writers, progress, a state saver, another rank) sits around the loop, not in
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,8 +25,9 @@ from fifo.geometry import FifoGeometry
 from fifo.guidance import GuidedDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import ModeOptions
+from fifo.parallel import RankGroup, local_windows
 from fifo.schedule import DDIMSchedule
-from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue
+from fifo.step import initial_queue, iteration_noise, shift_queue
 
 
 class NonFiniteError(RuntimeError):
@@ -94,6 +95,11 @@ def gaussian_tail(queue: Tensor, noise: NoiseSource) -> Tensor:
     return noise.tail(queue[:, :, :1])
 
 
+WindowsStep = Callable[..., Tensor]
+"""(denoise, queue, geometry, schedule, contexts, uncond, noise, window_batch) → the queue after
+one DDIM step of every window (:func:`fifo.parallel.local_windows`)."""
+
+
 class StepHook:
     """A trick's part of every step. Override what the trick needs; the defaults do nothing.
 
@@ -146,6 +152,11 @@ class FifoSampler:
         window_batch: windows per denoiser call (None: all; 1: one by one).
         tail_sampler: what enters the queue at the tail (default: fresh Gaussian noise).
         hooks: the tricks' parts of every step (:class:`StepHook`), in order.
+        windows_step: runs one iteration's windows (default: all in this process,
+            :func:`fifo.parallel.local_windows`; :class:`fifo.parallel.DistributedWindows` splits
+            them over ranks).
+        group: the ranks sharing this video (None: one process). Only its writer (rank 0)
+            decodes and embeds frames; it broadcasts the re-seeded image tokens.
     """
 
     def __init__(
@@ -159,11 +170,19 @@ class FifoSampler:
         window_batch: int | None,
         tail_sampler: TailSampler = gaussian_tail,
         hooks: Sequence[StepHook] = (),
+        windows_step: WindowsStep = local_windows,
+        group: RankGroup | None = None,
     ) -> None:
         self.model, self.mode, self.denoise = model, mode, denoise
         self.schedule, self.geometry, self.uncond = schedule, geometry, uncond
         self.window_batch = window_batch
         self.tail_sampler, self.hooks = tail_sampler, tuple(hooks)
+        self.windows_step, self.group = windows_step, group
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process decodes the output frames (a single process, or rank 0)."""
+        return self.group is None or self.group.is_writer
 
     # ------------------------------------------------------------------ model operations
     def decode(self, z: Tensor) -> Tensor:
@@ -190,7 +209,7 @@ class FifoSampler:
         geo, it = self.geometry, state.iteration
         contexts = conditioning.window_contexts(geo, it, state.image_tokens)
         noise = iteration_noise(state.noise, geo, state.queue, self.schedule)
-        queue = fifo_step(
+        queue = self.windows_step(
             self.denoise, state.queue, geo, self.schedule, contexts, self.uncond, noise, self.window_batch
         )
         for hook in self.hooks:
@@ -202,12 +221,18 @@ class FifoSampler:
             hook.after_dequeue(self, state, clean)
         output = StepOutput(it, clean)
         if keep or self.mode.reseeds_each_frame:
-            frame_video = self.decode(clean)
-            check_finite(frame_video, "the decoded frame", it)
+            frame_video = None
+            if self.is_writer:
+                frame_video = self.decode(clean)
+                check_finite(frame_video, "the decoded frame", it)
             if self.mode.reseeds_each_frame:
                 # Replace (never append) the image tokens with the newest frame's.
-                state.image_tokens = self.image_tokens(frame_video[:, :, 0])
-                check_finite(state.image_tokens, "the re-seeded image tokens", it)
+                tokens = None if frame_video is None else self.image_tokens(frame_video[:, :, 0])
+                if self.group is not None:
+                    like = (tuple(state.image_tokens.shape), state.image_tokens.dtype)
+                    tokens = self.group.broadcast(tokens, like)
+                check_finite(tokens, "the re-seeded image tokens", it)
+                state.image_tokens = tokens
             if keep:
                 output = StepOutput(it, clean, frame_video, state.frames_emitted)
                 state.frames_emitted += 1

@@ -8,6 +8,8 @@ the same result.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -54,6 +56,74 @@ def iteration_noise(
     )
 
 
+def denoise_windows(
+    denoise: GuidedDenoiser,
+    queue: Tensor,
+    geometry: FifoGeometry,
+    schedule: DDIMSchedule,
+    contexts: Tensor,
+    uncond: Tensor | None,
+    noise: Tensor | None = None,
+    window_batch: int | None = None,
+    indices: Sequence[int] | None = None,
+) -> Tensor:
+    """One DDIM step of the windows ``indices`` of an iteration: the frames they write back.
+
+    Args:
+        denoise: the guided denoiser (one window per row).
+        queue: (1, c, L, h, w), as it was at the start of the iteration.
+        contexts: (W, m, d), the condition of each window in ``geometry.windows()`` order.
+        uncond: (1, m, d) unconditional context, or None for no guidance.
+        noise: (W, c, f, h, w) DDIM noise per window (eta > 0), same order.
+        window_batch: windows per denoiser call (None: all at once; 1: one by one, as published).
+        indices: which windows (positions in ``geometry.windows()``), in order; None: all.
+    Returns:
+        (k, c, f_w, h, w): for each of the k windows, the f_w frames it writes back (its last f/2
+        with lookahead, all f without).
+    """
+    windows = geometry.windows()
+    indices = list(range(len(windows))) if indices is None else list(indices)
+    b, c, _, h, w_ = queue.shape
+    if not indices:
+        return queue.new_empty((0, c, geometry.frames_written, h, w_))
+    selected = [windows[i] for i in indices]
+    slot_idx = torch.from_numpy(geometry.slot_indices()).to(queue.device)
+    timesteps = schedule.timesteps.to(queue.device)[slot_idx]
+    chunk = len(selected) if window_batch is None else max(1, window_batch)
+    # Every window reads the queue as it was at the start of the iteration (see module doc).
+    inputs = torch.cat([queue[:, :, w.start : w.end] for w in selected])
+    index = torch.stack([slot_idx[w.start : w.end] for w in selected])  # (k, f)
+    t = torch.stack([timesteps[w.start : w.end] for w in selected])
+    if len(indices) < len(windows):  # a share of the windows (several ranks)
+        rows = torch.tensor(indices, device=queue.device)
+        contexts = contexts[rows.to(contexts.device)]
+        noise = None if noise is None else noise[rows.to(noise.device)]
+    keep = geometry.video_length - geometry.frames_written
+    written = []
+    for lo in range(0, len(selected), chunk):
+        sl = slice(lo, lo + chunk)
+        n = inputs[sl].shape[0]
+        unc = None if uncond is None else uncond.expand(n, -1, -1)
+        eps = denoise(inputs[sl], t[sl], contexts[sl], unc)
+        x_prev, _ = ddim_step(inputs[sl], eps, schedule, index[sl], None if noise is None else noise[sl])
+        written.append(x_prev[:, :, keep:])
+    return torch.cat(written)
+
+
+def write_back(
+    queue: Tensor, geometry: FifoGeometry, written: Tensor, indices: Sequence[int] | None = None
+) -> Tensor:
+    """The queue with the frames ``written`` (k, c, f_w, h, w) of windows ``indices`` (default all)
+    put in their slots. No two windows of an iteration write the same slot."""
+    windows = geometry.windows()
+    indices = range(len(windows)) if indices is None else indices
+    out = queue.clone()
+    for k, i in enumerate(indices):
+        w = windows[i]
+        out[:, :, w.write_start : w.end] = written[k : k + 1]
+    return out
+
+
 def fifo_step(
     denoise: GuidedDenoiser,
     queue: Tensor,
@@ -66,33 +136,10 @@ def fifo_step(
 ) -> Tensor:
     """One FIFO iteration over all windows (before the shift). Returns the new queue.
 
-    Args:
-        denoise: the guided denoiser (one window per row).
-        queue: (1, c, L, h, w).
-        contexts: (W, m, d), the condition of each window in ``geometry.windows()`` order.
-        uncond: (1, m, d) unconditional context, or None for no guidance.
-        noise: (W, c, f, h, w) DDIM noise per window (eta > 0), same order.
-        window_batch: windows per denoiser call (None: all at once; 1: one by one, as published).
+    See :func:`denoise_windows` for the arguments.
     """
-    windows = geometry.windows()
-    slot_idx = torch.from_numpy(geometry.slot_indices()).to(queue.device)
-    timesteps = schedule.timesteps.to(queue.device)[slot_idx]
-    chunk = len(windows) if window_batch is None else max(1, window_batch)
-    # Every window reads the queue as it was at the start of the iteration (see module doc).
-    inputs = torch.cat([queue[:, :, w.start : w.end] for w in windows])
-    index = torch.stack([slot_idx[w.start : w.end] for w in windows])  # (W, f)
-    t = torch.stack([timesteps[w.start : w.end] for w in windows])
-    out = queue.clone()
-    for lo in range(0, len(windows), chunk):
-        sl = slice(lo, lo + chunk)
-        n = inputs[sl].shape[0]
-        unc = None if uncond is None else uncond.expand(n, -1, -1)
-        eps = denoise(inputs[sl], t[sl], contexts[sl], unc)
-        x_prev, _ = ddim_step(inputs[sl], eps, schedule, index[sl], None if noise is None else noise[sl])
-        for k, w in enumerate(windows[sl]):
-            keep = w.write_start - w.start
-            out[:, :, w.write_start : w.end] = x_prev[k : k + 1, :, keep:]
-    return out
+    written = denoise_windows(denoise, queue, geometry, schedule, contexts, uncond, noise, window_batch)
+    return write_back(queue, geometry, written)
 
 
 def shift_queue(queue: Tensor, tail: NoiseSource | Tensor) -> Tensor:

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-import fifo.run
 from fifo.conditioning import VideoConditioning, load_image
 from fifo.generator import FifoGenerator
 from fifo.geometry import FifoGeometry
@@ -68,19 +67,20 @@ def settings(**kw) -> GenerationSettings:
 
 
 class Recorder:
-    """Wraps the fifo_step of fifo.run and keeps (contexts, uncond) of every iteration."""
+    """Wraps the generator's windows step (one FIFO iteration over the windows) and keeps
+    (contexts, uncond) of every iteration."""
 
-    def __init__(self, monkeypatch) -> None:
+    def __init__(self, monkeypatch, generator: FifoGenerator) -> None:
         self.contexts: list[torch.Tensor] = []
         self.unconds: list[torch.Tensor] = []
-        real = fifo.run.fifo_step
+        real = generator.sampler.windows_step
 
         def wrapped(denoise, queue, geometry, schedule, contexts, uncond, *args, **kwargs):
             self.contexts.append(contexts.detach().clone())
             self.unconds.append(uncond.detach().clone())
             return real(denoise, queue, geometry, schedule, contexts, uncond, *args, **kwargs)
 
-        monkeypatch.setattr(fifo.run, "fifo_step", wrapped)
+        monkeypatch.setattr(generator.sampler, "windows_step", wrapped)
 
 
 def wrap_image_tokens(monkeypatch, generator: FifoGenerator) -> list[tuple[tuple[int, ...], torch.Tensor]]:
@@ -100,7 +100,7 @@ def wrap_image_tokens(monkeypatch, generator: FifoGenerator) -> list[tuple[tuple
 def test_seed_ar_context_length_constant_and_tokens_replaced(tmp_path, monkeypatch, i2v_model) -> None:
     s = settings(new_video_length=3)
     gen = FifoGenerator(i2v_model, parse_mode("t2v_seed_ar"), s, "test-model")
-    rec = Recorder(monkeypatch)
+    rec = Recorder(monkeypatch, gen)
     token_calls = wrap_image_tokens(monkeypatch, gen)
     result = gen.run(PromptJob("a fox", line=1), tmp_path, "exp", tmp_path / "cache")
     iterations = gen.geometry.num_iterations(3)
@@ -124,7 +124,7 @@ def test_seed_ar_context_length_constant_and_tokens_replaced(tmp_path, monkeypat
 def test_seed_uses_the_first_base_frame_for_every_step(tmp_path, monkeypatch, i2v_model) -> None:
     s = settings()
     gen = FifoGenerator(i2v_model, parse_mode("t2v_seed"), s, "test-model")
-    rec = Recorder(monkeypatch)
+    rec = Recorder(monkeypatch, gen)
     token_calls = wrap_image_tokens(monkeypatch, gen)
     cache = tmp_path / "cache"
     gen.run(PromptJob("a fox", line=1), tmp_path, "exp", cache)
@@ -141,7 +141,7 @@ def test_seed_uses_the_first_base_frame_for_every_step(tmp_path, monkeypatch, i2
 def test_i2v_conditions_on_the_input_image(tmp_path, monkeypatch, i2v_model) -> None:
     image = write_png(tmp_path / "in.png", (90, 40))
     gen = FifoGenerator(i2v_model, parse_mode("i2v"), settings(), "test-model")
-    rec = Recorder(monkeypatch)
+    rec = Recorder(monkeypatch, gen)
     gen.run(PromptJob("a fox", line=1, image=image), tmp_path, "exp", tmp_path / "cache")
     expected = i2v_model.get_image_embeds(load_image(image, 64, 64))
     for ctx in rec.contexts:
@@ -238,7 +238,7 @@ def test_story_switches_the_text_at_the_requested_frames(tmp_path, monkeypatch, 
     job = PromptJob(scenes[0].prompt, line=1, scenes=scenes)
     s = settings(video_length=4, num_partitions=2, lookahead=lookahead, new_video_length=99)
     gen = FifoGenerator(t2v_model, parse_mode("t2v"), s, "m")
-    rec = Recorder(monkeypatch)
+    rec = Recorder(monkeypatch, gen)
     result = gen.run(job, tmp_path, "exp", tmp_path / "cache")
     assert result.frames == 4  # the story's length, not --new_video_length
     texts = t2v_model.get_learned_conditioning([sc.prompt for sc in scenes])
