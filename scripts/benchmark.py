@@ -69,6 +69,7 @@ from fifo.geometry import FifoGeometry  # noqa: E402
 from fifo.guidance import CFGDenoiser, GuidedDenoiser, ModelDenoiser  # noqa: E402
 from fifo.noise import NoiseSource  # noqa: E402
 from fifo.options import Precision  # noqa: E402
+from fifo.parallel import LaunchEnv  # noqa: E402
 from fifo.perf import (  # noqa: E402
     FastPathPlan,
     ShardedDenoiser,
@@ -213,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="allow_cpu_full",
         action="store_true",
         help="run --preset full on a CPU anyway (~6 GB of weights, minutes per U-Net call)",
+    )
+    p.add_argument(
+        "--parallel",
+        choices=("windows",),
+        default=None,
+        help="under torchrun with K processes: seconds per output frame with the windows split over the "
+        "K ranks (one thread each on CPU) against rank 0 alone (K threads on CPU), in the same run",
     )
     p.add_argument("--_probe", default=None, help=argparse.SUPPRESS)
     return p
@@ -769,6 +777,86 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parallel_windows_benchmark(args: argparse.Namespace) -> int:
+    """``--parallel windows`` under torchrun: rank 0 alone against all ranks, in one run.
+
+    One rank: rank 0 runs every window of an iteration with K intra-op threads on CPU (K = the
+    world size; its own GPU on CUDA) while the others wait. K ranks: every rank runs its share of
+    the windows with one thread (its GPU) and the written-back frames are exchanged. Both on the
+    same queue and noise; each timed iteration runs both, in alternating order.
+    """
+    import torch.distributed as dist
+
+    from fifo.parallel import DistributedWindows, RankGroup, local_windows, shares_text
+
+    launch = LaunchEnv.from_environment()
+    if launch is None:
+        raise SystemExit(
+            "--parallel windows needs torchrun, e.g. torchrun --nproc_per_node=2 scripts/benchmark.py ..."
+        )
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", launch.local_rank)
+        torch.cuda.set_device(device)
+        args.device = str(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    group = RankGroup(launch.rank, launch.world, device)
+    if launch.rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    args.threads = 1
+    with torch.inference_mode():
+        bench = setup(args)
+        # Both sides run the fast path's plan: on CPU the one rank splits its calls into K parallel
+        # slices of K threads (the best a single process does with K cores), the K ranks one each.
+        plan = plan_fast_path(device, threads=launch.world)
+        apply_execution(bench.fast_model.unet, plan.unet)
+        denoise = CFGDenoiser(ModelDenoiser(bench.fast_model, args.fps), args.guidance)
+        alone = ShardedDenoiser(denoise, plan.shards)
+        split = DistributedWindows(group)
+        common = (bench.geometry, bench.schedule, bench.contexts, bench.uncond)
+        times: dict[str, list[float]] = {"one rank": [], f"{launch.world} ranks": []}
+        diffs: list[float] = []
+        queue = bench.queue
+        for it in range(args.warmup + args.iterations):
+            noise = iteration_noise(bench.generator, bench.geometry, queue, bench.schedule)
+            outputs = {}
+            for path in list(times) if it % 2 == 0 else list(times)[::-1]:
+                dist.barrier()
+                start = time.perf_counter()
+                if path == "one rank":
+                    if launch.rank == 0:
+                        torch.set_num_threads(
+                            launch.world if device.type == "cpu" else torch.get_num_threads()
+                        )
+                        outputs[path] = local_windows(alone, queue, *common, noise, bench.window_batch)
+                        torch.set_num_threads(1)
+                else:
+                    outputs[path] = split(denoise, queue, *common, noise, bench.window_batch)
+                _sync(device)
+                dist.barrier()
+                if it >= args.warmup:
+                    times[path].append(time.perf_counter() - start)
+            if launch.rank == 0:
+                diffs.append(float((outputs["one rank"] - outputs[f"{launch.world} ranks"]).abs().max()))
+                queue = outputs["one rank"]
+            queue = group.broadcast(
+                queue if launch.rank == 0 else None, (tuple(bench.queue.shape), bench.queue.dtype)
+            )
+            queue = shift_queue(queue, bench.generator)
+    if launch.rank == 0:
+        one, many = (statistics.median(t) for t in times.values())
+        windows = len(bench.geometry.windows())
+        print(
+            f"FIFO windows over ranks: preset {args.preset}, {windows} windows ({shares_text(windows, launch.world)} "
+            f"per rank), device {device.type}, {args.iterations} timed iteration(s)\n"
+            f"one rank ({plan.shards} parallel slice(s) of one thread each on CPU): {one:.3f} s/frame\n"
+            f"{launch.world} ranks (1 thread each on CPU): {many:.3f} s/frame\n"
+            f"speed-up (one rank / {launch.world} ranks): {one / many:.2f}x    max |difference| = {max(diffs):.2e}"
+        )
+    dist.destroy_process_group()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -779,6 +867,8 @@ def main(argv: list[str] | None = None) -> int:
             result = probe(args)
         print(PROBE_MARK + json.dumps(result), flush=True)
         return 0
+    if args.parallel == "windows":
+        return parallel_windows_benchmark(args)
     results = benchmark(args)
     if args.json == "-":
         print(json.dumps(results, indent=2))
