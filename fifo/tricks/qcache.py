@@ -31,7 +31,15 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from fifo.options import QCacheOptions
-from lvdm.modules.attention import AttnProcessor, CrossAttention, SpatialTransformer, TemporalTransformer
+from lvdm.modules.attention import (
+    AttnProcessor,
+    CrossAttention,
+    SpatialTransformer,
+    TemporalTransformer,
+    add_processor,
+    processor_parts,
+    remove_processors,
+)
 
 SlotKey = tuple
 
@@ -104,29 +112,32 @@ class QCacheBlendProcessor(AttnProcessor):
 _TRANSFORMER_KINDS = {"spatial": SpatialTransformer, "temporal": TemporalTransformer}
 
 
+_QCACHE_PROCESSORS = (QCacheRecordProcessor, QCacheBlendProcessor)
+
+
 def _installed_stores(unet: nn.Module) -> list[QCacheStore]:
     stores: dict[int, QCacheStore] = {}
     for layer in unet.attention_layers().values():
-        if isinstance(layer.processor, (QCacheRecordProcessor, QCacheBlendProcessor)):
-            stores[id(layer.processor.store)] = layer.processor.store
+        for part in processor_parts(layer):
+            if isinstance(part, _QCACHE_PROCESSORS):
+                stores[id(part.store)] = part.store
     return list(stores.values())
 
 
 def remove_qcache(unet: nn.Module) -> None:
-    """Give every layer with a Q-cache processor plain attention again; remove the store's hooks."""
+    """Take the Q-cache processors off every layer (other tricks' stay); remove the store's hooks."""
     for store in _installed_stores(unet):
         for handle in store.hooks:
             handle.remove()
         store.hooks.clear()
     for layer in unet.attention_layers().values():
-        if isinstance(layer.processor, (QCacheRecordProcessor, QCacheBlendProcessor)):
-            layer.processor = AttnProcessor(unet.attention_backend)
+        remove_processors(layer, _QCACHE_PROCESSORS, unet.attention_backend)
 
 
 def set_qcache(unet: nn.Module, options: QCacheOptions | None) -> QCacheStore | None:
-    """Install Q-cache processors on a ``UNetModel`` for ``options``; None restores plain attention.
+    """Install Q-cache processors on a ``UNetModel`` for ``options``; None removes them.
 
-    Processors use the U-Net's attention backend (``UNetModel.set_attn_processor``: set the
+    They go next to other tricks' processors on the same layers (``add_processor``). Processors use the U-Net's attention backend (``UNetModel.set_attn_processor``: set the
     backend first). Returns the store the processors share, or None.
     """
     remove_qcache(unet)
@@ -145,10 +156,11 @@ def set_qcache(unet: nn.Module, options: QCacheOptions | None) -> QCacheStore | 
             ):
                 for attn_name in options.attentions:
                     slot = (enc_index, kind, depth, attn_name)
-                    getattr(enc_block, attn_name).processor = QCacheRecordProcessor(store, slot, backend)
-                    getattr(dec_block, attn_name).processor = QCacheBlendProcessor(
-                        store, slot, options.weight, backend
+                    add_processor(
+                        getattr(enc_block, attn_name), QCacheRecordProcessor(store, slot, backend), backend
                     )
+                    blend = QCacheBlendProcessor(store, slot, options.weight, backend)
+                    add_processor(getattr(dec_block, attn_name), blend, backend)
     # Nothing left over from a pass that raised; the recorded queries freed between passes.
     store.hooks.append(unet.register_forward_pre_hook(lambda _module, _args: store.clear()))
     store.hooks.append(unet.register_forward_hook(lambda _module, _args, _out: store.clear()))

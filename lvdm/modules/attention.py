@@ -2,21 +2,39 @@
 
 Each :class:`CrossAttention` delegates its computation to a swappable *processor* (the way
 diffusers does it). The default :class:`AttnProcessor` projects q/k/v and runs the attention
-kernel; the Q-cache trick (``fifo.tricks.qcache``) swaps in processors that record or blend
-the query, without flags threaded through the forward passes. The U-Net installs processors
-with ``UNetModel.set_attn_processor``; the FIFO method's tricks install their own on chosen
-layers (``fifo.tricks``).
+kernel; the FIFO method's tricks (``fifo.tricks``) install processors on chosen layers that
+change parts of that computation, without flags threaded through the forward passes. The U-Net
+installs plain processors with ``UNetModel.set_attn_processor``.
 
 A context row may be shared by several consecutive samples of ``x``: the spatial transformers
 fold a clip's frames into the batch, ``(b·t, n, c)``, and cross-attend the clip's one context
-``(b, m, d)``. Layers take that repeat count explicitly (``context_repeats = t``).
+``(b, m, d)``. Layers take that repeat count explicitly (``context_repeats = t``). Self-attention
+layers get the same count: the consecutive rows of ``x`` that form one clip (1 where a row is a
+whole sequence, as in the temporal transformers). Plain attention attends within each row; a
+processor that attends across the frames of a clip reads it.
+
+**Processor hooks.** A processor changes attention through three hooks, each a no-op by default:
+
+- ``process_query(attn, q)``: the projected query ``(rows, n, heads·d)`` (Q-caches blend it);
+- ``attend_self(attn, q, k, v, rows_per_clip, inner)``: self-attention over split heads
+  ``(rows, heads, n, d)``; ``inner(q, k, v)`` is the attention it would otherwise run
+  (cross-frame attention adds keys and values here);
+- ``attend_text(attn, q, k, v, context_repeats, inner)``: the attention over the context's
+  text tokens (the whole context when it has no image tokens), keys ``(rows / r, heads, m, d)``
+  (a trick that reads the cross-attention maps observes them here).
+
+**Several tricks on one layer** compose instead of replacing each other: :func:`add_processor`
+puts a processor next to those already on a layer (a :class:`ComposedProcessor`: queries pass
+through every part in order; each attention hook is a chain in which a part calls ``inner`` to
+run the next part's, the last one's ``inner`` being the kernel), :func:`remove_processors`
+takes a kind of processor off again.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,14 +124,50 @@ class AttnProcessor:
         """Hook for tricks that change the query, ``q``: (b, n, heads·dim_head)."""
         return q
 
+    def attend_self(
+        self,
+        attn: CrossAttention,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        rows_per_clip: int,
+        inner: Callable[[Tensor, Tensor, Tensor], Tensor],
+    ) -> Tensor:
+        """Hook for tricks that change self-attention: q, k, v (rows, heads, n, d) → same shape.
+
+        ``rows_per_clip`` consecutive rows form one clip; ``inner`` runs the attention otherwise run.
+        """
+        return inner(q, k, v)
+
+    def attend_text(
+        self,
+        attn: CrossAttention,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        context_repeats: int,
+        inner: Callable[[Tensor, Tensor, Tensor], Tensor],
+    ) -> Tensor:
+        """Hook on the attention over the text tokens: q (b·r, heads, n, d), k, v (b, heads, m, d).
+
+        ``inner`` runs the attention otherwise run; the result is (b·r, heads, n, d).
+        """
+        return inner(q, k, v)
+
     def __call__(
         self, attn: CrossAttention, x: Tensor, context: Tensor | None = None, context_repeats: int = 1
     ) -> Tensor:
-        """x: (b·r, n, c), context: (b, m, d) or None (self-attention), r = ``context_repeats``."""
+        """x: (b·r, n, c), context: (b, m, d) or None (self-attention), r = ``context_repeats``.
+
+        For self-attention, ``context_repeats`` is the number of consecutive rows per clip.
+        """
         kernel = functools.partial(run_attention, self.backend)
         q = self.process_query(attn, attn.to_q(x))
         if context is None:
-            context, context_repeats = x, 1
+            out = self.attend_self(
+                attn, *attn.split_heads(q, attn.to_k(x), attn.to_v(x)), context_repeats, kernel
+            )
+            return attn.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
         def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             # A context row shared by `context_repeats` consecutive samples (the frames of a
@@ -125,11 +179,89 @@ class AttnProcessor:
             # Text and image tokens get their own keys/values; the two results are added.
             # (Text alone: the image branch attends to nothing and adds zero, as published.)
             text, image = context[:, : attn.text_context_len], context[:, attn.text_context_len :]
-            out = attend(*attn.split_heads(q, attn.to_k(text), attn.to_v(text)))
+            out = self.attend_text(
+                attn, *attn.split_heads(q, attn.to_k(text), attn.to_v(text)), context_repeats, attend
+            )
             out = out + attend(*attn.split_heads(q, attn.to_k_ip(image), attn.to_v_ip(image)))
         else:
-            out = attend(*attn.split_heads(q, attn.to_k(context), attn.to_v(context)))
+            out = self.attend_text(
+                attn, *attn.split_heads(q, attn.to_k(context), attn.to_v(context)), context_repeats, attend
+            )
         return attn.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class ComposedProcessor(AttnProcessor):
+    """Several processors' hooks on one layer (see the module doc), computed with ``backend``.
+
+    Queries pass through every part's ``process_query`` in order. ``attend_self`` and
+    ``attend_text`` are chains: the first part's hook runs with ``inner`` set to the second
+    part's, and so on; the last part's ``inner`` is the kernel. A part that only observes calls
+    ``inner`` with what it got; a part that changes the attention may compute it itself.
+    """
+
+    def __init__(self, parts: Sequence[AttnProcessor], backend: str = "sdpa") -> None:
+        super().__init__(backend)
+        if len(parts) < 2:
+            raise ValueError("a ComposedProcessor needs at least two parts")
+        self.parts = tuple(parts)
+
+    def process_query(self, attn: CrossAttention, q: Tensor) -> Tensor:
+        for part in self.parts:
+            q = part.process_query(attn, q)
+        return q
+
+    def attend_self(
+        self,
+        attn: CrossAttention,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        rows_per_clip: int,
+        inner: Callable[[Tensor, Tensor, Tensor], Tensor],
+    ) -> Tensor:
+        for part in reversed(self.parts):
+            inner = functools.partial(part.attend_self, attn, rows_per_clip=rows_per_clip, inner=inner)
+        return inner(q, k, v)
+
+    def attend_text(
+        self,
+        attn: CrossAttention,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        context_repeats: int,
+        inner: Callable[[Tensor, Tensor, Tensor], Tensor],
+    ) -> Tensor:
+        for part in reversed(self.parts):
+            inner = functools.partial(part.attend_text, attn, context_repeats=context_repeats, inner=inner)
+        return inner(q, k, v)
+
+
+def processor_parts(layer: CrossAttention) -> tuple[AttnProcessor, ...]:
+    """The tricks' processors on ``layer`` (none where it runs plain attention)."""
+    processor = layer.processor
+    if isinstance(processor, ComposedProcessor):
+        return processor.parts
+    return () if type(processor) is AttnProcessor else (processor,)
+
+
+def _set_parts(layer: CrossAttention, parts: tuple[AttnProcessor, ...], backend: str) -> None:
+    if not parts:
+        layer.processor = AttnProcessor(backend)
+    elif len(parts) == 1:
+        layer.processor = parts[0]
+    else:
+        layer.processor = ComposedProcessor(parts, backend)
+
+
+def add_processor(layer: CrossAttention, processor: AttnProcessor, backend: str) -> None:
+    """Put ``processor`` on ``layer`` after the tricks' processors already there (kernel: ``backend``)."""
+    _set_parts(layer, (*processor_parts(layer), processor), backend)
+
+
+def remove_processors(layer: CrossAttention, kind: type | tuple[type, ...], backend: str) -> None:
+    """Take every processor of ``kind`` off ``layer``; plain attention (``backend``) where none is left."""
+    _set_parts(layer, tuple(p for p in processor_parts(layer) if not isinstance(p, kind)), backend)
 
 
 def attend_shared_context(
@@ -190,7 +322,8 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_repeats: int = 1) -> Tensor:
         """x: (b·r, n, query_dim), context: (b, m, context_dim) shared by r = ``context_repeats``
-        consecutive samples, or None for self-attention → (b·r, n, query_dim)."""
+        consecutive samples, or None for self-attention (then r is the rows per clip) → (b·r, n,
+        query_dim)."""
         if context is not None and x.shape[0] != context.shape[0] * context_repeats:
             raise ValueError(
                 f"attention: {x.shape[0]} query rows do not make {context.shape[0]} context rows "
@@ -245,7 +378,8 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_repeats: int = 1) -> Tensor:
         """x: (b·r, n, dim), context: (b, m, context_dim) shared by r consecutive rows, or None."""
-        x = self.attn1(self.norm1(x)) + x
+        # attn1 learns the clip layout too (rows per clip), for processors that attend across frames.
+        x = self.attn1(self.norm1(x), None, context_repeats) + x
         x = self.attn2(self.norm2(x), context, context_repeats) + x
         return self.ff(self.norm3(x)) + x
 
