@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -32,6 +33,8 @@ from fifo.options import (
     ModeError,
     ModeOptions,
     Precision,
+    TailFilter,
+    TrickArguments,
     parse_mode,
 )
 
@@ -204,7 +207,68 @@ def build_parser() -> argparse.ArgumentParser:
         help="device memory the run may use, e.g. 24GiB (default: the GPU's total); a dry run or a run "
         "whose plan needs more stops with the settings that would fit",
     )
+    add_ouroboros_arguments(p)
     return p
+
+
+def add_ouroboros_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of the Ouroboros-Diffusion tricks (tailcoh, sacfa, srg in --mode).
+
+    Defaults (None here) are those of ``fifo.options``; a flag whose trick is not in --mode is
+    logged and ignored, so that a sweep can pass the same flags to every mode.
+    """
+    g = p.add_argument_group(
+        "Ouroboros-Diffusion tricks",
+        "parameters of the tailcoh, sacfa and srg parts of --mode (see the README)",
+    )
+    g.add_argument(
+        "--tail_lowpass",
+        type=float,
+        default=None,
+        help="tailcoh: low-pass cut-off in normalised frequency [0, 1] (default 0.25; 0: Gaussian tail)",
+    )
+    g.add_argument(
+        "--tail_filter",
+        choices=[f.value for f in TailFilter],
+        default=None,
+        help="tailcoh: filter shape (default gaussian)",
+    )
+    g.add_argument(
+        "--subject",
+        default=None,
+        help='sacfa/srg: the subject\'s words as they stand in the prompt, e.g. "a person" '
+        "(required by sacfa and srg; one subject for every scene of a story)",
+    )
+    g.add_argument(
+        "--subject_levels",
+        default=None,
+        help="sacfa/srg: U-Net levels (0 = full latent size) that locate and use the subject (default 1,2)",
+    )
+    g.add_argument(
+        "--subject_threshold",
+        type=float,
+        default=None,
+        help="sacfa/srg: a position is subject where its attention to the subject words, min-max scaled "
+        "over the frame, reaches this value in (0, 1] (default 0.5)",
+    )
+    g.add_argument("--srg_weight", type=float, default=None, help="srg: guidance weight ≥ 0 (default 1.0)")
+    g.add_argument(
+        "--srg_momentum",
+        type=float,
+        default=None,
+        help="srg: moving average of the subject feature bank in [0, 1] (default 0.9)",
+    )
+    g.add_argument(
+        "--srg_windows",
+        type=int,
+        default=None,
+        help="srg: windows guided, counted from the queue's front (default: the front half)",
+    )
+
+
+def trick_arguments(args: argparse.Namespace) -> TrickArguments:
+    """The Ouroboros-Diffusion flags' values (None where not given), for ``parse_mode``."""
+    return TrickArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrickArguments)})
 
 
 _MEMORY_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -414,12 +478,16 @@ def build_request(args: argparse.Namespace) -> RunRequest:
     from fifo.prompts import parse_prompt_file, safe_name
     from lvdm.build import config_facts, load_config, model_identity
 
-    mode = parse_mode(args.mode, args.qcache_weight)
+    mode = parse_mode(args.mode, args.qcache_weight, trick_arguments(args))
     if not (args.num_processes >= 1 and 0 <= args.rank < args.num_processes):
         raise UsageError("--rank must be in [0, --num_processes)")
     if not (args.random_init or args.ckpt_path):
         raise UsageError("--ckpt_path is required (or --random_init for tests and demos)")
     jobs = parse_prompt_file(args.prompt_file, image_mode=mode.main.takes_input_image)
+    if mode.subject is not None:
+        from fifo.tricks.subject import check_subject_in_prompts
+
+        check_subject_in_prompts(mode.subject.phrase, jobs)
     rank, world, torchrun = distributed_rank(args)
     device = resolve_device(args.device, torchrun, args.dry_run)
     cfg = load_config(args.config)

@@ -1,7 +1,7 @@
 """One prompt → one long video: conditioning, base clip, the FIFO loop, frames to the sinks.
 
 :class:`FifoGenerator` sets a loaded model up once for a mode and settings (the tricks'
-attention processors, the fast path, the guided denoiser) and then generates one video per
+attention processors, tail sampler and step hooks, the fast path, the guided denoiser) and then generates one video per
 :class:`~fifo.prompts.PromptJob`. :meth:`FifoGenerator.run` is a short composition of stages
 that can also run alone: :meth:`~FifoGenerator.conditioning`, :meth:`~FifoGenerator.base_clip`,
 then the state/step loop of :class:`~fifo.run.FifoSampler` with the sinks around it.
@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,7 +43,7 @@ from fifo.resume import (
 from fifo.run import FifoSampler, FifoState, check_finite, to_uint8_frames
 from fifo.schedule import DDIMSchedule
 from fifo.sinks import FrameSink, PngSink, VideoSink
-from fifo.tricks.qcache import set_qcache
+from fifo.tricks.install import install_tricks
 from lvdm.build import ConfigFacts, model_facts
 from lvdm.models.ddpm3d import LatentDiffusion
 from tools.video_io import VideoWriter, stale_temporary_files
@@ -69,6 +69,8 @@ def check_model_fits(
             f"mode {mode.main.value!r} needs the image-to-video model (a CLIP image embedder), but "
             f"{source} has none: {I2V_CONFIG_HINT}"
         )
+    if mode.srg is not None:
+        mode.srg.guided_windows(settings.geometry)  # raises for --srg_windows beyond the windows
     h, w = settings.height, settings.width
     if h % facts.size_multiple or w % facts.size_multiple:
         raise ValueError(
@@ -114,6 +116,7 @@ def resume_fingerprint(
     return base_clip_key(job, mode, s, model_id, device) | {
         "mode": mode.name,
         "qcache_weight": None if mode.qcache is None else mode.qcache.weight,
+        "tricks": mode.trick_parameters(),
         "lookahead": s.lookahead,
         "num_partitions": s.num_partitions,
         "length": job.story_length if job.is_story else s.new_video_length,
@@ -173,13 +176,15 @@ class FifoGenerator:
         self.latent_hw = (settings.height // scale, settings.width // scale)
         # Weights in the run's dtype (a no-op when load_model put them there already).
         model.set_precision(settings.dtype.torch_dtype)
-        set_qcache(model.unet, mode.qcache)
 
         # How the FIFO windows run: batched on the fast path (window chunks, on CPU parallel
         # slices and the plan's layer variants), or one window and one branch per call with
         # the layers as published (--sequential).
         if plan is None:
             plan = plan_fast_path(self.device) if settings.batched else FastPathPlan()
+        if mode.uses_subject and plan.unet.transformer_chunk is not None:
+            # SACFA and SRG read every frame of a clip in one attention call: no chunks.
+            plan = replace(plan, unet=replace(plan.unet, transformer_chunk=None))
         self.plan = plan
         apply_execution(model.unet, self.plan.unet)
         n_windows = len(self.geometry.windows())
@@ -205,6 +210,9 @@ class FifoGenerator:
             CFGDenoiser(model_denoiser, settings.guidance, batch_branches=settings.batched), self.plan.shards
         )
         self.schedule = DDIMSchedule.from_model(model, self.geometry.steps, settings.eta)
+        # The tricks' processors, tail sampler and step hooks (plain attention and a Gaussian
+        # tail when none is on).
+        self.tricks = install_tricks(model, mode, self.schedule, self.geometry, model_denoiser)
         # The unconditional context never changes: empty text (+ zero-image tokens, as published).
         self.uncond_context = model.get_learned_conditioning([""])
         if model.has_image_embedder:
@@ -223,6 +231,8 @@ class FifoGenerator:
             self.window_batch,
             windows_step=local_windows if group is None else DistributedWindows(group),
             group=group,
+            tail_sampler=self.tricks.tail_sampler,
+            hooks=self.tricks.hooks,
         )
 
     def close(self) -> None:
@@ -234,8 +244,7 @@ class FifoGenerator:
     def conditioning(self, job: PromptJob, image: bool = True) -> tuple[VideoConditioning, Tensor | None]:
         """The job's text conditioning, and its input image's tokens (``i2v``, unless not ``image``) or None."""
         s = self.settings
-        prompts = [sc.prompt for sc in job.scenes] if job.is_story else [job.prompt]
-        texts = self.model.get_learned_conditioning(prompts)  # (scenes, 77, d)
+        texts = self.model.get_learned_conditioning(job.prompts)  # (scenes, 77, d)
         length = job.story_length if job.is_story else s.new_video_length
         conditioning = VideoConditioning(texts, tuple(sc.frames for sc in job.scenes), length)
         image_tokens = None
@@ -445,6 +454,7 @@ class FifoGenerator:
         with contextlib.ExitStack() as stack:
             for sink in sinks:
                 stack.enter_context(sink)
+            stack.enter_context(self.tricks.for_video(self.model, job.prompts, conditioning.texts))
             for index, frame in enumerate(saved_frames):  # the frames before the interruption
                 for sink in sinks:
                     sink.write(index, frame)

@@ -1,7 +1,9 @@
 """What a user chooses, parsed once into typed, immutable objects.
 
 - ``--mode`` → :class:`ModeOptions` (:func:`parse_mode`): one :class:`MainMode`, then sub
-  options in any order. Nothing below the CLI sees the mode string.
+  options in any order; the tricks' parameters (``--qcache_weight``, the Ouroboros-Diffusion
+  flags gathered in :class:`TrickArguments`) become fields of the typed option objects, checked
+  here. Nothing below the CLI sees the mode string.
 - The sampling and output settings → :class:`GenerationSettings`, validated on creation (the
   one place where each setting's range is checked; messages name the command-line flag).
 - ``--dtype`` → :class:`Precision`.
@@ -12,7 +14,8 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from enum import Enum
 
 import torch
@@ -75,6 +78,9 @@ SUB_OPTIONS: dict[str, str] = {
     "attn1": "Q-cache on the first (self-)attention",
     "attn2": "Q-cache on the second attention",
     "unilatent": "spread the base clip's frames uniformly over the initial queue",
+    "tailcoh": "coherent tail: low frequencies of the previous tail + high frequencies of fresh noise",
+    "sacfa": "subject-aware cross-frame attention (needs --subject)",
+    "srg": "self-recurrent guidance of the front frames towards a subject feature bank (needs --subject)",
 }
 
 
@@ -119,16 +125,201 @@ def check_qcache_weight(weight: float) -> None:
         raise ModeError(f"the Q-cache weight (--qcache_weight) must lie in [0, 1], got {weight}")
 
 
+class TailFilter(_Choice):
+    """The low-pass filter of the coherent tail (``--tail_filter``)."""
+
+    GAUSSIAN = "gaussian"  # exp(-d² / (2·cutoff²)), as the Ouroboros-Diffusion demo (and FreeInit)
+    IDEAL = "ideal"  # 1 inside the cut-off radius, 0 outside
+
+
+@dataclass(frozen=True)
+class TailCoherenceOptions:
+    """Coherent tail latent sampling (``tailcoh``): the new tail slot takes the low frequencies of
+    the previous tail latent and the high frequencies of fresh noise (``fifo.tricks.tailcoh``).
+
+    Attributes:
+        cutoff: the filter's cut-off in normalised frequency (1 = Nyquist along each axis);
+            0 gives today's Gaussian tail (``--tail_lowpass``).
+        filter: the filter's shape (``--tail_filter``).
+    """
+
+    cutoff: float = 0.25
+    filter: TailFilter = TailFilter.GAUSSIAN
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filter", _choice(TailFilter, self.filter, "--tail_filter"))
+        _check(0.0 <= self.cutoff <= 1.0, f"--tail_lowpass must lie in [0, 1], got {self.cutoff}")
+
+
+@dataclass(frozen=True)
+class SubjectOptions:
+    """Where SACFA and SRG look for the subject (``fifo.tricks.subject``).
+
+    Attributes:
+        phrase: the subject's words as they stand in the prompt (``--subject``), in every scene
+            of a story.
+        levels: the U-Net resolution levels (0 = full latent size, 1 = half, ...) whose spatial
+            transformers locate the subject (encoder cross-attention) and use it (decoder
+            self-attention) (``--subject_levels``).
+        threshold: a position belongs to the subject where its cross-attention to the subject
+            words, scaled to [0, 1] over the frame (min-max), reaches this value
+            (``--subject_threshold``).
+    """
+
+    phrase: str
+    levels: tuple[int, ...] = (1, 2)
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phrase", " ".join(str(self.phrase).split()))
+        object.__setattr__(self, "levels", _levels(self.levels))
+        _check(bool(self.phrase), "--subject must name the subject (words of the prompt), got nothing")
+        _check(0.0 < self.threshold <= 1.0, f"--subject_threshold must lie in (0, 1], got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class SrgOptions:
+    """Self-recurrent guidance (``srg``, ``fifo.tricks.srg``).
+
+    Attributes:
+        weight: the guidance weight (``--srg_weight``; 0 computes the term and applies none).
+        momentum: the subject feature bank's moving average, ``bank ← m·bank + (1 − m)·new``
+            (``--srg_momentum``; 1 keeps the first frame's features, 0 only the latest's).
+        windows: how many FIFO windows are guided, counted from the front of the queue
+            (``--srg_windows``); None: the front half of them (at least one), see
+            :meth:`guided_windows`.
+    """
+
+    weight: float = 1.0
+    momentum: float = 0.9
+    windows: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(
+            math.isfinite(self.weight) and self.weight >= 0.0,
+            f"--srg_weight must be a finite number ≥ 0, got {self.weight}",
+        )
+        _check(0.0 <= self.momentum <= 1.0, f"--srg_momentum must lie in [0, 1], got {self.momentum}")
+        _check(
+            self.windows is None or (isinstance(self.windows, int) and self.windows >= 1),
+            f"--srg_windows must be ≥ 1, got {self.windows}",
+        )
+
+    def guided_windows(self, geometry: FifoGeometry) -> int:
+        """How many windows of ``geometry`` are guided (front first).
+
+        Raises:
+            ValueError: ``--srg_windows`` beyond the queue's windows.
+        """
+        total = len(geometry.windows())
+        if self.windows is None:
+            # The less noisy half: under the paper's schedule (Eq. 6) the term scales with about
+            # 1 − ᾱ of the frame's next step, so the front window alone moves little; the noisiest
+            # half is left out, where the subject masks are least reliable.
+            return max(1, total // 2)
+        if self.windows > total:
+            raise ValueError(
+                f"--srg_windows ({self.windows}) exceeds the {total} FIFO windows of these settings"
+            )
+        return self.windows
+
+
+def _check(ok: bool, message: str) -> None:
+    """The tricks' range checks (NaN fails every comparison, so it is rejected too)."""
+    if not ok:
+        raise ModeError(message)
+
+
+def _choice(kind: type[_Choice], value: object, flag: str) -> _Choice:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ModeError(f"{flag} must be one of {', '.join(k.value for k in kind)}, got {value!r}") from None
+
+
+def _levels(levels: str | Sequence[int]) -> tuple[int, ...]:
+    """``"1,2"`` or ``(1, 2)`` → (1, 2): distinct levels ≥ 0 in increasing order."""
+    try:
+        values = [int(v) for v in levels.split(",")] if isinstance(levels, str) else [int(v) for v in levels]
+    except (TypeError, ValueError):
+        raise ModeError(f"--subject_levels must be levels such as 1,2, got {levels!r}") from None
+    _check(
+        bool(values) and all(v >= 0 for v in values), f"--subject_levels must be levels ≥ 0, got {levels!r}"
+    )
+    return tuple(sorted(set(values)))
+
+
+@dataclass(frozen=True)
+class TrickArguments:
+    """The command-line values of the Ouroboros-Diffusion tricks' flags; None where not given."""
+
+    tail_lowpass: float | None = None
+    tail_filter: str | None = None
+    subject: str | None = None
+    subject_levels: str | Sequence[int] | None = None
+    subject_threshold: float | None = None
+    srg_weight: float | None = None
+    srg_momentum: float | None = None
+    srg_windows: int | None = None
+
+    def given(self, *names: str) -> list[str]:
+        """The flags among ``names`` that were given, as ``--name``."""
+        return [f"--{n}" for n in names if getattr(self, n) is not None]
+
+
 @dataclass(frozen=True)
 class ModeOptions:
-    """Everything ``--mode`` selects."""
+    """Everything ``--mode`` selects.
+
+    ``subject`` is set exactly when ``sacfa`` or ``srg`` is on (both need it).
+    """
 
     main: MainMode = MainMode.T2V
     qcache: QCacheOptions | None = None
     unilatent: bool = False
+    tail: TailCoherenceOptions | None = None
+    sacfa: bool = False
+    srg: SrgOptions | None = None
+    subject: SubjectOptions | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "main", MainMode(self.main))  # accepts "t2v" as well as MainMode.T2V
+        if self.uses_subject and self.subject is None:
+            raise ModeError("sacfa and srg need the subject: give --subject with words of the prompt")
+        if self.subject is not None and not self.uses_subject:
+            raise ModeError("a subject is only used by sacfa and srg")
+
+    def trick_tokens(self) -> list[str]:
+        """Short tokens for the tricks' parameters that differ from their defaults (and the subject,
+        which every ``sacfa``/``srg`` run has), for experiment names: two runs that differ only in
+        a trick's parameter must not write the same file."""
+        tokens: list[str] = []
+        if self.tail is not None:
+            tokens += _changed(self.tail, TailCoherenceOptions(), {"cutoff": "lp", "filter": "lpf"})
+        if self.srg is not None:
+            tokens += _changed(
+                self.srg, SrgOptions(), {"weight": "srgw", "momentum": "srgm", "windows": "srgn"}
+            )
+        if self.subject is not None:
+            default = SubjectOptions(self.subject.phrase)
+            tokens.append("subj-" + "-".join(self.subject.phrase.lower().split()))
+            tokens += _changed(self.subject, default, {"levels": "lv", "threshold": "thr"})
+        return tokens
+
+    def trick_parameters(self) -> dict[str, object]:
+        """The tricks' parameters as plain values (a saved state's fingerprint)."""
+
+        def plain(options: object) -> dict[str, object] | None:
+            if options is None:
+                return None
+            return {f.name: _plain(getattr(options, f.name)) for f in fields(options)}
+
+        return {"tail": plain(self.tail), "srg": plain(self.srg), "subject": plain(self.subject)}
+
+    @property
+    def uses_subject(self) -> bool:
+        """Whether a trick that needs the subject (SACFA, SRG) is on."""
+        return self.sacfa or self.srg is not None
 
     @property
     def uses_image_model(self) -> bool:
@@ -151,8 +342,8 @@ class ModeOptions:
                 p for p, on in (("TTqcache", self.qcache.temporal), ("STqcache", self.qcache.spatial)) if on
             ]
             parts += list(self.qcache.attentions)
-        if self.unilatent:
-            parts.append("unilatent")
+        parts += [p for p, on in (("unilatent", self.unilatent), ("tailcoh", self.tail is not None)) if on]
+        parts += [p for p, on in (("sacfa", self.sacfa), ("srg", self.srg is not None)) if on]
         return "_".join(parts)
 
 
@@ -162,23 +353,51 @@ def _did_you_mean(words: list[str], choices: list[str]) -> str:
     return f" (did you mean {', '.join(repr(g) for g in guesses)}?)" if guesses else ""
 
 
+def _plain(value: object) -> object:
+    if isinstance(value, Enum):
+        return value.value
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _changed(options: object, defaults: object, prefixes: dict[str, str]) -> list[str]:
+    """``prefix + value`` for each field in ``prefixes`` whose value differs from ``defaults``."""
+    tokens = []
+    for name, prefix in prefixes.items():
+        value = getattr(options, name)
+        if value != getattr(defaults, name):
+            value = _plain(value)
+            text = (
+                ",".join(map(str, value))
+                if isinstance(value, list)
+                else f"{value:g}"
+                if isinstance(value, float)
+                else str(value)
+            )
+            tokens.append(prefix + text)
+    return tokens
+
+
 def _valid_parts_message() -> str:
     mains = "\n".join(f"  {k:<12} {v}" for k, v in MAIN_OPTIONS.items())
     subs = "\n".join(f"  {k:<12} {v}" for k, v in SUB_OPTIONS.items())
     return f"A mode is {{main}}[_{{sub}}]...\nmain options:\n{mains}\nsub options:\n{subs}"
 
 
-def parse_mode(mode: str, qcache_weight: float = 0.9) -> ModeOptions:
+def parse_mode(mode: str, qcache_weight: float = 0.9, tricks: TrickArguments | None = None) -> ModeOptions:
     """Parse a ``--mode`` string such as ``"t2v_seed_TTqcache_attn1_unilatent"``.
 
     A Q-cache without ``attn1``/``attn2`` means ``attn1`` (the published trick, temporal
-    self-attention); ``attn1``/``attn2`` without a Q-cache is an error.
+    self-attention); ``attn1``/``attn2`` without a Q-cache is an error. ``tricks`` holds the
+    values of the Ouroboros-Diffusion flags (defaults where not given); a flag whose trick is
+    not in the mode is logged and ignored (a sweep passes the same flags to every mode).
 
     Raises:
         ModeError: unknown or repeated parts (with the list of valid ones), ``attn1``/``attn2``
-            without a Q-cache, or a weight outside [0, 1].
+            without a Q-cache, ``sacfa``/``srg`` without ``--subject``, or a parameter out of
+            its range (the message names the flag).
     """
     check_qcache_weight(qcache_weight)  # checked even when no Q-cache is on
+    tricks = tricks or TrickArguments()
     text = mode.strip()
     # Longest main option first: "t2v_seed_ar" must not parse as "t2v" + "seed" + "ar".
     main = next(
@@ -219,7 +438,50 @@ def parse_mode(mode: str, qcache_weight: float = 0.9) -> ModeOptions:
             f"mode {mode!r}: {sorted(attns)} select which attention a Q-cache applies to, "
             "but no Q-cache is on: add TTqcache or STqcache"
         )
-    return ModeOptions(main=MainMode(main), qcache=qcache, unilatent="unilatent" in subs)
+    return ModeOptions(
+        main=MainMode(main),
+        qcache=qcache,
+        unilatent="unilatent" in subs,
+        **_trick_options(mode, subs, tricks),
+    )
+
+
+def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[str, object]:
+    """The Ouroboros-Diffusion tricks' fields of :class:`ModeOptions` (every given value checked)."""
+
+    def given(**values: object) -> dict[str, object]:
+        return {k: v for k, v in values.items() if v is not None}
+
+    tail = TailCoherenceOptions(**given(cutoff=tricks.tail_lowpass, filter=tricks.tail_filter))
+    srg = SrgOptions(
+        **given(weight=tricks.srg_weight, momentum=tricks.srg_momentum, windows=tricks.srg_windows)
+    )
+    uses_subject = "sacfa" in subs or "srg" in subs
+    if uses_subject and tricks.subject is None:
+        raise ModeError(
+            f"mode {mode!r}: sacfa and srg need the subject: add --subject with words of the prompt"
+        )
+    # A placeholder phrase where none is given, so that bad levels or thresholds are errors anyway.
+    subject = SubjectOptions(
+        "subject" if tricks.subject is None else tricks.subject,
+        **given(levels=tricks.subject_levels, threshold=tricks.subject_threshold),
+    )
+    for part, flags in (
+        ("tailcoh", tricks.given("tail_lowpass", "tail_filter")),
+        ("srg", tricks.given("srg_weight", "srg_momentum", "srg_windows")),
+        (
+            "sacfa or srg",
+            [] if uses_subject else tricks.given("subject", "subject_levels", "subject_threshold"),
+        ),
+    ):
+        if flags and not set(part.split(" or ")) & set(subs):
+            logger.info("mode %r: %s ignored (%s is not in the mode)", mode, ", ".join(flags), part)
+    return {
+        "tail": tail if "tailcoh" in subs else None,
+        "sacfa": "sacfa" in subs,
+        "srg": srg if "srg" in subs else None,
+        "subject": subject if uses_subject else None,
+    }
 
 
 class Precision(_Choice):

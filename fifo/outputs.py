@@ -54,10 +54,12 @@ _NAME_TOKENS = {
 def experiment_name(mode: ModeOptions, settings: GenerationSettings, defaults: GenerationSettings) -> str:
     """The default experiment name: the mode, the Q-cache weight, then a token per setting that
     differs from ``defaults`` (the settings the same command gives without options), in a fixed
-    order, e.g. ``t2v_TTqcache_attn1_w0.9_seed7_l24``."""
+    order, e.g. ``t2v_TTqcache_attn1_w0.9_seed7_l24``; the tricks' changed parameters and the
+    subject come after the weight (``t2v_tailcoh_sacfa_lp0.1_subj-a-person``)."""
     parts = [mode.name]
     if mode.qcache is not None:
         parts.append(f"w{mode.qcache.weight:g}")
+    parts += mode.trick_tokens()
     for field in fields(GenerationSettings):
         token = _NAME_TOKENS.get(field.name)
         if token is not None and getattr(settings, field.name) != getattr(defaults, field.name):

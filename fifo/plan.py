@@ -210,7 +210,10 @@ def run_stages(
         out["image_tokens"] = image_tokens
     state = generator.sampler.initial_state(base, noise, image_tokens)
     with frame_flops if frame_flops is not None else contextlib.nullcontext():
-        step = generator.sampler.step(state, conditioning)
+        tricks = getattr(generator, "tricks", None)
+        video = tricks.for_video(generator.model, job.prompts, conditioning.texts) if tricks else None
+        with video if video is not None else contextlib.nullcontext():
+            step = generator.sampler.step(state, conditioning)
         generator.sampler.decode(step.latent)
     out["fifo_queue"] = state.queue
     out["fifo_latent"] = step.latent

@@ -67,6 +67,11 @@ class PromptJob:
         return bool(self.scenes)
 
     @property
+    def prompts(self) -> list[str]:
+        """The text of every scene, in order (the prompt alone when it is not a story)."""
+        return [s.prompt for s in self.scenes] if self.scenes else [self.prompt]
+
+    @property
     def story_length(self) -> int:
         return sum(s.frames for s in self.scenes)
 

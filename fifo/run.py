@@ -109,8 +109,14 @@ class StepHook:
 
     name = "hook"
 
-    def after_windows(self, sampler: FifoSampler, state: FifoState, queue: Tensor) -> Tensor:
-        """The queue after every window's DDIM step, before the dequeue: return it (changed or not)."""
+    def after_windows(
+        self, sampler: FifoSampler, state: FifoState, queue: Tensor, contexts: Tensor
+    ) -> Tensor:
+        """The queue after every window's DDIM step, before the dequeue: return it (changed or not).
+
+        ``state.queue`` is still the queue before the step; ``contexts`` (W, m, d) is what each
+        window of the iteration was conditioned on, in ``geometry.windows()`` order.
+        """
         return queue
 
     def after_dequeue(self, sampler: FifoSampler, state: FifoState, latent: Tensor) -> None:
@@ -213,7 +219,7 @@ class FifoSampler:
             self.denoise, state.queue, geo, self.schedule, contexts, self.uncond, noise, self.window_batch
         )
         for hook in self.hooks:
-            queue = hook.after_windows(self, state, queue)
+            queue = hook.after_windows(self, state, queue, contexts)
         check_finite(queue, "the queue", it)
         keep = it >= geo.discarded_frames()
         clean = queue[:, :, geo.output_slot : geo.output_slot + 1]

@@ -2,20 +2,21 @@
 # Sweep modes × Q-cache weights over a prompt file, then evaluate and compare in one go.
 #
 #   scripts/sweep.sh -p PROMPT_FILE -o OUT [-c CONFIG] [-k CKPT | -r] \
-#       [-m "t2v t2v_TTqcache_attn1"] [-w "0.5 0.9"] [-- extra videocrafter_main.py args]
+#       [-m "t2v t2v_TTqcache_attn1"] [-w "0.5 0.9"] [-s SUBJECT] [-- extra videocrafter_main.py args]
 #
 # Layout: OUT/videos/<prompt>/<experiment>.gif (one experiment per setting, named
 # <mode> or <mode>_w<weight>), OUT/report/metrics.{csv,json}, OUT/report/consistency.png,
 # OUT/report/<prompt>_grid.gif and <prompt>_sheet.png.
-# Weights apply to modes with a Q-cache; other modes run once.
+# Weights apply to modes with a Q-cache; other modes run once. -s gives the subject that the
+# sacfa and srg modes need (--subject; ignored by the other modes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 prompt_file="" out="" config="configs/inference_t2v_512_v2.0.yaml" ckpt="" random_init=0
-modes="t2v t2v_TTqcache_attn1 t2v_TTqcache_attn1_unilatent" weights="0.9" clip_ckpt=""
-while getopts "p:o:c:k:rm:w:C:h" opt; do
+modes="t2v t2v_TTqcache_attn1 t2v_TTqcache_attn1_unilatent" weights="0.9" clip_ckpt="" subject=""
+while getopts "p:o:c:k:rm:w:C:s:h" opt; do
   case "$opt" in
     p) prompt_file=$OPTARG ;;
     o) out=$OPTARG ;;
@@ -25,6 +26,7 @@ while getopts "p:o:c:k:rm:w:C:h" opt; do
     m) modes=$OPTARG ;;
     w) weights=$OPTARG ;;
     C) clip_ckpt=$OPTARG ;;
+    s) subject=$OPTARG ;;
     h) usage 0 ;;
     *) usage 2 ;;
   esac
@@ -39,6 +41,9 @@ if [[ $random_init == 1 ]]; then weights_args=(--random_init)
 elif [[ -n "$ckpt" ]]; then weights_args=(--ckpt_path "$ckpt")
 else echo "error: give a checkpoint with -k CKPT (or -r for random weights)" >&2; exit 2; fi
 
+subject_args=()
+[[ -n "$subject" ]] && subject_args=(--subject "$subject")
+
 python=${PYTHON:-python}
 videos="$out/videos" report="$out/report"
 mkdir -p "$videos" "$report"
@@ -49,7 +54,7 @@ for mode in $modes; do
     if [[ "$w" == "-" ]]; then exp="$mode" wargs=(); else exp="${mode}_w${w}" wargs=(--qcache_weight "$w"); fi
     echo "== $exp"
     "$python" videocrafter_main.py --config "$config" "${weights_args[@]}" --prompt_file "$prompt_file" \
-      --mode "$mode" "${wargs[@]}" --experiment "$exp" --output_dir "$videos" --no_progress "${extra[@]}"
+      --mode "$mode" "${wargs[@]}" "${subject_args[@]}" --experiment "$exp" --output_dir "$videos" --no_progress "${extra[@]}"
   done
 done
 

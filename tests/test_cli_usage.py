@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import videocrafter_main
-from fifo.options import GenerationSettings, parse_mode
+from fifo.options import GenerationSettings, TrickArguments, parse_mode
 from fifo.outputs import experiment_name
 from fifo.prompts import safe_name
 from tests.conftest import REPO, write_png
@@ -123,6 +123,17 @@ def test_default_name_holds_every_setting_that_changes_the_video() -> None:
     assert name == "t2v_TTqcache_attn1_w0.5_fps4_nolookahead_ofps12_sequential_bf16_rngpublished"
     # Speed settings change no more than rounding: not in the name.
     assert experiment_name(mode, GenerationSettings(window_batch=3), defaults) == "t2v_TTqcache_attn1_w0.5"
+
+
+def test_default_name_holds_the_tricks_changed_parameters_and_the_subject() -> None:
+    defaults = GenerationSettings()
+    plain = parse_mode("t2v_tailcoh_sacfa_srg", tricks=TrickArguments(subject="A  Person"))
+    assert experiment_name(plain, defaults, defaults) == "t2v_tailcoh_sacfa_srg_subj-a-person"
+    changed = parse_mode(
+        "t2v_tailcoh_srg",
+        tricks=TrickArguments(subject="a fox", tail_lowpass=0.1, srg_weight=2.0, subject_levels="1"),
+    )
+    assert experiment_name(changed, defaults, defaults) == "t2v_tailcoh_srg_lp0.1_srgw2_subj-a-fox_lv1"
 
 
 def test_outputs_are_never_silently_overwritten(tmp_path, work, capsys) -> None:

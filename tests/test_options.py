@@ -8,7 +8,18 @@ import logging
 
 import pytest
 
-from fifo.options import MAIN_OPTIONS, SUB_OPTIONS, ModeError, ModeOptions, QCacheOptions, parse_mode
+from fifo.options import (
+    MAIN_OPTIONS,
+    SUB_OPTIONS,
+    ModeError,
+    ModeOptions,
+    QCacheOptions,
+    SrgOptions,
+    SubjectOptions,
+    TailCoherenceOptions,
+    TrickArguments,
+    parse_mode,
+)
 
 MAINS = ["t2v", "i2v", "t2v_seed", "t2v_seed_ar"]
 SUB_SETS = [
@@ -22,20 +33,39 @@ SUB_SETS = [
     "TTqcache_STqcache_attn1_attn2",
     "unilatent",
     "TTqcache_attn1_unilatent",
+    "tailcoh",
+    "sacfa",
+    "srg",
+    "STqcache_attn1_sacfa",
+    "TTqcache_attn1_unilatent_tailcoh_sacfa_srg",
 ]
+SUBJECT = TrickArguments(subject="a fox")
 
 
 def test_option_tables_are_the_documented_ones() -> None:
     assert list(MAIN_OPTIONS) == MAINS
-    assert set(SUB_OPTIONS) == {"TTqcache", "STqcache", "attn1", "attn2", "unilatent"}
+    assert set(SUB_OPTIONS) == {
+        "TTqcache",
+        "STqcache",
+        "attn1",
+        "attn2",
+        "unilatent",
+        "tailcoh",
+        "sacfa",
+        "srg",
+    }
 
 
 @pytest.mark.parametrize("main", MAINS)
 @pytest.mark.parametrize("subs", SUB_SETS)
 def test_every_main_with_every_sub_parses(main: str, subs: str) -> None:
     text = f"{main}_{subs}" if subs else main
-    mode = parse_mode(text, 0.9)
+    mode = parse_mode(text, 0.9, SUBJECT)
     parts = set(subs.split("_")) if subs else set()
+    assert (mode.tail is not None) == ("tailcoh" in parts)
+    assert mode.sacfa == ("sacfa" in parts)
+    assert (mode.srg is not None) == ("srg" in parts)
+    assert (mode.subject is not None) == bool({"sacfa", "srg"} & parts)
     assert mode.main == main
     assert mode.unilatent == ("unilatent" in parts)
     assert mode.uses_image_model == (main != "t2v")
@@ -53,7 +83,7 @@ def test_every_main_with_every_sub_parses(main: str, subs: str) -> None:
     else:
         assert mode.qcache is None
     # The canonical name parses back to the same options.
-    assert parse_mode(mode.name, 0.9) == mode
+    assert parse_mode(mode.name, 0.9, SUBJECT) == mode
 
 
 @pytest.mark.parametrize(
@@ -161,3 +191,75 @@ def test_all_sub_permutations_give_one_canonical_name() -> None:
     parts = ["TTqcache", "attn2", "unilatent"]
     names = {parse_mode("_".join(["i2v", *p])).name for p in itertools.permutations(parts)}
     assert names == {"i2v_TTqcache_attn2_unilatent"}
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("t2v_srg_sacfa_tailcoh", "t2v_tailcoh_sacfa_srg"),
+        ("i2v_sacfa_STqcache_unilatent", "i2v_STqcache_attn1_unilatent_sacfa"),
+        ("t2v_seed_ar_srg_tailcoh", "t2v_seed_ar_tailcoh_srg"),
+    ],
+)
+def test_canonical_name_with_the_ouroboros_tricks(text: str, canonical: str) -> None:
+    assert parse_mode(text, tricks=SUBJECT).name == canonical
+
+
+def test_ouroboros_parameters_become_typed_options() -> None:
+    mode = parse_mode(
+        "t2v_tailcoh_sacfa_srg",
+        tricks=TrickArguments(
+            tail_lowpass=0.5,
+            tail_filter="ideal",
+            subject="  a   fox ",
+            subject_levels="2,1,2",
+            subject_threshold=0.3,
+            srg_weight=2.0,
+            srg_momentum=0.5,
+            srg_windows=2,
+        ),
+    )
+    assert mode.tail == TailCoherenceOptions(cutoff=0.5, filter="ideal")
+    assert mode.subject == SubjectOptions("a fox", levels=(1, 2), threshold=0.3)
+    assert mode.srg == SrgOptions(weight=2.0, momentum=0.5, windows=2)
+    assert mode.sacfa
+
+
+@pytest.mark.parametrize("text", ["t2v_sacfa", "i2v_srg", "t2v_tailcoh_sacfa_srg"])
+def test_subject_tricks_need_a_subject(text: str) -> None:
+    with pytest.raises(ModeError, match="--subject"):
+        parse_mode(text)
+    with pytest.raises(ModeError, match="--subject"):
+        ModeOptions(sacfa=True)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "flag"),
+    [
+        ({"subject": ""}, "--subject"),
+        ({"subject_levels": "1,x"}, "--subject_levels"),
+        ({"subject_levels": "-1"}, "--subject_levels"),
+        ({"subject_levels": ""}, "--subject_levels"),
+        ({"subject_threshold": 0.0}, "--subject_threshold"),
+        ({"subject_threshold": 1.5}, "--subject_threshold"),
+        ({"srg_weight": -1.0}, "--srg_weight"),
+        ({"srg_weight": float("inf")}, "--srg_weight"),
+        ({"srg_momentum": 1.1}, "--srg_momentum"),
+        ({"srg_momentum": float("nan")}, "--srg_momentum"),
+        ({"srg_windows": 0}, "--srg_windows"),
+    ],
+)
+def test_invalid_ouroboros_parameters_name_their_flag(arguments: dict, flag: str) -> None:
+    arguments = {"subject": "a fox", **arguments}
+    with pytest.raises(ModeError, match=flag):
+        parse_mode("t2v_sacfa_srg", tricks=TrickArguments(**arguments))
+    with pytest.raises(ModeError, match=flag):  # an invalid value is an error even when its trick is off
+        parse_mode("t2v", tricks=TrickArguments(**arguments))
+
+
+def test_flags_of_tricks_not_in_the_mode_are_logged_and_ignored(caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="fifo.options"):
+        mode = parse_mode("t2v_tailcoh", tricks=TrickArguments(subject="a fox", srg_weight=2.0))
+    assert mode == parse_mode("t2v_tailcoh")
+    messages = " ".join(r.getMessage() for r in caplog.records if r.name == "fifo.options")
+    assert "--subject" in messages and "--srg_weight" in messages and "ignored" in messages

@@ -21,7 +21,7 @@ import torch
 import videocrafter_main
 from fifo.generator import FifoGenerator
 from fifo.noise import NoiseSource
-from fifo.options import GenerationSettings, parse_mode
+from fifo.options import GenerationSettings, TrickArguments, parse_mode
 from fifo.plan import RunPlan, fake_tensors, plan_run, run_stages
 from fifo.prompts import PromptJob
 from lvdm.build import build_model, load_model
@@ -58,11 +58,17 @@ def fake_models() -> FakeModels:
 
 
 def plan(
-    fake_models: FakeModels, config, mode: str, job: PromptJob, budget: int | None = None, **settings
+    fake_models: FakeModels,
+    config,
+    mode: str,
+    job: PromptJob,
+    budget: int | None = None,
+    tricks: TrickArguments | None = None,
+    **settings,
 ) -> RunPlan:
     options = GenerationSettings(**{"progress": False, **settings})
     model = fake_models.get(config, options.dtype.torch_dtype)
-    parsed = parse_mode(mode)
+    parsed = parse_mode(mode, tricks=tricks)
 
     def build(s: GenerationSettings) -> FifoGenerator:
         return FifoGenerator(model, parsed, s, "fake")
@@ -75,6 +81,26 @@ def image_job(tmp_path) -> PromptJob:
 
 
 # --------------------------------------------------------------------------- full size, fake CUDA
+def test_full_size_dry_run_plans_the_ouroboros_tricks(fake_models) -> None:
+    """SACFA's extra keys and SRG's guided pass (forward with its saved activations) are in the
+    plan: a planned run takes the largest subject (every position), so it does not under-plan."""
+    job = PromptJob("a person swimming in the ocean", line=1)
+    common = {"dtype": "fp16", "num_partitions": 1}
+    plain = plan(fake_models, T2V_FULL, "t2v", job, **common)
+    tricks = plan(
+        fake_models,
+        T2V_FULL,
+        "t2v_tailcoh_sacfa_srg",
+        job,
+        tricks=TrickArguments(subject="a person"),
+        **common,
+    )
+    assert tricks.stage_shapes == plain.stage_shapes
+    assert tricks.tflop_per_frame > plain.tflop_per_frame
+    assert tricks.peak_memory_bytes > plain.peak_memory_bytes
+    assert tricks.weights_bytes == plain.weights_bytes
+
+
 COVERING = [
     # config, mode, dtype, batched, lookahead, n: every main mode, Q-caches, unilatent, each dtype,
     # both paths, lookahead on and off (the sequential cases with one partition: 16 U-Net calls of

@@ -86,12 +86,26 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("stop_at", [1, 5, 9], ids=["first-iteration", "mid-run", "last-frame"])
+# The Ouroboros tricks keep state across iterations (SRG's feature bank in FifoState.extras, the
+# coherent tail reads the queue): resumed mid-run only, to keep the suite short.
+TRICKS_CASE = (
+    T2V,
+    "a person swimming in the ocean\n",
+    ["--mode", "t2v_tailcoh_sacfa_srg", "--subject", "a person", "--srg_windows", "2"],
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "stop_at"),
+    [(case, stop) for case in sorted(CASES) for stop in (1, 5, 9)] + [("ouroboros", 5)],
+    ids=lambda v: (
+        {1: "first-iteration", 5: "mid-run", 9: "last-frame"}.get(v, v) if isinstance(v, int) else v
+    ),
+)
 def test_stopped_then_resumed_is_byte_identical(
     tmp_path, monkeypatch, uninterrupted, case: str, stop_at: int
 ) -> None:
-    config, text, extra = CASES[case]
+    config, text, extra = CASES.get(case, TRICKS_CASE)
     prompts = prompt_file(tmp_path.parent, text)  # one path for every test of the case: one cache key
     args = ["--config", config, "-p", str(prompts), *SMALL, *extra, "--save_state_every", "2"]
     expected = uninterrupted(case, args)

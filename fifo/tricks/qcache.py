@@ -137,14 +137,16 @@ def remove_qcache(unet: nn.Module) -> None:
 def set_qcache(unet: nn.Module, options: QCacheOptions | None) -> QCacheStore | None:
     """Install Q-cache processors on a ``UNetModel`` for ``options``; None removes them.
 
-    They go next to other tricks' processors on the same layers (``add_processor``). Processors use the U-Net's attention backend (``UNetModel.set_attn_processor``: set the
-    backend first). Returns the store the processors share, or None.
+    They go next to other tricks' processors on the same layers (``add_processor``). Processors
+    use the U-Net's attention backend (``UNetModel.set_attn_processor``: set the backend first).
+    Returns the store the processors share, or None.
     """
     remove_qcache(unet)
     if options is None:
         return None
     backend = unet.attention_backend
     store = QCacheStore()
+    recorded: set[SlotKey] = set()  # two decoder blocks may read one encoder slot: one recorder
     for (level, j), dec_index in unet.decoder_attention_blocks.items():
         enc_index = unet.encoder_attention_blocks[(level, max(0, unet.num_res_blocks - 1 - j))]
         for kind in options.kinds:
@@ -156,9 +158,10 @@ def set_qcache(unet: nn.Module, options: QCacheOptions | None) -> QCacheStore | 
             ):
                 for attn_name in options.attentions:
                     slot = (enc_index, kind, depth, attn_name)
-                    add_processor(
-                        getattr(enc_block, attn_name), QCacheRecordProcessor(store, slot, backend), backend
-                    )
+                    if slot not in recorded:
+                        recorded.add(slot)
+                        record = QCacheRecordProcessor(store, slot, backend)
+                        add_processor(getattr(enc_block, attn_name), record, backend)
                     blend = QCacheBlendProcessor(store, slot, options.weight, backend)
                     add_processor(getattr(dec_block, attn_name), blend, backend)
     # Nothing left over from a pass that raised; the recorded queries freed between passes.

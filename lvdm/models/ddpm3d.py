@@ -145,6 +145,11 @@ class LatentDiffusion(nn.Module):
         """Text tokens: list of b prompts → (b, 77, context_dim)."""
         return self.cond_stage_model(list(texts))
 
+    def text_token_ids(self, texts: Sequence[str]) -> Tensor:
+        """The text encoder's token ids of b prompts, (b, 77) int64: which token stands where in
+        the context :meth:`get_learned_conditioning` gives."""
+        return self.cond_stage_model.tokenize(list(texts))
+
     # ------------------------------------------------------------------ denoiser
     def apply_model(
         self, x: Tensor, t: Tensor, context: Tensor, fps: int | Tensor = 8, context_branches: int = 1

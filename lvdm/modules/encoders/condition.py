@@ -175,9 +175,13 @@ class FrozenOpenCLIPEmbedder(_FrozenOpenCLIPTower):
         if freeze:
             _freeze(self)
 
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids of prompts, ``(b, max_length)`` int64 on the CPU: start, words, end, zero padding."""
+        return open_clip.tokenize(list(texts), context_length=self.max_length)
+
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """Encode prompts: list of ``b`` strings -> ``(b, max_length, width)``."""
-        tokens = open_clip.tokenize(list(texts), context_length=self.max_length)
+        tokens = self.tokenize(texts)
         return self.encode_with_transformer(tokens.to(self.model.token_embedding.weight.device))
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
