@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor
 
-from lvdm.checkpoint import CheckpointError, load_weights, read_state_dict
+from lvdm.checkpoint import CheckpointError, check_state_dict, read_state_dict
 from lvdm.models.ddpm3d import LatentDiffusion
 from lvdm.modules.encoders.condition import register_openclip_configs
 from lvdm.modules.networks.openaimodel3d import Downsample
@@ -127,24 +132,197 @@ def load_model(
     random_init: bool = False,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    dtype: torch.dtype | None = None,
 ) -> LatentDiffusion:
     """Build from ``config_path`` and load ``ckpt_path`` strictly; ``random_init`` skips the checkpoint.
 
+    With a checkpoint the model's parameters are made on the meta device (no memory, no random
+    init), the checkpoint's tensors are put in their place, then each is cast and moved once:
+    to ``dtype`` for the parts :meth:`LatentDiffusion.set_precision` keeps in low precision (if
+    ``dtype`` is given), to the dtype the model was built with for the rest, onto ``device``.
     Errors (config or checkpoint) are raised before anything is moved to the device.
     """
-    state_dict = None
-    if not random_init:
-        if ckpt_path is None:
-            raise CheckpointError("no --ckpt_path given (use --random_init only for tests and demos)")
-        state_dict = read_state_dict(ckpt_path)
-    torch.manual_seed(seed)  # random_init weights are reproducible
-    model = build_model(config_path)
-    if state_dict is not None:
-        load_weights(model, state_dict, source=str(ckpt_path))
-    else:
+    if random_init:
+        torch.manual_seed(seed)  # random_init weights are reproducible
+        model = build_model(config_path)
         _wake_zero_layers(model)
         logger.warning("--random_init: running on random weights; outputs are noise-like by design")
-    return model.eval().requires_grad_(False).to(device)
+        if dtype is not None:
+            model.set_precision(dtype)
+        return model.eval().requires_grad_(False).to(device)
+    if ckpt_path is None:
+        raise CheckpointError("no --ckpt_path given (use --random_init only for tests and demos)")
+    start = time.perf_counter()
+    state_dict = read_state_dict(ckpt_path)  # memory-mapped: read from disk as it is copied below
+    with parameters_on_meta():
+        model = build_model(config_path)
+    check_checkpoint(model, state_dict, ckpt_path, config_path)
+    targets = _target_dtypes(model, dtype)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    del state_dict  # the model holds the tensors now; each is released as it is replaced below
+    _materialise(model, targets, torch.device(device))
+    model.eval()
+    logger.info(
+        "model built on the meta device and %.2f GiB of weights loaded from %s onto %s in %.1f s",
+        sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) / 2**30,
+        ckpt_path,
+        device,
+        time.perf_counter() - start,
+    )
+    return model
+
+
+def check_checkpoint(
+    model: torch.nn.Module, state_dict: Mapping[str, Tensor], ckpt_path: str | Path, config_path: str | Path
+) -> None:
+    """:func:`~lvdm.checkpoint.check_state_dict` with a hint that names the configs the checkpoint
+    fits (searched in ``configs/`` and next to ``config_path``) when it does not fit this one."""
+
+    def fitting(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+        return configs_fitting(shapes, config_path)
+
+    check_state_dict(model, state_dict, str(ckpt_path), fitting)
+
+
+# ---------------------------------------------------------------------------------- meta build
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device: no memory, no random init.
+
+    Buffers and other tensors are made as usual (on the CPU), by the modules' own code: the
+    non-persistent ones that no checkpoint holds (open_clip's causal ``attn_mask``, the image
+    embedder's ``mean``/``std``) are then right, and they are small. (Building everything under
+    ``torch.device("meta")`` would leave those on the meta device, to be recomputed by hand.)
+    A parameter is created on the CPU first, uninitialised (``torch.empty`` touches no memory),
+    and moved to the meta device as it is registered, before its module initialises it.
+
+    Not thread-safe: it patches ``nn.Module.register_parameter`` while the block runs.
+    """
+    register = torch.nn.Module.register_parameter
+
+    def register_on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and not param.is_meta:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def _tensor_slots(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, str, Tensor, bool]]:
+    """Every ``(module, name, tensor, is_parameter)`` of ``model``."""
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                yield module, name, param, True
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                yield module, name, buffer, False
+
+
+def _target_dtypes(model: LatentDiffusion, dtype: torch.dtype | None) -> dict[tuple[int, str], torch.dtype]:
+    """The dtype each tensor of ``model`` must end up in, by ``(id(module), name)``: as built, or
+    ``dtype`` for the floating-point tensors of the low-precision parts (the rule of
+    :meth:`LatentDiffusion.set_precision`). Read before the checkpoint's tensors (whatever their
+    dtype) take the tensors' places."""
+    low = {id(m) for part in model.low_precision_parts() for m in part.modules()} if dtype else set()
+    return {
+        (id(module), name): dtype if id(module) in low and tensor.is_floating_point() else tensor.dtype
+        for module, name, tensor, _ in _tensor_slots(model)
+    }
+
+
+@torch.no_grad()
+def _materialise(
+    model: torch.nn.Module, targets: Mapping[tuple[int, str], torch.dtype], device: torch.device
+) -> None:
+    """Cast and move every tensor once, to its target dtype on ``device``, frozen.
+
+    Always a copy: the checkpoint's tensors are memory-mapped from its file, and a model must not
+    change (or crash with SIGBUS) when that file is overwritten during a run.
+    """
+    for module, name, tensor, is_parameter in list(_tensor_slots(model)):
+        if tensor.is_meta:
+            owner = next(n for n, m in model.named_modules() if m is module)
+            raise RuntimeError(
+                f"{owner}.{name} is still on the meta device after loading: a tensor that the checkpoint "
+                "does not hold was made from parameters while building. Build this module on the CPU."
+            )
+        moved = tensor.to(device=device, dtype=targets[(id(module), name)], copy=True)
+        if is_parameter:
+            module._parameters[name] = torch.nn.Parameter(moved, requires_grad=False)
+        else:
+            module._buffers[name] = moved
+
+
+# ---------------------------------------------------------------------------------- config hints
+@functools.lru_cache(maxsize=64)
+def _config_shapes(path: Path, mtime_ns: int) -> dict[str, tuple[int, ...]] | None:
+    """The state_dict keys and shapes of the model a config builds (built on the meta device), or
+    None when the file is not a model config that builds. Cached by file and modification time."""
+    try:
+        cfg = load_config(path)
+        register_openclip_configs(REPO_ROOT / "configs" / "openclip")
+        register_openclip_configs(path.parent)
+        with torch.device("meta"):
+            model = instantiate_from_config(cfg["model"])
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    except Exception as err:  # any YAML may sit in a config folder; a hint must never fail the run
+        logger.debug("%s is not a buildable model config: %s", path, err)
+        return None
+
+
+def _cannot_fit(cfg_path: Path, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """True when the config's U-Net width or image embedder already rules it out (no build needed)."""
+    try:
+        cfg = load_config(cfg_path)
+    except ConfigError:
+        return True
+    params = cfg["model"].get("params") or {}
+    unet = (params.get("unet_config") or {}).get("params") or {}
+    first_conv = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+    if first_conv is not None and "model_channels" in unet and first_conv[0] != unet["model_channels"]:
+        return True
+    has_embedder = any(k.startswith("embedder.") for k in shapes)
+    return has_embedder != ("cond_img_config" in params)
+
+
+def configs_fitting(
+    shapes: Mapping[str, tuple[int, ...]], config_path: str | Path | None = None
+) -> list[str]:
+    """The configs, in ``configs/`` and next to ``config_path`` (itself excluded), whose model has
+    exactly the state_dict keys and ``shapes`` given: the ``--config`` a checkpoint fits.
+
+    Configs are built on the meta device (a second or less each, only in the error path).
+    """
+    folders = [REPO_ROOT / "configs"]
+    exclude = None
+    if config_path is not None:
+        exclude = resolve_config_path(config_path).resolve()
+        if exclude.parent != folders[0].resolve():
+            folders.append(exclude.parent)
+    shapes = dict(shapes)
+    found = []
+    for folder in folders:
+        for cfg_path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            resolved = cfg_path.resolve()
+            if resolved == exclude or _cannot_fit(resolved, shapes):
+                continue
+            if _config_shapes(resolved, resolved.stat().st_mtime_ns) == shapes:
+                found.append(_display_path(resolved))
+    return found
+
+
+def _display_path(path: Path) -> str:
+    """A config path as a user types it: relative to the project (configs are found from any
+    working directory, see :func:`resolve_config_path`), else as it is."""
+    try:
+        return str(path.relative_to(REPO_ROOT.resolve()))
+    except ValueError:
+        return str(path)
 
 
 @torch.no_grad()

@@ -373,7 +373,7 @@ def test_error_checkpoint_of_the_other_model(tmp_path: Path, work: Path, capsys)
     _expect_usage_error(
         capsys, tmp_path / "out", work,
         ["--config", I2V, "-p", pfile, "--ckpt_path", ckpt, "--mode", "t2v_seed", *SMALL],
-        "text-to-video checkpoint", "inference_t2v_512_v2.0.yaml",
+        "does not match", "fits --config configs/tiny_t2v.yaml",
     )  # fmt: skip
 
 
