@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry_run",
         action="store_true",
-        help="check every input, then plan the run on fake tensors on the target device (memory, FLOPs, "
-        "U-Net calls per frame) in seconds, without computing it; works for a GPU this machine does not have",
+        help="check every input (the checkpoint's keys and shapes too, without reading its weights), then plan "
+        "the run on fake tensors on the target device (memory, FLOPs, U-Net calls per frame) in seconds, "
+        "without computing it; works for a GPU this machine does not have",
     )
     p.add_argument(
         "--max_memory",
@@ -636,14 +637,25 @@ def dry_run(request: RunRequest) -> int:
     from fifo.generator import FifoGenerator
     from fifo.perf import FastPathPlan, plan_fast_path
     from fifo.plan import fake_tensors, plan_run
-    from lvdm.build import build_model
+    from lvdm.build import build_model, check_checkpoint
+    from lvdm.checkpoint import CheckpointError, read_state_dict_meta
 
     r = request
     start = time.perf_counter()
-    fake = fake_tensors()
-    with fake, torch.device(r.device):
-        model = build_model(r.config)
-        model.set_precision(r.settings.dtype.torch_dtype)
+    try:
+        # Keys, shapes and dtypes only (a safetensors header, or a memory-mapped zip whose tensor
+        # data is never read): a 10 GB checkpoint is checked in seconds, as a real run would check it.
+        shapes = None if r.random_init else read_state_dict_meta(r.ckpt_path)
+        fake = fake_tensors()
+        with fake, torch.device(r.device):
+            model = build_model(r.config)
+            model.set_precision(r.settings.dtype.torch_dtype)
+        if shapes is not None:
+            check_checkpoint(model, shapes, r.ckpt_path, r.config)
+            logger.info("checkpoint %s: %d tensors fit the model", r.ckpt_path, len(shapes))
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     # On CUDA, SDPA runs fused kernels; on fake tensors without a GPU it would fall back to the
     # math kernel and count the whole attention matrix: plan with the memory-efficient kernel.
     model.unet.set_attn_processor(
@@ -780,7 +792,14 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     my_jobs = r.jobs if r.parallel == "windows" else r.jobs[r.rank :: r.world]
     done = r.done if group is None else group.broadcast_object(r.done)
     try:
-        model = load_model(r.config, r.ckpt_path, r.random_init, device=r.device, seed=r.settings.seed)
+        model = load_model(
+            r.config,
+            r.ckpt_path,
+            r.random_init,
+            device=r.device,
+            seed=r.settings.seed,
+            dtype=r.settings.dtype.torch_dtype,
+        )
         model.unet.set_attn_processor(r.attention)
         model_id = model_identity(r.config, r.ckpt_path, r.random_init, r.settings.seed)
         generator = FifoGenerator(model, r.mode, r.settings, model_id, group=group)

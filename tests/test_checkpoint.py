@@ -487,3 +487,100 @@ def test_full_size_published_checkpoint_is_checked_lazily(manifest: dict, tmp_pa
         i2v = build_model(I2V_FULL)
     with pytest.raises(CheckpointError, match="fits --config configs/inference_t2v_512_v2.0.yaml"):
         check_checkpoint(i2v, shapes, path, I2V_FULL)
+
+
+# --------------------------------------------------------------------------- --dry_run
+def _cli(capsys, *args) -> tuple[int, str]:
+    import videocrafter_main
+
+    rc = videocrafter_main.main([str(a) for a in args])
+    return rc, capsys.readouterr().err
+
+
+def _error_line(stderr: str) -> str:
+    """The ``error:`` message (to its end) in a run's stderr."""
+    return stderr[stderr.index("error: ") :].strip()
+
+
+@pytest.fixture
+def run_args(tmp_path) -> list:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox running through snow\n")
+    return [
+        "-p",
+        prompts,
+        "--video_length",
+        "4",
+        "-n",
+        "1",
+        "-l",
+        "3",
+        "--no_progress",
+        "--output_dir",
+        tmp_path / "out",
+    ]
+
+
+def test_dry_run_checks_the_checkpoint_without_reading_its_weights(
+    t2v_state: dict, tmp_path, run_args, capsys, monkeypatch, caplog
+) -> None:
+    import lvdm.build
+    import lvdm.checkpoint
+
+    path = tmp_path / "t2v.ckpt"
+    torch.save(lightning_payload(t2v_state), path)
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the dry run read the checkpoint's weights")
+
+    monkeypatch.setattr(lvdm.checkpoint, "read_state_dict", refuse)
+    monkeypatch.setattr(lvdm.build, "read_state_dict", refuse)
+    with caplog.at_level(logging.INFO):
+        rc, err = _cli(capsys, "--config", T2V, "--ckpt_path", path, "--dry_run", *run_args)
+    assert rc == 0, err
+    assert f"checkpoint {path}: {len(t2v_state)} tensors fit the model" in caplog.text
+    assert "plan: time to the first step" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("problem", ["other_config", "truncated", "pickled_code"])
+def test_dry_run_checkpoint_errors_are_the_real_runs(
+    problem: str, t2v_state: dict, tmp_path, run_args, capsys
+) -> None:
+    path = tmp_path / "t2v.ckpt"
+    marker = tmp_path / "pwned"
+    config = T2V
+    if problem == "other_config":
+        torch.save({"state_dict": t2v_state}, path)
+        config = I2V
+    elif problem == "truncated":
+        torch.save({"state_dict": t2v_state}, tmp_path / "whole.ckpt")
+        _first_half(tmp_path / "whole.ckpt", path)
+    else:
+        torch.save({"state_dict": t2v_state, "x": RunsShell(marker)}, path)
+    rc_dry, err_dry = _cli(capsys, "--config", config, "--ckpt_path", path, "--dry_run", *run_args)
+    rc_real, err_real = _cli(capsys, "--config", config, "--ckpt_path", path, *run_args)
+    assert rc_dry == rc_real == 2
+    assert _error_line(err_dry) == _error_line(err_real)
+    expected = {
+        "other_config": "fits --config configs/tiny_t2v.yaml",
+        "truncated": "damaged or incomplete",
+        "pickled_code": "pickled code",
+    }[problem]
+    assert expected in err_dry and "plan:" not in err_dry
+    assert not (tmp_path / "out").exists() and not marker.exists()
+
+
+def test_full_size_dry_run_with_the_other_models_checkpoint(
+    manifest: dict, tmp_path, run_args, capsys
+) -> None:
+    """The image-to-video checkpoint's keys and shapes (a sparse 10 GB file) with the text-to-video
+    config on fake CUDA: refused before the plan, in seconds, naming the config it fits."""
+    path = sparse_checkpoint(tmp_path / "model.ckpt", manifest["videocrafter1_i2v_512"])
+    rc, err = _cli(
+        capsys, "--config", T2V_FULL, "--ckpt_path", path, "--dry_run", "--device", "cuda", "--dtype", "fp16",
+        "-p", REPO / "prompts" / "demo.txt", "--output_dir", tmp_path / "out",
+    )  # fmt: skip
+    assert rc == 2
+    assert "unexpected keys by group: embedder.model" in err
+    assert "fits --config configs/inference_i2v_512_v1.0.yaml" in err and "plan:" not in err
