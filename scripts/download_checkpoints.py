@@ -12,12 +12,17 @@ Files land where the configs expect them:
 Downloads resume: huggingface_hub keeps the partial file in <folder>/.cache/huggingface/download/
 and continues it on the next run. A file is accepted only when its size and sha256 match the
 Hub's metadata; an existing complete file is verified and skipped.
+
+What the Hub says about each file (size, sha256) is recorded next to it, in
+``model.ckpt.download.json``: if the file is later found damaged (a truncated copy), the
+checkpoint loader's error gives the size it should have.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
 import re
@@ -192,6 +197,32 @@ def sha256_file(path: Path, progress: bool = True) -> str:
     return digest.hexdigest()
 
 
+# Read by lvdm.checkpoint (SIDECAR_SUFFIX there): keep the two in step.
+SIDECAR_SUFFIX = ".download.json"
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where the Hub's size and sha256 of ``path`` are recorded."""
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def record_remote_file(
+    path: Path, repo_id: str, filename: str, revision: str | None, expected: RemoteFile
+) -> None:
+    """Record the Hub's size and sha256 of ``path`` next to it (nothing when the size is unknown)."""
+    if expected.size is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "repo_id": repo_id,
+        "filename": filename,
+        "revision": revision or "main",
+        "size": expected.size,
+        "sha256": expected.sha256,
+    }
+    sidecar_path(path).write_text(json.dumps(record, indent=2) + "\n")
+
+
 def verify_file(path: Path, expected: RemoteFile, progress: bool = True) -> None:
     """Check a local file against the Hub's size and sha256.
 
@@ -262,6 +293,8 @@ def process(
             logger.warning("%s", err)
             return True, f"present, NOT verified (Hub unreachable): {destination}"
         raise
+    if not args.verify_only:  # --verify-only writes nothing
+        record_remote_file(destination, repo_id, filename, args.revision, expected)
     if exists and not args.force:
         verify_file(destination, expected, progress)
         return True, f"verified: {destination}"

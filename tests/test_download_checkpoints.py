@@ -183,3 +183,40 @@ def test_main_offline_explains_manual_download(
     assert "https://huggingface.co/VideoCrafter/Image2Video-512/blob/main/model.ckpt" in err
     assert str(tmp_path / "base_512_v2" / "model.ckpt") in err
     assert not any(tmp_path.iterdir())  # nothing created when offline
+
+
+def test_hub_size_is_recorded_for_the_checkpoint_loader(
+    dl: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Hub's size and sha256 are written next to the file: a later truncated copy is reported
+    by the checkpoint loader with the size it should have."""
+    import json
+
+    from lvdm.checkpoint import SIDECAR_SUFFIX, CheckpointError, read_state_dict
+
+    assert dl.SIDECAR_SUFFIX == SIDECAR_SUFFIX
+    content = b"PK\x03\x04" + b"\x00" * 60  # the start of a zip, then nothing: a cut-off download
+    sha = hashlib.sha256(content).hexdigest()
+    monkeypatch.setattr(dl, "remote_file", lambda *a: dl.RemoteFile(5_000_000_000, sha))
+    args = dl.parse_args(["--root", str(tmp_path), "--which", "t2v"])
+    ((repo_id, filename, dest),) = dl.plan(args)
+    _fake_file(dest, content)
+    with pytest.raises(dl.VerificationError, match="incomplete download"):
+        dl.process(repo_id, filename, dest, args, progress=False)
+    record = json.loads(dl.sidecar_path(dest).read_text())
+    assert record == {
+        "repo_id": "VideoCrafter/VideoCrafter2", "filename": "model.ckpt", "revision": "main",
+        "size": 5_000_000_000, "sha256": sha,
+    }  # fmt: skip
+    with pytest.raises(CheckpointError) as err:
+        read_state_dict(dest)
+    msg = str(err.value)
+    assert "damaged or incomplete" in msg and "it has 64 bytes, the complete file has 5,000,000,000" in msg
+    assert "--which t2v --force" in msg
+    # --verify-only writes nothing.
+    dl.sidecar_path(dest).unlink()
+    with pytest.raises(dl.VerificationError):
+        dl.process(
+            repo_id, filename, dest, dl.parse_args(["--root", str(tmp_path), "--verify-only"]), progress=False
+        )
+    assert not dl.sidecar_path(dest).exists()
