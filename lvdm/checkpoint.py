@@ -42,7 +42,6 @@ class Published:
     name: str
     repo_id: str
     which: str  # scripts/download_checkpoints.py --which
-    config: str
 
     @property
     def page_url(self) -> str:
@@ -54,14 +53,10 @@ class Published:
         return f"https://huggingface.co/{self.repo_id}/resolve/main/model.ckpt"
 
 
-T2V_CONFIG = "configs/inference_t2v_512_v2.0.yaml"
-I2V_CONFIG = "configs/inference_i2v_512_v1.0.yaml"
 # By folder under videocrafter_models/ (the file is model.ckpt).
 DOWNLOADS = {
-    "base_512_v2": Published("VideoCrafter2 text-to-video", "VideoCrafter/VideoCrafter2", "t2v", T2V_CONFIG),
-    "Image2Video_512": Published(
-        "VideoCrafter1 image-to-video", "VideoCrafter/Image2Video-512", "i2v", I2V_CONFIG
-    ),
+    "base_512_v2": Published("VideoCrafter2 text-to-video", "VideoCrafter/VideoCrafter2", "t2v"),
+    "Image2Video_512": Published("VideoCrafter1 image-to-video", "VideoCrafter/Image2Video-512", "i2v"),
 }
 DOWNLOAD_SCRIPT = "python scripts/download_checkpoints.py"
 # scripts/download_checkpoints.py writes what the Hub says about a file (size, sha256) next to
@@ -138,15 +133,15 @@ def recorded_download(path: Path) -> dict | None:
 def _damaged(path: Path, size: int, what: str, expected: tuple[int, str] | None = None) -> CheckpointError:
     """The error for a checkpoint file that is cut short or corrupt."""
     record = recorded_download(path)
+    published = published_checkpoint(path)
     if expected is None and record is not None:
         expected = (record["size"], f"as {path.name}{SIDECAR_SUFFIX} records from the Hub")
     if expected is not None:
         sizes = f"it has {size:,} bytes, the complete file has {expected[0]:,} ({expected[1]})"
-    elif published_checkpoint(path) is not None:
-        which = published_checkpoint(path).which
+    elif published is not None:
         sizes = (
             f"it has {size:,} bytes; the complete size is not recorded here "
-            f"(`{DOWNLOAD_SCRIPT} --which {which} --verify-only` compares the file with the Hub's)"
+            f"(`{DOWNLOAD_SCRIPT} --which {published.which} --verify-only` compares the file with the Hub's)"
         )
     else:
         sizes = f"it has {size:,} bytes"

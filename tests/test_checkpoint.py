@@ -210,6 +210,7 @@ def test_pickled_builtin_is_refused(tmp_path) -> None:
         read_state_dict(path)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_torchscript_archive_is_refused(tmp_path) -> None:
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
