@@ -130,6 +130,46 @@ def test_lightning_checkpoint_with_pickled_objects_loads(t2v_state: dict, tmp_pa
     assert "only the state_dict is used" in caplog.text
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_checkpoint_written_by_lightning_loads(t2v_state: dict, tmp_path) -> None:
+    """A checkpoint as PyTorch Lightning writes it (hyper-parameters saved from an OmegaConf
+    config, an argparse.Namespace and a path; loops, callbacks, optimizer and scheduler states),
+    with the tiny model's weights as its state_dict."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(pl.LightningModule):
+        def __init__(self, model_config, args, logdir) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _index):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.AdamW(self.parameters(), lr=1e-3)
+            return [optimizer], [torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)]
+
+    module = Module(
+        OmegaConf.create({"base_learning_rate": 6e-5, "unet": {"channel_mult": [1, 2]}}),
+        argparse.Namespace(seed=123),
+        pathlib.Path(tmp_path / "logs"),
+    )
+    trainer = pl.Trainer(
+        max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", default_root_dir=tmp_path / "pl",
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2))
+    checkpoint = trainer._checkpoint_connector.dump_checkpoint()  # what trainer.save_checkpoint writes
+    checkpoint["state_dict"] = t2v_state
+    path = tmp_path / "model.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(Exception, match="Unsupported global|weights_only"):
+        torch.load(path, weights_only=True)
+    _assert_loaded(load_model(T2V, path), t2v_state)
+
+
 def test_harmless_objects_load_through_pytorchs_own_unpickler(t2v_state: dict, tmp_path, caplog) -> None:
     path = tmp_path / "model.ckpt"
     payload = {
