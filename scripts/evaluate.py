@@ -1,11 +1,16 @@
-"""Score the temporal consistency of generated videos.
+"""Score the temporal consistency of generated videos, with VBench's dimensions.
 
     python scripts/evaluate.py results/videocraft_v2_fifo/random_noise
-    python scripts/evaluate.py results/videocraft_v2_fifo/random_noise \\
-        --clip_ckpt videocrafter_models/Image2Video_512/model.ckpt
+    python scripts/evaluate.py results/sweep/videos --out results/sweep/report \\
+        --dino_weights dino_vitbase16_pretrain.pth --clip_weights ViT-B-32.pt
+    python scripts/evaluate.py results/sweep/videos --random_feature_models   # tests only
 
-Writes metrics.csv, metrics.json and consistency.png (see tools/evaluation.py for the metrics) and
-prints a table: one line per video, grouped by experiment, then the per-experiment means.
+Writes metrics.csv, metrics.json (per video), summary.csv (mean per experiment) and
+consistency.png (per-frame curves); see tools/vbench.py and tools/evaluation.py for the metrics.
+Prints the per-video table, then the per-experiment means.
+
+Exit status: 0 done, 1 no videos or an unreadable video or checkpoint, 2 bad arguments or a
+DINO/CLIP weights file missing (the message says which file to put where).
 """
 
 from __future__ import annotations
@@ -20,18 +25,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lvdm.checkpoint import CheckpointError  # noqa: E402
 from tools.evaluation import format_table, run_evaluation  # noqa: E402
+from tools.vbench import DIMENSIONS, FeatureWeightsError  # noqa: E402
 from tools.video_io import VideoReadError  # noqa: E402
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only when X tells something: not for None or an off switch, whose
+    behaviour the help text says in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        if isinstance(action.default, (list, tuple)):  # words, not a Python list
+            every = action.choices is not None and list(action.default) == list(action.choices)
+            return f"{action.help} (default: {'all' if every else ' '.join(map(str, action.default))})"
+        return super()._get_help_string(action)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
-            "Temporal-consistency metrics of generated videos: flicker (mean |frame i+1 - frame i|), "
-            "drift from the first frame and, with --clip_ckpt, CLIP image-embedding similarity of "
-            "consecutive frames and to the first frame. A video .../<prompt>/<experiment>.gif is "
-            "reported under its prompt folder and experiment (file stem)."
+            "Temporal quality of generated videos. VBench's dimensions, computed as VBench does, in "
+            "percent: subject_consistency (DINO ViT-B/16 features), background_consistency (CLIP "
+            "ViT-B/32 features), temporal_flickering (mean |frame i+1 - frame i|). Extra columns: "
+            "flicker and drift from the first frame on [0, 1] pixels and, with --clip_ckpt, "
+            "VideoCrafter's CLIP ViT-H-14 similarity of consecutive frames and to the first frame. "
+            "A video .../<prompt>/<experiment>.gif is reported under its prompt folder and experiment "
+            "(file stem)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "inputs",
@@ -40,13 +62,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="result folders (searched recursively for .gif/.mp4) and/or video files",
     )
     parser.add_argument(
-        "--out", default=None, help="output folder (default: the first RESULT_DIR, or the current folder)"
+        "--out",
+        default=None,
+        help="output folder; when not given, the first RESULT_DIR or the current folder",
+    )
+    parser.add_argument(
+        "--dimensions",
+        nargs="+",
+        choices=DIMENSIONS,
+        default=list(DIMENSIONS),
+        metavar="DIM",
+        help=f"VBench dimensions to compute, any of: {' '.join(DIMENSIONS)} "
+        "(temporal_flickering alone needs no model)",
+    )
+    parser.add_argument(
+        "--dino_weights",
+        default=None,
+        metavar="FILE",
+        help="DINO ViT-B/16 weights for subject_consistency: timm's model.safetensors "
+        "(timm/vit_base_patch16_224.dino) or DINO's dino_vitbase16_pretrain.pth; when not given, "
+        "taken from the Hugging Face cache, downloaded there on first use",
+    )
+    parser.add_argument(
+        "--clip_weights",
+        default=None,
+        metavar="FILE",
+        help="CLIP ViT-B/32 (OpenAI) weights for background_consistency: open_clip's "
+        "open_clip_model.safetensors (timm/vit_base_patch32_clip_224.openai) or OpenAI's ViT-B-32.pt; "
+        "when not given, taken from the Hugging Face cache, downloaded there on first use",
+    )
+    parser.add_argument(
+        "--random_feature_models",
+        action="store_true",
+        help="FOR TESTS ONLY: random-initialised DINO and CLIP of the same architectures, no weights and "
+        "no network needed; the subject/background scores then mean nothing",
     )
     parser.add_argument(
         "--clip_ckpt",
         default=None,
-        help="checkpoint holding the CLIP image tower (e.g. videocrafter_models/Image2Video_512/model.ckpt); "
-        "without it the CLIP metrics are skipped",
+        help="checkpoint holding VideoCrafter's CLIP image tower (e.g. "
+        "videocrafter_models/Image2Video_512/model.ckpt) for the extra clip_* columns; "
+        "without it they are skipped",
     )
     parser.add_argument("--clip_arch", default="ViT-H-14", help="OpenCLIP architecture of that tower")
     parser.add_argument(
@@ -54,9 +110,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="embedder.",
         help="key prefix of the tower in the checkpoint ('' for a bare tower)",
     )
-    parser.add_argument("--batch_size", type=int, default=16, help="frames per CLIP forward pass")
+    parser.add_argument("--batch_size", type=int, default=16, help="frames per forward pass of each model")
     parser.add_argument(
-        "--device", default=None, help="torch device for CLIP (default: cuda if available, else cpu)"
+        "--device",
+        default=None,
+        help="torch device for the models; when not given, cuda if available, else cpu",
     )
     parser.add_argument(
         "--include_origin", action="store_true", help="also score origin.gif/.mp4 (the short base clip)"
@@ -65,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.random_feature_models and (args.dino_weights or args.clip_weights):
+        parser.error(
+            "--random_feature_models builds models without weights: drop --dino_weights/--clip_weights"
+        )
     return args
 
 
@@ -84,7 +146,14 @@ def main(argv: list[str] | None = None) -> int:
             include_origin=args.include_origin,
             device=args.device,
             progress=not args.quiet,
+            dimensions=args.dimensions,
+            dino_weights=args.dino_weights,
+            clip_weights=args.clip_weights,
+            random_feature_models=args.random_feature_models,
         )
+    except FeatureWeightsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, VideoReadError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

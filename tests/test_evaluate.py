@@ -133,7 +133,7 @@ def test_evaluation_with_clip(results: Path, clip_ckpt: Path, tmp_path: Path) ->
     assert shuffled.clip_consecutive < steady.clip_consecutive - 1e-4
     assert shuffled.clip_to_first < steady.clip_to_first - 1e-4
 
-    assert set(outputs) == {"csv", "json", "png"} and all(p.is_file() for p in outputs.values())
+    assert set(outputs) == {"csv", "json", "summary", "png"} and all(p.is_file() for p in outputs.values())
     with open(outputs["csv"]) as fp:
         table = list(csv.DictReader(fp))
     assert len(table) == 4 and float(table[-1]["clip_to_first"]) == pytest.approx(1.0, abs=1e-5)
@@ -164,7 +164,17 @@ def test_script_prints_table(results: Path, tmp_path: Path, capsys: pytest.Captu
     spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.main([str(results / "a_cat"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    # temporal_flickering alone: no feature model to build (tests/test_vbench.py runs the others).
+    argv = [
+        str(results / "a_cat"),
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+        "--dimensions",
+        "temporal_flickering",
+    ]
+    assert script.main(argv) == 0
     printed = capsys.readouterr().out
     assert "steady" in printed and "shuffled" in printed and "metrics.csv" in printed
+    assert "temporal_flickering" in printed and "mean per experiment" in printed
     assert script.main([str(tmp_path / "nothing_here"), "--quiet"]) == 1

@@ -1,6 +1,10 @@
 """Temporal-consistency metrics for generated videos (used by ``scripts/evaluate.py``).
 
-Per video (frames ``(t, h, w, 3)`` uint8, pixel values scaled to ``[0, 1]``):
+VBench's temporal dimensions (``subject_consistency``, ``background_consistency``,
+``temporal_flickering``, in percent, higher is better) come from :mod:`tools.vbench`; this module
+reads the videos, adds our own metrics as extra columns, and writes the tables and the plot.
+
+Our own metrics, per video (frames ``(t, h, w, 3)`` uint8, pixel values scaled to ``[0, 1]``):
 
 - ``flicker``: mean absolute difference of consecutive frames, averaged over the ``t - 1`` pairs.
 - ``drift``: per-frame mean absolute difference to the first frame (a curve of ``t`` values,
@@ -31,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from lvdm.checkpoint import CheckpointError, read_state_dict
+from tools.vbench import BACKGROUND, DIMENSIONS, SUBJECT, VBenchScorer
 from tools.video_io import find_videos, read_video
 
 logger = logging.getLogger(__name__)
@@ -41,6 +46,7 @@ __all__ = [
     "VideoMetrics",
     "evaluate_video",
     "evaluate_videos",
+    "format_summary",
     "format_table",
     "load_clip_embedder",
     "pixel_metrics",
@@ -50,28 +56,24 @@ __all__ = [
     "video_key",
     "write_csv",
     "write_json",
+    "write_summary_csv",
 ]
 
-CSV_FIELDS = (
-    "prompt",
-    "experiment",
-    "path",
-    "frames",
-    "flicker",
-    "drift_mean",
-    "drift_final",
-    "clip_consecutive",
-    "clip_to_first",
-)
-# The numeric columns that get averaged per experiment.
-METRIC_FIELDS = ("flicker", "drift_mean", "drift_final", "clip_consecutive", "clip_to_first")
+# Our own metrics, kept as extra columns after VBench's dimensions.
+OWN_METRIC_FIELDS = ("flicker", "drift_mean", "drift_final", "clip_consecutive", "clip_to_first")
+# The numeric columns that get averaged per experiment: VBench's first, by its names.
+METRIC_FIELDS = (*DIMENSIONS, *OWN_METRIC_FIELDS)
+CSV_FIELDS = ("prompt", "experiment", "path", "frames", *METRIC_FIELDS)
+SUMMARY_FIELDS = ("experiment", "videos", "frames", *METRIC_FIELDS)
 
 
 @dataclass
 class VideoMetrics:
-    """Scores of one video; ``clip_*`` are ``None`` when no CLIP checkpoint was given.
+    """Scores of one video; a metric is ``None`` when it was not computed.
 
-    Curves have one value per frame (``(t,)``), except ``clip_consecutive_curve`` (``(t - 1,)``).
+    VBench's dimensions are in percent; ``clip_*`` need a CLIP checkpoint. Curves have one value
+    per frame (``(t,)``), except ``clip_consecutive_curve`` and the VBench consistency curves
+    (``(t - 1,)``: frames ``1 .. t - 1``, in percent).
     """
 
     prompt: str
@@ -81,9 +83,14 @@ class VideoMetrics:
     flicker: float
     drift_mean: float
     drift_final: float
+    subject_consistency: float | None = None
+    background_consistency: float | None = None
+    temporal_flickering: float | None = None
     clip_consecutive: float | None = None
     clip_to_first: float | None = None
     drift_curve: list[float] = field(default_factory=list)
+    subject_consistency_curve: list[float] | None = None
+    background_consistency_curve: list[float] | None = None
     clip_consecutive_curve: list[float] | None = None
     clip_to_first_curve: list[float] | None = None
 
@@ -254,11 +261,15 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
-def evaluate_video(path: str | os.PathLike, clip: ClipScorer | None = None) -> VideoMetrics:
-    """Read one video and compute its metrics (CLIP ones only when ``clip`` is given)."""
+def evaluate_video(
+    path: str | os.PathLike, clip: ClipScorer | None = None, vbench: VBenchScorer | None = None
+) -> VideoMetrics:
+    """Read one video and compute its metrics (CLIP ones only with ``clip``, VBench's with ``vbench``)."""
     frames = read_video(path)
     if len(frames) < 2:
-        logger.warning("%s has a single frame: flicker and drift are undefined (NaN)", path)
+        logger.warning(
+            "%s has a single frame: flicker, drift and VBench's dimensions are undefined (NaN)", path
+        )
     prompt, experiment = video_key(path)
     flicker, drift = pixel_metrics(frames)
     metrics = VideoMetrics(
@@ -277,6 +288,10 @@ def evaluate_video(path: str | os.PathLike, clip: ClipScorer | None = None) -> V
         metrics.clip_to_first = _mean(to_first[1:])
         metrics.clip_consecutive_curve = consecutive.tolist()
         metrics.clip_to_first_curve = to_first.tolist()
+    if vbench is not None:
+        scores = vbench.score(frames)
+        for name in (*DIMENSIONS, "subject_consistency_curve", "background_consistency_curve"):
+            setattr(metrics, name, getattr(scores, name))
     return metrics
 
 
@@ -286,11 +301,14 @@ def sort_metrics(rows: Iterable[VideoMetrics]) -> list[VideoMetrics]:
 
 
 def evaluate_videos(
-    videos: Sequence[str | os.PathLike], clip: ClipScorer | None = None, progress: bool = True
+    videos: Sequence[str | os.PathLike],
+    clip: ClipScorer | None = None,
+    progress: bool = True,
+    vbench: VBenchScorer | None = None,
 ) -> list[VideoMetrics]:
-    """Metrics of several videos, sorted by experiment then prompt."""
+    """Metrics of several videos (a progress bar over them), sorted by experiment then prompt."""
     rows = [
-        evaluate_video(path, clip)
+        evaluate_video(path, clip, vbench)
         for path in tqdm(videos, desc="evaluating", unit="video", disable=not progress)
     ]
     return sort_metrics(rows)
@@ -362,6 +380,19 @@ def write_json(
     return path
 
 
+def write_summary_csv(rows: Sequence[VideoMetrics], path: str | os.PathLike) -> Path:
+    """One line per experiment: video count, mean frame count and the mean of every metric
+    (:data:`SUMMARY_FIELDS`; empty cells for metrics not computed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fp:
+        writer = csv.DictWriter(fp, fieldnames=SUMMARY_FIELDS)
+        writer.writeheader()
+        for experiment, entry in summarize(rows).items():
+            writer.writerow({"experiment": experiment, **{k: _csv_value(v) for k, v in entry.items()}})
+    return path
+
+
 def _mean_curve(curves: Sequence[Sequence[float]]) -> np.ndarray:
     """Average curves of different lengths: value k is the mean over the curves that reach k."""
     length = max(len(c) for c in curves)
@@ -371,66 +402,140 @@ def _mean_curve(curves: Sequence[Sequence[float]]) -> np.ndarray:
     return np.nanmean(padded, axis=0)
 
 
-def plot_consistency(rows: Sequence[VideoMetrics], path: str | os.PathLike) -> Path:
-    """One curve per experiment of the per-frame consistency, averaged over prompts.
+@dataclass(frozen=True)
+class _Panel:
+    """One measure of the consistency plot: the curve attribute and how to label it."""
 
-    The measure is the CLIP similarity to the first frame when every video has it, else the pixel
-    drift from the first frame.
+    curve: str
+    first_frame: int  # the frame index of the curve's first value
+    ylabel: str
+    title: str
+
+
+_VBENCH_PANELS = (
+    _Panel(
+        "subject_consistency_curve",
+        1,
+        "subject consistency (%)",
+        "VBench subject consistency of frame i (DINO; higher is better)",
+    ),
+    _Panel(
+        "background_consistency_curve",
+        1,
+        "background consistency (%)",
+        "VBench background consistency of frame i (CLIP ViT-B/32; higher is better)",
+    ),
+)
+_CLIP_PANEL = _Panel(
+    "clip_to_first_curve",
+    0,
+    "CLIP cosine similarity to frame 0",
+    "Consistency with the first frame (higher is better)",
+)
+_DRIFT_PANEL = _Panel(
+    "drift_curve",
+    0,
+    "mean |frame - frame 0| (pixels in [0, 1])",
+    "Drift from the first frame (lower is better)",
+)
+
+
+def plot_consistency(rows: Sequence[VideoMetrics], path: str | os.PathLike) -> Path:
+    """Per-frame consistency, one curve per experiment (averaged over its prompts), one panel per measure.
+
+    Panels: VBench's subject and background consistency of each frame (when every video has them:
+    frame i's mean of its cosine to frame i - 1 and to frame 0), then our CLIP similarity to the
+    first frame when every video has it, else the pixel drift from the first frame.
     """
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    use_clip = bool(rows) and all(r.clip_to_first_curve is not None for r in rows)
-    groups: dict[str, list[list[float]]] = defaultdict(list)
-    for row in rows:
-        groups[row.experiment].append(row.clip_to_first_curve if use_clip else row.drift_curve)
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    for experiment in sorted(groups):
-        curves = groups[experiment]
-        ax.plot(_mean_curve(curves), label=f"{experiment} (n={len(curves)})", linewidth=1.4)
-    ax.set_xlabel("frame index")
-    if use_clip:
-        ax.set_ylabel("CLIP cosine similarity to frame 0")
-        ax.set_title("Consistency with the first frame (higher is better)")
-    else:
-        ax.set_ylabel("mean |frame - frame 0| (pixels in [0, 1])")
-        ax.set_title("Drift from the first frame (lower is better)")
-    ax.grid(True, alpha=0.3)
-    if groups:
-        ax.legend(fontsize="small", loc="best")
+
+    def everywhere(attr: str) -> bool:
+        return bool(rows) and all(getattr(r, attr) is not None for r in rows)
+
+    panels = [panel for panel in _VBENCH_PANELS if everywhere(panel.curve)]
+    panels.append(_CLIP_PANEL if everywhere(_CLIP_PANEL.curve) else _DRIFT_PANEL)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(8, 1.0 + 3.2 * len(panels)), dpi=120, sharex=True, squeeze=False
+    )
+    for ax, panel in zip(axes[:, 0], panels):
+        groups: dict[str, list[list[float]]] = defaultdict(list)
+        for row in rows:
+            groups[row.experiment].append(getattr(row, panel.curve))
+        for experiment in sorted(groups):
+            curves = [c for c in groups[experiment] if len(c)]
+            if not curves:
+                continue  # single-frame videos have empty curves
+            mean = _mean_curve(curves)
+            frames = np.arange(panel.first_frame, panel.first_frame + len(mean))
+            ax.plot(frames, mean, label=f"{experiment} (n={len(curves)})", linewidth=1.4)
+        ax.set_ylabel(panel.ylabel)
+        ax.set_title(panel.title, fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        if groups:
+            ax.legend(fontsize="small", loc="best")
+    axes[-1, 0].set_xlabel("frame index")
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def format_table(rows: Sequence[VideoMetrics], summary: bool = True) -> str:
-    """A plain-text table of the rows (and the per-experiment means) for the terminal."""
-    has_clip = any(r.clip_to_first is not None for r in rows)
-    columns = ["experiment", "prompt", "frames", "flicker", "drift_mean", "drift_final"]
-    if has_clip:
-        columns += ["clip_consecutive", "clip_to_first"]
+def _fmt(value: object, decimals: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{decimals}f}"
+    return str(value)
 
-    def fmt(value: object) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return "nan" if math.isnan(value) else f"{value:.4f}"
-        return str(value)
 
-    table = [columns] + [[fmt(getattr(r, c)) for c in columns] for r in rows]
-    if summary and rows:
-        table.append(["-" * 4] * len(columns))
-        for experiment, entry in summarize(rows).items():
-            line = [experiment, f"mean of {entry['videos']}", f"{entry['frames']:.0f}"]
-            line += [fmt(entry[c]) for c in columns[3:]]
-            table.append(line)
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+def _metric_columns(rows: Sequence[VideoMetrics]) -> list[str]:
+    """The metrics worth a column: VBench's dimensions and the CLIP ones only when computed."""
+    always = ("flicker", "drift_mean", "drift_final")
+    return [
+        name for name in METRIC_FIELDS if name in always or any(getattr(r, name) is not None for r in rows)
+    ]
+
+
+def _decimals(column: str) -> int:
+    # VBench's dimensions are percentages; papers print two decimals.
+    return 2 if column in DIMENSIONS else 4
+
+
+def _align(table: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+
+
+def format_summary(rows: Sequence[VideoMetrics]) -> str:
+    """The per-experiment means (the rows of ``summary.csv``) as a plain-text table."""
+    metrics = _metric_columns(rows)
+    table = [["experiment", "videos", "frames", *metrics]]
+    for experiment, entry in summarize(rows).items():
+        line = [experiment, str(entry["videos"]), f"{entry['frames']:.0f}"]
+        table.append(line + [_fmt(entry[c], _decimals(c)) for c in metrics])
+    return _align(table)
+
+
+def format_table(rows: Sequence[VideoMetrics], summary: bool = True) -> str:
+    """A plain-text table of the videos and, with ``summary``, the per-experiment means below it."""
+    metrics = _metric_columns(rows)
+    table = [["experiment", "prompt", "frames", *metrics]]
+    table += [
+        [r.experiment, r.prompt, str(r.frames), *(_fmt(getattr(r, c), _decimals(c)) for c in metrics)]
+        for r in rows
+    ]
+    text = _align(table)
+    if summary and rows:
+        text += "\n\nmean per experiment:\n" + format_summary(rows)
+    return text
 
 
 def run_evaluation(
@@ -443,25 +548,34 @@ def run_evaluation(
     include_origin: bool = False,
     device: str | None = None,
     progress: bool = True,
+    dimensions: Sequence[str] = (),
+    dino_weights: str | os.PathLike | None = None,
+    clip_weights: str | os.PathLike | None = None,
+    random_feature_models: bool = False,
 ) -> tuple[list[VideoMetrics], dict[str, Path]]:
-    """Find the videos, score them and write ``metrics.csv``, ``metrics.json``, ``consistency.png``.
+    """Find the videos, score them, write ``metrics.csv``, ``metrics.json``, ``summary.csv``, ``consistency.png``.
 
     Args:
         inputs: Result folders (searched recursively) and/or video files.
         out_dir: Output folder; default the first input if it is a folder, else the current folder.
-        clip_ckpt: Checkpoint with the CLIP image tower; ``None`` skips the CLIP metrics.
+        clip_ckpt: Checkpoint with the (VideoCrafter) CLIP image tower; ``None`` skips ``clip_*``.
         clip_arch: OpenCLIP architecture of that tower.
         clip_prefix: Key prefix of the tower in the checkpoint.
-        batch_size: Frames per CLIP forward pass.
+        batch_size: Frames per forward pass of every model.
         include_origin: Also score ``origin.*`` (the short base clip).
-        device: Torch device for CLIP; default CUDA when available.
+        device: Torch device for the models; default CUDA when available.
         progress: Show a progress bar.
+        dimensions: VBench dimensions to compute (:data:`tools.vbench.DIMENSIONS`); ``()`` for none.
+        dino_weights: Local DINO ViT-B/16 weights; default the Hugging Face cache (downloaded once).
+        clip_weights: Local CLIP ViT-B/32 weights; default the Hugging Face cache (downloaded once).
+        random_feature_models: Random-initialised DINO/CLIP, no weights needed: for tests only.
 
     Returns:
-        ``(rows, {"csv": ..., "json": ..., "png": ...})``.
+        ``(rows, {"csv": ..., "json": ..., "summary": ..., "png": ...})``.
 
     Raises:
         FileNotFoundError: an input that does not exist, or no video found.
+        tools.vbench.FeatureWeightsError: a DINO/CLIP weights file missing or unfit.
     """
     if not inputs:
         raise ValueError("give at least one result folder or video file")
@@ -474,13 +588,23 @@ def run_evaluation(
     out_dir = Path(out_dir)
     logger.info("scoring %d video(s); outputs go to %s", len(videos), out_dir)
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     clip = None
     if clip_ckpt is not None:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         clip = ClipScorer(load_clip_embedder(clip_ckpt, clip_arch, clip_prefix, device), batch_size, device)
-    rows = evaluate_videos(videos, clip, progress=progress)
+    vbench = None
+    if dimensions:
+        if random_feature_models and set(dimensions) & {SUBJECT, BACKGROUND}:
+            logger.warning(
+                "random-initialised DINO/CLIP (--random_feature_models): for tests only, the scores mean nothing"
+            )
+        vbench = VBenchScorer.create(
+            dimensions, dino_weights, clip_weights, random_feature_models, batch_size, device
+        )
+    rows = evaluate_videos(videos, clip, progress=progress, vbench=vbench)
     settings = {
         "inputs": [str(p) for p in inputs],
+        "vbench": vbench.settings() if vbench is not None else None,
         "clip_ckpt": None if clip_ckpt is None else str(clip_ckpt),
         "clip_arch": clip_arch if clip_ckpt is not None else None,
         "clip_prefix": clip_prefix if clip_ckpt is not None else None,
@@ -490,6 +614,7 @@ def run_evaluation(
     outputs = {
         "csv": write_csv(rows, out_dir / "metrics.csv"),
         "json": write_json(rows, out_dir / "metrics.json", settings),
+        "summary": write_summary_csv(rows, out_dir / "summary.csv"),
         "png": plot_consistency(rows, out_dir / "consistency.png"),
     }
     return rows, outputs
