@@ -414,9 +414,11 @@ def build_dino(
     else:
         path = _local_file(weights, _DINO_WEIGHTS) if weights is not None else _hub_file(_DINO_WEIGHTS)
         try:
-            # timm loads the file strictly and converts DINO's original key layout if needed.
+            # Read first: a file that is no checkpoint fails before a model is built. timm then loads
+            # the weights strictly, through its converter for other ViT key layouts.
+            state = timm.models.load_state_dict(str(path))
             vit = timm.create_model(
-                DINO_TIMM_NAME, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
+                DINO_TIMM_NAME, pretrained=True, num_classes=0, pretrained_cfg_overlay={"state_dict": state}
             )
         except Exception as err:  # unreadable file or wrong keys: one clear message
             raise FeatureWeightsError(
