@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Sweep modes × Q-cache weights over a prompt file, then evaluate and compare in one go.
 #
-#   scripts/sweep.sh -p PROMPT_FILE -o OUT [-c CONFIG] [-k CKPT | -r] \
-#       [-m "t2v t2v_TTqcache_attn1"] [-w "0.5 0.9"] [-s SUBJECT] [-- extra videocrafter_main.py args]
+#   scripts/sweep.sh -p PROMPT_FILE -o OUT [-c CONFIG] [-k CKPT | -r] [-C CLIP_CKPT] \
+#       [-m "t2v t2v_TTqcache_attn1"] [-w "0.5 0.9"] [-s SUBJECT] [-e "evaluate.py args"] \
+#       [-- videocrafter_main.py args]
 #
 # Layout: OUT/videos/<prompt>/<experiment>.gif (one experiment per setting, named
-# <mode> or <mode>_w<weight>), OUT/report/metrics.{csv,json}, OUT/report/consistency.png,
-# OUT/report/<prompt>_grid.gif and <prompt>_sheet.png.
-# Weights apply to modes with a Q-cache; other modes run once. -s gives the subject that the
-# sacfa and srg modes need (--subject; ignored by the other modes).
+# <mode> or <mode>_w<weight>), OUT/report/metrics.{csv,json} (VBench's dimensions and ours),
+# OUT/report/summary.csv, OUT/report/consistency.png, OUT/report/<prompt>_grid.gif and
+# <prompt>_sheet.png. Weights apply to modes with a Q-cache; other modes run once.
+# -s gives the subject that the sacfa and srg modes need (--subject; ignored by other modes).
+# -r (random video-model weights) also scores with random-initialised DINO/CLIP
+# (evaluate.py --random_feature_models): it runs offline, and its VBench scores mean nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 prompt_file="" out="" config="configs/inference_t2v_512_v2.0.yaml" ckpt="" random_init=0
-modes="t2v t2v_TTqcache_attn1 t2v_TTqcache_attn1_unilatent" weights="0.9" clip_ckpt="" subject=""
-while getopts "p:o:c:k:rm:w:C:s:h" opt; do
+modes="t2v t2v_TTqcache_attn1 t2v_TTqcache_attn1_unilatent" weights="0.9" clip_ckpt="" subject="" eval_extra=""
+while getopts "p:o:c:k:rm:w:C:s:e:h" opt; do
   case "$opt" in
     p) prompt_file=$OPTARG ;;
     o) out=$OPTARG ;;
@@ -27,6 +30,7 @@ while getopts "p:o:c:k:rm:w:C:s:h" opt; do
     w) weights=$OPTARG ;;
     C) clip_ckpt=$OPTARG ;;
     s) subject=$OPTARG ;;
+    e) eval_extra=$OPTARG ;;
     h) usage 0 ;;
     *) usage 2 ;;
   esac
@@ -58,9 +62,13 @@ for mode in $modes; do
   done
 done
 
-clip_args=()
-[[ -n "$clip_ckpt" ]] && clip_args=(--clip_ckpt "$clip_ckpt")
-"$python" scripts/evaluate.py "$videos" --out "$report" "${clip_args[@]}"
+eval_args=()
+[[ -n "$clip_ckpt" ]] && eval_args+=(--clip_ckpt "$clip_ckpt")
+# Random video weights are for trying things offline: the feature models follow suit, so the
+# sweep never waits on a download.
+[[ $random_init == 1 ]] && eval_args+=(--random_feature_models)
+read -r -a extra_eval <<< "$eval_extra"
+"$python" scripts/evaluate.py "$videos" --out "$report" "${eval_args[@]}" "${extra_eval[@]}"
 for prompt_dir in "$videos"/*/; do
   name=$(basename "$prompt_dir")
   compgen -G "$prompt_dir*.gif" >/dev/null || compgen -G "$prompt_dir*.mp4" >/dev/null || continue
