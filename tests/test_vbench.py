@@ -283,6 +283,28 @@ def test_missing_weights_offline_is_a_clear_error(empty_offline_cache: Path, tmp
         build_dino(tmp_path / "nowhere.pth")
 
 
+def test_unreachable_hub_is_a_clear_error_after_one_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+
+    def no_hub(repo_id: str, filename: str, local_files_only: bool = False, **_: object) -> str:
+        calls.append((filename, local_files_only))
+        raise LocalEntryNotFoundError("cannot reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(
+        FeatureWeightsError, match=r"download failed \(model\.safetensors: cannot reach the Hub\)"
+    ):
+        build_dino()
+    # Both names looked up in the cache, then one download: the second would wait just as long.
+    assert calls == [("model.safetensors", True), ("pytorch_model.bin", True), ("model.safetensors", False)]
+
+
 def test_local_dino_weights_load_strictly(dino: torch.nn.Module, tmp_path: Path) -> None:
     # DINO's own release is a plain state dict with timm's key names: save ours that way.
     state = {k: v.clone() for k, v in dino.vit.state_dict().items()}

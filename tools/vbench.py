@@ -359,8 +359,13 @@ def _hub_file(spec: _HubWeights) -> Path:
         logger.info("downloading %s/%s into %s", spec.repo_id, filename, cache)
         try:
             return Path(hf_hub_download(spec.repo_id, filename))
-        except Exception as err:  # any failure (network, missing file) gets the same advice
-            errors.append(f"{filename}: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}")
+        except LocalEntryNotFoundError as err:
+            # The Hub could not be reached (after the client's retries): the next name would wait
+            # just as long for the same answer.
+            errors.append(f"{filename}: {_first_line(err)}")
+            break
+        except Exception as err:  # e.g. no such file in the repository: try the next name
+            errors.append(f"{filename}: {_first_line(err)}")
     reason = "not in the cache and the download failed (" + "; ".join(errors) + ")"
     raise FeatureWeightsError(spec.missing_message(cache, reason))
 
