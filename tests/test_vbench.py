@@ -225,6 +225,16 @@ def test_clip_is_openai_vit_b32(clip: torch.nn.Module) -> None:
     assert clip.dtype == torch.float32  # float16 only on CUDA
 
 
+def test_clip_in_float16_as_on_cuda(clip: torch.nn.Module) -> None:
+    # VBench's CLIP runs in float16 on CUDA: the same seeded weights, rounded, on float32 input.
+    half = build_clip(random_init=True, precision="fp16")
+    assert half.dtype == torch.float16
+    images = clip_preprocess(torch.from_numpy(_shuffled(2)))
+    with torch.inference_mode():
+        features_half, features_full = half(images).double(), clip(images).double()
+    assert F.cosine_similarity(features_half, features_full).min() > 0.99
+
+
 def test_static_video_scores_100(scores: dict[str, vbench.VBenchScores]) -> None:
     static = scores["static"]
     assert static.subject_consistency == pytest.approx(100.0, abs=1e-6)

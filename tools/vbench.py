@@ -289,7 +289,8 @@ class ClipImageFeatures(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.visual.parameters()).dtype
+        """The dtype of the layer that sees the input (in float16, some embeddings stay float32)."""
+        return self.visual.conv1.weight.dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(b, 3, 224, 224)`` normalised images -> ``(b, 512)`` projected image embeddings."""
@@ -455,11 +456,12 @@ class _DropRootRecords(logging.Filter):
 
 
 def build_clip(
-    weights: str | os.PathLike | None = None, random_init: bool = False, device: str | torch.device = "cpu"
+    weights: str | os.PathLike | None = None,
+    random_init: bool = False,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
 ) -> ClipImageFeatures:
     """The CLIP ViT-B/32 image tower of VBench's background consistency, in eval mode on ``device``.
-
-    float16 on CUDA and float32 on the CPU, as OpenAI's ``clip.load`` (VBench's loader) builds it.
 
     Args:
         weights: A local file (open_clip's ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin``,
@@ -467,6 +469,8 @@ def build_clip(
             from the Hugging Face cache, downloading them there on first use.
         random_init: Seeded random weights of the same architecture, no file, no network (tests only).
         device: Where the model runs.
+        precision: open_clip's ``"fp16"`` or ``"fp32"``; by default float16 on CUDA and float32 on
+            the CPU, as OpenAI's ``clip.load`` (VBench's loader) builds it.
 
     Raises:
         FeatureWeightsError: weights missing (see :func:`_hub_file`) or not CLIP ViT-B/32 weights.
@@ -474,7 +478,7 @@ def build_clip(
     import open_clip
 
     device = torch.device(device)
-    precision = "fp16" if device.type == "cuda" else "fp32"
+    precision = precision or ("fp16" if device.type == "cuda" else "fp32")
     path = None
     if random_init:
         if weights is not None:
