@@ -258,10 +258,6 @@ class DinoFeatures(nn.Module):
             raise ValueError("DinoFeatures needs a ViT with a class token and no register tokens")
         self.vit = vit
 
-    @property
-    def patch_size(self) -> int:
-        return int(self.vit.patch_embed.proj.kernel_size[0])
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(b, 3, h, w)`` normalised images -> ``(b, 768)`` [CLS] features after the final norm."""
         vit = self.vit
@@ -279,8 +275,8 @@ class ClipImageFeatures(nn.Module):
     """The image tower of an open_clip CLIP: ``encode_image`` without the text tower.
 
     Args:
-        visual: ``clip_model.visual``; its weights' dtype (float16 on CUDA) sets the input dtype, as
-            OpenAI's ``encode_image`` casts its input.
+        visual: ``clip_model.visual``; its patch convolution's dtype (float16 on CUDA) sets the input
+            dtype, as OpenAI's ``encode_image`` casts its input.
     """
 
     def __init__(self, visual: nn.Module) -> None:
