@@ -37,6 +37,7 @@ from fifo.options import (
     TrickArguments,
     parse_mode,
 )
+from tools.cli_help import RawDescriptionDefaultsHelpFormatter
 
 if TYPE_CHECKING:
     from fifo.outputs import OutputLayout
@@ -58,21 +59,6 @@ class UsageError(ValueError):
     """A mistake in the command line or its inputs: printed as ``error: ...``, exit code 2."""
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Each option's default in its help (unless the help says it, or it is a switch or unset);
-    the description and the epilog as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (
-            "default" in text
-            or action.default in (None, argparse.SUPPRESS)
-            or isinstance(action.default, bool)
-        ):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
 def _mode_parts_epilog() -> str:
     mains = "\n".join(f"  {k:<13}{v}" for k, v in MAIN_OPTIONS.items())
     subs = "\n".join(f"  {k:<13}{v}" for k, v in SUB_OPTIONS.items())
@@ -81,7 +67,7 @@ def _mode_parts_epilog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__, epilog=_mode_parts_epilog(), formatter_class=_HelpFormatter
+        description=__doc__, epilog=_mode_parts_epilog(), formatter_class=RawDescriptionDefaultsHelpFormatter
     )
     p.add_argument("--config", default="configs/inference_t2v_512_v2.0.yaml", help="model config (YAML)")
     p.add_argument("--ckpt_path", default=None, help="checkpoint (.ckpt, .pt or .safetensors)")

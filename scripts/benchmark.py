@@ -84,6 +84,7 @@ from fifo.schedule import DDIMSchedule  # noqa: E402
 from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue  # noqa: E402
 from lvdm.build import config_facts, load_config, load_model  # noqa: E402
 from lvdm.models.ddpm3d import LatentDiffusion  # noqa: E402
+from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
 from tools.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset  # noqa: E402
 
 logger = logging.getLogger("benchmark")
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Seconds per output frame of FIFO diagonal denoising: the published sequential "
         "path (one window, one guidance branch per U-Net call, fp32) against the batched fast path.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument(
         "--preset",

@@ -18,6 +18,7 @@ from pathlib import Path
 # Run from anywhere without installing the project.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
 from tools.comparison import default_labels, make_contact_sheet, save_contact_sheet, write_grid  # noqa: E402
 from tools.video_io import VIDEO_SUFFIXES, VideoReadError, find_videos, probe_video, read_video  # noqa: E402
 
@@ -30,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "Side-by-side comparison of videos: a grid video with a label above each tile and/or a PNG "
             f"contact sheet (one row per video). Without --out and --sheet, writes {DEFAULT_OUT}."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "videos", nargs="*", metavar="VIDEO", help=f"videos to compare ({'/'.join(VIDEO_SUFFIXES)})"

@@ -40,6 +40,11 @@ from huggingface_hub.errors import (
 )
 from tqdm import tqdm
 
+# Run from anywhere without installing the project.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
+
 logger = logging.getLogger("download_checkpoints")
 
 
@@ -92,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "Download the VideoCrafter checkpoints from the Hugging Face Hub into the folders the configs "
             "expect, resuming partial downloads and verifying size and sha256 against the Hub."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--which",

@@ -24,22 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lvdm.checkpoint import CheckpointError  # noqa: E402
+from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
 from tools.evaluation import format_table, run_evaluation  # noqa: E402
 from tools.vbench import DIMENSIONS, FeatureWeightsError  # noqa: E402
 from tools.video_io import VideoReadError  # noqa: E402
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds "(default: X)" only when X tells something: not for None or an off switch, whose
-    behaviour the help text says in words."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ""
-        if isinstance(action.default, (list, tuple)):  # words, not a Python list
-            every = action.choices is not None and list(action.default) == list(action.choices)
-            return f"{action.help} (default: {'all' if every else ' '.join(map(str, action.default))})"
-        return super()._get_help_string(action)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "A video .../<prompt>/<experiment>.gif is reported under its prompt folder and experiment "
             "(file stem)."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "inputs",
