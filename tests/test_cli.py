@@ -35,15 +35,6 @@ PROMPT = "a red fox running through snow"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def work(tmp_path: Path, monkeypatch) -> Path:
-    """An empty working directory: nothing may appear in it unless asked for (no default results/)."""
-    d = tmp_path / "cwd"
-    d.mkdir()
-    monkeypatch.chdir(d)
-    return d
-
-
 def make_png(path: Path) -> Path:
     return write_png(path, (80, 48), seed=1)
 

@@ -34,15 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def work(tmp_path: Path, monkeypatch) -> Path:
-    """An empty working directory: nothing may appear in it (no default results/)."""
-    d = tmp_path / "cwd"
-    d.mkdir()
-    monkeypatch.chdir(d)
-    return d
-
-
-@pytest.fixture
 def no_model(monkeypatch):
     """Loading a model fails the test: usage errors must come before it."""
     import lvdm.build

@@ -164,14 +164,14 @@ def test_memory_lower_in_fp16_and_growing_with_the_window_batch(fake_models) -> 
     common = {"num_partitions": 2, "lookahead": True}  # 4 windows
     fp32 = plan(fake_models, T2V_FULL, "t2v", job, dtype="fp32", window_batch=2, **common)
     fp16 = {
-        w: plan(fake_models, T2V_FULL, "t2v", job, dtype="fp16", window_batch=w, **common) for w in (1, 2, 4)
+        w: plan(fake_models, T2V_FULL, "t2v", job, dtype="fp16", window_batch=w, **common) for w in (2, 4)
     }
     assert fp16[2].peak_memory_bytes < fp32.peak_memory_bytes
     assert fp16[2].weights_bytes < 0.6 * fp32.weights_bytes
-    peaks = [fp16[w].peak_memory_bytes for w in (1, 2, 4)]
-    assert peaks[0] < peaks[1] < peaks[2], peaks
+    peaks = [fp16[w].peak_memory_bytes for w in (2, 4)]
+    assert peaks[0] < peaks[1], peaks
     # Given a budget, the plan picks as many windows per call as fit.
-    budget = (peaks[1] + peaks[2]) // 2
+    budget = (peaks[0] + peaks[1]) // 2
     auto = plan(fake_models, T2V_FULL, "t2v", job, budget=budget, dtype="fp16", **common)
     assert auto.fits and 2 <= auto.window_batch < 4, auto.window_batch
 
