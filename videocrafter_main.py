@@ -788,7 +788,10 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
         )
         model.unet.set_attn_processor(r.attention)
         model_id = model_identity(r.config, r.ckpt_path, r.random_init, r.settings.seed)
-        generator = FifoGenerator(model, r.mode, r.settings, model_id, group=group)
+        # The automatic window batch's measurement is kept with the base-clip cache: the next
+        # process of a sweep (or a --resume) skips it.
+        memory_store = r.layout.cache_dir / "window_memory"
+        generator = FifoGenerator(model, r.mode, r.settings, model_id, group=group, memory_store=memory_store)
         if group is None or group.is_writer:
             create_folder(r.layout.root)
     except (CheckpointError, OutputError, ValueError) as err:

@@ -156,6 +156,8 @@ class FifoGenerator:
         plan: how batched calls run (default: ``plan_fast_path`` of the device on the batched
             path, the published layers on the sequential one).
         group: the ranks that share each video's windows (``--parallel windows``), or None.
+        memory_store: a folder that keeps the window-memory measurement behind the automatic
+            window batch between processes (:func:`fifo.plan.window_memory`), or None.
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class FifoGenerator:
         model_id: str,
         plan: FastPathPlan | None = None,
         group: RankGroup | None = None,
+        memory_store: Path | None = None,
     ) -> None:
         check_model_fits(model_facts(model), mode, settings, "this model")
         self.model, self.mode, self.settings, self.model_id = model, mode, settings, model_id
@@ -191,7 +194,9 @@ class FifoGenerator:
         self.window_batch = settings.window_batch if settings.batched else 1
         if self.window_batch is None:
             guided = settings.guidance != 1.0
-            memory = window_memory(model, self.geometry.video_length, self.latent_hw, guided, n_windows)
+            memory = window_memory(
+                model, self.geometry.video_length, self.latent_hw, guided, n_windows, store=memory_store
+            )
             self.window_batch = auto_window_batch(n_windows, memory, self.device)
         if settings.batched:
             per_call = "all" if self.window_batch is None else min(self.window_batch, n_windows)

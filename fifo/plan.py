@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +35,8 @@ from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.prompts import PromptJob
 from tools.memory import LiveTensorBytes
+
+logger = logging.getLogger(__name__)
 
 
 def fake_tensors() -> FakeTensorMode:
@@ -127,18 +133,67 @@ _WINDOW_MEMORY_ENTRIES = 32
 
 
 def window_memory(
-    model: nn.Module, frames: int, latent_hw: tuple[int, int], guidance: bool, most_windows: int = 2
+    model: nn.Module,
+    frames: int,
+    latent_hw: tuple[int, int],
+    guidance: bool,
+    most_windows: int = 2,
+    store: Path | None = None,
 ) -> WindowMemory:
     """The activation memory of one batched U-Net call per window (both guidance branches), measured
     on fake tensors with the model as it is set up (weights' dtype, attention backend, processors,
     execution plan) for one window and for ``most_windows``: seconds, once per model set-up, size
-    and window count in a process."""
+    and window count in a process.
+
+    Args:
+        store: a folder that keeps measurements between processes (a sweep starts one per
+            setting; ``--resume`` starts another): one small JSON file per set-up, size, window
+            count and torch version, written atomically. A file that cannot be read or written
+            is measured again, never an error.
+    """
     key = (_model_setup_key(model), frames, tuple(latent_hw), guidance, most_windows)
     if key not in _WINDOW_MEMORY:
         if len(_WINDOW_MEMORY) >= _WINDOW_MEMORY_ENTRIES:
             _WINDOW_MEMORY.pop(next(iter(_WINDOW_MEMORY)))
-        _WINDOW_MEMORY[key] = _measure_window_memory(model, frames, tuple(latent_hw), guidance, most_windows)
+        path = None
+        if store is not None:
+            # torch's version is part of the name: fake-tensor kernels (and so the count) change with it.
+            name = hashlib.sha256(repr((key, torch.__version__)).encode()).hexdigest()[:32]
+            path = store / f"{name}.json"
+        memory = _read_window_memory(path) if path is not None else None
+        if memory is None:
+            memory = _measure_window_memory(model, frames, tuple(latent_hw), guidance, most_windows)
+            if path is not None:
+                _write_window_memory(path, memory)
+        _WINDOW_MEMORY[key] = memory
     return _WINDOW_MEMORY[key]
+
+
+def _read_window_memory(path: Path) -> WindowMemory | None:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        memory = WindowMemory(int(saved["fixed_bytes"]), int(saved["per_window_bytes"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.debug("window memory %s unreadable (%s): measuring again", path, err)
+        return None
+    if memory.fixed_bytes < 0 or memory.per_window_bytes < 1:
+        return None
+    return memory
+
+
+def _write_window_memory(path: Path, memory: WindowMemory) -> None:
+    # Ranks of one job may write the same file at once: each through its own temporary name.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(asdict(memory)), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as err:  # a read-only cache costs the measurement next time, nothing more
+        logger.debug("window memory not kept in %s: %s", path, err)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------- the plan

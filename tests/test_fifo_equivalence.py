@@ -233,6 +233,46 @@ def test_window_memory_is_measured_as_the_model_runs(model) -> None:
         model.unet.set_attn_processor("sdpa")
 
 
+def test_window_memory_is_kept_between_processes(model, tmp_path, monkeypatch) -> None:
+    """With a store, a measurement is written once and read back by the next process (here: an
+    emptied in-process cache); a damaged or foreign file is measured again; a store that cannot
+    be written costs the measurement, not the run."""
+    from fifo import plan
+
+    measured: list[int] = []
+
+    def measure(model, frames, latent_hw, guidance, most_windows):
+        measured.append(frames)
+        return plan.WindowMemory(fixed_bytes=1000 + frames, per_window_bytes=77)
+
+    monkeypatch.setattr(plan, "_measure_window_memory", measure)
+    monkeypatch.setattr(plan, "_WINDOW_MEMORY", {})
+    store = tmp_path / "window_memory"
+    first = plan.window_memory(model, 8, (LATENT, LATENT), True, 4, store=store)
+    files = list(store.iterdir())
+    assert measured == [8] and len(files) == 1 and files[0].suffix == ".json"
+    assert json.loads(files[0].read_text()) == {"fixed_bytes": 1008, "per_window_bytes": 77}
+
+    monkeypatch.setattr(plan, "_WINDOW_MEMORY", {})  # a new process
+    assert plan.window_memory(model, 8, (LATENT, LATENT), True, 4, store=store) == first
+    assert measured == [8]  # read, not measured
+    plan.window_memory(model, 4, (LATENT, LATENT), True, 4, store=store)  # another size: its own file
+    assert measured == [8, 4] and len(list(store.iterdir())) == 2
+
+    for damaged in ("not json", '{"fixed_bytes": 5}', '{"fixed_bytes": -1, "per_window_bytes": 3}'):
+        files[0].write_text(damaged)
+        monkeypatch.setattr(plan, "_WINDOW_MEMORY", {})
+        assert plan.window_memory(model, 8, (LATENT, LATENT), True, 4, store=store) == first
+    assert measured == [8, 4, 8, 8, 8]
+    assert json.loads(files[0].read_text())["per_window_bytes"] == 77  # rewritten whole
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # a store "folder" that is a file: nothing can be written under it
+    monkeypatch.setattr(plan, "_WINDOW_MEMORY", {})
+    assert plan.window_memory(model, 8, (LATENT, LATENT), True, 4, store=blocked / "store") == first
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
 @pytest.mark.parametrize(
     ("config", "frames", "side", "windows"),
     [("tiny_t2v.yaml", 8, 16, 4), ("bench_medium.yaml", 16, 16, 8)],
