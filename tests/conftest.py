@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -90,3 +92,16 @@ def torchrun(nproc: int, script: str, *args: str, timeout: int = 300) -> subproc
         *args,
     ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def load_script(relative: str) -> ModuleType:
+    """``scripts/NAME.py`` (or any file of the checkout) imported as a module, executed afresh.
+
+    It is registered in ``sys.modules`` (as ``script_NAME``) while it runs: dataclasses look their
+    module up there."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

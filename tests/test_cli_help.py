@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 from tools.cli_help import DefaultsHelpFormatter
 
 SCRIPTS = [
@@ -21,12 +19,8 @@ SCRIPTS = [
 ]
 
 
-def _help_of(script: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
-    name = f"help_{script.replace('/', '_')[:-3]}"
-    spec = importlib.util.spec_from_file_location(name, REPO / script)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+def _help_of(script: str, capsys: pytest.CaptureFixture[str]) -> str:
+    module = load_script(script)
     entry = getattr(module, "build_parser", None)
     with pytest.raises(SystemExit) as exit_info:
         if entry is not None:
@@ -38,10 +32,8 @@ def _help_of(script: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytes
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_help_says_no_default_twice_and_no_none(
-    script: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    text = " ".join(_help_of(script, capsys, monkeypatch).split())
+def test_help_says_no_default_twice_and_no_none(script: str, capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(_help_of(script, capsys).split())
     assert "(default: None)" not in text
     assert "(default: False)" not in text
     # One option's help (up to the next option, "-x" or "--x") holds at most one "(default".

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import load_script
 from tools.comparison import (
     align_lengths,
     default_labels,
@@ -103,9 +103,7 @@ def test_script_prompt_dir(tmp_path: Path) -> None:
     write_video(prompt / "t2v.gif", _video(6, 32, 48, (0, 200, 0)), fps=8)
     write_video(prompt / "t2v_TTqcache.gif", _video(8, 32, 48, (0, 0, 200)), fps=8)
     write_video(prompt / "origin.gif", _video(4, 32, 48, (200, 0, 0)), fps=8)
-    spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts" / "compare.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/compare.py")
     out, sheet = tmp_path / "grid.mp4", tmp_path / "sheet.png"
     argv = ["--prompt_dir", str(prompt), "--out", str(out), "--sheet", str(sheet), "--every", "2", "--quiet"]
     assert script.main(argv) == 0

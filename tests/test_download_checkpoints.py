@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pytest
+
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def dl() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "download_checkpoints", ROOT / "scripts" / "download_checkpoints.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/download_checkpoints.py")
 
 
 @pytest.fixture(autouse=True)

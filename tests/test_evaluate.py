@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lvdm.checkpoint import CheckpointError
+from tests.conftest import load_script
 from tools.evaluation import load_clip_embedder, pixel_metrics, run_evaluation, video_key
 from tools.video_io import write_video
 
@@ -161,9 +161,7 @@ def test_no_videos_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_script_prints_table(results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/evaluate.py")
     # temporal_flickering alone: no feature model to build (tests/test_vbench.py runs the others).
     argv = [
         str(results / "a_cat"),

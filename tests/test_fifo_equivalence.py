@@ -20,7 +20,6 @@ the queue at guidance 12). From 16x16 up (2x2 at the lowest level, as 5x8 in Vid
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue
 from fifo.tricks.qcache import set_qcache
 from lvdm.build import load_model
 from lvdm.models.ddpm3d import LatentDiffusion
+from tests.conftest import load_script
 from tools import memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,11 +366,7 @@ def test_peak_memory_helpers_on_cpu() -> None:
 # ------------------------------------------------------------------------ scripts/benchmark.py
 @pytest.fixture(scope="module")
 def bench_script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/benchmark.py")
 
 
 def _resolve(bench_script, argv: list[str]) -> argparse.Namespace:

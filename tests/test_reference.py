@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import load_script
 from tools.reference import TOLERANCE, ReferenceSuite
 
 
 @pytest.fixture(scope="module")
 def check_reference():
     """scripts/check_reference.py, imported as a module."""
-    import importlib.util
-
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("check_reference", REPO / "scripts" / "check_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/check_reference.py")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ Offline: the feature models are random-initialised timm/open_clip models of VBen
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import re
@@ -18,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import load_script
 from tools import vbench
 from tools.vbench import (
     BACKGROUND,
@@ -342,10 +342,7 @@ def test_openai_torchscript_file_is_recognised(tmp_path: Path) -> None:
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load_script("scripts/evaluate.py")
 
 
 @pytest.fixture
