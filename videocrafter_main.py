@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention", choices=("sdpa", "xformers", "math"), default="sdpa", help="attention kernel"
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the U-Net through torch.compile: each call shape compiles once (minutes, kept in the cache "
+        "folder for the next run), then runs faster",
+    )
+    p.add_argument(
         "--rng",
         choices=[o.value for o in NoiseOrder],
         default=NoiseOrder.DEFAULT.value,
@@ -316,6 +322,7 @@ class RunRequest:
     resume: bool = False
     save_state_every: int | None = None
     done: frozenset[int] = frozenset()  # indices (in this rank's jobs) of videos already complete
+    compile_unet: bool = False  # --compile: the U-Net through torch.compile (fifo/compile.py)
 
 
 def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
@@ -547,6 +554,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         resume=args.resume,
         save_state_every=args.save_state_every,
         done=done,
+        compile_unet=args.compile,
     )
 
 
@@ -792,6 +800,10 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
         # process of a sweep (or a --resume) skips it.
         memory_store = r.layout.cache_dir / "window_memory"
         generator = FifoGenerator(model, r.mode, r.settings, model_id, group=group, memory_store=memory_store)
+        if r.compile_unet:
+            from fifo.compile import compile_unet
+
+            compile_unet(model.unet, r.layout.cache_dir / "compiled")  # kept for the next run of a sweep
         if group is None or group.is_writer:
             create_folder(r.layout.root)
     except (CheckpointError, OutputError, ValueError) as err:
