@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cache_dir",
-        default=str(REPO / "results" / "benchmark" / "compiled"),
-        help="where --compile keeps compiled artifacts between runs (Inductor's cache)",
+        default=None,
+        help="where the compiled row keeps compiled artifacts between runs, Inductor's cache "
+        "(default: results/benchmark/compiled in the checkout)",
     )
     p.add_argument(
         "--report",
@@ -239,6 +240,8 @@ def resolve_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
     if any(n < 1 for n in args.lengths):
         parser.error("--lengths must be ≥ 1")
     args.compile = not args.no_compile
+    if args.cache_dir is None:
+        args.cache_dir = str(REPO / "results" / "benchmark" / "compiled")
     if args.budget_s <= 0:
         parser.error("--budget_s must be > 0 (seconds)")
     if args.report is not None and args.dtype == "fp16" and device.type == "cpu":

@@ -315,7 +315,8 @@ def run_report(
             report.doc["parallel_windows"] = {**dict.fromkeys(PARALLEL_FIELDS), "status": "not applicable",
                                               "reason": "CPU: see torchrun scripts/benchmark.py --parallel windows",
                                               "gpus": 0}  # fmt: skip
-        report.doc["complete"] = True
+        # Complete unless a row was cut short by the budget.
+        report.doc["complete"] = not any(r["status"].startswith("stopped") for r in report.doc["rows"])
     except BudgetSpent:
         logger.warning("report: the %.0f s budget is spent; the rows measured so far are kept", budget_s)
     done = {(r["dtype"], r["compile"]) for r in report.doc["rows"]}
