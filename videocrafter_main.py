@@ -37,7 +37,7 @@ from fifo.options import (
     TrickArguments,
     parse_mode,
 )
-from tools.cli_help import RawDescriptionDefaultsHelpFormatter
+from infra.cli_help import RawDescriptionDefaultsHelpFormatter
 
 if TYPE_CHECKING:
     from fifo.outputs import OutputLayout

@@ -4,7 +4,7 @@ PyTorch's ``FakeTensorMode`` makes tensors that carry shape, dtype and device bu
 generator's own code runs on them (text encoding, a base-clip DDIM step with guidance, one whole
 FIFO iteration as the generator runs it, the shift, a decode, the image embedding) in seconds,
 for a GPU this machine does not have, and any device or dtype mismatch raises as it would on
-the GPU. :class:`~tools.memory.LiveTensorBytes` counts the memory the stages hold at their peak
+the GPU. :class:`~infra.memory.LiveTensorBytes` counts the memory the stages hold at their peak
 and ``torch.utils.flop_counter.FlopCounterMode`` the FLOPs of an output frame.
 
 The same measurement, one batched U-Net call of one and of two windows, gives the activation
@@ -34,7 +34,7 @@ from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.prompts import PromptJob
-from tools.memory import LiveTensorBytes
+from infra.memory import LiveTensorBytes
 
 logger = logging.getLogger(__name__)
 

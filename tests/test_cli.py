@@ -17,8 +17,8 @@ from PIL import Image
 import videocrafter_main
 from fifo.options import parse_mode
 from fifo.prompts import safe_name
+from infra.video_io import read_video
 from tests.conftest import write_png
-from tools.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 T2V = str(ROOT / "configs" / "tiny_t2v.yaml")

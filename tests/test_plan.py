@@ -24,9 +24,9 @@ from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
 from fifo.plan import RunPlan, fake_tensors, plan_run, run_stages
 from fifo.prompts import PromptJob
+from infra.memory import current_rss_bytes
 from lvdm.build import build_model, load_model
 from tests.conftest import REPO, write_png
-from tools.memory import current_rss_bytes
 
 T2V_FULL = REPO / "configs" / "inference_t2v_512_v2.0.yaml"
 I2V_FULL = REPO / "configs" / "inference_i2v_512_v1.0.yaml"

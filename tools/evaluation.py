@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from infra.video_io import find_videos, read_video
 from lvdm.checkpoint import CheckpointError, read_state_dict
 from tools.vbench import BACKGROUND, DIMENSIONS, SUBJECT, VBenchScorer
-from tools.video_io import find_videos, read_video
 
 logger = logging.getLogger(__name__)
 
