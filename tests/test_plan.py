@@ -18,6 +18,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import cli.dry_run
 import videocrafter_main
 from fifo.generator import FifoGenerator
 from fifo.noise import NoiseSource
@@ -302,7 +303,7 @@ def test_dry_run_that_fits_with_fewer_windows_says_which(fake_models) -> None:
     full = plan(fake_models, T2V_FULL, "t2v", job, dtype="fp16", num_partitions=2)
     tight = replace(full, budget_bytes=full.peak_memory_bytes - full.per_window_bytes)
     assert not tight.fits
-    advice = videocrafter_main.memory_advice(tight, GenerationSettings(dtype="fp16", num_partitions=2))
+    advice = cli.dry_run.memory_advice(tight, GenerationSettings(dtype="fp16", num_partitions=2))
     assert f"--window_batch {full.window_batch - 1}" in advice
 
 
