@@ -172,3 +172,10 @@ def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path: Path, layers) -
     assert any(p.startswith("extra is not in the layers") for p in problems), problems
     assert len(problems) == 3, problems
     assert [sorted(set(cycle)) for cycle in package_cycles(tmp_path)] == [["fifo", "tools"]]
+
+
+def test_the_entry_point_hands_over_to_the_cli_package() -> None:
+    """videocrafter_main.py is what a newcomer opens first: a few lines, the work in cli/."""
+    source = (REPO / "videocrafter_main.py").read_text(encoding="utf-8")
+    assert len(source.splitlines()) < 100
+    assert "from cli.main import main" in source
