@@ -24,6 +24,7 @@ when a checkpoint (the 256 one) does not load as is; the manifest lists the mode
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import subprocess
@@ -58,6 +59,25 @@ def worker(checkout: Path, config: Path, out: Path) -> None:
     for key in ("cond_stage_config", "img_cond_stage_config", "cond_img_config"):
         if key in params:
             params[key].params.version = None  # architecture only, no download
+    # The schedule is computed through numpy and checked with .item(): build those (small)
+    # buffers on the CPU; everything else stays on the meta device.
+    ddpm_class = importlib.import_module("lvdm.models.ddpm3d").DDPM
+    register_schedule = ddpm_class.register_schedule
+
+    def cpu_schedule(self: object, *args: object, **kwargs: object) -> None:
+        with torch.device("cpu"):
+            register_schedule(self, *args, **kwargs)
+
+    ddpm_class.register_schedule = cpu_schedule
+    # The published embedders ask open_clip for a CPU model, which would copy the meta tensors.
+    import open_clip
+
+    create = open_clip.create_model_and_transforms
+
+    def create_on_meta(*args: object, **kwargs: object) -> object:
+        return create(*args, **{**kwargs, "device": torch.device("meta")})
+
+    open_clip.create_model_and_transforms = create_on_meta
     with torch.device("meta"):
         model = instantiate(cfg.model)
     manifest = {
