@@ -265,3 +265,17 @@ def test_manifest_configs_are_in_the_project() -> None:
                    "inference_t2v_512_v1.0", "inference_t2v_1024_v1.0"):  # fmt: skip
         assert (REPO / "configs" / f"{config}.yaml").is_file()
     assert Path(REPO / "tools" / "reference" / "make_family_manifests.py").is_file()
+
+
+def test_dynamicrafter_is_the_videocrafter1_i2v_layout_plus_two_shapes(
+    manifests: dict, manifest: dict
+) -> None:
+    """Cross-check with the real VideoCrafter1 i2v checkpoint's manifest: same keys; the U-Net's
+    input convolution takes 8 channels (hybrid) and the Resampler has 16 queries per frame."""
+    dc512, vc1_i2v = manifests["dynamicrafter_512"], manifest["videocrafter1_i2v_512"]
+    assert set(dc512) == set(vc1_i2v)
+    differ = {k: (dc512[k][0], vc1_i2v[k][0]) for k in dc512 if dc512[k] != vc1_i2v[k]}
+    assert differ == {
+        "model.diffusion_model.input_blocks.0.0.weight": ([320, 8, 3, 3], [320, 4, 3, 3]),
+        "image_proj_model.latents": ([1, 256, 1024], [1, 16, 1024]),
+    }
