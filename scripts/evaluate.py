@@ -6,7 +6,7 @@
     python scripts/evaluate.py results/sweep/videos --random_feature_models   # tests only
 
 Writes metrics.csv, metrics.json (per video), summary.csv (mean per experiment) and
-consistency.png (per-frame curves); see tools/vbench.py and tools/evaluation.py for the metrics.
+consistency.png (per-frame curves); see tools/vbench/ and tools/evaluation.py for the metrics.
 Prints the per-video table, then the per-experiment means.
 
 Exit status: 0 done, 1 no videos or an unreadable video or checkpoint, 2 bad arguments or a

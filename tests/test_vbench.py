@@ -1,4 +1,4 @@
-"""VBench's temporal dimensions (tools/vbench.py): formulas, preprocessing, models, weights, the CLI.
+"""VBench's temporal dimensions (tools/vbench/): formulas, preprocessing, models, weights, the CLI.
 
 Offline: the feature models are random-initialised timm/open_clip models of VBench's architectures
 (built once per module; a ViT-B forward on a 224px frame takes ~0.5 s on a CPU core).

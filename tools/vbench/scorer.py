@@ -1,0 +1,142 @@
+"""Scores videos on the chosen VBench dimensions, frames in batches on one device."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from tools.vbench.common import BACKGROUND, DIMENSIONS, FLICKER, SUBJECT
+from tools.vbench.consistency import consistency_curve
+from tools.vbench.flicker import temporal_flickering_score
+from tools.vbench.video import clip_preprocess, dino_preprocess
+from tools.vbench.weights import CLIP_HUB_REPO, DINO_HUB_REPO
+
+
+@dataclass
+class VBenchScores:
+    """One video's VBench dimensions in percent (``None``: not computed; NaN: a single frame).
+
+    Curves hold frame ``i``'s consistency for ``i = 1 .. t - 1`` (``(t - 1,)``), in percent.
+    """
+
+    subject_consistency: float | None = None
+    background_consistency: float | None = None
+    temporal_flickering: float | None = None
+    subject_consistency_curve: list[float] | None = None
+    background_consistency_curve: list[float] | None = None
+
+
+def _percent_mean(curve: np.ndarray) -> float:
+    return float(curve.mean()) * 100.0 if len(curve) else math.nan
+
+
+class VBenchScorer:
+    """Scores videos on the chosen VBench dimensions, frames in batches on one device.
+
+    Args:
+        dimensions: Names from :data:`DIMENSIONS`.
+        dino: The model for ``subject_consistency`` (needed when it is chosen).
+        clip: The model for ``background_consistency`` (needed when it is chosen).
+        batch_size: Frames per forward pass.
+        device: Where the models live; frames are preprocessed there too.
+    """
+
+    def __init__(
+        self,
+        dimensions: Sequence[str] = DIMENSIONS,
+        dino: nn.Module | None = None,
+        clip: nn.Module | None = None,
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        unknown = [d for d in dimensions if d not in DIMENSIONS]
+        if unknown:
+            raise ValueError(f"unknown VBench dimension(s) {unknown}; choose from {list(DIMENSIONS)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if SUBJECT in dimensions and dino is None:
+            raise ValueError(f"{SUBJECT} needs the DINO model")
+        if BACKGROUND in dimensions and clip is None:
+            raise ValueError(f"{BACKGROUND} needs the CLIP model")
+        self.dimensions = tuple(d for d in DIMENSIONS if d in dimensions)  # VBench's order
+        self.dino = dino
+        self.clip = clip
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.sources: dict[str, str] = {}
+
+    @classmethod
+    def create(
+        cls,
+        dimensions: Sequence[str] = DIMENSIONS,
+        dino_weights: str | os.PathLike | None = None,
+        clip_weights: str | os.PathLike | None = None,
+        random_init: bool = False,
+        batch_size: int = 16,
+        device: str | torch.device | None = None,
+    ) -> VBenchScorer:
+        """Build the models the dimensions need (see :func:`build_dino`, :func:`build_clip`).
+
+        ``device`` defaults to CUDA when available.
+        """
+        # The builders are looked up on the package (tools.vbench), where callers and tests that
+        # substitute a builder put it; imported here, as the package imports this module.
+        from tools import vbench
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dino = vbench.build_dino(dino_weights, random_init, device) if SUBJECT in dimensions else None
+        clip = vbench.build_clip(clip_weights, random_init, device) if BACKGROUND in dimensions else None
+        scorer = cls(dimensions, dino, clip, batch_size, device)
+
+        def source(weights: str | os.PathLike | None, repo: str) -> str:
+            if random_init:
+                return "random-init (tests only)"
+            return str(weights) if weights is not None else f"hf:{repo}"
+
+        if dino is not None:
+            scorer.sources[SUBJECT] = source(dino_weights, DINO_HUB_REPO)
+        if clip is not None:
+            scorer.sources[BACKGROUND] = source(clip_weights, CLIP_HUB_REPO)
+        return scorer
+
+    @torch.inference_mode()
+    def features(
+        self, model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor], frames: np.ndarray
+    ) -> torch.Tensor:
+        """``(t, h, w, 3)`` uint8 -> ``(t, d)`` float64 features (on the CPU), ``batch_size`` frames a pass."""
+        chunks = []
+        for start in range(0, len(frames), self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(frames[start : start + self.batch_size]))
+            chunks.append(model(preprocess(batch.to(self.device))).double().cpu())
+        return torch.cat(chunks)
+
+    def score(self, frames: np.ndarray) -> VBenchScores:
+        """The chosen dimensions of one video, ``frames`` ``(t, h, w, 3)`` uint8."""
+        scores = VBenchScores()
+        if SUBJECT in self.dimensions:
+            curve = consistency_curve(self.features(self.dino, dino_preprocess, frames))
+            scores.subject_consistency = _percent_mean(curve)
+            scores.subject_consistency_curve = (curve * 100.0).tolist()
+        if BACKGROUND in self.dimensions:
+            curve = consistency_curve(self.features(self.clip, clip_preprocess, frames))
+            scores.background_consistency = _percent_mean(curve)
+            scores.background_consistency_curve = (curve * 100.0).tolist()
+        if FLICKER in self.dimensions:
+            scores.temporal_flickering = temporal_flickering_score(frames) * 100.0
+        return scores
+
+    def settings(self) -> dict[str, object]:
+        """What produced the scores, for the JSON report."""
+        return {
+            "dimensions": list(self.dimensions),
+            "scale": "percent",
+            "models": dict(self.sources),
+            "batch_size": self.batch_size,
+            "device": str(self.device),
+        }
