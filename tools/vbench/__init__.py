@@ -42,7 +42,9 @@ Modules: :mod:`.common` (dimension names, constants, :class:`FeatureWeightsError
 
 from __future__ import annotations
 
+from tools.vbench.aesthetic import AestheticPredictor, aesthetic_quality_score, build_aesthetic
 from tools.vbench.common import (
+    AESTHETIC,
     BACKGROUND,
     CLIP_MEAN,
     CLIP_STD,
@@ -50,6 +52,7 @@ from tools.vbench.common import (
     FLICKER,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    IMAGING,
     INPUT_SIZE,
     SUBJECT,
     FeatureWeightsError,
@@ -63,6 +66,7 @@ from tools.vbench.consistency import (
     dino_position_embedding,
 )
 from tools.vbench.flicker import temporal_flickering_score
+from tools.vbench.imaging import MusiqScores, build_musiq, imaging_preprocess, imaging_quality_score
 from tools.vbench.scorer import VBenchScorer, VBenchScores
 from tools.vbench.video import clip_preprocess, dino_preprocess
 
@@ -70,6 +74,7 @@ from tools.vbench.video import clip_preprocess, dino_preprocess
 from tools.vbench.weights import _is_torchscript_archive as _is_torchscript_archive
 
 __all__ = [
+    "AESTHETIC",
     "BACKGROUND",
     "CLIP_MEAN",
     "CLIP_STD",
@@ -77,18 +82,26 @@ __all__ = [
     "FLICKER",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "IMAGING",
     "INPUT_SIZE",
     "SUBJECT",
+    "AestheticPredictor",
     "ClipImageFeatures",
     "DinoFeatures",
     "FeatureWeightsError",
+    "MusiqScores",
     "VBenchScorer",
     "VBenchScores",
+    "aesthetic_quality_score",
+    "build_aesthetic",
     "build_clip",
     "build_dino",
+    "build_musiq",
     "clip_preprocess",
     "consistency_curve",
     "dino_position_embedding",
     "dino_preprocess",
+    "imaging_preprocess",
+    "imaging_quality_score",
     "temporal_flickering_score",
 ]

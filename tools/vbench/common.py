@@ -10,7 +10,9 @@ import torch
 SUBJECT = "subject_consistency"
 BACKGROUND = "background_consistency"
 FLICKER = "temporal_flickering"
-DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER)
+AESTHETIC = "aesthetic_quality"
+IMAGING = "imaging_quality"
+DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER, AESTHETIC, IMAGING)
 
 INPUT_SIZE = 224
 # VBench's normalisation constants (vbench/utils.py: dino_transform and clip_transform).
