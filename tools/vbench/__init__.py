@@ -34,6 +34,10 @@ filter (VBench scores it on its own static-scene prompts); a single-frame video 
 ``motion_smoothness`` is not computed: VBench uses the AMT-S interpolation model, which no
 installable package compatible with this project provides.
 
+Two quality dimensions per frame: ``aesthetic_quality`` (LAION's aesthetic head on CLIP ViT-L/14,
+:mod:`.aesthetic`) and ``imaging_quality`` (pyiqa's MUSIQ with SPAQ weights, :mod:`.imaging`); and
+VBench-Long's clip protocol for long videos (:mod:`.long`).
+
 Modules: :mod:`.common` (dimension names, constants, :class:`FeatureWeightsError`), :mod:`.video`
 (VBench's frame preprocessing), :mod:`.weights` (Hub cache, local files, offline errors),
 :mod:`.consistency` (DINO/CLIP models and the consistency score), :mod:`.flicker`,
