@@ -66,7 +66,9 @@ class LongProtocol:
     def clip_frames(self, fps: float) -> int:
         """Frames per clip: ``int(fps) * clip_seconds`` (VBench reads the frame rate as an int)."""
         if fps <= 0:
-            raise ValueError(f"--long needs the video's frame rate, got {fps}")
+            raise ValueError(
+                f"--long needs the video's frame rate to cut 2-second clips; the file gives {fps}"
+            )
         return max(1, int(fps)) * self.clip_seconds
 
 
@@ -175,7 +177,10 @@ def score_long(
         the scenes, and the in-clip / clip-to-clip parts of the consistency dimensions.
     """
     protocol = protocol or LongProtocol()
-    clip_frames = protocol.clip_frames(fps)
+    try:
+        clip_frames = protocol.clip_frames(fps)
+    except ValueError as err:
+        raise ValueError(f"{name or 'video'}: {err}") from None
     scenes = scene_ranges(
         len(frames), detect_scene_cuts(frames, protocol.scene_threshold, protocol.min_scene_frames)
     )
@@ -231,6 +236,7 @@ def plot_clip_scores(rows: list[ClipRow], path: str | os.PathLike) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     present = [d for d in DIMENSIONS if any(getattr(r, d) is not None for r in rows)]
     panels = max(1, len(present))
@@ -242,6 +248,7 @@ def plot_clip_scores(rows: list[ClipRow], path: str | os.PathLike) -> Path:
             axis.plot([r.clip for r in mine], [getattr(r, dimension) for r in mine], marker="o", label=video)
         axis.set_ylabel(f"{dimension}\n(%)", fontsize=8)
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # clips are whole numbers
     axes[-1, 0].set_xlabel("clip index (2 s clips)")
     if len(videos) <= 10:
         axes[0, 0].legend(fontsize=7)
