@@ -205,3 +205,19 @@ def test_cli_writes_quality_columns(tmp_path: Path) -> None:
         value = float(row[name])
         # percent, as the other columns: 100 * VBench's fraction; random weights give any finite value
         assert math.isfinite(value)
+
+
+def test_small_random_towers_keep_inputs_and_outputs_and_static_scores_100() -> None:
+    from tools.vbench import BACKGROUND, SUBJECT, build_clip, build_dino, clip_preprocess, dino_preprocess
+
+    frames = torch.from_numpy(_frames(2, 64, 96))
+    dino = build_dino(random_init=True, small=True)
+    clip = build_clip(random_init=True, small=True)
+    assert dino.vit.patch_embed.proj.kernel_size == (16, 16) and len(dino.vit.blocks) == 2
+    assert clip(clip_preprocess(frames)).shape == (2, 512)  # ViT-B/32's embedding size
+    assert dino(dino_preprocess(frames)).shape == (2, 64)  # non-square input, as DINO handles it
+    scorer = VBenchScorer((SUBJECT, BACKGROUND), dino, clip, batch_size=2)
+    static = scorer.score(np.stack([_frames(1)[0]] * 3))
+    assert static.subject_consistency == pytest.approx(
+        100.0
+    ) and static.background_consistency == pytest.approx(100.0)

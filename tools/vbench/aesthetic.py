@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tools.vbench.common import AESTHETIC, RANDOM_INIT_SEED, FeatureWeightsError, _first_line, _seeded
-from tools.vbench.consistency import ClipImageFeatures, build_open_clip_tower
+from tools.vbench.consistency import ClipImageFeatures, build_open_clip_tower, small_clip_tower
 from tools.vbench.weights import _HubWeights, _local_url_file, _url_file, _UrlWeights
 
 logger = logging.getLogger(__name__)
@@ -113,30 +113,6 @@ class AestheticPredictor(nn.Module):
         return self.head(embedding).squeeze(-1)
 
 
-def _small_random_tower(device: torch.device) -> ClipImageFeatures:
-    """A 2-layer, 64-wide CLIP image tower with ViT-L/14's input (224, patch 14) and output (768).
-
-    Only for ``--random_feature_models``: a random ViT-L/14 costs ~80 GFLOP a frame, which would take
-    the CPU test of a 64-frame video alone far past its budget, and random weights make any tower's
-    scores meaningless anyway. The full architecture is built and checked against the weights'
-    keys and shapes by the weights loader (and a test), not here.
-    """
-    from open_clip.transformer import QuickGELU, VisionTransformer
-
-    with _seeded(RANDOM_INIT_SEED):
-        visual = VisionTransformer(
-            image_size=224,
-            patch_size=14,
-            width=64,
-            layers=2,
-            heads=2,
-            mlp_ratio=4.0,
-            output_dim=EMBED_DIM,
-            act_layer=QuickGELU,
-        )
-    return ClipImageFeatures(visual.to(device)).eval()
-
-
 def build_aesthetic(
     head_weights: str | os.PathLike | None = None,
     clip_weights: str | os.PathLike | None = None,
@@ -152,7 +128,7 @@ def build_aesthetic(
             it there from LAION's repository on first use.
         clip_weights: CLIP ViT-L/14 (OpenAI) weights, the formats of :func:`build_clip`; ``None``
             takes open_clip's ``ViT-L-14``/``openai`` from the Hugging Face cache.
-        random_init: Seeded random head and a small random tower (:func:`_small_random_tower`), no
+        random_init: Seeded random head and a small random tower (:func:`small_clip_tower`), no
             file, no network (tests only).
         device: Where the model runs.
         precision: The tower's open_clip precision; by default float16 on CUDA, as VBench's ``clip.load``.
@@ -164,7 +140,8 @@ def build_aesthetic(
     if random_init:
         if head_weights is not None or clip_weights is not None:
             raise ValueError("random_init builds a model without weights: do not give a weights file")
-        tower = _small_random_tower(device)
+        # Small: a random ViT-L/14 costs ~80 GFLOP a frame (see consistency.SMALL_TOWER).
+        tower = small_clip_tower(CLIP_L14_ARCH, device)
         with _seeded(RANDOM_INIT_SEED):
             head = nn.Linear(EMBED_DIM, 1)
         source = "random-init, small tower"

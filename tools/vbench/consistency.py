@@ -134,8 +134,19 @@ class ClipImageFeatures(nn.Module):
         return self.visual(images.to(self.dtype))
 
 
+# --random_feature_models: towers 2 layers deep and 64 wide with the real input (224, the same
+# patch) and output size, for the CLI's random mode only. A random ViT-B costs ~4-18 GFLOP a frame,
+# which on a CPU takes a 64-frame test video far past its time budget, and random weights make any
+# tower's scores meaningless. The full architectures are built by random_init alone, and are what
+# weights files are checked against.
+SMALL_TOWER = {"width": 64, "layers": 2, "heads": 2}
+
+
 def build_dino(
-    weights: str | os.PathLike | None = None, random_init: bool = False, device: str | torch.device = "cpu"
+    weights: str | os.PathLike | None = None,
+    random_init: bool = False,
+    device: str | torch.device = "cpu",
+    small: bool = False,
 ) -> DinoFeatures:
     """The DINO ViT-B/16 of VBench's subject consistency, in eval mode on ``device`` (float32).
 
@@ -145,6 +156,7 @@ def build_dino(
             downloading it there on first use.
         random_init: Seeded random weights of the same architecture, no file, no network (tests only).
         device: Where the model runs.
+        small: With ``random_init``, a ViT of :data:`SMALL_TOWER`'s size (patch 16, class token) instead.
 
     Raises:
         FeatureWeightsError: weights missing (see :func:`_hub_file`) or not DINO ViT-B/16 weights.
@@ -154,9 +166,16 @@ def build_dino(
     if random_init:
         if weights is not None:
             raise ValueError("random_init builds a model without weights: do not give a weights file")
+        size = {}
+        if small:
+            size = {
+                "embed_dim": SMALL_TOWER["width"],
+                "depth": SMALL_TOWER["layers"],
+                "num_heads": SMALL_TOWER["heads"],
+            }
         with _seeded(RANDOM_INIT_SEED):
-            vit = timm.create_model(DINO_TIMM_NAME, pretrained=False, num_classes=0)
-        source = "random-init"
+            vit = timm.create_model(DINO_TIMM_NAME, pretrained=False, num_classes=0, **size)
+        source = "random-init, small" if small else "random-init"
     else:
         path = _local_file(weights, _DINO_WEIGHTS) if weights is not None else _hub_file(_DINO_WEIGHTS)
         try:
@@ -182,6 +201,7 @@ def build_clip(
     random_init: bool = False,
     device: str | torch.device = "cpu",
     precision: str | None = None,
+    small: bool = False,
 ) -> ClipImageFeatures:
     """The CLIP ViT-B/32 image tower of VBench's background consistency, in eval mode on ``device``.
 
@@ -193,11 +213,41 @@ def build_clip(
         device: Where the model runs.
         precision: open_clip's ``"fp16"`` or ``"fp32"``; by default float16 on CUDA and float32 on
             the CPU, as OpenAI's ``clip.load`` (VBench's loader) builds it.
+        small: With ``random_init``, a tower of :data:`SMALL_TOWER`'s size (see :func:`small_clip_tower`).
 
     Raises:
         FeatureWeightsError: weights missing (see :func:`_hub_file`) or not CLIP ViT-B/32 weights.
     """
+    if random_init and small:
+        if weights is not None:
+            raise ValueError("random_init builds a model without weights: do not give a weights file")
+        return small_clip_tower(CLIP_ARCH, device)
     return build_open_clip_tower(CLIP_ARCH, _CLIP_WEIGHTS, weights, random_init, device, precision)
+
+
+def small_clip_tower(arch: str, device: str | torch.device = "cpu") -> ClipImageFeatures:
+    """A seeded random CLIP image tower of :data:`SMALL_TOWER`'s size with ``arch``'s input size, patch
+    and output dimension (float32, eval mode): for ``--random_feature_models`` only."""
+    import open_clip
+    from open_clip.transformer import QuickGELU, VisionTransformer
+
+    config = open_clip.get_model_config(arch)
+    vision = config["vision_cfg"]
+    with _seeded(RANDOM_INIT_SEED):
+        visual = VisionTransformer(
+            image_size=vision["image_size"],
+            patch_size=vision["patch_size"],
+            width=SMALL_TOWER["width"],
+            layers=SMALL_TOWER["layers"],
+            heads=SMALL_TOWER["heads"],
+            mlp_ratio=4.0,
+            output_dim=config["embed_dim"],
+            act_layer=QuickGELU,
+        )
+    logger.info("%s image tower (random-init, small) on %s", arch, device)
+    tower = ClipImageFeatures(visual.to(device)).eval()
+    tower.requires_grad_(False)
+    return tower
 
 
 def _check_projection(path: Path, arch: str, spec: _HubWeights) -> None:

@@ -110,8 +110,16 @@ class VBenchScorer:
         from tools import vbench
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dino = vbench.build_dino(dino_weights, random_init, device) if SUBJECT in dimensions else None
-        clip = vbench.build_clip(clip_weights, random_init, device) if BACKGROUND in dimensions else None
+        # Random models (tests only) are small towers: see tools.vbench.consistency.SMALL_TOWER.
+        small = {"small": True} if random_init else {}
+        dino = (
+            vbench.build_dino(dino_weights, random_init, device, **small) if SUBJECT in dimensions else None
+        )
+        clip = (
+            vbench.build_clip(clip_weights, random_init, device, **small)
+            if BACKGROUND in dimensions
+            else None
+        )
         aesthetic = None
         if AESTHETIC in dimensions:
             aesthetic = vbench.build_aesthetic(aesthetic_weights, clip_l14_weights, random_init, device)
@@ -120,7 +128,7 @@ class VBenchScorer:
 
         def source(weights: str | os.PathLike | None, repo: str) -> str:
             if random_init:
-                return "random-init (tests only)"
+                return "random-init, small (tests only)"
             return str(weights) if weights is not None else f"hf:{repo}"
 
         if dino is not None:
