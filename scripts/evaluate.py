@@ -115,9 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--random_feature_models",
         action="store_true",
-        help="FOR TESTS ONLY: random-initialised feature models (DINO and CLIP ViT-B/32 of the same "
-        "architectures; a small CLIP tower with the LAION head's shape, a small MUSIQ), no weights and no "
-        "network needed; the scores then mean nothing",
+        help="FOR TESTS ONLY: seeded random feature models, small towers with the real models' inputs and "
+        "outputs (DINO, CLIP ViT-B/32 and ViT-L/14 2 layers deep, MUSIQ with a 1-layer transformer), no "
+        "weights and no network needed; the scores then mean nothing",
     )
     parser.add_argument(
         "--clip_ckpt",
