@@ -62,11 +62,11 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from fifo.options import Precision  # noqa: E402
+from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
 from lvdm.build import config_facts, load_config  # noqa: E402
 from tools.bench.measure import PROBE_MARK, fresh_process_probe, probe  # noqa: E402, F401 -- tests use them
 from tools.bench.options import BenchOptions  # noqa: E402
 from tools.bench.presets import PRESETS  # noqa: E402
-from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 

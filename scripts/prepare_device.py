@@ -27,14 +27,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
+from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
 
 logger = logging.getLogger("prepare_device")
 
 DEFAULT_KINDS = Path("/work/.library/device/KINDS.md")
 # The machine brings its own PyTorch build (CUDA); test and lint tools do not run there.
 NOT_CARRIED = {"torch", "torchvision", "pytest", "pytest-xdist", "ruff"}
-# Needed only to read or write MP4 (imported lazily in tools/video_io.py): the report writes no
+# Needed only to read or write MP4 (imported lazily in infra/video_io.py): the report writes no
 # video, and its wheel (65 MiB, with an ffmpeg binary) alone is over what may travel.
 NOT_FOR_THE_REPORT = {
     "imageio-ffmpeg": "MP4 reading/writing only; its wheel (65 MiB) is over the 64 MiB limit"

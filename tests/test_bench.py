@@ -221,9 +221,10 @@ def test_compiled_unet_gives_the_eager_latents(tmp_path: Path, monkeypatch, one_
 
 
 def test_cli_compile_flag() -> None:
-    main = load_script("videocrafter_main.py")
-    assert main.build_parser().parse_args(["-p", "x.txt", "--compile"]).compile is True
-    assert main.build_parser().parse_args(["-p", "x.txt"]).compile is False
+    from cli.parser import build_parser
+
+    assert build_parser().parse_args(["-p", "x.txt", "--compile"]).compile is True
+    assert build_parser().parse_args(["-p", "x.txt"]).compile is False
 
 
 # ------------------------------------------------------------------------------------ device prep

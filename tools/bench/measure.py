@@ -27,9 +27,9 @@ from torch import Tensor
 
 from fifo.guidance import CFGDenoiser
 from fifo.step import fifo_step, iteration_noise, shift_queue
+from infra.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset
 from tools.bench.core import PATHS, REPO, Bench, setup, sync, timer
 from tools.bench.options import BenchOptions
-from tools.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset
 
 logger = logging.getLogger("benchmark")
 
@@ -104,7 +104,7 @@ def run_fifo(bench: Bench, path: str, iterations: int, video_dir: Path | None) -
     """A FIFO run of ``iterations`` on ``path`` as the pipeline does it; output frames decoded
     and streamed to a GIF in ``video_dir`` (None: no decode). Returns frames and seconds."""
     from fifo.run import to_uint8_frames
-    from tools.video_io import VideoWriter
+    from infra.video_io import VideoWriter
 
     geo = bench.geometry
     skip = geo.discarded_frames()
