@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fifo.families import add_family_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import (
     MAIN_OPTIONS,
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="default: the config's latent size × 8 (320)")
     p.add_argument("--width", type=int, default=None, help="default: the config's latent size × 8 (512)")
     p.add_argument("--fps", type=int, default=8, help="frame-rate conditioning of the model")
+    add_family_arguments(p)
     p.add_argument(
         "--unconditional_guidance_scale", type=float, default=12.0, help="classifier-free guidance"
     )
@@ -388,6 +390,7 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
         else (Precision.FP32 if args.sequential else Precision.default_for(device)),
         progress=not args.no_progress,
         rng=NoiseOrder(args.rng),
+        frame_stride=args.frame_stride,
     )
 
 

@@ -18,22 +18,30 @@ GuidedDenoiser = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 class ModelDenoiser:
-    """A LatentDiffusion's U-Net as ``(x, t, context) → eps`` in float32, at a fixed fps.
+    """A LatentDiffusion's U-Net as ``(x, t, context) → output`` in float32, at a fixed fps.
 
-    The U-Net computes in its weights' dtype (``LatentDiffusion.set_precision``); the samplers'
+    The output is what the model predicts (ε, or v for a v-prediction family: the DDIM step
+    converts it, ``fifo.ddim.ddim_step``); guidance is linear, so it applies to either. The
+    U-Net computes in its weights' dtype (``LatentDiffusion.set_precision``); the samplers'
     latents and arithmetic stay float32.
 
     Args:
         model: a ``LatentDiffusion`` (``apply_model``).
-        fps: the frame-rate conditioning.
+        fps: the value of the extra embedding: the frame rate, or the frame stride for a
+            frame-stride family (``lvdm.family.ModelFamily.frame_value``).
     """
 
     def __init__(self, model: nn.Module, fps: int) -> None:
         self.model, self.fps = model, fps
+        # The hybrid families' image latent (1, c, 1, h, w), concatenated to every frame of
+        # every clip this denoiser sees (windows, base clip, a trick's own passes); set per video.
+        self.image_latent: Tensor | None = None
 
     def __call__(self, x: Tensor, t: Tensor, context: Tensor, context_branches: int = 1) -> Tensor:
-        """x (b, c, t, h, w), context (k·b, m, d) with k = ``context_branches`` → eps (k·b, c, t, h, w)."""
-        return self.model.apply_model(x, t, context, fps=self.fps, context_branches=context_branches).float()
+        """x (b, c, t, h, w), context (k·b, m, d) with k = ``context_branches`` → output (k·b, c, t, h, w)."""
+        kwargs = {} if self.image_latent is None else {"concat": self.image_latent}
+        out = self.model.apply_model(x, t, context, fps=self.fps, context_branches=context_branches, **kwargs)
+        return out.float()
 
 
 BranchDenoiser = Callable[..., Tensor]

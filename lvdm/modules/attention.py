@@ -42,6 +42,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 ATTENTION_BACKENDS = ("sdpa", "xformers", "math", "efficient")
+# Image tokens per frame in the published per-frame rule (lvdm.family; hard-coded there too).
+IMAGE_TOKENS_PER_FRAME = 16
 
 # CUDA launches attention kernels with the batch (and heads) on grid axes limited to 65,535
 # blocks: a larger batch fails with "invalid configuration argument". The temporal attention's
@@ -182,7 +184,11 @@ class AttnProcessor:
             out = self.attend_text(
                 attn, *attn.split_heads(q, attn.to_k(text), attn.to_v(text)), context_repeats, attend
             )
-            out = out + attend(*attn.split_heads(q, attn.to_k_ip(image), attn.to_v_ip(image)))
+            image, image_repeats = per_frame_image_tokens(image, context_repeats)
+            image_out = attend_shared_context(
+                kernel, *attn.split_heads(q, attn.to_k_ip(image), attn.to_v_ip(image)), image_repeats
+            )
+            out = out + attn.image_weight(image_out)
         else:
             out = self.attend_text(
                 attn, *attn.split_heads(q, attn.to_k(context), attn.to_v(context)), context_repeats, attend
@@ -264,6 +270,18 @@ def remove_processors(layer: CrossAttention, kind: type | tuple[type, ...], back
     _set_parts(layer, tuple(p for p in processor_parts(layer) if not isinstance(p, kind)), backend)
 
 
+def per_frame_image_tokens(image: Tensor, frames: int) -> tuple[Tensor, int]:
+    """Image tokens (b, m, d) of clips of ``frames`` frames, as keys for the frames' queries.
+
+    The published rule (DynamiCrafter's U-Net): when there are 16 tokens per frame, frame k of a
+    clip attends to tokens [16k, 16k + 16) only: (b·frames, 16, d), one row per frame (1
+    repeat). Otherwise every frame attends to all of them: (b, m, d), ``frames`` repeats.
+    """
+    if frames > 1 and image.shape[1] == frames * IMAGE_TOKENS_PER_FRAME:
+        return image.reshape(image.shape[0] * frames, IMAGE_TOKENS_PER_FRAME, image.shape[2]), 1
+    return image, frames
+
+
 def attend_shared_context(
     kernel: Callable[[Tensor, Tensor, Tensor], Tensor], q: Tensor, k: Tensor, v: Tensor, repeats: int
 ) -> Tensor:
@@ -288,7 +306,9 @@ class CrossAttention(nn.Module):
         heads, dim_head: head count and width.
         image_cross_attention: the context holds ``text_context_len`` text tokens followed by
             image tokens, attended with separate ``to_k_ip``/``to_v_ip`` projections
-            (VideoCrafter1 image-to-video).
+            (VideoCrafter1 image-to-video, DynamiCrafter).
+        image_cross_attention_scale_learnable: the image branch is weighted by
+            ``tanh(alpha) + 1`` with a learned scalar ``alpha`` (DynamiCrafter 256).
     """
 
     def __init__(
@@ -300,6 +320,7 @@ class CrossAttention(nn.Module):
         dropout: float = 0.0,
         image_cross_attention: bool = False,
         text_context_len: int = 77,
+        image_cross_attention_scale_learnable: bool = False,
     ) -> None:
         super().__init__()
         inner_dim = heads * dim_head
@@ -314,7 +335,15 @@ class CrossAttention(nn.Module):
         if image_cross_attention:
             self.to_k_ip = nn.Linear(context_dim, inner_dim, bias=False)
             self.to_v_ip = nn.Linear(context_dim, inner_dim, bias=False)
+            if image_cross_attention_scale_learnable:
+                self.alpha = nn.Parameter(torch.tensor(0.0))
         self.processor: AttnProcessor = AttnProcessor()
+
+    def image_weight(self, image_out: Tensor) -> Tensor:
+        """The image branch's result as it is added to the text branch's (weight 1, or
+        ``tanh(alpha) + 1`` when learned)."""
+        alpha = getattr(self, "alpha", None)
+        return image_out if alpha is None else image_out * (torch.tanh(alpha) + 1).to(image_out.dtype)
 
     def split_heads(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         """(b, n, heads·d) → (b, heads, n, d) for each tensor."""
@@ -367,11 +396,20 @@ class BasicTransformerBlock(nn.Module):
         dropout: float = 0.0,
         context_dim: int | None = None,
         image_cross_attention: bool = False,
+        image_scale_learnable: bool = False,
     ) -> None:
         super().__init__()
         self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout)
         self.ff = FeedForward(dim, dropout=dropout)
-        self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout, image_cross_attention)
+        self.attn2 = CrossAttention(
+            dim,
+            context_dim,
+            n_heads,
+            d_head,
+            dropout,
+            image_cross_attention,
+            image_cross_attention_scale_learnable=image_scale_learnable,
+        )
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
@@ -418,6 +456,7 @@ class _Transformer(nn.Module):
         context_dim: int | None = None,
         use_linear: bool = False,
         image_cross_attention: bool = False,
+        image_scale_learnable: bool = False,
     ) -> None:
         super().__init__()
         if context_dim is not None and not self.CROSS_ATTENTION:
@@ -430,7 +469,9 @@ class _Transformer(nn.Module):
         # Blocks last: random initialisation draws in the published order (--random_init videos
         # stay the same), while the checkpoint keys keep the module order above.
         self.transformer_blocks.extend(
-            BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim, image_cross_attention)
+            BasicTransformerBlock(
+                inner, n_heads, d_head, dropout, context_dim, image_cross_attention, image_scale_learnable
+            )
             for _ in range(depth)
         )
 
