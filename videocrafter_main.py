@@ -391,6 +391,7 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
         progress=not args.no_progress,
         rng=NoiseOrder(args.rng),
         frame_stride=args.frame_stride,
+        guidance_rescale=args.guidance_rescale,
     )
 
 

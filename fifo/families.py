@@ -107,11 +107,18 @@ def image_latent(model, images: Tensor) -> Tensor | None:
 
 
 def add_family_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command-line options that only some families take (``--frame_stride``)."""
+    """The command-line options added with the family (``--frame_stride``, ``--guidance_rescale``)."""
     parser.add_argument(
         "--frame_stride",
         type=int,
         default=None,
         help="frame-stride conditioning of DynamiCrafter models (default: the config's default_fs, "
         "24 for dynamicrafter_512_v1.0); the other models take --fps",
+    )
+    parser.add_argument(
+        "--guidance_rescale",
+        type=float,
+        default=0.0,
+        help="guidance rescale weight in [0, 1] (DynamiCrafter's own scripts use 0.7 for 512/1024); "
+        "0 = plain classifier-free guidance",
     )

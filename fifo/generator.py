@@ -70,6 +70,7 @@ def base_clip_key(
         "guidance": s.guidance,
         "fps": s.fps,
         **({} if s.frame_stride is None else {"frame_stride": s.frame_stride}),
+        **({} if s.guidance_rescale == 0.0 else {"guidance_rescale": s.guidance_rescale}),
         "dtype": s.dtype.value,
         "mode_main": mode.main.value,
         # CPU and CUDA generators draw different numbers from the same seed.
@@ -186,9 +187,13 @@ class FifoGenerator:
             logger.info("sequential path: one window and one guidance branch per call, layers as published")
         self.model_denoiser = model_denoiser = ModelDenoiser(model, frame_value(model.family, settings))
         # The base clip always batches its two guidance branches; the FIFO windows do on the fast path.
-        self.base_denoiser = ShardedDenoiser(CFGDenoiser(model_denoiser, settings.guidance), self.plan.shards)
+        guidance, rescale = settings.guidance, settings.guidance_rescale
+        self.base_denoiser = ShardedDenoiser(
+            CFGDenoiser(model_denoiser, guidance, rescale=rescale), self.plan.shards
+        )
         self.fifo_denoiser = ShardedDenoiser(
-            CFGDenoiser(model_denoiser, settings.guidance, batch_branches=settings.batched), self.plan.shards
+            CFGDenoiser(model_denoiser, guidance, batch_branches=settings.batched, rescale=rescale),
+            self.plan.shards,
         )
         self.schedule = DDIMSchedule.from_model(model, self.geometry.steps, settings.eta)
         # The tricks' processors, tail sampler and step hooks (plain attention and a Gaussian

@@ -60,8 +60,11 @@ class CFGDenoiser:
             tokens), two calls as published.
     """
 
-    def __init__(self, denoiser: BranchDenoiser, scale: float, batch_branches: bool = True) -> None:
+    def __init__(
+        self, denoiser: BranchDenoiser, scale: float, batch_branches: bool = True, rescale: float = 0.0
+    ) -> None:
         self.denoiser, self.scale, self.batch_branches = denoiser, scale, batch_branches
+        self.rescale = rescale
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor | None) -> Tensor:
         if uncond is None or self.scale == 1.0:
@@ -70,4 +73,15 @@ class CFGDenoiser:
             eps_c, eps_u = self.denoiser(x, t, torch.cat([cond, uncond]), context_branches=2).chunk(2)
         else:
             eps_c, eps_u = self.denoiser(x, t, cond), self.denoiser(x, t, uncond)
-        return eps_u + self.scale * (eps_c - eps_u)
+        guided = eps_u + self.scale * (eps_c - eps_u)
+        return guided if self.rescale == 0.0 else rescale_guidance(guided, eps_c, self.rescale)
+
+
+def rescale_guidance(guided: Tensor, cond: Tensor, weight: float) -> Tensor:
+    """Guidance rescale (Lin et al. 2023, §3.4; ``--guidance_rescale``, DynamiCrafter's scripts use
+    0.7): each sample's guided output is scaled to the standard deviation of its conditional
+    output, over all its elements (a whole window), and mixed with the unscaled one by ``weight``.
+    (b, …) → (b, …)."""
+    dims = list(range(1, guided.dim()))
+    matched = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return weight * matched + (1.0 - weight) * guided

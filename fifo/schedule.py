@@ -14,11 +14,17 @@ import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import maybe_get_fake_mode
 
-from lvdm.family import Prediction
+from lvdm.family import Prediction, TimestepSpacing
 
 
-def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """Evenly spread DDIM timesteps from 0 to T-1 inclusive (the FIFO fork's discretisation)."""
+def ddim_timesteps(
+    num_steps: int, num_train_timesteps: int = 1000, spacing: TimestepSpacing = TimestepSpacing.LINSPACE
+) -> np.ndarray:
+    """The DDIM timesteps, increasing: evenly spread from 0 to T-1 inclusive (``LINSPACE``, the
+    FIFO fork's discretisation), or T/n apart ending at T-1 (``TRAILING``: round(T - k·T/n) - 1)."""
+    if TimestepSpacing(spacing) is TimestepSpacing.TRAILING:
+        stride = num_train_timesteps / num_steps
+        return np.round(np.arange(num_train_timesteps, 0, -stride))[::-1].astype(np.int64) - 1
     return np.round(np.linspace(0, num_train_timesteps - 1, num_steps)).astype(np.int64)
 
 
@@ -67,6 +73,7 @@ class DDIMSchedule:
         scale_arr: Tensor | np.ndarray | None = None,
         prediction: Prediction = Prediction.EPS,
         dynamic_rescale: bool = False,
+        spacing: TimestepSpacing = TimestepSpacing.LINSPACE,
     ) -> DDIMSchedule:
         """Build from the model's ``alphas_cumprod`` (and ``scale_arr`` if it uses one), in float64 on the host.
 
@@ -76,7 +83,7 @@ class DDIMSchedule:
         ac = _host_float64(alphas_cumprod)
         if num_steps < 1 or num_steps > ac.size:
             raise ValueError(f"DDIM steps must be in 1..{ac.size}, got {num_steps}")
-        ts = ddim_timesteps(num_steps, ac.size)
+        ts = ddim_timesteps(num_steps, ac.size, spacing)
         alphas = ac[ts]
         alphas_prev = np.concatenate([ac[:1], ac[ts[:-1]]])
         sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
@@ -118,7 +125,13 @@ class DDIMSchedule:
             alphas_cumprod, scale_arr = model.alphas_cumprod, getattr(model, "scale_arr", None)
         family = model.family
         schedule = cls.create(
-            alphas_cumprod, num_steps, eta, scale_arr, family.prediction, family.dynamic_rescale
+            alphas_cumprod,
+            num_steps,
+            eta,
+            scale_arr,
+            family.prediction,
+            family.dynamic_rescale,
+            family.timestep_spacing,
         )
         return schedule.to(model.alphas_cumprod.device)
 

@@ -37,6 +37,16 @@ class Conditioning(str, Enum):
     HYBRID = "hybrid"  # cross-attention + the input image's latent concatenated to every frame
 
 
+class TimestepSpacing(str, Enum):
+    """Which training timesteps a DDIM schedule of n steps visits."""
+
+    # n evenly spread from 0 to T−1 inclusive, rounded: the FIFO fork's (VideoCrafter).
+    LINSPACE = "linspace"
+    # T/n apart ending at T−1 ("uniform_trailing" in DynamiCrafter's sampler, what its 512/1024
+    # scripts use, and what a zero-terminal-SNR model is sampled with: its last step is ᾱ = 0).
+    TRAILING = "trailing"
+
+
 class FrameConditioning(str, Enum):
     """What the U-Net's extra embedding (``fps_embedding``) is fed."""
 
@@ -67,6 +77,7 @@ class ModelFamily:
         dynamic_rescale: DynamiCrafter's x̂₀ rescale by ``scale_arr`` at every DDIM step.
         use_scale: VideoCrafter's ``use_scale`` arithmetic in the base sampler.
         perframe_ae: the autoencoder runs one frame at a time (ours always does).
+        timestep_spacing: the DDIM timesteps (trailing for zero-terminal-SNR models).
     """
 
     name: str
@@ -80,6 +91,7 @@ class ModelFamily:
     dynamic_rescale: bool = False
     use_scale: bool = False
     perframe_ae: bool = False
+    timestep_spacing: TimestepSpacing = TimestepSpacing.LINSPACE
 
     @property
     def has_image_tokens(self) -> bool:
@@ -126,6 +138,7 @@ def family_from_params(params: Mapping[str, Any]) -> ModelFamily:
     if has_image:
         tokens = queries * int(video_length) if video_length else queries
     prediction = Prediction(params.get("parameterization", "eps"))
+    zero_snr = bool(params.get("rescale_betas_zero_snr", False))
     if conditioning is Conditioning.HYBRID:
         name = "DynamiCrafter"
     elif has_image:
@@ -135,7 +148,7 @@ def family_from_params(params: Mapping[str, Any]) -> ModelFamily:
     return ModelFamily(
         name=name,
         prediction=prediction,
-        zero_terminal_snr=bool(params.get("rescale_betas_zero_snr", False)),
+        zero_terminal_snr=zero_snr,
         conditioning=conditioning,
         frame_conditioning=frame,
         default_frame_value=int(unet.get("default_fs", 4)) if frame_stride else None,
@@ -144,4 +157,5 @@ def family_from_params(params: Mapping[str, Any]) -> ModelFamily:
         dynamic_rescale=bool(params.get("use_dynamic_rescale", False)),
         use_scale=bool(params.get("use_scale", False)),
         perframe_ae=bool(params.get("perframe_ae", False)),
+        timestep_spacing=TimestepSpacing.TRAILING if zero_snr else TimestepSpacing.LINSPACE,
     )

@@ -108,6 +108,40 @@ def run_attention(backend: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     )
 
 
+class RelativePosition(nn.Module):
+    """Learned embeddings of the clipped distance between two frames (VideoCrafter1's temporal
+    attention, ``use_relative_position``): (len_q, len_k) → (len_q, len_k, dim_head).
+
+    Key ``embeddings_table`` (2·max_distance + 1, dim_head), as published.
+    """
+
+    def __init__(self, dim_head: int, max_distance: int) -> None:
+        super().__init__()
+        self.max_distance = max_distance
+        self.embeddings_table = nn.Parameter(torch.empty(2 * max_distance + 1, dim_head))
+        nn.init.xavier_uniform_(self.embeddings_table)
+
+    def forward(self, len_q: int, len_k: int) -> Tensor:
+        device = self.embeddings_table.device
+        distance = torch.arange(len_k, device=device)[None, :] - torch.arange(len_q, device=device)[:, None]
+        return self.embeddings_table[
+            distance.clamp(-self.max_distance, self.max_distance) + self.max_distance
+        ]
+
+
+def attend_relative(attn: CrossAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attention with relative-position terms on the scores and on the values, q (b, heads, n, d):
+    softmax((q·k + q·E_k[i, j]) / sqrt(d)) then + Σ_j p_ij E_v[i, j]. Explicit (the fused kernels
+    take no value term); the temporal sequences it serves are a clip's frames, short."""
+    n, m = q.shape[2], k.shape[2]
+    table_k = attn.relative_position_k(n, m).to(q.dtype)
+    table_v = attn.relative_position_v(n, m).to(q.dtype)
+    scale = q.shape[-1] ** -0.5
+    scores = (torch.einsum("bhid,bhjd->bhij", q, k) + torch.einsum("bhid,ijd->bhij", q, table_k)) * scale
+    probs = scores.softmax(dim=-1)
+    return torch.einsum("bhij,bhjd->bhid", probs, v) + torch.einsum("bhij,ijd->bhid", probs, table_v)
+
+
 class AttnProcessor:
     """Default attention: project q/k/v, attend, add the image-token branch, project out.
 
@@ -164,6 +198,8 @@ class AttnProcessor:
         For self-attention, ``context_repeats`` is the number of consecutive rows per clip.
         """
         kernel = functools.partial(run_attention, self.backend)
+        if attn.relative_position is not None:
+            kernel = functools.partial(attend_relative, attn)
         q = self.process_query(attn, attn.to_q(x))
         if context is None:
             out = self.attend_self(
@@ -309,6 +345,8 @@ class CrossAttention(nn.Module):
             (VideoCrafter1 image-to-video, DynamiCrafter).
         image_cross_attention_scale_learnable: the image branch is weighted by
             ``tanh(alpha) + 1`` with a learned scalar ``alpha`` (DynamiCrafter 256).
+        relative_position: relative-position embeddings on scores and values, for distances up
+            to this (the temporal attention of VideoCrafter1 text-to-video), or None.
     """
 
     def __init__(
@@ -321,6 +359,7 @@ class CrossAttention(nn.Module):
         image_cross_attention: bool = False,
         text_context_len: int = 77,
         image_cross_attention_scale_learnable: bool = False,
+        relative_position: int | None = None,
     ) -> None:
         super().__init__()
         inner_dim = heads * dim_head
@@ -337,6 +376,11 @@ class CrossAttention(nn.Module):
             self.to_v_ip = nn.Linear(context_dim, inner_dim, bias=False)
             if image_cross_attention_scale_learnable:
                 self.alpha = nn.Parameter(torch.tensor(0.0))
+        # VideoCrafter1's temporal attention: relative positions up to this many frames apart.
+        self.relative_position = relative_position
+        if relative_position is not None:
+            self.relative_position_k = RelativePosition(dim_head, relative_position)
+            self.relative_position_v = RelativePosition(dim_head, relative_position)
         self.processor: AttnProcessor = AttnProcessor()
 
     def image_weight(self, image_out: Tensor) -> Tensor:
@@ -397,9 +441,10 @@ class BasicTransformerBlock(nn.Module):
         context_dim: int | None = None,
         image_cross_attention: bool = False,
         image_scale_learnable: bool = False,
+        relative_position: int | None = None,
     ) -> None:
         super().__init__()
-        self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout)
+        self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout, relative_position=relative_position)
         self.ff = FeedForward(dim, dropout=dropout)
         self.attn2 = CrossAttention(
             dim,
@@ -409,6 +454,7 @@ class BasicTransformerBlock(nn.Module):
             dropout,
             image_cross_attention,
             image_cross_attention_scale_learnable=image_scale_learnable,
+            relative_position=relative_position,
         )
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
@@ -457,6 +503,7 @@ class _Transformer(nn.Module):
         use_linear: bool = False,
         image_cross_attention: bool = False,
         image_scale_learnable: bool = False,
+        relative_position: int | None = None,
     ) -> None:
         super().__init__()
         if context_dim is not None and not self.CROSS_ATTENTION:
@@ -470,7 +517,14 @@ class _Transformer(nn.Module):
         # stay the same), while the checkpoint keys keep the module order above.
         self.transformer_blocks.extend(
             BasicTransformerBlock(
-                inner, n_heads, d_head, dropout, context_dim, image_cross_attention, image_scale_learnable
+                inner,
+                n_heads,
+                d_head,
+                dropout,
+                context_dim,
+                image_cross_attention,
+                image_scale_learnable,
+                relative_position,
             )
             for _ in range(depth)
         )
@@ -504,8 +558,9 @@ class TemporalTransformer(_Transformer):
     """Self-attention along time at each spatial position.
 
     Input and output: (b, c, t, h, w). The group norm spans all frames of a clip, so each
-    sample of the batch must be one whole clip. Only the published variant is supported:
-    self-attention only, no causal mask, no relative positions.
+    sample of the batch must be one whole clip. The published variants are supported:
+    self-attention only, no causal mask; relative positions (``relative_position`` = the
+    config's ``temporal_length``, VideoCrafter1 text-to-video) or none.
     """
 
     POINTWISE_DIMS = 1

@@ -166,7 +166,6 @@ _UNSUPPORTED = {
     "resblock_updown": False,
     "tempspatial_aware": False,
     "temporal_selfatt_only": True,
-    "use_relative_position": False,
     "use_causal_attention": False,
 }
 
@@ -202,6 +201,7 @@ class UNetModel(nn.Module):
         image_cross_attention_scale_learnable: bool = False,
         fs_condition: bool = False,
         default_fs: int = 4,
+        use_relative_position: bool = False,
         conv_resample: bool = True,
         dims: int = 2,
         use_checkpoint: bool = False,
@@ -230,6 +230,13 @@ class UNetModel(nn.Module):
         self.default_fs = default_fs if fs_condition else None
         self.fps_cond = fps_cond
         self.addition_attention = addition_attention
+        # VideoCrafter1 text-to-video: relative positions in every temporal attention, up to
+        # temporal_length frames apart.
+        relative_position = None
+        if use_relative_position:
+            if temporal_length is None:
+                raise ValueError("UNetModel: use_relative_position needs temporal_length")
+            relative_position = int(temporal_length)
         emb_dim = model_channels * 4
 
         def heads_for(ch: int) -> tuple[int, int]:
@@ -255,7 +262,13 @@ class UNetModel(nn.Module):
             if temporal_attention:
                 layers.append(
                     TemporalTransformer(
-                        ch, n_heads, d_head, transformer_depth, dropout, use_linear=use_linear
+                        ch,
+                        n_heads,
+                        d_head,
+                        transformer_depth,
+                        dropout,
+                        use_linear=use_linear,
+                        relative_position=relative_position,
                     )
                 )
             return layers
@@ -298,7 +311,13 @@ class UNetModel(nn.Module):
             # Extra temporal attention after the first convolution (published: 8 heads, conv proj).
             self.init_attn = TimestepEmbedSequential(
                 TemporalTransformer(
-                    model_channels, 8, num_head_channels, transformer_depth, dropout, use_linear=False
+                    model_channels,
+                    8,
+                    num_head_channels,
+                    transformer_depth,
+                    dropout,
+                    use_linear=False,
+                    relative_position=relative_position,
                 )
             )
 
