@@ -69,29 +69,8 @@ CHECKPOINTS = {
     "i2v": Checkpoint(
         "VideoCrafter1 image-to-video", "VideoCrafter/Image2Video-512", "model.ckpt", "Image2Video_512"
     ),
-    # The rest of the family (issue 23), under the published names; --which picks them one by one.
-    "dynamicrafter_512": Checkpoint(
-        "DynamiCrafter 512 image-to-video", "Doubiiu/DynamiCrafter_512", "model.ckpt", "dynamicrafter_512_v1"
-    ),
-    "dynamicrafter_256": Checkpoint(
-        "DynamiCrafter 256 image-to-video", "Doubiiu/DynamiCrafter", "model.ckpt", "dynamicrafter_256_v1"
-    ),
-    "dynamicrafter_1024": Checkpoint(
-        "DynamiCrafter 1024 image-to-video",
-        "Doubiiu/DynamiCrafter_1024",
-        "model.ckpt",
-        "dynamicrafter_1024_v1",
-    ),
-    "t2v_v1_512": Checkpoint(
-        "VideoCrafter1 text-to-video 512", "VideoCrafter/Text2Video-512", "model.ckpt", "base_512_v1"
-    ),
-    "t2v_v1_1024": Checkpoint(
-        "VideoCrafter1 text-to-video 1024", "VideoCrafter/Text2Video-1024", "model.ckpt", "base_1024_v1"
-    ),
 }
-# "all" keeps meaning the two models the FIFO modes were written for (~10 GB); "family" is every one.
-DEFAULT_SET = ("t2v", "i2v")
-CHOICES = (*CHECKPOINTS, "all", "family")
+CHOICES = ("t2v", "i2v", "all")
 CHUNK = 8 * 1024 * 1024
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -124,8 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--which",
         choices=CHOICES,
         default="all",
-        help="t2v = VideoCrafter2 text-to-video, i2v = VideoCrafter1 image-to-video, all = both; "
-        "dynamicrafter_512/256/1024 and t2v_v1_512/1024 = the rest of the family; family = every one",
+        help="t2v = VideoCrafter2 text-to-video, i2v = VideoCrafter1 image-to-video, all = both",
     )
     parser.add_argument(
         "--root", type=Path, default=Path("videocrafter_models"), help="folder holding the models"
@@ -148,9 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def selected(which: str) -> list[Checkpoint]:
     """The checkpoints for ``--which``."""
-    if which == "family":
-        return list(CHECKPOINTS.values())
-    return [CHECKPOINTS[k] for k in DEFAULT_SET] if which == "all" else [CHECKPOINTS[which]]
+    return list(CHECKPOINTS.values()) if which == "all" else [CHECKPOINTS[which]]
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, Path]]:

@@ -28,6 +28,7 @@ from tests.test_parallel import frames_of
 from tests.test_resume import outputs, stop_after
 
 DC = str(REPO / "configs" / "tiny_dynamicrafter.yaml")
+VC1_T2V = str(REPO / "configs" / "tiny_videocrafter1_t2v.yaml")
 T2V = str(REPO / "configs" / "tiny_t2v.yaml")
 IMAGE = REPO / "prompts" / "images" / "red_ball_grass.png"
 # The tiny DynamiCrafter takes 8-frame windows (16 image tokens per frame of an 8-frame clip);
@@ -266,3 +267,12 @@ def test_two_ranks_with_parallel_windows_write_the_one_process_frames(tmp_path) 
     assert one.shape == two.shape == (2, 64, 64, 3)
     differ = np.abs(one - two)
     assert differ.max() <= 4 and (differ > 0).mean() < 0.01, (differ.max(), (differ > 0).mean())
+
+
+def test_videocrafter1_text_to_video_runs_with_relative_positions(tmp_path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox in the snow\n")
+    args = ["--config", VC1_T2V, "-p", str(prompts), *SMALL, "--mode", "t2v_TTqcache_attn1"]
+    assert videocrafter_main.main([*args, "--output_dir", str(tmp_path / "out")]) == 0
+    frames = frames_of(tmp_path / "out")
+    assert frames.shape == (3, 64, 64, 3) and frames.std() > 0
