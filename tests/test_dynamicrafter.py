@@ -248,7 +248,7 @@ def test_stopped_then_resumed_dynamicrafter_is_byte_identical(tmp_path, monkeypa
     assert videocrafter_main.main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
     out = tmp_path / "stopped"
     with monkeypatch.context() as patch:
-        stop_after(3, patch)  # 4 iterations (1 of warm-up): stop after the third
+        stop_after(2, patch)  # 3 iterations (f·n = f: no warm-up): stop after the second
         assert videocrafter_main.main([*args, "--output_dir", str(out)]) == 130
     assert videocrafter_main.main([*args, "--output_dir", str(out), "--resume"]) == 0
     assert outputs(out) == outputs(tmp_path / "whole")
@@ -276,3 +276,19 @@ def test_videocrafter1_text_to_video_runs_with_relative_positions(tmp_path) -> N
     assert videocrafter_main.main([*args, "--output_dir", str(tmp_path / "out")]) == 0
     frames = frames_of(tmp_path / "out")
     assert frames.shape == (3, 64, 64, 3) and frames.std() > 0
+
+
+def test_i2v_story_names_its_image_on_the_first_scene(tmp_path) -> None:
+    from fifo.prompts import PromptFileError, parse_prompt_file
+
+    path = tmp_path / "story.txt"
+    path.write_text(f"2|{IMAGE};a red ball on grass\n3|the red ball rolls away\n\n{IMAGE};a plain i2v line\n")
+    story, plain = parse_prompt_file(path, image_mode=True)
+    assert story.image == IMAGE and [(s.frames, s.prompt) for s in story.scenes] == [
+        (2, "a red ball on grass"),
+        (3, "the red ball rolls away"),
+    ]
+    assert plain.image == IMAGE and not plain.is_story
+    path.write_text("2|a story without its image\n")
+    with pytest.raises(PromptFileError, match="an i2v story starts with 'frames\\|image_path;prompt'"):
+        parse_prompt_file(path, image_mode=True)
