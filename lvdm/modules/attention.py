@@ -33,7 +33,6 @@ takes a kind of processor off again.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Callable, Sequence
 
 import torch
@@ -41,52 +40,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-ATTENTION_BACKENDS = ("sdpa", "xformers", "math", "efficient")
-# Image tokens per frame in the published per-frame rule (lvdm.family; hard-coded there too).
-IMAGE_TOKENS_PER_FRAME = 16
-
-# CUDA launches attention kernels with the batch (and heads) on grid axes limited to 65,535
-# blocks: a larger batch fails with "invalid configuration argument". The temporal attention's
-# batch is samples·h·w (16 samples at 512x512: 65,536), so on CUDA it runs in slices below this.
-CUDA_MAX_ATTENTION_BATCH = 32768
-
-
-def xformers_available() -> bool:
-    """Whether the optional xformers package is importable."""
-    return importlib.util.find_spec("xformers") is not None
-
-
-def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v)
-
-
-def _attend_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Plain softmax(q kᵀ / sqrt(d)) v, as the published code computes it; the reference for tests."""
-    scale = q.shape[-1] ** -0.5
-    weights = torch.einsum("bhid,bhjd->bhij", q, k) * scale
-    return torch.einsum("bhij,bhjd->bhid", weights.softmax(dim=-1), v)
-
-
-def _attend_xformers(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    import xformers.ops  # optional dependency, CUDA only
-
-    # xformers wants (batch, seq, heads, dim).
-    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    return xformers.ops.memory_efficient_attention(q, k, v).transpose(1, 2)
-
-
-def _attend_efficient(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """PyTorch's memory-efficient CUDA kernel, called directly (what SDPA picks on a GPU; a plan
-    on fake CUDA tensors uses it to count the fused kernel's memory, not the math fallback's)."""
-    return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, False)[0]
-
-
-_KERNELS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
-    "sdpa": _attend_sdpa,
-    "math": _attend_math,
-    "xformers": _attend_xformers,
-    "efficient": _attend_efficient,
-}
+# The kernels live in their own module; their names stay importable from here.
+from lvdm.modules.attention_kernels import (  # noqa: F401
+    _KERNELS,
+    ATTENTION_BACKENDS,
+    CUDA_MAX_ATTENTION_BATCH,
+    xformers_available,
+)
+from lvdm.modules.attention_variants import RelativePosition, attend_relative, per_frame_image_tokens
 
 
 def max_attention_batch(device: torch.device) -> int | None:
@@ -106,40 +67,6 @@ def run_attention(backend: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.cat(
         [kernel(q[i : i + limit], k[i : i + limit], v[i : i + limit]) for i in range(0, q.shape[0], limit)]
     )
-
-
-class RelativePosition(nn.Module):
-    """Learned embeddings of the clipped distance between two frames (VideoCrafter1's temporal
-    attention, ``use_relative_position``): (len_q, len_k) → (len_q, len_k, dim_head).
-
-    Key ``embeddings_table`` (2·max_distance + 1, dim_head), as published.
-    """
-
-    def __init__(self, dim_head: int, max_distance: int) -> None:
-        super().__init__()
-        self.max_distance = max_distance
-        self.embeddings_table = nn.Parameter(torch.empty(2 * max_distance + 1, dim_head))
-        nn.init.xavier_uniform_(self.embeddings_table)
-
-    def forward(self, len_q: int, len_k: int) -> Tensor:
-        device = self.embeddings_table.device
-        distance = torch.arange(len_k, device=device)[None, :] - torch.arange(len_q, device=device)[:, None]
-        return self.embeddings_table[
-            distance.clamp(-self.max_distance, self.max_distance) + self.max_distance
-        ]
-
-
-def attend_relative(attn: CrossAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Attention with relative-position terms on the scores and on the values, q (b, heads, n, d):
-    softmax((q·k + q·E_k[i, j]) / sqrt(d)) then + Σ_j p_ij E_v[i, j]. Explicit (the fused kernels
-    take no value term); the temporal sequences it serves are a clip's frames, short."""
-    n, m = q.shape[2], k.shape[2]
-    table_k = attn.relative_position_k(n, m).to(q.dtype)
-    table_v = attn.relative_position_v(n, m).to(q.dtype)
-    scale = q.shape[-1] ** -0.5
-    scores = (torch.einsum("bhid,bhjd->bhij", q, k) + torch.einsum("bhid,ijd->bhij", q, table_k)) * scale
-    probs = scores.softmax(dim=-1)
-    return torch.einsum("bhij,bhjd->bhid", probs, v) + torch.einsum("bhij,ijd->bhid", probs, table_v)
 
 
 class AttnProcessor:
@@ -304,18 +231,6 @@ def add_processor(layer: CrossAttention, processor: AttnProcessor, backend: str)
 def remove_processors(layer: CrossAttention, kind: type | tuple[type, ...], backend: str) -> None:
     """Take every processor of ``kind`` off ``layer``; plain attention (``backend``) where none is left."""
     _set_parts(layer, tuple(p for p in processor_parts(layer) if not isinstance(p, kind)), backend)
-
-
-def per_frame_image_tokens(image: Tensor, frames: int) -> tuple[Tensor, int]:
-    """Image tokens (b, m, d) of clips of ``frames`` frames, as keys for the frames' queries.
-
-    The published rule (DynamiCrafter's U-Net): when there are 16 tokens per frame, frame k of a
-    clip attends to tokens [16k, 16k + 16) only: (b·frames, 16, d), one row per frame (1
-    repeat). Otherwise every frame attends to all of them: (b, m, d), ``frames`` repeats.
-    """
-    if frames > 1 and image.shape[1] == frames * IMAGE_TOKENS_PER_FRAME:
-        return image.reshape(image.shape[0] * frames, IMAGE_TOKENS_PER_FRAME, image.shape[2]), 1
-    return image, frames
 
 
 def attend_shared_context(
