@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from fifo.options import GenerationSettings, MainMode, ModeOptions
-from lvdm.family import ModelFamily
+from lvdm.family import IMAGE_TOKENS_PER_FRAME, ModelFamily
 
 if TYPE_CHECKING:
     from lvdm.build import ConfigFacts
+    from lvdm.models.ddpm3d import LatentDiffusion
 
 I2V_CONFIG_HINT = "use --config configs/inference_i2v_512_v1.0.yaml (or configs/tiny_i2v.yaml)"
 
@@ -85,11 +86,14 @@ def check_family_mode(
             f"{source} ({family.name}) is conditioned on --fps instead"
         )
     if family.per_frame_image_tokens:
-        frames = family.image_tokens // 16
+        # A window of another length would get every frame's tokens on every frame (the
+        # published U-Net's fallback), which the model was not trained for.
+        frames = family.image_tokens // IMAGE_TOKENS_PER_FRAME
         if settings.video_length != frames:
             raise ValueError(
-                f"--video_length must be {frames} for {source}: its image tokens are 16 per frame of a "
-                f"{frames}-frame clip (the Resampler's video_length), got {settings.video_length}"
+                f"--video_length must be {frames} for {source}: its image tokens are "
+                f"{IMAGE_TOKENS_PER_FRAME} per frame of a {frames}-frame clip (the Resampler's "
+                f"video_length), got {settings.video_length}"
             )
 
 
@@ -98,7 +102,7 @@ def frame_value(family: ModelFamily, settings: GenerationSettings) -> int:
     return family.frame_value(settings.fps, settings.frame_stride)
 
 
-def image_latent(model, images: Tensor) -> Tensor | None:
+def image_latent(model: LatentDiffusion, images: Tensor) -> Tensor | None:
     """The hybrid condition of a video: images (1, 3, H, W) in [-1, 1] → (1, c, 1, h, w), or None
     for families that take none."""
     if not model.family.needs_input_image:

@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from lvdm.family import IMAGE_TOKENS_PER_FRAME
+
 if TYPE_CHECKING:
     from lvdm.modules.attention import CrossAttention
-
-# Image tokens per frame in the published per-frame rule (lvdm.family; hard-coded there too).
-IMAGE_TOKENS_PER_FRAME = 16
 
 
 class RelativePosition(nn.Module):
