@@ -89,7 +89,10 @@ CHECKPOINTS = {
         "DynamiCrafter 512 image-to-video", "Doubiiu/DynamiCrafter_512", "model.ckpt", "dynamicrafter_512_v1"
     ),
     "dynamicrafter_1024": Checkpoint(
-        "DynamiCrafter 1024 image-to-video", "Doubiiu/DynamiCrafter_1024", "model.ckpt", "dynamicrafter_1024_v1"
+        "DynamiCrafter 1024 image-to-video",
+        "Doubiiu/DynamiCrafter_1024",
+        "model.ckpt",
+        "dynamicrafter_1024_v1",
     ),
 }
 # Groups of --which: the default keeps what the script always fetched (the two VideoCrafter models).

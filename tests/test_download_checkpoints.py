@@ -62,7 +62,11 @@ def test_plan(dl: ModuleType) -> None:
     assert dl.plan(dl.parse_args(["--which", "i2v"])) == [i2v]
     assert dl.plan(dl.parse_args([])) == [t2v, i2v]
     assert dl.plan(dl.parse_args(["--which", "dynamicrafter_512"])) == [
-        ("Doubiiu/DynamiCrafter_512", "model.ckpt", Path("videocrafter_models/dynamicrafter_512_v1/model.ckpt"))
+        (
+            "Doubiiu/DynamiCrafter_512",
+            "model.ckpt",
+            Path("videocrafter_models/dynamicrafter_512_v1/model.ckpt"),
+        )
     ]
     assert [p[0] for p in dl.plan(dl.parse_args(["--which", "dynamicrafter"]))] == [
         "Doubiiu/DynamiCrafter",
