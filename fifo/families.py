@@ -80,6 +80,12 @@ def check_family_mode(
             "Use --mode i2v with an image (e.g. a frame of a text-to-video run), or run "
             f"{mode.main.value!r} with configs/inference_i2v_512_v1.0.yaml"
         )
+    if family.zero_terminal_snr and mode.tail is not None:
+        raise ValueError(
+            f"sub-option 'tailcoh' cannot apply to {source} ({family.name}): its tail slot is at ᾱ = 0 "
+            "(zero terminal SNR), so the previous tail's low frequencies carry nothing into the new "
+            "one and the coherent tail would equal fresh noise; leave tailcoh out of --mode"
+        )
     if settings.frame_stride is not None and not family.takes_frame_stride:
         raise ValueError(
             f"--frame_stride conditions frame-stride models ({DYNAMICRAFTER_CONFIG_HINT}); "

@@ -205,6 +205,7 @@ def i2v_prompts(folder: Path, text: str | None = None) -> str:
         (DC, "t2v_seed_TTqcache_attn1", [], ["'t2v_seed' cannot run", "second, text-to-video model"]),
         (DC, "t2v_seed_ar", [], ["'t2v_seed_ar' cannot run"]),
         (DC, "i2v", ["--video_length", "4"], ["--video_length must be 8", "16 per frame"]),
+        (DC, "i2v_tailcoh", [], ["'tailcoh' cannot apply", "zero terminal SNR"]),
         (T2V, "t2v", ["--frame_stride", "10"], ["--frame_stride conditions frame-stride models", "--fps"]),
     ],
 )
@@ -225,7 +226,7 @@ RUNS = {
     "i2v": ["--mode", "i2v"],
     "qcache_unilatent": ["--mode", "i2v_TTqcache_attn1_unilatent", "--frame_stride", "10"],
     "stqcache_attn2_no_lookahead": ["--mode", "i2v_STqcache_attn2", "-ld", "--sequential"],
-    "ouroboros": ["--mode", "i2v_tailcoh_sacfa_srg", "--subject", "a red ball", "--srg_windows", "1"],
+    "ouroboros": ["--mode", "i2v_sacfa_srg", "--subject", "a red ball", "--srg_windows", "1"],
     "story": ["--mode", "i2v_TTqcache_attn1"],
 }
 
