@@ -50,7 +50,7 @@ from tqdm import tqdm
 # Run from anywhere without installing the project.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
+from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
 
 logger = logging.getLogger("download_checkpoints")
 

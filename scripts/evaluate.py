@@ -6,11 +6,11 @@
     python scripts/evaluate.py results/sweep/videos --random_feature_models   # tests only
 
 Writes metrics.csv, metrics.json (per video), summary.csv (mean per experiment) and
-consistency.png (per-frame curves); see tools/vbench.py and tools/evaluation.py for the metrics.
+consistency.png (per-frame curves); see tools/vbench/ and tools/evaluation.py for the metrics.
 Prints the per-video table, then the per-experiment means.
 
 Exit status: 0 done, 1 no videos or an unreadable video or checkpoint, 2 bad arguments or a
-DINO/CLIP weights file missing (the message says which file to put where).
+feature-model weights file missing (the message says which file to put where).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from pathlib import Path
 # Run from anywhere without installing the project.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
+from infra.video_io import VideoReadError  # noqa: E402
 from lvdm.checkpoint import CheckpointError  # noqa: E402
-from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
 from tools.evaluation import format_table, run_evaluation  # noqa: E402
 from tools.vbench import DIMENSIONS, FeatureWeightsError  # noqa: E402
-from tools.video_io import VideoReadError  # noqa: E402
+from tools.vbench.long import LongProtocol  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "Temporal quality of generated videos. VBench's dimensions, computed as VBench does, in "
             "percent: subject_consistency (DINO ViT-B/16 features), background_consistency (CLIP "
-            "ViT-B/32 features), temporal_flickering (mean |frame i+1 - frame i|). Extra columns: "
+            "ViT-B/32 features), temporal_flickering (mean |frame i+1 - frame i|), aesthetic_quality (LAION "
+            "aesthetic head on CLIP ViT-L/14), imaging_quality (MUSIQ, SPAQ weights). Extra columns: "
             "flicker and drift from the first frame on [0, 1] pixels and, with --clip_ckpt, "
             "VideoCrafter's CLIP ViT-H-14 similarity of consecutive frames and to the first frame. "
             "A video .../<prompt>/<experiment>.gif is reported under its prompt folder and experiment "
@@ -80,10 +82,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "when not given, taken from the Hugging Face cache, downloaded there on first use",
     )
     parser.add_argument(
+        "--aesthetic_weights",
+        default=None,
+        metavar="FILE",
+        help="LAION aesthetic head for aesthetic_quality: sa_0_4_vit_l_14_linear.pth (LAION-AI/aesthetic-predictor "
+        "on GitHub) or a .safetensors of its weight/bias; when not given, taken from $TORCH_HOME/hub/checkpoints, "
+        "downloaded there on first use",
+    )
+    parser.add_argument(
+        "--clip_l14_weights",
+        default=None,
+        metavar="FILE",
+        help="CLIP ViT-L/14 (OpenAI) weights for aesthetic_quality: open_clip's open_clip_model.safetensors "
+        "(timm/vit_large_patch14_clip_224.openai) or OpenAI's ViT-L-14.pt; when not given, taken from the "
+        "Hugging Face cache, downloaded there on first use",
+    )
+    parser.add_argument(
+        "--musiq_weights",
+        default=None,
+        metavar="FILE",
+        help="MUSIQ weights for imaging_quality: pyiqa's musiq_spaq_ckpt-358bb6af.pth "
+        "(chaofengc/IQA-PyTorch-Weights) or a .safetensors of the same keys; when not given, taken from the "
+        "Hugging Face cache, downloaded there on first use",
+    )
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="VBench-Long's protocol: split each video at scene cuts, then into 2-second clips, score every "
+        "clip, average the clips (subject/background consistency: 0.7/0.3 and 0.8/0.2 with the clip-to-clip "
+        "score of the clips' first frames); also writes clip_scores.csv and clip_scores.png",
+    )
+    parser.add_argument(
         "--random_feature_models",
         action="store_true",
-        help="FOR TESTS ONLY: random-initialised DINO and CLIP of the same architectures, no weights and "
-        "no network needed; the subject/background scores then mean nothing",
+        help="FOR TESTS ONLY: seeded random feature models, small towers with the real models' inputs and "
+        "outputs (DINO, CLIP ViT-B/32 and ViT-L/14 2 layers deep, MUSIQ with a 1-layer transformer), no "
+        "weights and no network needed; the scores then mean nothing",
     )
     parser.add_argument(
         "--clip_ckpt",
@@ -111,10 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.random_feature_models and (args.dino_weights or args.clip_weights):
-        parser.error(
-            "--random_feature_models builds models without weights: drop --dino_weights/--clip_weights"
-        )
+    weight_flags = ("dino_weights", "clip_weights", "aesthetic_weights", "clip_l14_weights", "musiq_weights")
+    given = [f"--{name}" for name in weight_flags if getattr(args, name)]
+    if args.random_feature_models and given:
+        parser.error(f"--random_feature_models builds models without weights: drop {'/'.join(given)}")
     return args
 
 
@@ -138,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             dino_weights=args.dino_weights,
             clip_weights=args.clip_weights,
             random_feature_models=args.random_feature_models,
+            aesthetic_weights=args.aesthetic_weights,
+            clip_l14_weights=args.clip_l14_weights,
+            musiq_weights=args.musiq_weights,
+            long_protocol=LongProtocol() if args.long else None,
         )
     except FeatureWeightsError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""VBench's temporal dimensions (tools/vbench.py): formulas, preprocessing, models, weights, the CLI.
+"""VBench's temporal dimensions (tools/vbench/): formulas, preprocessing, models, weights, the CLI.
 
 Offline: the feature models are random-initialised timm/open_clip models of VBench's architectures
 (built once per module; a ViT-B forward on a 224px frame takes ~0.5 s on a CPU core).
@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from infra.video_io import write_video
 from tests.conftest import load_script
 from tools import vbench
 from tools.vbench import (
     BACKGROUND,
-    DIMENSIONS,
     FLICKER,
     SUBJECT,
     FeatureWeightsError,
@@ -34,9 +34,10 @@ from tools.vbench import (
     dino_preprocess,
     temporal_flickering_score,
 )
-from tools.video_io import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
+# The dimensions of this file (the quality ones are in tests/test_vbench_quality.py).
+DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER)
 
 
 def _blocks(seed: int, size: int = 64) -> np.ndarray:
@@ -365,8 +366,9 @@ def test_cli_writes_vbench_columns(
 
     def reuse(model: torch.nn.Module, label: str):
         # The module's random models stand in for a second build of the same (seeded) models.
-        def build(weights: object, random_init: bool, device: object) -> torch.nn.Module:
+        def build(weights: object, random_init: bool, device: object, small: bool = False) -> torch.nn.Module:
             assert weights is None and random_init, "--random_feature_models must reach the builder"
+            assert small, "the CLI's random models are the small towers"
             built.append(label)
             return model
 
@@ -376,6 +378,7 @@ def test_cli_writes_vbench_columns(
     monkeypatch.setattr(vbench, "build_clip", reuse(clip, "clip"))
     out = tmp_path / "report"
     argv = [str(results), "--out", str(out), "--random_feature_models", "--quiet", "--batch_size", "4"]
+    argv += ["--dimensions", *DIMENSIONS]
     assert _script().main(argv) == 0
     assert sorted(built) == ["clip", "dino"]
     printed = capsys.readouterr().out
@@ -395,8 +398,8 @@ def test_cli_writes_vbench_columns(
     assert float(summary["shuffled"][SUBJECT]) == pytest.approx(float(table["shuffled"][SUBJECT]), rel=1e-5)
     document = json.loads((out / "metrics.json").read_text())
     assert document["settings"]["vbench"]["models"] == {
-        SUBJECT: "random-init (tests only)",
-        BACKGROUND: "random-init (tests only)",
+        SUBJECT: "random-init, small (tests only)",
+        BACKGROUND: "random-init, small (tests only)",
     }
     assert len(document["videos"][0]["subject_consistency_curve"]) == 1
     assert (out / "consistency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

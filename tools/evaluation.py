@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +34,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from infra.key_mismatch import KeyMismatch, key_groups
+from infra.video_io import find_videos, probe_video, read_video
 from lvdm.checkpoint import CheckpointError, read_state_dict
-from tools.vbench import BACKGROUND, DIMENSIONS, SUBJECT, VBenchScorer
-from tools.video_io import find_videos, read_video
+from tools.vbench import DIMENSIONS, FLICKER, VBenchScorer
+from tools.vbench.long import ClipRow, LongProtocol, plot_clip_scores, score_long, write_clip_csv
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,8 @@ class VideoMetrics:
     subject_consistency: float | None = None
     background_consistency: float | None = None
     temporal_flickering: float | None = None
+    aesthetic_quality: float | None = None
+    imaging_quality: float | None = None
     clip_consecutive: float | None = None
     clip_to_first: float | None = None
     drift_curve: list[float] = field(default_factory=list)
@@ -93,6 +97,9 @@ class VideoMetrics:
     background_consistency_curve: list[float] | None = None
     clip_consecutive_curve: list[float] | None = None
     clip_to_first_curve: list[float] | None = None
+    # --long (VBench-Long): scenes, in-clip / clip-to-clip parts, and one dict per clip.
+    long_protocol: dict[str, object] | None = None
+    clips: list[dict[str, object]] | None = None
 
     def row(self) -> dict[str, object]:
         """The CSV/table columns (:data:`CSV_FIELDS`)."""
@@ -141,13 +148,6 @@ def pixel_metrics(frames: np.ndarray) -> tuple[float, np.ndarray]:
 # CLIP
 
 
-def _top_level_groups(keys: Iterable[str], limit: int = 15) -> str:
-    counts = Counter(key.split(".", 1)[0] + ("." if "." in key else "") for key in keys)
-    groups = [f"{name} ({n})" for name, n in counts.most_common(limit)]
-    more = len(counts) - limit
-    return ", ".join(groups) + (f", ... and {more} more" if more > 0 else "")
-
-
 def load_clip_embedder(
     ckpt: str | os.PathLike,
     arch: str = "ViT-H-14",
@@ -176,7 +176,7 @@ def load_clip_embedder(
     if not tower:
         raise CheckpointError(
             f"{ckpt} has no key starting with {prefix!r} (the CLIP image tower). Its keys start with: "
-            f"{_top_level_groups(state)}.\nUse the image-to-video checkpoint "
+            f"{key_groups(state, depth=1, limit=15)}.\nUse the image-to-video checkpoint "
             "(videocrafter_models/Image2Video_512/model.ckpt) or pass --clip_prefix with the right prefix."
         )
     del state
@@ -189,20 +189,10 @@ def load_clip_embedder(
 
 def _check_tower(embedder: torch.nn.Module, tower: dict[str, torch.Tensor], source: str, arch: str) -> None:
     """Raise a short :class:`CheckpointError` (counts and examples) unless ``tower`` fits exactly."""
-    expected = embedder.state_dict()
-    missing = sorted(set(expected) - set(tower))
-    unexpected = sorted(set(tower) - set(expected))
-    wrong_shape = [
-        f"{k}: checkpoint {tuple(tower[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in tower and tower[k].shape != v.shape
-    ]
-    if not (missing or unexpected or wrong_shape):
+    mismatch = KeyMismatch.between(embedder.state_dict(), tower)
+    if not mismatch:
         return
-    parts = [f"{source} do not fit the OpenCLIP architecture {arch!r}:"]
-    for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-        if items:
-            parts.append(f"  {len(items)} {name}, e.g. " + "; ".join(items[:3]))
+    parts = [f"{source} do not fit the OpenCLIP architecture {arch!r}:", *mismatch.examples()]
     parts.append("Check --clip_arch (VideoCrafter's image-to-video model uses ViT-H-14) and --clip_prefix.")
     raise CheckpointError("\n".join(parts))
 
@@ -262,9 +252,13 @@ def _mean(values: np.ndarray) -> float:
 
 
 def evaluate_video(
-    path: str | os.PathLike, clip: ClipScorer | None = None, vbench: VBenchScorer | None = None
+    path: str | os.PathLike,
+    clip: ClipScorer | None = None,
+    vbench: VBenchScorer | None = None,
+    long_protocol: LongProtocol | None = None,
 ) -> VideoMetrics:
-    """Read one video and compute its metrics (CLIP ones only with ``clip``, VBench's with ``vbench``)."""
+    """Read one video and compute its metrics (CLIP ones only with ``clip``, VBench's with ``vbench``,
+    under VBench-Long's clip protocol with ``long_protocol``)."""
     frames = read_video(path)
     if len(frames) < 2:
         logger.warning(
@@ -288,8 +282,18 @@ def evaluate_video(
         metrics.clip_to_first = _mean(to_first[1:])
         metrics.clip_consecutive_curve = consecutive.tolist()
         metrics.clip_to_first_curve = to_first.tolist()
-    if vbench is not None:
+    if vbench is not None and long_protocol is not None:
+        result = score_long(vbench, frames, probe_video(path).fps, str(path), long_protocol)
+        scores = result.scores
+        metrics.clips = [asdict(row) for row in result.clips]
+        metrics.long_protocol = {
+            "scenes": result.scenes,
+            "in_clip": result.in_clip,
+            "clip_to_clip": result.clip_to_clip,
+        }
+    elif vbench is not None:
         scores = vbench.score(frames)
+    if vbench is not None:
         for name in (*DIMENSIONS, "subject_consistency_curve", "background_consistency_curve"):
             setattr(metrics, name, getattr(scores, name))
     return metrics
@@ -305,10 +309,11 @@ def evaluate_videos(
     clip: ClipScorer | None = None,
     progress: bool = True,
     vbench: VBenchScorer | None = None,
+    long_protocol: LongProtocol | None = None,
 ) -> list[VideoMetrics]:
     """Metrics of several videos (a progress bar over them), sorted by experiment then prompt."""
     rows = [
-        evaluate_video(path, clip, vbench)
+        evaluate_video(path, clip, vbench, long_protocol)
         for path in tqdm(videos, desc="evaluating", unit="video", disable=not progress)
     ]
     return sort_metrics(rows)
@@ -552,6 +557,10 @@ def run_evaluation(
     dino_weights: str | os.PathLike | None = None,
     clip_weights: str | os.PathLike | None = None,
     random_feature_models: bool = False,
+    aesthetic_weights: str | os.PathLike | None = None,
+    clip_l14_weights: str | os.PathLike | None = None,
+    musiq_weights: str | os.PathLike | None = None,
+    long_protocol: LongProtocol | None = None,
 ) -> tuple[list[VideoMetrics], dict[str, Path]]:
     """Find the videos, score them, write ``metrics.csv``, ``metrics.json``, ``summary.csv``, ``consistency.png``.
 
@@ -569,6 +578,10 @@ def run_evaluation(
         dino_weights: Local DINO ViT-B/16 weights; default the Hugging Face cache (downloaded once).
         clip_weights: Local CLIP ViT-B/32 weights; default the Hugging Face cache (downloaded once).
         random_feature_models: Random-initialised DINO/CLIP, no weights needed: for tests only.
+        aesthetic_weights, clip_l14_weights, musiq_weights: Local weights of the aesthetic_quality
+            (LAION head, CLIP ViT-L/14) and imaging_quality (MUSIQ SPAQ) models; default the caches.
+        long_protocol: Score under VBench-Long's protocol and also write ``clip_scores.csv`` and
+            ``clip_scores.png`` (one row / point per 2-second clip).
 
     Returns:
         ``(rows, {"csv": ..., "json": ..., "summary": ..., "png": ...})``.
@@ -594,17 +607,26 @@ def run_evaluation(
         clip = ClipScorer(load_clip_embedder(clip_ckpt, clip_arch, clip_prefix, device), batch_size, device)
     vbench = None
     if dimensions:
-        if random_feature_models and set(dimensions) & {SUBJECT, BACKGROUND}:
+        if random_feature_models and set(dimensions) - {FLICKER}:
             logger.warning(
-                "random-initialised DINO/CLIP (--random_feature_models): for tests only, the scores mean nothing"
+                "random-initialised feature models (--random_feature_models): for tests only, the scores mean nothing"
             )
         vbench = VBenchScorer.create(
-            dimensions, dino_weights, clip_weights, random_feature_models, batch_size, device
+            dimensions,
+            dino_weights,
+            clip_weights,
+            random_feature_models,
+            batch_size,
+            device,
+            aesthetic_weights=aesthetic_weights,
+            clip_l14_weights=clip_l14_weights,
+            musiq_weights=musiq_weights,
         )
-    rows = evaluate_videos(videos, clip, progress=progress, vbench=vbench)
+    rows = evaluate_videos(videos, clip, progress=progress, vbench=vbench, long_protocol=long_protocol)
     settings = {
         "inputs": [str(p) for p in inputs],
         "vbench": vbench.settings() if vbench is not None else None,
+        "long_protocol": asdict(long_protocol) if long_protocol is not None else None,
         "clip_ckpt": None if clip_ckpt is None else str(clip_ckpt),
         "clip_arch": clip_arch if clip_ckpt is not None else None,
         "clip_prefix": clip_prefix if clip_ckpt is not None else None,
@@ -617,4 +639,8 @@ def run_evaluation(
         "summary": write_summary_csv(rows, out_dir / "summary.csv"),
         "png": plot_consistency(rows, out_dir / "consistency.png"),
     }
+    if long_protocol is not None and vbench is not None:
+        clip_rows = [ClipRow(**clip) for row in rows for clip in row.clips or []]
+        outputs["clips_csv"] = write_clip_csv(clip_rows, out_dir / "clip_scores.csv")
+        outputs["clips_png"] = plot_clip_scores(clip_rows, out_dir / "clip_scores.png")
     return rows, outputs

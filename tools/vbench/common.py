@@ -1,0 +1,41 @@
+"""Names, constants and small helpers that every VBench dimension module shares."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+SUBJECT = "subject_consistency"
+BACKGROUND = "background_consistency"
+FLICKER = "temporal_flickering"
+AESTHETIC = "aesthetic_quality"
+IMAGING = "imaging_quality"
+DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER, AESTHETIC, IMAGING)
+
+INPUT_SIZE = 224
+# VBench's normalisation constants (vbench/utils.py: dino_transform and clip_transform).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Random-initialised models are seeded, so that two test runs see the same (meaningless) scores.
+RANDOM_INIT_SEED = 0
+
+
+class FeatureWeightsError(RuntimeError):
+    """A feature model's weights are missing (no network, not cached) or do not fit the model."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Random initialisation from ``seed`` without touching the caller's random stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
