@@ -10,7 +10,7 @@ consistency.png (per-frame curves); see tools/vbench/ and tools/evaluation.py fo
 Prints the per-video table, then the per-experiment means.
 
 Exit status: 0 done, 1 no videos or an unreadable video or checkpoint, 2 bad arguments or a
-DINO/CLIP weights file missing (the message says which file to put where).
+feature model weights file missing or unfit (the message says which file to put where).
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "Temporal quality of generated videos. VBench's dimensions, computed as VBench does, in "
             "percent: subject_consistency (DINO ViT-B/16 features), background_consistency (CLIP "
-            "ViT-B/32 features), temporal_flickering (mean |frame i+1 - frame i|). Extra columns: "
+            "ViT-B/32 features), temporal_flickering (mean |frame i+1 - frame i|), motion_smoothness "
+            "(AMT-S predicts the odd frames from the even ones); and dynamic_degree (RAFT optical flow; "
+            "per video 1 if it moves, else 0, as VBench reports it: the experiment mean is the share of "
+            "moving videos). Extra columns: "
             "flicker and drift from the first frame on [0, 1] pixels and, with --clip_ckpt, "
             "VideoCrafter's CLIP ViT-H-14 similarity of consecutive frames and to the first frame. "
             "A video .../<prompt>/<experiment>.gif is reported under its prompt folder and experiment "
@@ -80,10 +83,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "when not given, taken from the Hugging Face cache, downloaded there on first use",
     )
     parser.add_argument(
+        "--amt_weights",
+        default=None,
+        metavar="FILE",
+        help="AMT-S weights for motion_smoothness: the published amt-s.pth (huggingface.co/lalala125/AMT, "
+        "a dict with 'state_dict'; VBench keeps it in ~/.cache/vbench/amt_model/), or a state dict / "
+        ".safetensors with its keys; when not given, taken from the Hugging Face cache, downloaded there "
+        "on first use",
+    )
+    parser.add_argument(
+        "--raft_weights",
+        default=None,
+        metavar="FILE",
+        help="RAFT weights for dynamic_degree and --static_filter: the original raft-things.pth "
+        "(VBench keeps it in ~/.cache/vbench/raft_model/models/) or torchvision's "
+        "raft_large_C_T_V1-22a6c225.pth (the same weights, renamed); when not given, torchvision's file "
+        "from the torch hub cache, downloaded there on first use",
+    )
+    parser.add_argument(
+        "--static_filter",
+        action="store_true",
+        help="score temporal_flickering only for videos that VBench's RAFT static filter finds static "
+        "(as VBench does); the others get an empty cell. Off by default: generated long videos move, "
+        "and the filter would leave each experiment a different subset",
+    )
+    parser.add_argument(
         "--random_feature_models",
         action="store_true",
-        help="FOR TESTS ONLY: random-initialised DINO and CLIP of the same architectures, no weights and "
-        "no network needed; the subject/background scores then mean nothing",
+        help="FOR TESTS ONLY: random-initialised DINO, CLIP, AMT-S and RAFT of the same architectures, no "
+        "weights and no network needed; their scores then mean nothing",
     )
     parser.add_argument(
         "--clip_ckpt",
@@ -111,10 +139,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.random_feature_models and (args.dino_weights or args.clip_weights):
-        parser.error(
-            "--random_feature_models builds models without weights: drop --dino_weights/--clip_weights"
-        )
+    weight_flags = ("dino_weights", "clip_weights", "amt_weights", "raft_weights")
+    given = [f"--{name}" for name in weight_flags if getattr(args, name)]
+    if args.random_feature_models and given:
+        parser.error(f"--random_feature_models builds models without weights: drop {' '.join(given)}")
     return args
 
 
@@ -138,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             dino_weights=args.dino_weights,
             clip_weights=args.clip_weights,
             random_feature_models=args.random_feature_models,
+            amt_weights=args.amt_weights,
+            raft_weights=args.raft_weights,
+            static_filter=args.static_filter,
         )
     except FeatureWeightsError as err:
         print(f"error: {err}", file=sys.stderr)

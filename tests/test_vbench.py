@@ -21,7 +21,6 @@ from tests.conftest import load_script
 from tools import vbench
 from tools.vbench import (
     BACKGROUND,
-    DIMENSIONS,
     FLICKER,
     SUBJECT,
     FeatureWeightsError,
@@ -37,6 +36,8 @@ from tools.vbench import (
 from tools.video_io import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
+# The dimensions this file tests (the motion ones are in tests/test_vbench_motion.py).
+DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER)
 
 
 def _blocks(seed: int, size: int = 64) -> np.ndarray:
@@ -376,6 +377,7 @@ def test_cli_writes_vbench_columns(
     monkeypatch.setattr(vbench, "build_clip", reuse(clip, "clip"))
     out = tmp_path / "report"
     argv = [str(results), "--out", str(out), "--random_feature_models", "--quiet", "--batch_size", "4"]
+    argv += ["--dimensions", *DIMENSIONS]
     assert _script().main(argv) == 0
     assert sorted(built) == ["clip", "dino"]
     printed = capsys.readouterr().out

@@ -35,8 +35,8 @@ import torch
 from tqdm import tqdm
 
 from lvdm.checkpoint import CheckpointError, read_state_dict
-from tools.vbench import BACKGROUND, DIMENSIONS, SUBJECT, VBenchScorer
-from tools.video_io import find_videos, read_video
+from tools.vbench import DIMENSIONS, DYNAMIC, FLICKER, VBenchScorer
+from tools.video_io import find_videos, probe_video, read_video
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class VideoMetrics:
     subject_consistency: float | None = None
     background_consistency: float | None = None
     temporal_flickering: float | None = None
+    motion_smoothness: float | None = None
+    dynamic_degree: float | None = None
+    static_video: bool | None = None  # the static filter's verdict (metrics.json only)
     clip_consecutive: float | None = None
     clip_to_first: float | None = None
     drift_curve: list[float] = field(default_factory=list)
@@ -289,8 +292,14 @@ def evaluate_video(
         metrics.clip_consecutive_curve = consecutive.tolist()
         metrics.clip_to_first_curve = to_first.tolist()
     if vbench is not None:
-        scores = vbench.score(frames)
-        for name in (*DIMENSIONS, "subject_consistency_curve", "background_consistency_curve"):
+        fps = probe_video(path).fps if DYNAMIC in vbench.dimensions else 0.0
+        scores = vbench.score(frames, fps)
+        for name in (
+            *DIMENSIONS,
+            "static_video",
+            "subject_consistency_curve",
+            "background_consistency_curve",
+        ):
             setattr(metrics, name, getattr(scores, name))
     return metrics
 
@@ -552,6 +561,9 @@ def run_evaluation(
     dino_weights: str | os.PathLike | None = None,
     clip_weights: str | os.PathLike | None = None,
     random_feature_models: bool = False,
+    amt_weights: str | os.PathLike | None = None,
+    raft_weights: str | os.PathLike | None = None,
+    static_filter: bool = False,
 ) -> tuple[list[VideoMetrics], dict[str, Path]]:
     """Find the videos, score them, write ``metrics.csv``, ``metrics.json``, ``summary.csv``, ``consistency.png``.
 
@@ -568,7 +580,10 @@ def run_evaluation(
         dimensions: VBench dimensions to compute (:data:`tools.vbench.DIMENSIONS`); ``()`` for none.
         dino_weights: Local DINO ViT-B/16 weights; default the Hugging Face cache (downloaded once).
         clip_weights: Local CLIP ViT-B/32 weights; default the Hugging Face cache (downloaded once).
-        random_feature_models: Random-initialised DINO/CLIP, no weights needed: for tests only.
+        random_feature_models: Random-initialised models, no weights needed: for tests only.
+        amt_weights: Local AMT-S weights (``amt-s.pth``); default the Hugging Face cache.
+        raft_weights: Local RAFT weights (``raft-things.pth`` or torchvision's); default the torch hub cache.
+        static_filter: Score ``temporal_flickering`` only for the videos VBench's RAFT filter finds static.
 
     Returns:
         ``(rows, {"csv": ..., "json": ..., "summary": ..., "png": ...})``.
@@ -594,12 +609,22 @@ def run_evaluation(
         clip = ClipScorer(load_clip_embedder(clip_ckpt, clip_arch, clip_prefix, device), batch_size, device)
     vbench = None
     if dimensions:
-        if random_feature_models and set(dimensions) & {SUBJECT, BACKGROUND}:
+        if random_feature_models and (set(dimensions) - {FLICKER} or static_filter):
             logger.warning(
-                "random-initialised DINO/CLIP (--random_feature_models): for tests only, the scores mean nothing"
+                "random-initialised feature models (--random_feature_models): for tests only, the scores "
+                "mean nothing"
             )
         vbench = VBenchScorer.create(
-            dimensions, dino_weights, clip_weights, random_feature_models, batch_size, device
+            dimensions,
+            dino_weights,
+            clip_weights,
+            random_feature_models,
+            batch_size,
+            device,
+            amt_weights=amt_weights,
+            raft_weights=raft_weights,
+            static_filter=static_filter,
+            progress=progress,
         )
     rows = evaluate_videos(videos, clip, progress=progress, vbench=vbench)
     settings = {

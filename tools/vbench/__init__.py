@@ -47,10 +47,12 @@ from tools.vbench.common import (
     CLIP_MEAN,
     CLIP_STD,
     DIMENSIONS,
+    DYNAMIC,
     FLICKER,
     IMAGENET_MEAN,
     IMAGENET_STD,
     INPUT_SIZE,
+    MOTION,
     SUBJECT,
     FeatureWeightsError,
 )
@@ -63,6 +65,8 @@ from tools.vbench.consistency import (
     dino_position_embedding,
 )
 from tools.vbench.flicker import temporal_flickering_score
+from tools.vbench.flow import FlowScorer, build_raft, raft_things_to_torchvision
+from tools.vbench.motion import MotionScorer, build_amt, motion_smoothness_score
 from tools.vbench.scorer import VBenchScorer, VBenchScores
 from tools.vbench.video import clip_preprocess, dino_preprocess
 
@@ -74,21 +78,29 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DIMENSIONS",
+    "DYNAMIC",
     "FLICKER",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INPUT_SIZE",
+    "MOTION",
     "SUBJECT",
     "ClipImageFeatures",
     "DinoFeatures",
     "FeatureWeightsError",
+    "FlowScorer",
+    "MotionScorer",
     "VBenchScorer",
     "VBenchScores",
+    "build_amt",
     "build_clip",
     "build_dino",
+    "build_raft",
     "clip_preprocess",
     "consistency_curve",
     "dino_position_embedding",
     "dino_preprocess",
+    "motion_smoothness_score",
+    "raft_things_to_torchvision",
     "temporal_flickering_score",
 ]

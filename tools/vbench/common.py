@@ -10,7 +10,9 @@ import torch
 SUBJECT = "subject_consistency"
 BACKGROUND = "background_consistency"
 FLICKER = "temporal_flickering"
-DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER)
+MOTION = "motion_smoothness"
+DYNAMIC = "dynamic_degree"
+DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER, MOTION, DYNAMIC)
 
 INPUT_SIZE = 224
 # VBench's normalisation constants (vbench/utils.py: dino_transform and clip_transform).

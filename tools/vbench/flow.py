@@ -40,13 +40,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from tools.vbench.common import RANDOM_INIT_SEED, FeatureWeightsError, _first_line, _seeded
+from tools.vbench.common import DYNAMIC, RANDOM_INIT_SEED, FeatureWeightsError, _first_line, _seeded
 from tools.vbench.strict import load_strict, read_weights
 from tools.vbench.weights import _offline
 
 logger = logging.getLogger(__name__)
 
-DYNAMIC = "dynamic_degree"
 RAFT_ITERATIONS = 20  # VBench: iters=20
 MIN_RAFT_SIDE = 128
 TORCHVISION_RAFT_URL = "https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth"
@@ -110,10 +109,33 @@ def raft_things_to_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, t
     return mapped
 
 
-def _raft_network() -> nn.Module:
+def _raft_network(reduced: bool = False) -> nn.Module:
+    """torchvision's ``raft_large``; ``reduced``: the same design, narrower and without the convex
+    upsampling mask (for tests: RAFT-large costs seconds a frame pair on a CPU)."""
     from torchvision.models.optical_flow import raft_large
 
-    return raft_large(weights=None, progress=False)
+    if not reduced:
+        return raft_large(weights=None, progress=False)
+    from torchvision.models.optical_flow.raft import BottleneckBlock, _raft
+
+    return _raft(
+        feature_encoder_layers=(16, 16, 24, 32, 48),
+        feature_encoder_block=BottleneckBlock,
+        feature_encoder_norm_layer=nn.InstanceNorm2d,
+        context_encoder_layers=(16, 16, 24, 32, 48),
+        context_encoder_block=BottleneckBlock,
+        context_encoder_norm_layer=None,
+        corr_block_num_levels=4,
+        corr_block_radius=3,
+        motion_encoder_corr_layers=(32,),
+        motion_encoder_flow_layers=(16, 8),
+        motion_encoder_out_channels=30,
+        recurrent_block_hidden_state_size=24,
+        recurrent_block_kernel_size=(3,),
+        recurrent_block_padding=(1,),
+        flow_head_hidden_size=32,
+        use_mask_predictor=False,
+    )
 
 
 def _torchvision_raft_file() -> Path:
@@ -129,7 +151,7 @@ def _torchvision_raft_file() -> Path:
 
     def missing(reason: str) -> FeatureWeightsError:
         return FeatureWeightsError(
-            f"{DYNAMIC} needs the {RAFT_LABEL} weights: {reason}. Either download {TORCHVISION_RAFT_URL} "
+            f"{DYNAMIC} and the static filter need the {RAFT_LABEL} weights: {reason}. Either download {TORCHVISION_RAFT_URL} "
             f"into {cache}/ on a machine with network, or pass --raft_weights PATH with that file or "
             f"the original raft-things.pth (in RAFT's {RAFT_THINGS_URL}; VBench keeps it in "
             "~/.cache/vbench/raft_model/models/). (--random_feature_models runs without weights, for "
@@ -156,18 +178,19 @@ def build_raft(
         weights: The original ``raft-things.pth`` or a torchvision ``raft_large`` state dict
             (``raft_large_C_T_V1-22a6c225.pth``); ``None`` takes the latter from the torch hub cache,
             downloading it there on first use.
-        random_init: Seeded random weights, no file, no network (tests only).
+        random_init: Seeded random weights, no file, no network (tests only); the network is then a
+            narrower RAFT (:func:`_raft_network`), so that tests run in seconds.
         device: Where the model runs.
 
     Raises:
         FeatureWeightsError: weights missing, unreadable, or not RAFT-large weights (file named).
     """
     with _seeded(RANDOM_INIT_SEED):
-        model = _raft_network()
+        model = _raft_network(reduced=random_init)
     if random_init:
         if weights is not None:
             raise ValueError("random_init builds a model without weights: do not give a weights file")
-        source = "random-init"
+        source = "random-init, reduced width"
     else:
         if weights is not None and not Path(weights).expanduser().is_file():
             raise FeatureWeightsError(

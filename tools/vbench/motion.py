@@ -12,7 +12,8 @@ Read from ``vbench/motion_smoothness.py`` (and its ``third_party/amt/utils``):
 
 VBench shrinks the frames before AMT-S only when its GPU-memory estimate says they do not fit
 (never for 512x320 frames on a GPU with more than ~2.6 GB, and never on the CPU); this module always
-runs at full size. A video needs at least 3 frames (2 even ones); fewer score NaN.
+runs at full size. A video needs at least 3 frames (2 even ones) and frames of at least 64 pixels
+on a side once padded (AMT-S's correlation pyramid); others score NaN, with a warning for the size.
 """
 
 from __future__ import annotations
@@ -27,18 +28,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tools.vbench.amt import AMTS
-from tools.vbench.common import RANDOM_INIT_SEED, _seeded
+from tools.vbench.common import MOTION, RANDOM_INIT_SEED, _seeded
 from tools.vbench.strict import load_strict, read_weights
 from tools.vbench.weights import _hub_file, _HubWeights, _local_file
 
 logger = logging.getLogger(__name__)
 
-MOTION = "motion_smoothness"
 AMT_HUB_REPO = "lalala125/AMT"  # where VBench downloads amt-s.pth from (vbench/utils.py)
 AMT_HUB_FILES = ("amt-s.pth",)
 AMT_URL = "https://huggingface.co/lalala125/AMT/resolve/main/amt-s.pth"
 AMT_LABEL = "AMT-S"
 AMT_PAD = 16  # VBench's InputPadder divisor for AMT
+# AMT-S pools its 1/8-resolution correlation volume 3 times: padded sides under 64 pixels leave a
+# level of size 0 (VBench's code fails there).
+AMT_MIN_SIDE = 64
 
 _AMT_WEIGHTS = _HubWeights(AMT_LABEL, MOTION, AMT_HUB_REPO, AMT_HUB_FILES, "--amt_weights", AMT_URL)
 
@@ -152,5 +155,16 @@ class MotionScorer:
         return np.concatenate(outputs)
 
     def score(self, frames: np.ndarray) -> float:
-        """VBench's motion smoothness of ``frames`` ``(t, h, w, 3)`` uint8, as a fraction (NaN under 3 frames)."""
-        return motion_smoothness_score(frames, self.predict_odd(np.asarray(frames)))
+        """VBench's motion smoothness of ``frames`` ``(t, h, w, 3)`` uint8, as a fraction (NaN under
+        3 frames or :data:`AMT_MIN_SIDE` pixels)."""
+        frames = np.asarray(frames)
+        padded = [size + sum(_pad_amount(size)) for size in frames.shape[1:3]]
+        if min(padded) < AMT_MIN_SIDE:
+            logger.warning(
+                "%s: frames of %dx%d are too small for AMT-S (at least %d pixels a side): NaN",
+                MOTION,
+                *frames.shape[1:3],
+                AMT_MIN_SIDE,
+            )
+            return math.nan
+        return motion_smoothness_score(frames, self.predict_odd(frames))
