@@ -10,7 +10,7 @@ consistency.png (per-frame curves); see tools/vbench/ and tools/evaluation.py fo
 Prints the per-video table, then the per-experiment means.
 
 Exit status: 0 done, 1 no videos or an unreadable video or checkpoint, 2 bad arguments or a
-feature model weights file missing or unfit (the message says which file to put where).
+feature-model weights file missing (the message says which file to put where).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from lvdm.checkpoint import CheckpointError  # noqa: E402
 from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
 from tools.evaluation import format_table, run_evaluation  # noqa: E402
 from tools.vbench import DIMENSIONS, FeatureWeightsError  # noqa: E402
+from tools.vbench.long import LongProtocol  # noqa: E402
 from tools.video_io import VideoReadError  # noqa: E402
 
 
@@ -35,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "Temporal quality of generated videos. VBench's dimensions, computed as VBench does, in "
             "percent: subject_consistency (DINO ViT-B/16 features), background_consistency (CLIP "
-            "ViT-B/32 features), temporal_flickering (mean |frame i+1 - frame i|), motion_smoothness "
+            "ViT-B/32 features), temporal_flickering (mean |frame i+1 - frame i|), aesthetic_quality (LAION "
+            "aesthetic head on CLIP ViT-L/14), imaging_quality (MUSIQ, SPAQ weights), motion_smoothness "
             "(AMT-S predicts the odd frames from the even ones); and dynamic_degree (RAFT optical flow; "
             "per video 1 if it moves, else 0, as VBench reports it: the experiment mean is the share of "
             "moving videos). Extra columns: "
@@ -83,6 +85,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "when not given, taken from the Hugging Face cache, downloaded there on first use",
     )
     parser.add_argument(
+        "--aesthetic_weights",
+        default=None,
+        metavar="FILE",
+        help="LAION aesthetic head for aesthetic_quality: sa_0_4_vit_l_14_linear.pth (LAION-AI/aesthetic-predictor "
+        "on GitHub) or a .safetensors of its weight/bias; when not given, taken from $TORCH_HOME/hub/checkpoints, "
+        "downloaded there on first use",
+    )
+    parser.add_argument(
+        "--clip_l14_weights",
+        default=None,
+        metavar="FILE",
+        help="CLIP ViT-L/14 (OpenAI) weights for aesthetic_quality: open_clip's open_clip_model.safetensors "
+        "(timm/vit_large_patch14_clip_224.openai) or OpenAI's ViT-L-14.pt; when not given, taken from the "
+        "Hugging Face cache, downloaded there on first use",
+    )
+    parser.add_argument(
+        "--musiq_weights",
+        default=None,
+        metavar="FILE",
+        help="MUSIQ weights for imaging_quality: pyiqa's musiq_spaq_ckpt-358bb6af.pth "
+        "(chaofengc/IQA-PyTorch-Weights) or a .safetensors of the same keys; when not given, taken from the "
+        "Hugging Face cache, downloaded there on first use",
+    )
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="VBench-Long's protocol: split each video at scene cuts, then into 2-second clips, score every "
+        "clip, average the clips (subject/background consistency: 0.7/0.3 and 0.8/0.2 with the clip-to-clip "
+        "score of the clips' first frames); also writes clip_scores.csv and clip_scores.png",
+    )
+    parser.add_argument(
         "--amt_weights",
         default=None,
         metavar="FILE",
@@ -110,8 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--random_feature_models",
         action="store_true",
-        help="FOR TESTS ONLY: random-initialised DINO, CLIP, AMT-S and RAFT of the same architectures, no "
-        "weights and no network needed; their scores then mean nothing",
+        help="FOR TESTS ONLY: seeded random feature models, small towers with the real models' inputs and "
+        "outputs (DINO, CLIP ViT-B/32 and ViT-L/14 2 layers deep, MUSIQ with a 1-layer transformer; AMT-S "
+        "as it is, RAFT narrower), no weights and no network needed; the scores then mean nothing",
     )
     parser.add_argument(
         "--clip_ckpt",
@@ -139,10 +173,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    weight_flags = ("dino_weights", "clip_weights", "amt_weights", "raft_weights")
+    weight_flags = (
+        "dino_weights",
+        "clip_weights",
+        "aesthetic_weights",
+        "clip_l14_weights",
+        "musiq_weights",
+        "amt_weights",
+        "raft_weights",
+    )
     given = [f"--{name}" for name in weight_flags if getattr(args, name)]
     if args.random_feature_models and given:
-        parser.error(f"--random_feature_models builds models without weights: drop {' '.join(given)}")
+        parser.error(f"--random_feature_models builds models without weights: drop {'/'.join(given)}")
     return args
 
 
@@ -166,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             dino_weights=args.dino_weights,
             clip_weights=args.clip_weights,
             random_feature_models=args.random_feature_models,
+            aesthetic_weights=args.aesthetic_weights,
+            clip_l14_weights=args.clip_l14_weights,
+            musiq_weights=args.musiq_weights,
+            long_protocol=LongProtocol() if args.long else None,
             amt_weights=args.amt_weights,
             raft_weights=args.raft_weights,
             static_filter=args.static_filter,

@@ -36,7 +36,8 @@ from tools.vbench import (
 from tools.video_io import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
-# The dimensions this file tests (the motion ones are in tests/test_vbench_motion.py).
+# The dimensions of this file (the quality ones are in tests/test_vbench_quality.py, the motion ones
+# in tests/test_vbench_motion.py).
 DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER)
 
 
@@ -366,8 +367,9 @@ def test_cli_writes_vbench_columns(
 
     def reuse(model: torch.nn.Module, label: str):
         # The module's random models stand in for a second build of the same (seeded) models.
-        def build(weights: object, random_init: bool, device: object) -> torch.nn.Module:
+        def build(weights: object, random_init: bool, device: object, small: bool = False) -> torch.nn.Module:
             assert weights is None and random_init, "--random_feature_models must reach the builder"
+            assert small, "the CLI's random models are the small towers"
             built.append(label)
             return model
 
@@ -397,8 +399,8 @@ def test_cli_writes_vbench_columns(
     assert float(summary["shuffled"][SUBJECT]) == pytest.approx(float(table["shuffled"][SUBJECT]), rel=1e-5)
     document = json.loads((out / "metrics.json").read_text())
     assert document["settings"]["vbench"]["models"] == {
-        SUBJECT: "random-init (tests only)",
-        BACKGROUND: "random-init (tests only)",
+        SUBJECT: "random-init, small (tests only)",
+        BACKGROUND: "random-init, small (tests only)",
     }
     assert len(document["videos"][0]["subject_consistency_curve"]) == 1
     assert (out / "consistency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from lvdm.checkpoint import CheckpointError, read_state_dict
 from tools.vbench import DIMENSIONS, DYNAMIC, FLICKER, VBenchScorer
+from tools.vbench.long import ClipRow, LongProtocol, plot_clip_scores, score_long, write_clip_csv
 from tools.video_io import find_videos, probe_video, read_video
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class VideoMetrics:
     subject_consistency: float | None = None
     background_consistency: float | None = None
     temporal_flickering: float | None = None
+    aesthetic_quality: float | None = None
+    imaging_quality: float | None = None
     motion_smoothness: float | None = None
     dynamic_degree: float | None = None
     static_video: bool | None = None  # the static filter's verdict (metrics.json only)
@@ -96,6 +99,9 @@ class VideoMetrics:
     background_consistency_curve: list[float] | None = None
     clip_consecutive_curve: list[float] | None = None
     clip_to_first_curve: list[float] | None = None
+    # --long (VBench-Long): scenes, in-clip / clip-to-clip parts, and one dict per clip.
+    long_protocol: dict[str, object] | None = None
+    clips: list[dict[str, object]] | None = None
 
     def row(self) -> dict[str, object]:
         """The CSV/table columns (:data:`CSV_FIELDS`)."""
@@ -265,9 +271,13 @@ def _mean(values: np.ndarray) -> float:
 
 
 def evaluate_video(
-    path: str | os.PathLike, clip: ClipScorer | None = None, vbench: VBenchScorer | None = None
+    path: str | os.PathLike,
+    clip: ClipScorer | None = None,
+    vbench: VBenchScorer | None = None,
+    long_protocol: LongProtocol | None = None,
 ) -> VideoMetrics:
-    """Read one video and compute its metrics (CLIP ones only with ``clip``, VBench's with ``vbench``)."""
+    """Read one video and compute its metrics (CLIP ones only with ``clip``, VBench's with ``vbench``,
+    under VBench-Long's clip protocol with ``long_protocol``)."""
     frames = read_video(path)
     if len(frames) < 2:
         logger.warning(
@@ -291,9 +301,19 @@ def evaluate_video(
         metrics.clip_to_first = _mean(to_first[1:])
         metrics.clip_consecutive_curve = consecutive.tolist()
         metrics.clip_to_first_curve = to_first.tolist()
+    if vbench is not None and long_protocol is not None:
+        result = score_long(vbench, frames, probe_video(path).fps, str(path), long_protocol)
+        scores = result.scores
+        metrics.clips = [asdict(row) for row in result.clips]
+        metrics.long_protocol = {
+            "scenes": result.scenes,
+            "in_clip": result.in_clip,
+            "clip_to_clip": result.clip_to_clip,
+        }
+    elif vbench is not None:
+        # The frame rate sets dynamic_degree's frame sampling.
+        scores = vbench.score(frames, probe_video(path).fps if DYNAMIC in vbench.dimensions else 0.0)
     if vbench is not None:
-        fps = probe_video(path).fps if DYNAMIC in vbench.dimensions else 0.0
-        scores = vbench.score(frames, fps)
         for name in (
             *DIMENSIONS,
             "static_video",
@@ -314,10 +334,11 @@ def evaluate_videos(
     clip: ClipScorer | None = None,
     progress: bool = True,
     vbench: VBenchScorer | None = None,
+    long_protocol: LongProtocol | None = None,
 ) -> list[VideoMetrics]:
     """Metrics of several videos (a progress bar over them), sorted by experiment then prompt."""
     rows = [
-        evaluate_video(path, clip, vbench)
+        evaluate_video(path, clip, vbench, long_protocol)
         for path in tqdm(videos, desc="evaluating", unit="video", disable=not progress)
     ]
     return sort_metrics(rows)
@@ -561,6 +582,10 @@ def run_evaluation(
     dino_weights: str | os.PathLike | None = None,
     clip_weights: str | os.PathLike | None = None,
     random_feature_models: bool = False,
+    aesthetic_weights: str | os.PathLike | None = None,
+    clip_l14_weights: str | os.PathLike | None = None,
+    musiq_weights: str | os.PathLike | None = None,
+    long_protocol: LongProtocol | None = None,
     amt_weights: str | os.PathLike | None = None,
     raft_weights: str | os.PathLike | None = None,
     static_filter: bool = False,
@@ -581,6 +606,10 @@ def run_evaluation(
         dino_weights: Local DINO ViT-B/16 weights; default the Hugging Face cache (downloaded once).
         clip_weights: Local CLIP ViT-B/32 weights; default the Hugging Face cache (downloaded once).
         random_feature_models: Random-initialised models, no weights needed: for tests only.
+        aesthetic_weights, clip_l14_weights, musiq_weights: Local weights of the aesthetic_quality
+            (LAION head, CLIP ViT-L/14) and imaging_quality (MUSIQ SPAQ) models; default the caches.
+        long_protocol: Score under VBench-Long's protocol and also write ``clip_scores.csv`` and
+            ``clip_scores.png`` (one row / point per 2-second clip).
         amt_weights: Local AMT-S weights (``amt-s.pth``); default the Hugging Face cache.
         raft_weights: Local RAFT weights (``raft-things.pth`` or torchvision's); default the torch hub cache.
         static_filter: Score ``temporal_flickering`` only for the videos VBench's RAFT filter finds static.
@@ -621,15 +650,19 @@ def run_evaluation(
             random_feature_models,
             batch_size,
             device,
+            aesthetic_weights=aesthetic_weights,
+            clip_l14_weights=clip_l14_weights,
+            musiq_weights=musiq_weights,
             amt_weights=amt_weights,
             raft_weights=raft_weights,
             static_filter=static_filter,
             progress=progress,
         )
-    rows = evaluate_videos(videos, clip, progress=progress, vbench=vbench)
+    rows = evaluate_videos(videos, clip, progress=progress, vbench=vbench, long_protocol=long_protocol)
     settings = {
         "inputs": [str(p) for p in inputs],
         "vbench": vbench.settings() if vbench is not None else None,
+        "long_protocol": asdict(long_protocol) if long_protocol is not None else None,
         "clip_ckpt": None if clip_ckpt is None else str(clip_ckpt),
         "clip_arch": clip_arch if clip_ckpt is not None else None,
         "clip_prefix": clip_prefix if clip_ckpt is not None else None,
@@ -642,4 +675,8 @@ def run_evaluation(
         "summary": write_summary_csv(rows, out_dir / "summary.csv"),
         "png": plot_consistency(rows, out_dir / "consistency.png"),
     }
+    if long_protocol is not None and vbench is not None:
+        clip_rows = [ClipRow(**clip) for row in rows for clip in row.clips or []]
+        outputs["clips_csv"] = write_clip_csv(clip_rows, out_dir / "clip_scores.csv")
+        outputs["clips_png"] = plot_clip_scores(clip_rows, out_dir / "clip_scores.png")
     return rows, outputs

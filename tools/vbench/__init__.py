@@ -34,6 +34,10 @@ filter (VBench scores it on its own static-scene prompts); a single-frame video 
 ``motion_smoothness`` is not computed: VBench uses the AMT-S interpolation model, which no
 installable package compatible with this project provides.
 
+Two quality dimensions per frame: ``aesthetic_quality`` (LAION's aesthetic head on CLIP ViT-L/14,
+:mod:`.aesthetic`) and ``imaging_quality`` (pyiqa's MUSIQ with SPAQ weights, :mod:`.imaging`); and
+VBench-Long's clip protocol for long videos (:mod:`.long`).
+
 Modules: :mod:`.common` (dimension names, constants, :class:`FeatureWeightsError`), :mod:`.video`
 (VBench's frame preprocessing), :mod:`.weights` (Hub cache, local files, offline errors),
 :mod:`.consistency` (DINO/CLIP models and the consistency score), :mod:`.flicker`,
@@ -42,7 +46,9 @@ Modules: :mod:`.common` (dimension names, constants, :class:`FeatureWeightsError
 
 from __future__ import annotations
 
+from tools.vbench.aesthetic import AestheticPredictor, aesthetic_quality_score, build_aesthetic
 from tools.vbench.common import (
+    AESTHETIC,
     BACKGROUND,
     CLIP_MEAN,
     CLIP_STD,
@@ -51,6 +57,7 @@ from tools.vbench.common import (
     FLICKER,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    IMAGING,
     INPUT_SIZE,
     MOTION,
     SUBJECT,
@@ -66,6 +73,7 @@ from tools.vbench.consistency import (
 )
 from tools.vbench.flicker import temporal_flickering_score
 from tools.vbench.flow import FlowScorer, build_raft, raft_things_to_torchvision
+from tools.vbench.imaging import MusiqScores, build_musiq, imaging_preprocess, imaging_quality_score
 from tools.vbench.motion import MotionScorer, build_amt, motion_smoothness_score
 from tools.vbench.scorer import VBenchScorer, VBenchScores
 from tools.vbench.video import clip_preprocess, dino_preprocess
@@ -74,6 +82,7 @@ from tools.vbench.video import clip_preprocess, dino_preprocess
 from tools.vbench.weights import _is_torchscript_archive as _is_torchscript_archive
 
 __all__ = [
+    "AESTHETIC",
     "BACKGROUND",
     "CLIP_MEAN",
     "CLIP_STD",
@@ -82,24 +91,32 @@ __all__ = [
     "FLICKER",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "IMAGING",
     "INPUT_SIZE",
     "MOTION",
     "SUBJECT",
+    "AestheticPredictor",
     "ClipImageFeatures",
     "DinoFeatures",
     "FeatureWeightsError",
     "FlowScorer",
     "MotionScorer",
+    "MusiqScores",
     "VBenchScorer",
     "VBenchScores",
+    "aesthetic_quality_score",
+    "build_aesthetic",
     "build_amt",
     "build_clip",
     "build_dino",
+    "build_musiq",
     "build_raft",
     "clip_preprocess",
     "consistency_curve",
     "dino_position_embedding",
     "dino_preprocess",
+    "imaging_preprocess",
+    "imaging_quality_score",
     "motion_smoothness_score",
     "raft_things_to_torchvision",
     "temporal_flickering_score",

@@ -10,9 +10,11 @@ import torch
 SUBJECT = "subject_consistency"
 BACKGROUND = "background_consistency"
 FLICKER = "temporal_flickering"
+AESTHETIC = "aesthetic_quality"
+IMAGING = "imaging_quality"
 MOTION = "motion_smoothness"
 DYNAMIC = "dynamic_degree"
-DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER, MOTION, DYNAMIC)
+DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER, AESTHETIC, IMAGING, MOTION, DYNAMIC)
 
 INPUT_SIZE = 224
 # VBench's normalisation constants (vbench/utils.py: dino_transform and clip_transform).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from tools.vbench.weights import (
     DINO_TIMM_NAME,
     _DropRootRecords,
     _hub_file,
+    _HubWeights,
     _is_torchscript_archive,
     _local_file,
 )
@@ -132,8 +134,19 @@ class ClipImageFeatures(nn.Module):
         return self.visual(images.to(self.dtype))
 
 
+# --random_feature_models: towers 2 layers deep and 64 wide with the real input (224, the same
+# patch) and output size, for the CLI's random mode only. A random ViT-B costs ~4-18 GFLOP a frame,
+# which on a CPU takes a 64-frame test video far past its time budget, and random weights make any
+# tower's scores meaningless. The full architectures are built by random_init alone, and are what
+# weights files are checked against.
+SMALL_TOWER = {"width": 64, "layers": 2, "heads": 2}
+
+
 def build_dino(
-    weights: str | os.PathLike | None = None, random_init: bool = False, device: str | torch.device = "cpu"
+    weights: str | os.PathLike | None = None,
+    random_init: bool = False,
+    device: str | torch.device = "cpu",
+    small: bool = False,
 ) -> DinoFeatures:
     """The DINO ViT-B/16 of VBench's subject consistency, in eval mode on ``device`` (float32).
 
@@ -143,6 +156,7 @@ def build_dino(
             downloading it there on first use.
         random_init: Seeded random weights of the same architecture, no file, no network (tests only).
         device: Where the model runs.
+        small: With ``random_init``, a ViT of :data:`SMALL_TOWER`'s size (patch 16, class token) instead.
 
     Raises:
         FeatureWeightsError: weights missing (see :func:`_hub_file`) or not DINO ViT-B/16 weights.
@@ -152,9 +166,16 @@ def build_dino(
     if random_init:
         if weights is not None:
             raise ValueError("random_init builds a model without weights: do not give a weights file")
+        size = {}
+        if small:
+            size = {
+                "embed_dim": SMALL_TOWER["width"],
+                "depth": SMALL_TOWER["layers"],
+                "num_heads": SMALL_TOWER["heads"],
+            }
         with _seeded(RANDOM_INIT_SEED):
-            vit = timm.create_model(DINO_TIMM_NAME, pretrained=False, num_classes=0)
-        source = "random-init"
+            vit = timm.create_model(DINO_TIMM_NAME, pretrained=False, num_classes=0, **size)
+        source = "random-init, small" if small else "random-init"
     else:
         path = _local_file(weights, _DINO_WEIGHTS) if weights is not None else _hub_file(_DINO_WEIGHTS)
         try:
@@ -180,6 +201,7 @@ def build_clip(
     random_init: bool = False,
     device: str | torch.device = "cpu",
     precision: str | None = None,
+    small: bool = False,
 ) -> ClipImageFeatures:
     """The CLIP ViT-B/32 image tower of VBench's background consistency, in eval mode on ``device``.
 
@@ -191,9 +213,93 @@ def build_clip(
         device: Where the model runs.
         precision: open_clip's ``"fp16"`` or ``"fp32"``; by default float16 on CUDA and float32 on
             the CPU, as OpenAI's ``clip.load`` (VBench's loader) builds it.
+        small: With ``random_init``, a tower of :data:`SMALL_TOWER`'s size (see :func:`small_clip_tower`).
 
     Raises:
         FeatureWeightsError: weights missing (see :func:`_hub_file`) or not CLIP ViT-B/32 weights.
+    """
+    if random_init and small:
+        if weights is not None:
+            raise ValueError("random_init builds a model without weights: do not give a weights file")
+        return small_clip_tower(CLIP_ARCH, device)
+    return build_open_clip_tower(CLIP_ARCH, _CLIP_WEIGHTS, weights, random_init, device, precision)
+
+
+def small_clip_tower(arch: str, device: str | torch.device = "cpu") -> ClipImageFeatures:
+    """A seeded random CLIP image tower of :data:`SMALL_TOWER`'s size with ``arch``'s input size, patch
+    and output dimension (float32, eval mode): for ``--random_feature_models`` only."""
+    import open_clip
+    from open_clip.transformer import QuickGELU, VisionTransformer
+
+    config = open_clip.get_model_config(arch)
+    vision = config["vision_cfg"]
+    with _seeded(RANDOM_INIT_SEED):
+        visual = VisionTransformer(
+            image_size=vision["image_size"],
+            patch_size=vision["patch_size"],
+            width=SMALL_TOWER["width"],
+            layers=SMALL_TOWER["layers"],
+            heads=SMALL_TOWER["heads"],
+            mlp_ratio=4.0,
+            output_dim=config["embed_dim"],
+            act_layer=QuickGELU,
+        )
+    logger.info("%s image tower (random-init, small) on %s", arch, device)
+    tower = ClipImageFeatures(visual.to(device)).eval()
+    tower.requires_grad_(False)
+    return tower
+
+
+def _check_projection(path: Path, arch: str, spec: _HubWeights) -> None:
+    """Refuse a state-dict file whose image projection is not ``arch``'s before building the model.
+
+    Building a CLIP (ViT-L/14: 430 M parameters) takes many seconds; reading a file's keys (memory
+    mapped) does not. TorchScript archives (OpenAI's ``.pt``) are left to open_clip's full check.
+    """
+    import open_clip
+
+    if _is_torchscript_archive(path):
+        return
+    vision = open_clip.get_model_config(arch)
+    expected = (vision["vision_cfg"]["width"], vision["embed_dim"])
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as file:
+                keys = set(file.keys())
+                found = tuple(file.get_slice("visual.proj").get_shape()) if "visual.proj" in keys else None
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else {}
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+            found = tuple(state["visual.proj"].shape) if "visual.proj" in state else None
+    except Exception as err:  # unreadable: one clear message
+        raise FeatureWeightsError(f"{path} does not hold {spec.label} weights ({_first_line(err)})") from err
+    if found != expected:
+        what = "no visual.proj key" if found is None else f"visual.proj of shape {found}"
+        raise FeatureWeightsError(
+            f"{path} does not hold {spec.label} weights: {what}, expected {expected} for open_clip's {arch}"
+        )
+
+
+def build_open_clip_tower(
+    arch: str,
+    spec: _HubWeights,
+    weights: str | os.PathLike | None = None,
+    random_init: bool = False,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+) -> ClipImageFeatures:
+    """The image tower of OpenAI's CLIP ``arch`` (open_clip name, QuickGELU) in eval mode on ``device``.
+
+    Args:
+        arch: open_clip architecture, e.g. ``"ViT-B-32"``.
+        spec: Where its weights live (Hub repo, the CLI flag, the original release) for messages.
+        weights, random_init, device, precision: as :func:`build_clip`.
+
+    Raises:
+        FeatureWeightsError: weights missing (see :func:`_hub_file`) or not weights of ``arch``.
     """
     import open_clip
 
@@ -204,14 +310,15 @@ def build_clip(
         if weights is not None:
             raise ValueError("random_init builds a model without weights: do not give a weights file")
     else:
-        path = _local_file(weights, _CLIP_WEIGHTS) if weights is not None else _hub_file(_CLIP_WEIGHTS)
+        path = _local_file(weights, spec) if weights is not None else _hub_file(spec)
+        _check_projection(path, arch, spec)
     quiet = _DropRootRecords()
     logging.getLogger().addFilter(quiet)
     try:
         with _seeded(RANDOM_INIT_SEED):
-            # OpenAI's CLIP uses QuickGELU; open_clip's plain "ViT-B-32" config does not.
+            # OpenAI's CLIP uses QuickGELU; open_clip's plain configs do not.
             model = open_clip.create_model(
-                CLIP_ARCH, pretrained=None, precision=precision, device=device, force_quick_gelu=True
+                arch, pretrained=None, precision=precision, device=device, force_quick_gelu=True
             )
     finally:
         logging.getLogger().removeFilter(quiet)
@@ -223,9 +330,9 @@ def build_clip(
             )
         except Exception as err:  # unreadable file or wrong keys: one clear message
             raise FeatureWeightsError(
-                f"{path} does not hold CLIP ViT-B/32 weights ({_first_line(err)})"
+                f"{path} does not hold {spec.label} weights ({_first_line(err)})"
             ) from err
-    logger.info("CLIP ViT-B/32 (%s, %s) on %s", path or "random-init", precision, device)
+    logger.info("%s (%s, %s) on %s", spec.label, path or "random-init", precision, device)
     tower = ClipImageFeatures(model.visual).eval()  # the text tower is dropped with `model`
     tower.requires_grad_(False)
     return tower

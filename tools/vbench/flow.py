@@ -47,6 +47,9 @@ from tools.vbench.weights import _offline
 logger = logging.getLogger(__name__)
 
 RAFT_ITERATIONS = 20  # VBench: iters=20
+# The reduced random network of --random_feature_models (tests only) refines 4 times: on a busy
+# CPU each of RAFT's many small operations costs a thread synchronisation.
+REDUCED_ITERATIONS = 4
 MIN_RAFT_SIDE = 128
 TORCHVISION_RAFT_URL = "https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth"
 RAFT_THINGS_URL = "https://dl.dropboxusercontent.com/s/4j4z58wuv8o0mfz/models.zip"
@@ -169,9 +172,22 @@ def _torchvision_raft_file() -> Path:
     return path
 
 
+class RaftFlow(nn.Module):
+    """A RAFT network with its number of refinements: ``(b, 3, h, w)`` pairs in ``[-1, 1]`` -> the
+    final ``(b, 2, h, w)`` flow from the first image to the second."""
+
+    def __init__(self, raft: nn.Module, iterations: int = RAFT_ITERATIONS) -> None:
+        super().__init__()
+        self.raft = raft
+        self.iterations = iterations
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+        return self.raft(image1, image2, num_flow_updates=self.iterations)[-1]
+
+
 def build_raft(
     weights: str | os.PathLike | None = None, random_init: bool = False, device: str | torch.device = "cpu"
-) -> nn.Module:
+) -> RaftFlow:
     """torchvision's ``raft_large`` with RAFT's Chairs+Things weights, in eval mode on ``device``.
 
     Args:
@@ -179,7 +195,8 @@ def build_raft(
             (``raft_large_C_T_V1-22a6c225.pth``); ``None`` takes the latter from the torch hub cache,
             downloading it there on first use.
         random_init: Seeded random weights, no file, no network (tests only); the network is then a
-            narrower RAFT (:func:`_raft_network`), so that tests run in seconds.
+            narrower RAFT (:func:`_raft_network`) refining :data:`REDUCED_ITERATIONS` times, so that
+            tests run in seconds.
         device: Where the model runs.
 
     Raises:
@@ -205,9 +222,9 @@ def build_raft(
         load_strict(model, state, str(path), RAFT_LABEL)
         source = str(path)
     logger.info("%s (%s) on %s", RAFT_LABEL, source, device)
-    model = model.to(device).eval()
-    model.requires_grad_(False)
-    return model
+    flow = RaftFlow(model, REDUCED_ITERATIONS if random_init else RAFT_ITERATIONS).to(device).eval()
+    flow.requires_grad_(False)
+    return flow
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,7 +299,7 @@ class FlowScorer:
     """RAFT on a video's frame pairs in batches; dynamic degree and the static filter from one pass.
 
     Args:
-        model: :func:`build_raft`'s network.
+        model: :func:`build_raft`'s network (pairs of images -> final flow).
         batch_size: Frame pairs per forward pass.
         device: Where the model lives.
         progress: A progress bar over the pairs of each video.
@@ -314,7 +331,7 @@ class FlowScorer:
             chunk = pairs[start : start + self.batch_size]
             first = images[[i for i, _ in chunk]]
             second = images[[j for _, j in chunk]]
-            flow = self.model(first, second, num_flow_updates=RAFT_ITERATIONS)[-1]
+            flow = self.model(first, second)
             for share in shares:
                 result[share].extend(top_magnitude(flow, share).tolist())
         return result

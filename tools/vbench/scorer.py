@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.vbench.common import BACKGROUND, DIMENSIONS, DYNAMIC, FLICKER, MOTION, SUBJECT
+from tools.vbench.aesthetic import CLIP_L14_HUB_REPO, LAION_HEAD_URL, aesthetic_quality_score
+from tools.vbench.common import AESTHETIC, BACKGROUND, DIMENSIONS, DYNAMIC, FLICKER, IMAGING, MOTION, SUBJECT
 from tools.vbench.consistency import consistency_curve
 from tools.vbench.flicker import temporal_flickering_score
 from tools.vbench.flow import TORCHVISION_RAFT_URL, FlowScorer
+from tools.vbench.imaging import MUSIQ_HUB_REPO, MUSIQ_SPAQ_FILE, imaging_preprocess, imaging_quality_score
 from tools.vbench.motion import AMT_HUB_REPO, MotionScorer
 from tools.vbench.video import clip_preprocess, dino_preprocess
 from tools.vbench.weights import CLIP_HUB_REPO, DINO_HUB_REPO
@@ -33,6 +35,8 @@ class VBenchScores:
     subject_consistency: float | None = None
     background_consistency: float | None = None
     temporal_flickering: float | None = None
+    aesthetic_quality: float | None = None
+    imaging_quality: float | None = None
     motion_smoothness: float | None = None
     dynamic_degree: float | None = None
     static_video: bool | None = None
@@ -53,6 +57,8 @@ class VBenchScorer:
         clip: The model for ``background_consistency`` (needed when it is chosen).
         batch_size: Frames per forward pass.
         device: Where the models live; frames are preprocessed there too.
+        aesthetic: The model for ``aesthetic_quality`` (:func:`tools.vbench.aesthetic.build_aesthetic`).
+        musiq: The model for ``imaging_quality`` (:func:`tools.vbench.imaging.build_musiq`).
         amt: The model for ``motion_smoothness`` (:func:`tools.vbench.motion.build_amt`).
         raft: The model for ``dynamic_degree`` and the static filter (:func:`tools.vbench.flow.build_raft`).
         static_filter: Score ``temporal_flickering`` only for videos VBench's RAFT filter finds static.
@@ -67,6 +73,8 @@ class VBenchScorer:
         batch_size: int = 16,
         device: str | torch.device = "cpu",
         *,
+        aesthetic: nn.Module | None = None,
+        musiq: nn.Module | None = None,
         amt: nn.Module | None = None,
         raft: nn.Module | None = None,
         static_filter: bool = False,
@@ -81,6 +89,10 @@ class VBenchScorer:
             raise ValueError(f"{SUBJECT} needs the DINO model")
         if BACKGROUND in dimensions and clip is None:
             raise ValueError(f"{BACKGROUND} needs the CLIP model")
+        if AESTHETIC in dimensions and aesthetic is None:
+            raise ValueError(f"{AESTHETIC} needs the aesthetic model")
+        if IMAGING in dimensions and musiq is None:
+            raise ValueError(f"{IMAGING} needs the MUSIQ model")
         if MOTION in dimensions and amt is None:
             raise ValueError(f"{MOTION} needs the AMT-S model")
         if (DYNAMIC in dimensions or (static_filter and FLICKER in dimensions)) and raft is None:
@@ -88,6 +100,8 @@ class VBenchScorer:
         self.dimensions = tuple(d for d in DIMENSIONS if d in dimensions)  # VBench's order
         self.dino = dino
         self.clip = clip
+        self.aesthetic = aesthetic
+        self.musiq = musiq
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.static_filter = static_filter and FLICKER in self.dimensions
@@ -105,12 +119,16 @@ class VBenchScorer:
         batch_size: int = 16,
         device: str | torch.device | None = None,
         *,
+        aesthetic_weights: str | os.PathLike | None = None,
+        clip_l14_weights: str | os.PathLike | None = None,
+        musiq_weights: str | os.PathLike | None = None,
         amt_weights: str | os.PathLike | None = None,
         raft_weights: str | os.PathLike | None = None,
         static_filter: bool = False,
         progress: bool = False,
     ) -> VBenchScorer:
         """Build the models the dimensions need (see :func:`build_dino`, :func:`build_clip`,
+        :func:`~tools.vbench.aesthetic.build_aesthetic`, :func:`~tools.vbench.imaging.build_musiq`,
         :func:`~tools.vbench.motion.build_amt`, :func:`~tools.vbench.flow.build_raft`).
 
         ``device`` defaults to CUDA when available.
@@ -120,8 +138,20 @@ class VBenchScorer:
         from tools import vbench
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dino = vbench.build_dino(dino_weights, random_init, device) if SUBJECT in dimensions else None
-        clip = vbench.build_clip(clip_weights, random_init, device) if BACKGROUND in dimensions else None
+        # Random models (tests only) are small towers: see tools.vbench.consistency.SMALL_TOWER.
+        small = {"small": True} if random_init else {}
+        dino = (
+            vbench.build_dino(dino_weights, random_init, device, **small) if SUBJECT in dimensions else None
+        )
+        clip = (
+            vbench.build_clip(clip_weights, random_init, device, **small)
+            if BACKGROUND in dimensions
+            else None
+        )
+        aesthetic = None
+        if AESTHETIC in dimensions:
+            aesthetic = vbench.build_aesthetic(aesthetic_weights, clip_l14_weights, random_init, device)
+        musiq = vbench.build_musiq(musiq_weights, random_init, device) if IMAGING in dimensions else None
         amt = vbench.build_amt(amt_weights, random_init, device) if MOTION in dimensions else None
         needs_raft = DYNAMIC in dimensions or (static_filter and FLICKER in dimensions)
         raft = vbench.build_raft(raft_weights, random_init, device) if needs_raft else None
@@ -131,6 +161,8 @@ class VBenchScorer:
             clip,
             batch_size,
             device,
+            aesthetic=aesthetic,
+            musiq=musiq,
             amt=amt,
             raft=raft,
             static_filter=static_filter,
@@ -139,13 +171,21 @@ class VBenchScorer:
 
         def source(weights: str | os.PathLike | None, repo: str) -> str:
             if random_init:
-                return "random-init (tests only)"
+                return "random-init, small (tests only)"
             return str(weights) if weights is not None else f"hf:{repo}"
 
         if dino is not None:
             scorer.sources[SUBJECT] = source(dino_weights, DINO_HUB_REPO)
         if clip is not None:
             scorer.sources[BACKGROUND] = source(clip_weights, CLIP_HUB_REPO)
+        if aesthetic is not None:
+            scorer.sources[AESTHETIC] = (
+                "random-init, small tower (tests only)"
+                if random_init
+                else f"{aesthetic_weights or LAION_HEAD_URL} + {source(clip_l14_weights, CLIP_L14_HUB_REPO)}"
+            )
+        if musiq is not None:
+            scorer.sources[IMAGING] = source(musiq_weights, f"{MUSIQ_HUB_REPO}/{MUSIQ_SPAQ_FILE}")
         if amt is not None:
             scorer.sources[MOTION] = source(amt_weights, AMT_HUB_REPO)
         if raft is not None:
@@ -156,7 +196,8 @@ class VBenchScorer:
     def features(
         self, model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor], frames: np.ndarray
     ) -> torch.Tensor:
-        """``(t, h, w, 3)`` uint8 -> ``(t, d)`` float64 features (on the CPU), ``batch_size`` frames a pass."""
+        """``(t, h, w, 3)`` uint8 -> ``(t, d)`` (or ``(t,)`` for a scorer) float64 outputs on the CPU,
+        ``batch_size`` frames a pass."""
         chunks = []
         for start in range(0, len(frames), self.batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(frames[start : start + self.batch_size]))
@@ -184,6 +225,12 @@ class VBenchScorer:
             scores.static_video = flow.static
         if FLICKER in self.dimensions and scores.static_video is not False:
             scores.temporal_flickering = temporal_flickering_score(frames) * 100.0
+        if AESTHETIC in self.dimensions:
+            laion = self.features(self.aesthetic, clip_preprocess, frames)
+            scores.aesthetic_quality = aesthetic_quality_score(laion) * 100.0
+        if IMAGING in self.dimensions:
+            mos = self.features(self.musiq, imaging_preprocess, frames)
+            scores.imaging_quality = imaging_quality_score(mos) * 100.0
         if MOTION in self.dimensions:
             scores.motion_smoothness = self.motion.score(frames) * 100.0
         return scores

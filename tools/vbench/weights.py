@@ -129,3 +129,60 @@ class _DropRootRecords(logging.Filter):
         return record.levelno > logging.INFO and not str(record.msg).startswith(
             "No pretrained weights loaded"
         )
+
+
+@dataclass(frozen=True)
+class _UrlWeights:
+    """A small weights file published at a plain URL (not on the Hub), kept in torch's hub cache."""
+
+    label: str  # "LAION aesthetic head"
+    dimension: str
+    url: str
+    flag: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def missing_message(self, cache: Path, reason: str) -> str:
+        return (
+            f"{self.dimension} needs the {self.label} weights: {reason}. Either download {self.url} "
+            f"once into {cache}, or put {self.filename} anywhere and pass {self.flag} PATH. "
+            "(--random_feature_models runs without weights, for tests only: its scores mean nothing.)"
+        )
+
+
+def _url_file(spec: _UrlWeights) -> Path:
+    """The weights file from ``$TORCH_HOME/hub/checkpoints``, downloading it there unless offline.
+
+    The same offline switch as the Hub files (``HF_HUB_OFFLINE``), so one setting keeps every
+    feature model off the network.
+
+    Raises:
+        FeatureWeightsError: not cached, and offline or the download failed.
+    """
+    import torch.hub
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    path = cache / spec.filename
+    if path.is_file():
+        return path
+    if _offline():
+        raise FeatureWeightsError(spec.missing_message(cache, "not in the cache and HF_HUB_OFFLINE is set"))
+    logger.info("downloading %s into %s", spec.url, cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(spec.url, str(path), progress=False)
+    except Exception as err:  # no network, HTTP error: one clear message
+        reason = f"not in the cache and the download failed ({_first_line(err)})"
+        raise FeatureWeightsError(spec.missing_message(cache, reason)) from err
+    return path
+
+
+def _local_url_file(path: str | os.PathLike, spec: _UrlWeights) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FeatureWeightsError(
+            f"{spec.flag} {path}: no such file. Give the {spec.label} weights: {spec.url}."
+        )
+    return path
