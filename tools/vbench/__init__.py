@@ -29,10 +29,12 @@ Deviations, also listed in the README: the models come from ``timm`` (``vit_base
 the same DINO weights) and ``open_clip`` (``ViT-B-32`` with the ``openai`` weights and QuickGELU,
 the same network) rather than ``torch.hub`` and OpenAI's ``clip`` package; frames go through the
 models in batches (VBench: DINO one frame at a time); cosines are taken in float64; an ``.mp4`` is
-decoded by ffmpeg through imageio rather than decord/OpenCV; temporal flickering has no static-video
-filter (VBench scores it on its own static-scene prompts); a single-frame video scores NaN.
-``motion_smoothness`` is not computed: VBench uses the AMT-S interpolation model, which no
-installable package compatible with this project provides.
+decoded by ffmpeg through imageio rather than decord/OpenCV; temporal flickering's static-video
+filter is an option (``static_filter``), off by default; a single-frame video scores NaN.
+
+Two motion dimensions: ``motion_smoothness`` (AMT-S predicts the odd frames from the even ones,
+:mod:`.amt` and :mod:`.motion`) and ``dynamic_degree`` (RAFT flow, 1 or 0 per video; :mod:`.flow`,
+which also holds the static filter).
 
 Two quality dimensions per frame: ``aesthetic_quality`` (LAION's aesthetic head on CLIP ViT-L/14,
 :mod:`.aesthetic`) and ``imaging_quality`` (pyiqa's MUSIQ with SPAQ weights, :mod:`.imaging`); and
@@ -41,7 +43,8 @@ VBench-Long's clip protocol for long videos (:mod:`.long`).
 Modules: :mod:`.common` (dimension names, constants, :class:`FeatureWeightsError`), :mod:`.video`
 (VBench's frame preprocessing), :mod:`.weights` (Hub cache, local files, offline errors),
 :mod:`.consistency` (DINO/CLIP models and the consistency score), :mod:`.flicker`,
-:mod:`.scorer` (:class:`VBenchScorer`, one video at a time). This file re-exports the public names.
+:mod:`.scorer` (:class:`VBenchScorer`, one video at a time), :mod:`.strict` (strict loading of the
+motion models). This file re-exports the public names.
 """
 
 from __future__ import annotations
