@@ -44,9 +44,9 @@ from fifo.run import FifoSampler, FifoState, check_finite, to_uint8_frames
 from fifo.schedule import DDIMSchedule
 from fifo.sinks import FrameSink, PngSink, VideoSink
 from fifo.tricks.install import install_tricks
+from infra.video_io import VideoWriter, stale_temporary_files
 from lvdm.build import ConfigFacts, model_facts
 from lvdm.models.ddpm3d import LatentDiffusion
-from tools.video_io import VideoWriter, stale_temporary_files
 
 logger = logging.getLogger(__name__)
 

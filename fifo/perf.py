@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infra.memory import current_rss_bytes, total_ram_bytes
 from lvdm.modules.attention import SpatialTransformer, TemporalTransformer
 from lvdm.modules.networks.openaimodel3d import TemporalConv
-from tools.memory import current_rss_bytes, total_ram_bytes
 
 if TYPE_CHECKING:
     from fifo.plan import WindowMemory

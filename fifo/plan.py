@@ -4,7 +4,7 @@ PyTorch's ``FakeTensorMode`` makes tensors that carry shape, dtype and device bu
 generator's own code runs on them (text encoding, a base-clip DDIM step with guidance, one whole
 FIFO iteration as the generator runs it, the shift, a decode, the image embedding) in seconds,
 for a GPU this machine does not have, and any device or dtype mismatch raises as it would on
-the GPU. :class:`~tools.memory.LiveTensorBytes` counts the memory the stages hold at their peak
+the GPU. :class:`~infra.memory.LiveTensorBytes` counts the memory the stages hold at their peak
 and ``torch.utils.flop_counter.FlopCounterMode`` the FLOPs of an output frame.
 
 The same measurement, one batched U-Net call of one and of two windows, gives the activation
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import time
+import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.prompts import PromptJob
-from tools.memory import LiveTensorBytes
+from infra.memory import LiveTensorBytes
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +114,33 @@ def _measure_window_memory(
     return WindowMemory(fixed_bytes=max(0, peaks[0] - per_window), per_window_bytes=per_window)
 
 
+# The parameters' part of a model's set-up key (every parameter's name, shape and dtype: ~0.1 s
+# on the full-size model), hashed once per model and precision; the layers' part is read on
+# every call, since tricks and the speed plan change processors and layer classes in place.
+_PARAMETER_DIGESTS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Any]] = weakref.WeakKeyDictionary()
+
+
+def _precision_guard(model: nn.Module) -> tuple:
+    """What tells that the parameters' dtypes or device changed since they were hashed: the first
+    parameter of each top-level part (``set_precision`` and ``.to`` convert whole parts)."""
+    return tuple(
+        (name, param.dtype, param.device)
+        for name, child in model.named_children()
+        for param in itertools.islice(child.parameters(), 1)
+    )
+
+
 def _model_setup_key(model: nn.Module) -> tuple:
     """What a call's memory depends on besides its inputs: the architecture, weights' dtype and
     device, and how each layer computes (layer classes, attention processors and backends)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.named_parameters():
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+    guard = _precision_guard(model)
+    cached = _PARAMETER_DIGESTS.get(model)
+    if cached is None or cached[0] != guard:
+        parameters = hashlib.sha256()
+        for name, tensor in model.named_parameters():
+            parameters.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        cached = _PARAMETER_DIGESTS[model] = (guard, parameters)
+    digest = cached[1].copy()  # the same digest as hashing the parameters again, then the layers
     for name, module in model.named_modules():
         processor = getattr(module, "processor", None)
         digest.update(f"{name}:{type(module).__name__}:{getattr(module, 'max_tokens', '')}".encode())

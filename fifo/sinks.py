@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from tools.video_io import VideoWriter
+from infra.video_io import VideoWriter
 
 
 class FrameSink(Protocol):

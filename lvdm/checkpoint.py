@@ -20,7 +20,6 @@ import json
 import logging
 import pickle
 import zipfile
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -30,6 +29,7 @@ from typing import IO
 import torch
 from torch import Tensor, nn
 
+from infra.key_mismatch import KeyMismatch
 from lvdm.safe_pickle import PickledCodeError, restricted_pickle_module, safe_globals_for_torch
 
 logger = logging.getLogger(__name__)
@@ -401,11 +401,6 @@ def read_state_dict_meta(path: str | Path) -> dict[str, Tensor]:
 FittingConfigs = Callable[[Mapping[str, tuple[int, ...]]], Sequence[str] | None]
 
 
-def _groups(keys: set[str], depth: int = 2) -> str:
-    counts = Counter(".".join(k.split(".")[:depth]) for k in keys)
-    return ", ".join(f"{g} ({n})" for g, n in sorted(counts.items()))
-
-
 def _config_hint(state_dict: Mapping[str, Tensor], fitting: FittingConfigs | None) -> str:
     """Which --config to use: the configs whose model has exactly the checkpoint's keys and shapes,
     or, when none is found, what kind of checkpoint it is (never a config that does not fit)."""
@@ -433,26 +428,15 @@ def check_state_dict(
     (:func:`read_state_dict_meta`) and ``model`` may live on the meta device or on fake tensors.
     ``fitting`` finds the configs the checkpoint fits, for the hint.
     """
-    expected = model.state_dict()
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    if missing or unexpected:
-        parts = [f"{source} does not match the model built from the config."]
-        if missing:
-            parts.append(f"missing keys by group: {_groups(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys by group: {_groups(unexpected)}")
+    mismatch = KeyMismatch.between(model.state_dict(), state_dict)
+    if mismatch.missing or mismatch.unexpected:
+        parts = [f"{source} does not match the model built from the config.", *mismatch.by_group()]
         parts.append(_config_hint(state_dict, fitting))
         raise CheckpointError("\n".join(parts))
-    mismatched = [
-        (k, tuple(state_dict[k].shape), tuple(v.shape))
-        for k, v in expected.items()
-        if tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if mismatched:
-        lines = "\n".join(f"  {k}: checkpoint {a} vs model {b}" for k, a, b in mismatched[:5])
+    if mismatch.wrong_shape:
+        lines = "\n".join(f"  {line}" for line in mismatch.shape_lines(5))
         raise CheckpointError(
-            f"{source}: {len(mismatched)} tensor(s) have the wrong shape for this config, e.g.\n{lines}\n"
+            f"{source}: {len(mismatch.wrong_shape)} tensor(s) have the wrong shape for this config, e.g.\n{lines}\n"
             "Check that --config matches the checkpoint (model size, context_dim, channel_mult). "
             + _config_hint(state_dict, fitting)
         )

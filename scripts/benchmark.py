@@ -82,10 +82,10 @@ from fifo.perf import (  # noqa: E402
 from fifo.plan import WindowMemory, window_memory  # noqa: E402
 from fifo.schedule import DDIMSchedule  # noqa: E402
 from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue  # noqa: E402
+from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
+from infra.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset  # noqa: E402
 from lvdm.build import config_facts, load_config, load_model  # noqa: E402
 from lvdm.models.ddpm3d import LatentDiffusion  # noqa: E402
-from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
-from tools.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -461,7 +461,7 @@ def run_fifo(bench: Bench, path: str, iterations: int, video_dir: Path | None) -
     """A FIFO run of ``iterations`` on ``path`` as the pipeline does it; output frames decoded
     and streamed to a GIF in ``video_dir`` (None: no decode). Returns frames and seconds."""
     from fifo.run import to_uint8_frames
-    from tools.video_io import VideoWriter
+    from infra.video_io import VideoWriter
 
     geo = bench.geometry
     skip = geo.discarded_frames()

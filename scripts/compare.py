@@ -18,9 +18,9 @@ from pathlib import Path
 # Run from anywhere without installing the project.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
+from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
+from infra.video_io import VIDEO_SUFFIXES, VideoReadError, find_videos, probe_video, read_video  # noqa: E402
 from tools.comparison import default_labels, make_contact_sheet, save_contact_sheet, write_grid  # noqa: E402
-from tools.video_io import VIDEO_SUFFIXES, VideoReadError, find_videos, probe_video, read_video  # noqa: E402
 
 DEFAULT_OUT = "compare.mp4"
 

@@ -1,13 +1,20 @@
 """Download the VideoCrafter checkpoints from the Hugging Face Hub and verify them.
 
-    python scripts/download_checkpoints.py                 # both models (~10 GB in all)
+    python scripts/download_checkpoints.py                 # VideoCrafter2 t2v + VideoCrafter1 i2v (~10 GB)
     python scripts/download_checkpoints.py --which t2v     # VideoCrafter2 text-to-video only
+    python scripts/download_checkpoints.py --which dynamicrafter_512   # one of the models below
+    python scripts/download_checkpoints.py --which all     # every model below
     python scripts/download_checkpoints.py --verify-only   # check what is already there
 
 Files land where the configs expect them:
 
     videocrafter_models/base_512_v2/model.ckpt       VideoCrafter2 text-to-video
     videocrafter_models/Image2Video_512/model.ckpt   VideoCrafter1 image-to-video
+    videocrafter_models/base_512_v1/model.ckpt       VideoCrafter1 text-to-video 320x512
+    videocrafter_models/base_1024_v1/model.ckpt      VideoCrafter1 text-to-video 576x1024
+    videocrafter_models/dynamicrafter_256_v1/model.ckpt    DynamiCrafter 256x256
+    videocrafter_models/dynamicrafter_512_v1/model.ckpt    DynamiCrafter 320x512
+    videocrafter_models/dynamicrafter_1024_v1/model.ckpt   DynamiCrafter 576x1024
 
 Downloads resume: huggingface_hub keeps the partial file in <folder>/.cache/huggingface/download/
 and continues it on the next run. A file is accepted only when its size and sha256 match the
@@ -43,7 +50,7 @@ from tqdm import tqdm
 # Run from anywhere without installing the project.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
+from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
 
 logger = logging.getLogger("download_checkpoints")
 
@@ -69,8 +76,32 @@ CHECKPOINTS = {
     "i2v": Checkpoint(
         "VideoCrafter1 image-to-video", "VideoCrafter/Image2Video-512", "model.ckpt", "Image2Video_512"
     ),
+    "t2v_v1_512": Checkpoint(
+        "VideoCrafter1 text-to-video 512", "VideoCrafter/Text2Video-512", "model.ckpt", "base_512_v1"
+    ),
+    "t2v_v1_1024": Checkpoint(
+        "VideoCrafter1 text-to-video 1024", "VideoCrafter/Text2Video-1024", "model.ckpt", "base_1024_v1"
+    ),
+    "dynamicrafter_256": Checkpoint(
+        "DynamiCrafter 256 image-to-video", "Doubiiu/DynamiCrafter", "model.ckpt", "dynamicrafter_256_v1"
+    ),
+    "dynamicrafter_512": Checkpoint(
+        "DynamiCrafter 512 image-to-video", "Doubiiu/DynamiCrafter_512", "model.ckpt", "dynamicrafter_512_v1"
+    ),
+    "dynamicrafter_1024": Checkpoint(
+        "DynamiCrafter 1024 image-to-video",
+        "Doubiiu/DynamiCrafter_1024",
+        "model.ckpt",
+        "dynamicrafter_1024_v1",
+    ),
 }
-CHOICES = ("t2v", "i2v", "all")
+# Groups of --which: the default keeps what the script always fetched (the two VideoCrafter models).
+GROUPS = {
+    "videocrafter": ("t2v", "i2v"),
+    "dynamicrafter": ("dynamicrafter_256", "dynamicrafter_512", "dynamicrafter_1024"),
+    "all": tuple(CHECKPOINTS),
+}
+CHOICES = (*CHECKPOINTS, *GROUPS)
 CHUNK = 8 * 1024 * 1024
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -102,8 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--which",
         choices=CHOICES,
-        default="all",
-        help="t2v = VideoCrafter2 text-to-video, i2v = VideoCrafter1 image-to-video, all = both",
+        default="videocrafter",
+        help=(
+            "t2v = VideoCrafter2 text-to-video, i2v = VideoCrafter1 image-to-video, t2v_v1_512/t2v_v1_1024 = "
+            "VideoCrafter1 text-to-video, dynamicrafter_256/512/1024 = DynamiCrafter image-to-video; "
+            "videocrafter = t2v + i2v, dynamicrafter = the three DynamiCrafter models, all = every one"
+        ),
     )
     parser.add_argument(
         "--root", type=Path, default=Path("videocrafter_models"), help="folder holding the models"
@@ -126,7 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def selected(which: str) -> list[Checkpoint]:
     """The checkpoints for ``--which``."""
-    return list(CHECKPOINTS.values()) if which == "all" else [CHECKPOINTS[which]]
+    return [CHECKPOINTS[name] for name in GROUPS.get(which, (which,))]
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, Path]]:

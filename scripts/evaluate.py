@@ -23,12 +23,12 @@ from pathlib import Path
 # Run from anywhere without installing the project.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
+from infra.video_io import VideoReadError  # noqa: E402
 from lvdm.checkpoint import CheckpointError  # noqa: E402
-from tools.cli_help import DefaultsHelpFormatter  # noqa: E402
 from tools.evaluation import format_table, run_evaluation  # noqa: E402
 from tools.vbench import DIMENSIONS, FeatureWeightsError  # noqa: E402
 from tools.vbench.long import LongProtocol  # noqa: E402
-from tools.video_io import VideoReadError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,10 +22,10 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from infra.memory import current_rss_bytes
 from lvdm.build import build_model, check_checkpoint, configs_fitting, load_model
 from lvdm.checkpoint import CheckpointError, check_state_dict, read_state_dict, read_state_dict_meta
 from tests.conftest import REPO
-from tools.memory import current_rss_bytes
 
 T2V = REPO / "configs" / "tiny_t2v.yaml"
 I2V = REPO / "configs" / "tiny_i2v.yaml"

@@ -14,11 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+import cli.parser
+import cli.request
 import videocrafter_main
 from fifo.options import parse_mode
 from fifo.prompts import safe_name
+from infra.video_io import read_video
 from tests.conftest import write_png
-from tools.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 T2V = str(ROOT / "configs" / "tiny_t2v.yaml")
@@ -243,13 +245,13 @@ def test_rank_shards_the_prompt_list(tmp_path: Path, work: Path) -> None:
 
 
 def test_torchrun_environment_wins(monkeypatch) -> None:
-    args = videocrafter_main.build_parser().parse_args(["-p", "x", "--rank", "1", "--num_processes", "2"])
+    args = cli.parser.build_parser().parse_args(["-p", "x", "--rank", "1", "--num_processes", "2"])
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert videocrafter_main.distributed_rank(args) == (1, 2, False)
+    assert cli.request.distributed_rank(args) == (1, 2, False)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert videocrafter_main.distributed_rank(args) == (3, 4, True)
+    assert cli.request.distributed_rank(args) == (3, 4, True)
 
 
 def test_story_prompt_file(tmp_path: Path, work: Path) -> None:

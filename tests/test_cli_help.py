@@ -1,4 +1,4 @@
-"""tools.cli_help: every command line's --help says each default once, and never "None"."""
+"""infra.cli_help: every command line's --help says each default once, and never "None"."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
+from infra.cli_help import DefaultsHelpFormatter
 from tests.conftest import load_script
-from tools.cli_help import DefaultsHelpFormatter
 
 SCRIPTS = [
     "videocrafter_main.py",

@@ -21,9 +21,9 @@ import videocrafter_main
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
 from fifo.outputs import experiment_name
 from fifo.prompts import safe_name
+from infra.video_io import read_video
 from tests.conftest import REPO, write_png
 from tools.comparison import render_label
-from tools.video_io import read_video
 
 T2V = str(REPO / "configs" / "tiny_t2v.yaml")
 I2V = str(REPO / "configs" / "tiny_i2v.yaml")

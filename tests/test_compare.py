@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from infra.video_io import read_video, write_video
 from tests.conftest import load_script
 from tools.comparison import (
     align_lengths,
@@ -17,7 +18,6 @@ from tools.comparison import (
     render_label,
     resize_to_height,
 )
-from tools.video_io import read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 GAP = 4

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import cli.parser
+import cli.request
 import lvdm.modules.attention as attention
 import videocrafter_main
 from fifo.generator import FifoGenerator
@@ -123,7 +125,7 @@ def test_xformers_on_cpu_or_not_installed_is_a_usage_error(tmp_path, capsys, mon
 
 # --------------------------------------------------------------------------- the published path, the cache key
 def test_sequential_is_fp32_unless_asked(monkeypatch) -> None:
-    parser = videocrafter_main.build_parser()
+    parser = cli.parser.build_parser()
     facts = type("Facts", (), {"temporal_length": 16, "default_size": (320, 512)})()
     for argv, expected in (
         ([], "fp16"),
@@ -131,7 +133,7 @@ def test_sequential_is_fp32_unless_asked(monkeypatch) -> None:
         (["--sequential", "--dtype", "bf16"], "bf16"),
     ):
         args = parser.parse_args(["-p", "x", *argv])
-        assert videocrafter_main.settings_from_args(args, facts, "cuda").dtype.value == expected
+        assert cli.request.settings_from_args(args, facts, "cuda").dtype.value == expected
 
 
 def test_base_clip_cache_key_holds_the_device(tmp_path: Path) -> None:

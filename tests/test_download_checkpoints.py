@@ -38,7 +38,7 @@ def _fake_file(path: Path, content: bytes = b"fake checkpoint bytes") -> tuple[i
 def test_defaults_and_choices(dl: ModuleType) -> None:
     args = dl.parse_args([])
     assert (args.which, args.root, args.force, args.verify_only) == (
-        "all",
+        "videocrafter",
         Path("videocrafter_models"),
         False,
         False,
@@ -61,6 +61,19 @@ def test_plan(dl: ModuleType) -> None:
     assert dl.plan(dl.parse_args(["--which", "t2v"])) == [t2v]
     assert dl.plan(dl.parse_args(["--which", "i2v"])) == [i2v]
     assert dl.plan(dl.parse_args([])) == [t2v, i2v]
+    assert dl.plan(dl.parse_args(["--which", "dynamicrafter_512"])) == [
+        (
+            "Doubiiu/DynamiCrafter_512",
+            "model.ckpt",
+            Path("videocrafter_models/dynamicrafter_512_v1/model.ckpt"),
+        )
+    ]
+    assert [p[0] for p in dl.plan(dl.parse_args(["--which", "dynamicrafter"]))] == [
+        "Doubiiu/DynamiCrafter",
+        "Doubiiu/DynamiCrafter_512",
+        "Doubiiu/DynamiCrafter_1024",
+    ]
+    assert len(dl.plan(dl.parse_args(["--which", "all"]))) == len(dl.CHECKPOINTS) == 7
     assert dl.plan(dl.parse_args(["--which", "t2v", "--root", "/data/m"]))[0][2] == Path(
         "/data/m/base_512_v2/model.ckpt"
     )

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from infra.video_io import write_video
 from lvdm.checkpoint import CheckpointError
 from tests.conftest import load_script
 from tools.evaluation import load_clip_embedder, pixel_metrics, run_evaluation, video_key
-from tools.video_io import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from infra.video_io import write_video
 from tools.vbench import DIMENSIONS
-from tools.video_io import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 30.0

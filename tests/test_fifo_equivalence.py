@@ -38,10 +38,10 @@ from fifo.perf import ShardedDenoiser, UNetExecution, apply_execution
 from fifo.schedule import DDIMSchedule
 from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue
 from fifo.tricks.qcache import set_qcache
+from infra import memory
 from lvdm.build import load_model
 from lvdm.models.ddpm3d import LatentDiffusion
 from tests.conftest import load_script
-from tools import memory
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny_t2v.yaml"
@@ -289,7 +289,7 @@ from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.perf import apply_execution, plan_fast_path
 from fifo.plan import window_memory
 from lvdm.build import load_model
-from tools.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset
+from infra.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset
 model = load_model({str(ROOT / "configs" / config)!r}, None, random_init=True)
 apply_execution(model.unet, plan_fast_path("cpu", threads=1).unet)
 estimate = window_memory(model, {frames}, ({side}, {side}), True, {windows}).for_windows({windows})

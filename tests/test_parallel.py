@@ -15,6 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
+import cli.distributed
+import cli.request
+import cli.run
 import videocrafter_main
 from fifo.generator import FifoGenerator
 from fifo.options import GenerationSettings, parse_mode
@@ -188,11 +191,11 @@ def test_each_rank_takes_its_own_gpu(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert LaunchEnv.from_environment() == LaunchEnv(rank=3, world=4, local_rank=1)
-    assert videocrafter_main.resolve_device("cuda", torchrun=True) == "cuda:1"
-    assert videocrafter_main.resolve_device(None, torchrun=True) == "cuda:1"
-    with pytest.raises(videocrafter_main.UsageError, match="all 2 processes of this node on one GPU"):
-        videocrafter_main.resolve_device("cuda:0", torchrun=True)
-    assert videocrafter_main.resolve_device("cpu", torchrun=True) == "cpu"
+    assert cli.request.resolve_device("cuda", torchrun=True) == "cuda:1"
+    assert cli.request.resolve_device(None, torchrun=True) == "cuda:1"
+    with pytest.raises(cli.request.UsageError, match="all 2 processes of this node on one GPU"):
+        cli.request.resolve_device("cuda:0", torchrun=True)
+    assert cli.request.resolve_device("cpu", torchrun=True) == "cpu"
 
 
 def test_window_group_backend_follows_the_device(monkeypatch) -> None:
@@ -200,16 +203,16 @@ def test_window_group_backend_follows_the_device(monkeypatch) -> None:
     monkeypatch.setattr(
         dist, "new_group", lambda backend, timeout: made.append((backend, timeout)) or "group"
     )
-    request = videocrafter_main.RunRequest(
+    request = cli.request.RunRequest(
         mode=parse_mode("t2v"), settings=GenerationSettings(), jobs=[], config="", ckpt_path=None,
         random_init=True, device="cuda:1", attention="sdpa", layout=None, overwrite=False, rank=1,
         world=2, torchrun=True, parallel="windows",
     )  # fmt: skip
-    group = videocrafter_main.window_group(request)
+    group = cli.distributed.window_group(request)
     assert made[0][0] == "nccl" and group.device == torch.device("cuda", 1)
     assert made[0][1] <= datetime.timedelta(minutes=10)  # a dead rank fails the others, never hangs
-    videocrafter_main.window_group(
-        videocrafter_main.RunRequest(**{**request.__dict__, "device": "cpu"})  # --device cpu under torchrun
+    cli.distributed.window_group(
+        cli.request.RunRequest(**{**request.__dict__, "device": "cpu"})  # --device cpu under torchrun
     )
     assert made[1][0] == "gloo"
 
@@ -227,12 +230,12 @@ def test_run_sets_this_rank_s_gpu_before_anything_else(monkeypatch) -> None:
     import fifo.perf
 
     monkeypatch.setattr(fifo.perf, "tune_cpu_allocator", stop)
-    monkeypatch.setattr(videocrafter_main, "window_group", stop)
-    request = videocrafter_main.RunRequest(
+    monkeypatch.setattr(cli.run, "window_group", stop)
+    request = cli.request.RunRequest(
         mode=parse_mode("t2v"), settings=GenerationSettings(), jobs=[], config="", ckpt_path=None,
         random_init=True, device="cuda:1", attention="sdpa", layout=None, overwrite=False, rank=1,
         world=2, torchrun=True, parallel="windows",
     )  # fmt: skip
     with pytest.raises(Stop):
-        videocrafter_main._run(request, videocrafter_main.StopRequest())
+        cli.run._run(request, cli.run.StopRequest())
     assert calls == [torch.device("cuda", 1)]

@@ -18,15 +18,16 @@ from dataclasses import replace
 import pytest
 import torch
 
+import cli.dry_run
 import videocrafter_main
 from fifo.generator import FifoGenerator
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
 from fifo.plan import RunPlan, fake_tensors, plan_run, run_stages
 from fifo.prompts import PromptJob
+from infra.memory import current_rss_bytes
 from lvdm.build import build_model, load_model
 from tests.conftest import REPO, write_png
-from tools.memory import current_rss_bytes
 
 T2V_FULL = REPO / "configs" / "inference_t2v_512_v2.0.yaml"
 I2V_FULL = REPO / "configs" / "inference_i2v_512_v1.0.yaml"
@@ -302,7 +303,7 @@ def test_dry_run_that_fits_with_fewer_windows_says_which(fake_models) -> None:
     full = plan(fake_models, T2V_FULL, "t2v", job, dtype="fp16", num_partitions=2)
     tight = replace(full, budget_bytes=full.peak_memory_bytes - full.per_window_bytes)
     assert not tight.fits
-    advice = videocrafter_main.memory_advice(tight, GenerationSettings(dtype="fp16", num_partitions=2))
+    advice = cli.dry_run.memory_advice(tight, GenerationSettings(dtype="fp16", num_partitions=2))
     assert f"--window_batch {full.window_batch - 1}" in advice
 
 

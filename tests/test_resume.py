@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import cli.run
 import videocrafter_main
 from fifo.resume import StateSaver, StateStore
 from tests.conftest import REPO
@@ -61,7 +62,7 @@ def stop_after(iterations: int, monkeypatch) -> None:
             self.signal_number = signal.SIGINT
         return self.signal_number is not None
 
-    monkeypatch.setattr(videocrafter_main.StopRequest, "requested", requested)
+    monkeypatch.setattr(cli.run.StopRequest, "requested", requested)
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ from fifo.geometry import FifoGeometry
 from fifo.options import GenerationSettings, QCacheOptions, parse_mode
 from fifo.prompts import PromptJob, Scene
 from fifo.tricks.qcache import set_qcache
+from infra.video_io import read_video
 from lvdm.build import load_model
 from tests.conftest import write_png
-from tools.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 T2V = ROOT / "configs" / "tiny_t2v.yaml"

@@ -226,7 +226,7 @@ PEAK_SCRIPT = """
 import sys, tempfile, pathlib, torch
 torch.set_num_threads(1)
 import videocrafter_main
-from tools.memory import peak_memory_bytes
+from infra.memory import peak_memory_bytes
 folder = pathlib.Path(tempfile.mkdtemp())
 prompts = folder / "prompts.txt"
 prompts.write_text("a person swimming in the ocean\\n")

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from infra.video_io import write_video
 from tests.conftest import load_script
 from tools import vbench
 from tools.vbench import (
@@ -33,7 +34,6 @@ from tools.vbench import (
     dino_preprocess,
     temporal_flickering_score,
 )
-from tools.video_io import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 # The dimensions of this file (the quality ones are in tests/test_vbench_quality.py, the motion ones

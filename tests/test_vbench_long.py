@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from infra.video_io import write_video
 from tests.conftest import load_script
 from tools.vbench import FLICKER, SUBJECT, VBenchScorer
 from tools.vbench.long import LongProtocol, clip_ranges, detect_scene_cuts, score_long, slow_fast
-from tools.video_io import write_video
 
 
 def _scene(seed: int, t: int, size: int = 64) -> np.ndarray:

@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+from infra.video_io import write_video
 from tests.conftest import load_script
 from tools import vbench
 from tools.vbench import DYNAMIC, FLICKER, MOTION, FeatureWeightsError, VBenchScorer
@@ -34,7 +35,6 @@ from tools.vbench.flow import (
     top_magnitude,
 )
 from tools.vbench.motion import MotionScorer, build_amt, motion_smoothness_score
-from tools.video_io import write_video
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 pytestmark = pytest.mark.usefixtures("one_thread")

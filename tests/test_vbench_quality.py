@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from infra.video_io import write_video
 from tests.conftest import load_script
 from tools.vbench import (
     AESTHETIC,
@@ -30,7 +31,6 @@ from tools.vbench import (
 )
 from tools.vbench.aesthetic import EMBED_DIM, load_aesthetic_head
 from tools.vbench.imaging import SMALL_RANDOM_CONFIG, _musiq_class, load_musiq_state
-from tools.video_io import write_video
 
 
 def _frames(t: int = 3, h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:

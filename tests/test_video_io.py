@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.video_io import VideoReadError, VideoWriter, find_videos, probe_video, read_video, write_video
+from infra.video_io import VideoReadError, VideoWriter, find_videos, probe_video, read_video, write_video
 
 
 def _smooth_video(t: int = 6, h: int = 32, w: int = 48) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tools.video_io import VideoWriter
+from infra.video_io import VideoWriter
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from infra.key_mismatch import KeyMismatch, key_groups
+from infra.video_io import find_videos, probe_video, read_video
 from lvdm.checkpoint import CheckpointError, read_state_dict
 from tools.vbench import DIMENSIONS, DYNAMIC, FLICKER, VBenchScorer
 from tools.vbench.long import ClipRow, LongProtocol, plot_clip_scores, score_long, write_clip_csv
-from tools.video_io import find_videos, probe_video, read_video
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +151,6 @@ def pixel_metrics(frames: np.ndarray) -> tuple[float, np.ndarray]:
 # CLIP
 
 
-def _top_level_groups(keys: Iterable[str], limit: int = 15) -> str:
-    counts = Counter(key.split(".", 1)[0] + ("." if "." in key else "") for key in keys)
-    groups = [f"{name} ({n})" for name, n in counts.most_common(limit)]
-    more = len(counts) - limit
-    return ", ".join(groups) + (f", ... and {more} more" if more > 0 else "")
-
-
 def load_clip_embedder(
     ckpt: str | os.PathLike,
     arch: str = "ViT-H-14",
@@ -185,7 +179,7 @@ def load_clip_embedder(
     if not tower:
         raise CheckpointError(
             f"{ckpt} has no key starting with {prefix!r} (the CLIP image tower). Its keys start with: "
-            f"{_top_level_groups(state)}.\nUse the image-to-video checkpoint "
+            f"{key_groups(state, depth=1, limit=15)}.\nUse the image-to-video checkpoint "
             "(videocrafter_models/Image2Video_512/model.ckpt) or pass --clip_prefix with the right prefix."
         )
     del state
@@ -198,20 +192,10 @@ def load_clip_embedder(
 
 def _check_tower(embedder: torch.nn.Module, tower: dict[str, torch.Tensor], source: str, arch: str) -> None:
     """Raise a short :class:`CheckpointError` (counts and examples) unless ``tower`` fits exactly."""
-    expected = embedder.state_dict()
-    missing = sorted(set(expected) - set(tower))
-    unexpected = sorted(set(tower) - set(expected))
-    wrong_shape = [
-        f"{k}: checkpoint {tuple(tower[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in tower and tower[k].shape != v.shape
-    ]
-    if not (missing or unexpected or wrong_shape):
+    mismatch = KeyMismatch.between(embedder.state_dict(), tower)
+    if not mismatch:
         return
-    parts = [f"{source} do not fit the OpenCLIP architecture {arch!r}:"]
-    for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-        if items:
-            parts.append(f"  {len(items)} {name}, e.g. " + "; ".join(items[:3]))
+    parts = [f"{source} do not fit the OpenCLIP architecture {arch!r}:", *mismatch.examples()]
     parts.append("Check --clip_arch (VideoCrafter's image-to-video model uses ViT-H-14) and --clip_prefix.")
     raise CheckpointError("\n".join(parts))
 

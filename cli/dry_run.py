@@ -1,0 +1,97 @@
+"""``--dry_run``: the run planned on fake tensors on the target device, and what to change when
+it does not fit."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from cli import LOGGER_NAME
+from cli.request import RunRequest
+from fifo.options import GenerationSettings
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+def dry_run(request: RunRequest) -> int:
+    """Plan the run (``--dry_run``): the model built on fake tensors on the target device, each stage
+    of the first prompt run once; print the plan, then the same as one JSON line."""
+    import json
+    import time
+
+    import torch
+
+    from fifo.generator import FifoGenerator
+    from fifo.perf import FastPathPlan, plan_fast_path
+    from fifo.plan import fake_tensors, plan_run
+    from lvdm.build import build_model, check_checkpoint
+    from lvdm.checkpoint import CheckpointError, read_state_dict_meta
+
+    r = request
+    start = time.perf_counter()
+    try:
+        # Keys, shapes and dtypes only (a safetensors header, or a memory-mapped zip whose tensor
+        # data is never read): a 10 GB checkpoint is checked in seconds, as a real run would check it.
+        shapes = None if r.random_init else read_state_dict_meta(r.ckpt_path)
+        fake = fake_tensors()
+        with fake, torch.device(r.device):
+            model = build_model(r.config)
+            model.set_precision(r.settings.dtype.torch_dtype)
+        if shapes is not None:
+            check_checkpoint(model, shapes, r.ckpt_path, r.config)
+            logger.info("checkpoint %s: %d tensors fit the model", r.ckpt_path, len(shapes))
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # On CUDA, SDPA runs fused kernels; on fake tensors without a GPU it would fall back to the
+    # math kernel and count the whole attention matrix: plan with the memory-efficient kernel.
+    model.unet.set_attn_processor(
+        "efficient" if r.device.startswith("cuda") and r.attention != "math" else r.attention
+    )
+    seconds_to_model = time.perf_counter() - start
+    # The dry run computes in one thread: the CPU plan's parallel slices do not change memory or FLOPs.
+    cpu_plan = FastPathPlan(shards=1, unet=plan_fast_path(r.device).unet) if r.settings.batched else None
+
+    def build_generator(settings: GenerationSettings) -> FifoGenerator:
+        return FifoGenerator(model, r.mode, settings, "dry-run", plan=cpu_plan)
+
+    budget = r.max_memory
+    if budget is None and r.device.startswith("cuda") and torch.cuda.is_available():
+        budget = torch.cuda.get_device_properties(torch.device(r.device)).total_memory
+    plan = plan_run(build_generator, model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds_to_model)
+    plan.attention = (
+        r.attention if plan.attention == r.attention else f"{r.attention} (planned as {plan.attention})"
+    )
+    for line in plan.lines():
+        logger.info("plan: %s", line)
+    if not plan.fits:
+        print(f"error: {memory_advice(plan, r.settings)}", file=sys.stderr)
+        print(json.dumps(plan.json()))
+        return 2
+    print(json.dumps(plan.json()))
+    return 0
+
+
+def memory_advice(plan, settings: GenerationSettings) -> str:
+    """Why a plan does not fit, and which of --window_batch / --dtype / --sequential would."""
+    gib = 2**30
+    need = f"the run needs {plan.peak_memory_bytes / gib:.2f} GiB of device memory at its peak"
+    have = f"{plan.budget_bytes / gib:.2f} GiB are available (--max_memory, or the GPU's total)"
+    options = []
+    fixed = plan.peak_memory_bytes - plan.window_batch * plan.per_window_bytes
+    fitting = (plan.budget_bytes - fixed) // plan.per_window_bytes if plan.per_window_bytes else 0
+    if settings.batched and 1 <= fitting < plan.window_batch:
+        options.append(f"--window_batch {fitting}")
+    if settings.dtype.value == "fp32" and plan.peak_memory_bytes / 2 <= plan.budget_bytes:
+        options.append("--dtype fp16 (or bf16): weights and activations take half")
+    if (
+        settings.batched
+        and fixed + plan.per_window_bytes // 2 <= plan.budget_bytes < fixed + plan.per_window_bytes
+    ):
+        options.append("--sequential: one window and one guidance branch per call")
+    if options:
+        return f"{need}, but {have}. It would fit with " + ", or ".join(options) + "."
+    return (
+        f"{need}, but {have}, and no --window_batch, --dtype or --sequential setting brings it below "
+        f"that (the weights alone take {plan.weights_bytes / gib:.2f} GiB): use a device with more memory."
+    )

@@ -1,0 +1,241 @@
+"""The flags of ``videocrafter_main.py``: parsed once, here; read only by :mod:`cli.request`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from pathlib import Path
+
+from fifo.noise import NoiseOrder
+from fifo.options import MAIN_OPTIONS, SUB_OPTIONS, Precision, TailFilter, TrickArguments
+from infra.cli_help import RawDescriptionDefaultsHelpFormatter
+
+# The top of ``--help``: what the program does and a published command line.
+DESCRIPTION = """Long video generation with FIFO diagonal denoising on VideoCrafter.
+
+    python videocrafter_main.py --config configs/inference_t2v_512_v2.0.yaml \\
+        --ckpt_path videocrafter_models/base_512_v2/model.ckpt \\
+        --prompt_file prompts/published_t2v.txt --mode t2v_TTqcache_attn1_unilatent
+
+Flow: arguments → options (mode, settings, prompts, outputs) → model → FIFO generator → videos.
+Everything a user can get wrong is checked before the model is loaded.
+"""
+
+RESULTS = Path("results") / "videocraft_v2_fifo"
+DEFAULT_OUTPUT_ROOT = RESULTS / "random_noise"
+DEFAULT_CACHE_DIR = RESULTS / "latents"
+
+
+def _mode_parts_epilog() -> str:
+    mains = "\n".join(f"  {k:<13}{v}" for k, v in MAIN_OPTIONS.items())
+    subs = "\n".join(f"  {k:<13}{v}" for k, v in SUB_OPTIONS.items())
+    return f"--mode is {{main}}[_{{sub}}]..., e.g. t2v_TTqcache_attn1_unilatent\nmain:\n{mains}\nsub:\n{subs}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=DESCRIPTION,
+        epilog=_mode_parts_epilog(),
+        formatter_class=RawDescriptionDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default="configs/inference_t2v_512_v2.0.yaml", help="model config (YAML)")
+    p.add_argument("--ckpt_path", default=None, help="checkpoint (.ckpt, .pt or .safetensors)")
+    p.add_argument(
+        "--prompt_file", "-p", required=True, help="prompts, one per line (i2v: image_path;prompt)"
+    )
+    p.add_argument("--mode", "-m", default="t2v", help="{main}[_{sub}]...: the parts are listed below")
+    p.add_argument("--seed", type=int, default=321, help="random seed of the whole run")
+    p.add_argument(
+        "--video_length",
+        type=int,
+        default=None,
+        help="frames per window f (default: the config's temporal_length)",
+    )
+    p.add_argument("--num_partitions", "-n", type=int, default=4, help="partitions n (DDIM steps = f·n)")
+    p.add_argument(
+        "--new_video_length",
+        "-l",
+        type=int,
+        default=None,
+        help="output frames (default: 100; a story sets its own)",
+    )
+    p.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="accepted for published scripts and ignored: the DDIM steps are f·n, as the published code forces",
+    )
+    p.add_argument("--height", type=int, default=None, help="default: the config's latent size × 8 (320)")
+    p.add_argument("--width", type=int, default=None, help="default: the config's latent size × 8 (512)")
+    p.add_argument("--fps", type=int, default=8, help="frame-rate conditioning of the model")
+    p.add_argument(
+        "--unconditional_guidance_scale", type=float, default=12.0, help="classifier-free guidance"
+    )
+    p.add_argument("--eta", "-e", type=float, default=1.0, help="DDIM eta (0: deterministic steps)")
+    p.add_argument(
+        "--lookahead_denoising",
+        "-ld",
+        action="store_false",
+        help="turn lookahead denoising OFF (on by default)",
+    )
+    p.add_argument("--save_frames", action="store_true", help="also save every output frame as PNG")
+    p.add_argument(
+        "--experiment",
+        "-ex",
+        default=None,
+        help="output name (default: the mode, the Q-cache weight and every setting that differs from its default)",
+    )
+    p.add_argument(
+        "--output_dir",
+        default=None,
+        help=f"output root; the base-clip cache goes to its latents/ folder (default: {DEFAULT_OUTPUT_ROOT}, "
+        f"cache in {DEFAULT_CACHE_DIR})",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the outputs of an earlier run with the same name"
+    )
+    p.add_argument("--use_mp4", action="store_true", help="write .mp4 instead of .gif")
+    p.add_argument("--output_fps", type=int, default=10, help="frames per second of the written video")
+    p.add_argument(
+        "--parallel",
+        choices=("prompts", "windows"),
+        default="prompts",
+        help="under torchrun: 'prompts' gives each rank its share of the prompt list; 'windows' "
+        "splits the FIFO windows of every iteration of each video over the ranks (one video faster)",
+    )
+    p.add_argument("--rank", type=int, default=0, help="this process's shard of the prompt list")
+    p.add_argument("--num_processes", type=int, default=1, help="number of shards")
+    p.add_argument("--debug", action="store_true", help="debug logging (third-party libraries included)")
+    p.add_argument("--qcache_weight", type=float, default=0.9, help="Q-cache weight w in [0, 1]")
+    p.add_argument(
+        "--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available, else cpu)"
+    )
+    p.add_argument("--random_init", action="store_true", help="no checkpoint: random weights (tests, demos)")
+    p.add_argument(
+        "--allow_full_on_cpu",
+        action="store_true",
+        help="run a full-size model (hundreds of millions of parameters) on a CPU anyway: hours per video",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=[v.value for v in Precision],
+        default=None,
+        help="default: fp16 on CUDA, fp32 on CPU",
+    )
+    p.add_argument("--window_batch", type=int, default=None, help="windows per U-Net call (default: auto)")
+    p.add_argument("--sequential", action="store_true", help="published path: one window and branch per call")
+    p.add_argument(
+        "--attention", choices=("sdpa", "xformers", "math"), default="sdpa", help="attention kernel"
+    )
+    p.add_argument(
+        "--rng",
+        choices=[o.value for o in NoiseOrder],
+        default=NoiseOrder.DEFAULT.value,
+        help="random numbers: 'default' (separate base-clip and FIFO streams; a cached base clip "
+        "gives the same video) or 'published' (one stream seeded once, drawn in the published "
+        "code's order: reproduces the published fork's video for a seed on the same device and dtype)",
+    )
+    p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue interrupted videos from their saved state (same arguments); finished ones are skipped",
+    )
+    p.add_argument(
+        "--save_state_every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="save the run's state every N output frames (default: at most once a minute)",
+    )
+    p.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="check every input (the checkpoint's keys and shapes too, without reading its weights), then plan "
+        "the run on fake tensors on the target device (memory, FLOPs, U-Net calls per frame) in seconds, "
+        "without computing it; works for a GPU this machine does not have",
+    )
+    p.add_argument(
+        "--max_memory",
+        type=parse_memory,
+        default=None,
+        metavar="SIZE",
+        help="device memory the run may use, e.g. 24GiB (default: the GPU's total); a dry run or a run "
+        "whose plan needs more stops with the settings that would fit",
+    )
+    add_ouroboros_arguments(p)
+    return p
+
+
+def add_ouroboros_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of the Ouroboros-Diffusion tricks (tailcoh, sacfa, srg in --mode).
+
+    Defaults (None here) are those of ``fifo.options``; a flag whose trick is not in --mode is
+    logged and ignored, so that a sweep can pass the same flags to every mode.
+    """
+    g = p.add_argument_group(
+        "Ouroboros-Diffusion tricks",
+        "parameters of the tailcoh, sacfa and srg parts of --mode (see the README)",
+    )
+    g.add_argument(
+        "--tail_lowpass",
+        type=float,
+        default=None,
+        help="tailcoh: low-pass cut-off in normalised frequency [0, 1] (default 0.25; 0: Gaussian tail)",
+    )
+    g.add_argument(
+        "--tail_filter",
+        choices=[f.value for f in TailFilter],
+        default=None,
+        help="tailcoh: filter shape (default gaussian)",
+    )
+    g.add_argument(
+        "--subject",
+        default=None,
+        help='sacfa/srg: the subject\'s words as they stand in the prompt, e.g. "a person" '
+        "(required by sacfa and srg; one subject for every scene of a story)",
+    )
+    g.add_argument(
+        "--subject_levels",
+        default=None,
+        help="sacfa/srg: U-Net levels (0 = full latent size) that locate and use the subject (default 1,2)",
+    )
+    g.add_argument(
+        "--subject_threshold",
+        type=float,
+        default=None,
+        help="sacfa/srg: a position is subject where its attention to the subject words, min-max scaled "
+        "over the frame, reaches this value in (0, 1] (default 0.5)",
+    )
+    g.add_argument("--srg_weight", type=float, default=None, help="srg: guidance weight ≥ 0 (default 1.0)")
+    g.add_argument(
+        "--srg_momentum",
+        type=float,
+        default=None,
+        help="srg: moving average of the subject feature bank in [0, 1] (default 0.9)",
+    )
+    g.add_argument(
+        "--srg_windows",
+        type=int,
+        default=None,
+        help="srg: windows guided, counted from the queue's front (default: the front half)",
+    )
+
+
+def trick_arguments(args: argparse.Namespace) -> TrickArguments:
+    """The Ouroboros-Diffusion flags' values (None where not given), for ``parse_mode``."""
+    return TrickArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrickArguments)})
+
+
+_MEMORY_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_MEMORY_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_memory(text: str) -> int:
+    """'24GiB', '24 GB', '1.5gib', '2000000000' → bytes (argparse type)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _MEMORY_UNITS or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size: use e.g. 24GiB, 16GB or 512MiB")
+    return int(float(match.group(1)) * _MEMORY_UNITS[unit])

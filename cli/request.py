@@ -1,0 +1,286 @@
+"""Every input checked, in the order a user would fix them, into one frozen :class:`RunRequest`:
+nothing below it reads the parsed arguments. No model is built and nothing is written here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cli import LOGGER_NAME
+from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, trick_arguments
+from fifo.noise import NoiseOrder
+from fifo.options import GenerationSettings, ModeOptions, Precision, parse_mode
+
+if TYPE_CHECKING:
+    from fifo.outputs import OutputLayout
+    from fifo.prompts import PromptJob
+
+logger = logging.getLogger(LOGGER_NAME)
+
+# A model this large (parameters) on a CPU takes hours per video: refused unless asked for.
+FULL_SIZE_PARAMETERS = 500_000_000
+
+
+class UsageError(ValueError):
+    """A mistake in the command line or its inputs: printed as ``error: ...``, exit code 2."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything a run needs, checked: nothing below this point reads ``args``."""
+
+    mode: ModeOptions
+    settings: GenerationSettings
+    jobs: list[PromptJob]
+    config: str
+    ckpt_path: str | None
+    random_init: bool
+    device: str
+    attention: str
+    layout: OutputLayout
+    overwrite: bool
+    rank: int
+    world: int
+    torchrun: bool
+    parallel: str = "prompts"
+    dry_run: bool = False
+    max_memory: int | None = None
+    resume: bool = False
+    save_state_every: int | None = None
+    done: frozenset[int] = frozenset()  # indices (in this rank's jobs) of videos already complete
+
+
+def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
+    """(rank, world size, launched by torchrun). torchrun's environment wins over --rank."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), True
+    return args.rank, args.num_processes, False
+
+
+def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False) -> str:
+    """The device to run on; a clear error when CUDA is asked for and absent (a dry run plans for
+    a device it does not need to have)."""
+    import torch
+
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise UsageError(f"--device {requested}: not a device; use cuda, cuda:N or cpu") from err
+    if device.type == "cuda" and dry_run and not torch.cuda.is_available():
+        return "cuda" if device.index is None else str(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {requested}: this machine has no CUDA GPU that PyTorch can use "
+                "(torch.cuda.is_available() is False); run on a GPU machine or pass --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here (cuda:0 ... "
+                f"cuda:{torch.cuda.device_count() - 1})"
+            )
+        if torchrun:
+            # One GPU per process of a node: torchrun's LOCAL_RANK picks it.
+            local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+            if device.index is not None and local_ranks > 1:
+                raise UsageError(
+                    f"--device {requested} under torchrun would put all {local_ranks} processes of this node "
+                    "on one GPU; pass --device cuda (each process takes cuda:LOCAL_RANK)"
+                )
+            if device.index is None:
+                return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    elif device.type != "cpu":
+        raise UsageError(f"--device {requested}: only cuda and cpu are supported")
+    return str(device)
+
+
+def settings_from_args(args: argparse.Namespace, facts, device: str) -> GenerationSettings:
+    """The run's settings; what the user left out comes from the model config ``facts``."""
+    return GenerationSettings(
+        video_length=args.video_length or facts.temporal_length,
+        num_partitions=args.num_partitions,
+        new_video_length=args.new_video_length if args.new_video_length is not None else 100,
+        height=args.height if args.height is not None else facts.default_size[0],
+        width=args.width if args.width is not None else facts.default_size[1],
+        fps=args.fps,
+        guidance=args.unconditional_guidance_scale,
+        eta=args.eta,
+        lookahead=args.lookahead_denoising,
+        seed=args.seed,
+        save_frames=args.save_frames,
+        use_mp4=args.use_mp4,
+        output_fps=args.output_fps,
+        batched=not args.sequential,
+        window_batch=args.window_batch,
+        # --sequential is the published path: fp32 unless asked otherwise.
+        dtype=Precision(args.dtype)
+        if args.dtype
+        else (Precision.FP32 if args.sequential else Precision.default_for(device)),
+        progress=not args.no_progress,
+        rng=NoiseOrder(args.rng),
+    )
+
+
+def _check_cpu_size(args: argparse.Namespace, device: str, cfg: dict) -> None:
+    """Refuse a full-size model with random weights on a CPU: hours of work nobody asked for."""
+    if not args.random_init or not device.startswith("cpu") or args.allow_full_on_cpu or args.dry_run:
+        return
+    from lvdm.build import count_parameters, resolve_config_path
+
+    parameters = count_parameters(cfg, resolve_config_path(args.config).parent)
+    if parameters >= FULL_SIZE_PARAMETERS:
+        raise UsageError(
+            f"--random_init with {args.config} builds the full-size model ({parameters / 1e9:.1f} B "
+            "parameters) on a CPU: hours per video. For a demo or a test use --config "
+            "configs/tiny_t2v.yaml (or configs/tiny_i2v.yaml); to run it anyway pass --allow_full_on_cpu."
+        )
+
+
+def _check_attention(backend: str, device: str) -> None:
+    """xformers: CUDA only and optional; found out now, not at the first attention call."""
+    if backend != "xformers":
+        return
+    from lvdm.modules.attention import xformers_available
+
+    if not device.startswith("cuda"):
+        raise UsageError(f"--attention xformers runs on CUDA only, not on {device}: use --attention sdpa")
+    if not xformers_available():
+        raise UsageError(
+            "--attention xformers: the xformers package is not installed (pip install xformers, matching "
+            "your torch and CUDA); --attention sdpa (the default) uses PyTorch's fused kernels instead"
+        )
+
+
+def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -> frozenset[int]:
+    """For --resume: the jobs whose video is complete (skipped), and a usage error when a saved
+    state was made with other arguments (naming what differs). A damaged state is left to the run,
+    which reports it and starts afresh."""
+    from fifo.generator import resume_fingerprint
+    from fifo.resume import StateError, StateStore, fingerprint_differences, state_folder
+
+    done = set()
+    for index, job in enumerate(jobs):
+        video = layout.video_path(job)
+        store = StateStore(state_folder(video), {})
+        if not store.exists():
+            if video.is_file():
+                done.add(index)
+            continue
+        try:
+            saved = store.read_fingerprint()
+        except StateError:
+            continue
+        differences = fingerprint_differences(
+            saved, resume_fingerprint(job, mode, settings, model_id, device, video)
+        )
+        if differences:
+            raise UsageError(
+                f"--resume: the state saved in {store.folder} was made with other arguments:\n  "
+                + "\n  ".join(differences)
+                + "\nRun the interrupted command again with --resume, or drop --resume (and pass "
+                "--overwrite) to start afresh."
+            )
+    return frozenset(done)
+
+
+def build_request(args: argparse.Namespace) -> RunRequest:
+    """Check every input, in the order a user would fix them; nothing is written, no model is built.
+
+    Raises:
+        UsageError, ModeError, ValueError (PromptFileError, ConfigError, OutputError): the message
+        names the problem and the fix.
+    """
+    from fifo.generator import check_model_fits
+    from fifo.outputs import OutputLayout, check_not_overwriting, check_writable_folder, experiment_name
+    from fifo.prompts import parse_prompt_file, safe_name
+    from lvdm.build import config_facts, load_config, model_identity
+
+    mode = parse_mode(args.mode, args.qcache_weight, trick_arguments(args))
+    if not (args.num_processes >= 1 and 0 <= args.rank < args.num_processes):
+        raise UsageError("--rank must be in [0, --num_processes)")
+    if not (args.random_init or args.ckpt_path):
+        raise UsageError("--ckpt_path is required (or --random_init for tests and demos)")
+    jobs = parse_prompt_file(args.prompt_file, image_mode=mode.main.takes_input_image)
+    if mode.subject is not None:
+        from fifo.tricks.subject import check_subject_in_prompts
+
+        check_subject_in_prompts(mode.subject.phrase, jobs)
+    rank, world, torchrun = distributed_rank(args)
+    device = resolve_device(args.device, torchrun, args.dry_run)
+    cfg = load_config(args.config)
+    facts = config_facts(cfg)
+    settings = settings_from_args(args, facts, device)
+    if settings.dtype.value == "fp16" and device.startswith("cpu"):
+        raise UsageError(
+            "--dtype fp16 on a CPU: PyTorch's CPU kernels do not all run (or run fast) in fp16; "
+            "use --dtype bf16 or fp32 there"
+        )
+    check_model_fits(facts, mode, settings, args.config)
+    _check_cpu_size(args, device, cfg)
+    _check_attention(args.attention, device)
+
+    defaults = settings_from_args(build_parser().parse_args(["-p", args.prompt_file]), facts, device)
+    experiment = safe_name(args.experiment) if args.experiment else experiment_name(mode, settings, defaults)
+    root = Path(args.output_dir) if args.output_dir else DEFAULT_OUTPUT_ROOT
+    # Published layout: results/videocraft_v2_fifo/latents; with --output_dir, inside it.
+    cache_dir = root / "latents" if args.output_dir else DEFAULT_CACHE_DIR
+    layout = OutputLayout(root, experiment, cache_dir, ".mp4" if settings.use_mp4 else ".gif")
+    check_writable_folder(root)
+    if not args.output_dir:
+        check_writable_folder(cache_dir, flag="the cache folder")
+    if args.parallel == "windows" and not torchrun:
+        logger.info("--parallel windows without torchrun: one process computes every window")
+    # --parallel windows: every rank works on every video; rank 0 writes.
+    my_jobs = jobs if args.parallel == "windows" else jobs[rank::world]
+    if args.save_state_every is not None and args.save_state_every < 1:
+        raise UsageError("--save_state_every must be ≥ 1 (output frames between saved states)")
+    done: frozenset[int] = frozenset()
+    if args.resume:
+        model_id = model_identity(args.config, args.ckpt_path, args.random_init, args.seed)
+        done = _check_resumable(my_jobs, layout, mode, settings, model_id, device)
+    else:
+        check_not_overwriting(layout, my_jobs, args.overwrite)
+
+    if args.num_inference_steps is not None and args.num_inference_steps != settings.geometry.steps:
+        logger.info(
+            "--num_inference_steps %d is ignored: the DDIM steps are video_length × num_partitions = %d "
+            "(as the published code forces)",
+            args.num_inference_steps,
+            settings.geometry.steps,
+        )
+    stories = [job for job in my_jobs if job.is_story]
+    if stories and args.new_video_length is not None:
+        logger.warning(
+            "-l/--new_video_length %d does not apply to the story in %s: a story's length is the sum of "
+            "its scenes' frames (%s)",
+            args.new_video_length,
+            args.prompt_file,
+            ", ".join(str(job.story_length) for job in stories),
+        )
+    return RunRequest(
+        mode=mode,
+        settings=settings,
+        jobs=jobs,
+        config=args.config,
+        ckpt_path=args.ckpt_path,
+        random_init=args.random_init,
+        device=device,
+        attention=args.attention,
+        layout=layout,
+        overwrite=args.overwrite,
+        rank=rank,
+        world=world,
+        torchrun=torchrun,
+        parallel=args.parallel,
+        dry_run=args.dry_run,
+        max_memory=args.max_memory,
+        resume=args.resume,
+        save_state_every=args.save_state_every,
+        done=done,
+    )

@@ -1,0 +1,172 @@
+"""The run: a video per prompt of this rank, stopped cleanly by SIGINT/SIGTERM (state saved,
+the command to resume logged), and the ranks' summary."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import sys
+import threading
+
+from cli import LOGGER_NAME
+from cli.distributed import end_process_group, summarize_ranks, window_group
+from cli.request import RunRequest
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM during a run: the first asks the run to stop after the current iteration
+    (state saved, partial video written); a second one ends the process at once."""
+
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signal_number).name if self.signal_number else "request"
+
+    @property
+    def exit_code(self) -> int:
+        return self.EXIT_CODES.get(self.signal_number, 1)
+
+    def _handle(self, number: int, _frame: object) -> None:
+        if self.signal_number is not None:
+            os._exit(self.EXIT_CODES.get(number, 1))  # the second signal: now
+        self.signal_number = number
+        logger.warning(
+            "%s: finishing the current iteration, then saving the state (send it again to stop at once)",
+            signal.Signals(number).name,
+        )
+
+    @contextlib.contextmanager
+    def installed(self):  # noqa: ANN201 -- a context manager
+        """Handle SIGINT and SIGTERM while the block runs (main thread only), then restore."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in self.EXIT_CODES}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def resume_command() -> str:
+    """The command line of this run with --resume (to print when it stops)."""
+    argv = [sys.executable.rsplit("/", 1)[-1], *sys.argv]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def run(request: RunRequest) -> int:
+    """Generate the videos of ``request``; SIGINT/SIGTERM stop it cleanly (see :class:`StopRequest`)."""
+    stop = StopRequest()
+    with stop.installed():
+        return _run(request, stop)
+
+
+def _run(request: RunRequest, stop: StopRequest) -> int:
+    import torch
+
+    from fifo.generator import FifoGenerator
+    from fifo.outputs import OutputError, create_folder
+    from fifo.parallel import shares_text
+    from fifo.perf import tune_cpu_allocator
+    from fifo.resume import Durability, RunInterrupted, state_folder
+    from fifo.run import NonFiniteError
+    from lvdm.build import load_model, model_identity
+    from lvdm.checkpoint import CheckpointError
+
+    r = request
+    device = torch.device(r.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # this rank's GPU for everything CUDA does implicitly (NCCL too)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # large tensors reuse heap memory instead of fresh page-faulting mmaps
+    several = r.torchrun and r.world > 1
+    group = window_group(r) if several and r.parallel == "windows" else None
+    # --parallel windows: every rank takes part in every video, in rank 0's view of what is done.
+    my_jobs = r.jobs if r.parallel == "windows" else r.jobs[r.rank :: r.world]
+    done = r.done if group is None else group.broadcast_object(r.done)
+    try:
+        model = load_model(
+            r.config,
+            r.ckpt_path,
+            r.random_init,
+            device=r.device,
+            seed=r.settings.seed,
+            dtype=r.settings.dtype.torch_dtype,
+        )
+        model.unet.set_attn_processor(r.attention)
+        model_id = model_identity(r.config, r.ckpt_path, r.random_init, r.settings.seed)
+        # The automatic window batch's measurement is kept with the base-clip cache: the next
+        # process of a sweep (or a --resume) skips it.
+        memory_store = r.layout.cache_dir / "window_memory"
+        generator = FifoGenerator(model, r.mode, r.settings, model_id, group=group, memory_store=memory_store)
+        if group is None or group.is_writer:
+            create_folder(r.layout.root)
+    except (CheckpointError, OutputError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if group is not None:
+        windows = len(r.settings.geometry.windows())
+        logger.info(
+            "%d ranks share every video's %d windows (%s per rank); mode %s, experiment %s, device %s",
+            r.world, windows, shares_text(windows, r.world), r.mode.name, r.layout.experiment, r.device,
+        )  # fmt: skip
+    else:
+        logger.info(
+            "rank %d/%d: %d of %d prompt(s), mode %s, experiment %s, device %s",
+            r.rank, r.world, len(my_jobs), len(r.jobs), r.mode.name, r.layout.experiment, r.device,
+        )  # fmt: skip
+    results = []
+    durability = Durability(
+        resume=r.resume, save_every_frames=r.save_state_every, stop_requested=stop.requested
+    )
+    with torch.inference_mode(), contextlib.closing(generator):
+        for index, job in enumerate(my_jobs):
+            if index in done:
+                logger.info("--resume: %s is complete already, skipped", r.layout.video_path(job))
+                continue
+            try:
+                result = generator.run(
+                    job, r.layout.root, r.layout.experiment, r.layout.cache_dir, durability
+                )
+            except NonFiniteError as err:
+                print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
+                return 1
+            except RunInterrupted as stopped:
+                if group is None or group.is_writer:
+                    logger.warning(
+                        "stopped by %s after %d frame(s); state saved in %s%s. To continue: %s",
+                        stop.signal_name,
+                        stopped.frames,
+                        state_folder(r.layout.video_path(job)),
+                        f"; the frames so far: {stopped.partial_video}" if stopped.partial_video else "",
+                        resume_command(),
+                    )
+                return stop.exit_code
+            results.append(result)
+            logger.info(
+                "done: %d frames in %.1fs → %s%s",
+                result.frames,
+                result.seconds,
+                result.video_path,
+                " (cached base clip)" if result.base_clip_cached else "",
+            )
+    if several and r.parallel == "prompts":
+        summarize_ranks(r, results)
+    end_process_group()
+    return 0
