@@ -47,9 +47,9 @@ from tools.vbench.weights import _offline
 logger = logging.getLogger(__name__)
 
 RAFT_ITERATIONS = 20  # VBench: iters=20
-# The reduced random network of --random_feature_models (tests only) refines 4 times: on a busy
+# The reduced random network of --random_feature_models (tests only) refines twice: on a busy
 # CPU each of RAFT's many small operations costs a thread synchronisation.
-REDUCED_ITERATIONS = 4
+REDUCED_ITERATIONS = 2
 MIN_RAFT_SIDE = 128
 TORCHVISION_RAFT_URL = "https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth"
 RAFT_THINGS_URL = "https://dl.dropboxusercontent.com/s/4j4z58wuv8o0mfz/models.zip"
@@ -122,10 +122,10 @@ def _raft_network(reduced: bool = False) -> nn.Module:
     from torchvision.models.optical_flow.raft import BottleneckBlock, _raft
 
     return _raft(
-        feature_encoder_layers=(16, 16, 24, 32, 48),
+        feature_encoder_layers=(8, 8, 16, 16, 32),
         feature_encoder_block=BottleneckBlock,
         feature_encoder_norm_layer=nn.InstanceNorm2d,
-        context_encoder_layers=(16, 16, 24, 32, 48),
+        context_encoder_layers=(8, 8, 16, 16, 32),
         context_encoder_block=BottleneckBlock,
         context_encoder_norm_layer=None,
         corr_block_num_levels=4,
