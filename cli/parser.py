@@ -7,6 +7,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+from fifo.families import add_family_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import MAIN_OPTIONS, SUB_OPTIONS, Precision, TailFilter, TrickArguments
 from infra.cli_help import RawDescriptionDefaultsHelpFormatter
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="default: the config's latent size × 8 (320)")
     p.add_argument("--width", type=int, default=None, help="default: the config's latent size × 8 (512)")
     p.add_argument("--fps", type=int, default=8, help="frame-rate conditioning of the model")
+    add_family_arguments(p)  # --frame_stride, --guidance_rescale (fifo/families.py)
     p.add_argument(
         "--unconditional_guidance_scale", type=float, default=12.0, help="classifier-free guidance"
     )

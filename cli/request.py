@@ -125,6 +125,8 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
         else (Precision.FP32 if args.sequential else Precision.default_for(device)),
         progress=not args.no_progress,
         rng=NoiseOrder(args.rng),
+        frame_stride=args.frame_stride,
+        guidance_rescale=args.guidance_rescale,
     )
 
 
@@ -197,7 +199,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         UsageError, ModeError, ValueError (PromptFileError, ConfigError, OutputError): the message
         names the problem and the fix.
     """
-    from fifo.generator import check_model_fits
+    from fifo.families import check_model_fits
     from fifo.outputs import OutputLayout, check_not_overwriting, check_writable_folder, experiment_name
     from fifo.prompts import parse_prompt_file, safe_name
     from lvdm.build import config_facts, load_config, model_identity

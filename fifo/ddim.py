@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from fifo.guidance import GuidedDenoiser
 from fifo.noise import NoiseSource
 from fifo.schedule import DDIMSchedule
+from lvdm.family import Prediction
 
 
 def _gather(values: Tensor, index: int | Tensor, like: Tensor) -> Tensor:
@@ -30,7 +31,7 @@ def _gather(values: Tensor, index: int | Tensor, like: Tensor) -> Tensor:
 
 def ddim_step(
     x: Tensor,
-    eps: Tensor,
+    output: Tensor,
     schedule: DDIMSchedule,
     index: int | Tensor,
     noise: Tensor | None = None,
@@ -39,19 +40,37 @@ def ddim_step(
     """One DDIM update from schedule step ``index`` to the one before it.
 
     Args:
-        x, eps: (b, c, t, h, w) latents and predicted noise.
+        x: (b, c, t, h, w) latents.
+        output: what the (guided) U-Net predicted, like ``x``: ε, or v for a v-prediction
+            schedule (``schedule.prediction``). v is turned into ε and x̂₀ at each frame's own
+            ᾱ without dividing by it: the frames at ᾱ = 0 (the noisiest of a zero-terminal-SNR
+            queue) get x̂₀ = −v and ε = x.
         index: schedule index, a scalar, (t,) or (b, t).
         noise: standard normal noise like ``x`` (needed when the schedule's eta > 0).
         use_scale: VideoCrafter's latent rescaling (the base sampler of ``use_scale`` models;
-            the published FIFO step leaves it out).
+            the published FIFO step leaves it out). DynamiCrafter's dynamic rescale is the
+            schedule's (``schedule.dynamic_rescale``) and applies at every step, per frame.
     Returns:
         (x_prev, pred_x0)
     """
     a_t = _gather(schedule.alphas, index, x)
     a_prev = _gather(schedule.alphas_prev, index, x)
     sigma = _gather(schedule.sigmas, index, x)
-    pred_x0 = (x - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()
-    dir_xt = (1.0 - a_prev - sigma**2).sqrt() * eps
+    if schedule.prediction is Prediction.V:
+        signal, noise_level = a_t.sqrt(), (1.0 - a_t).sqrt()
+        eps = signal * output + noise_level * x
+        pred_x0 = signal * x - noise_level * output
+    else:
+        eps = output
+        pred_x0 = (x - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()
+    if schedule.dynamic_rescale:
+        if schedule.scale_arr is None or schedule.scale_arr_prev is None:
+            raise ValueError("dynamic rescale needs a schedule built with the model's scale_arr")
+        pred_x0 = pred_x0 * (
+            _gather(schedule.scale_arr_prev, index, x) / _gather(schedule.scale_arr, index, x)
+        )
+    # clamp: with eta = 1 the two terms cancel, and rounding must not make the root NaN
+    dir_xt = (1.0 - a_prev - sigma**2).clamp_min(0.0).sqrt() * eps
     if use_scale:
         if schedule.scale_arr is None:
             raise ValueError("use_scale needs a schedule built with the model's scale_arr")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from fifo.conditioning import VideoConditioning, load_image, with_image_tokens
 from fifo.ddim import sample_ddim
+from fifo.families import check_model_fits, frame_value, image_latent
 from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions
@@ -45,38 +46,10 @@ from fifo.schedule import DDIMSchedule
 from fifo.sinks import FrameSink, PngSink, VideoSink
 from fifo.tricks.install import install_tricks
 from infra.video_io import VideoWriter, stale_temporary_files
-from lvdm.build import ConfigFacts, model_facts
+from lvdm.build import model_facts
 from lvdm.models.ddpm3d import LatentDiffusion
 
 logger = logging.getLogger(__name__)
-
-I2V_CONFIG_HINT = "use --config configs/inference_i2v_512_v1.0.yaml (or configs/tiny_i2v.yaml)"
-
-
-def check_model_fits(
-    facts: ConfigFacts, mode: ModeOptions, settings: GenerationSettings, source: str
-) -> None:
-    """The checks of a mode and settings against a model, in one place.
-
-    ``facts`` come from the config before the model is built (the CLI) or from the built model
-    (:class:`FifoGenerator`); ``source`` names it in the message.
-
-    Raises:
-        ValueError: the mode needs the image-to-video model, or the size does not fit the U-Net.
-    """
-    if mode.uses_image_model and not facts.has_image_embedder:
-        raise ValueError(
-            f"mode {mode.main.value!r} needs the image-to-video model (a CLIP image embedder), but "
-            f"{source} has none: {I2V_CONFIG_HINT}"
-        )
-    if mode.srg is not None:
-        mode.srg.guided_windows(settings.geometry)  # raises for --srg_windows beyond the windows
-    h, w = settings.height, settings.width
-    if h % facts.size_multiple or w % facts.size_multiple:
-        raise ValueError(
-            f"--height and --width must be multiples of {facts.size_multiple} for this model "
-            f"(autoencoder ×{facts.vae_scale}, U-Net ×{facts.unet_factor}), got {h}x{w}"
-        )
 
 
 def base_clip_key(
@@ -96,6 +69,8 @@ def base_clip_key(
         "eta": s.eta,
         "guidance": s.guidance,
         "fps": s.fps,
+        **({} if s.frame_stride is None else {"frame_stride": s.frame_stride}),
+        **({} if s.guidance_rescale == 0.0 else {"guidance_rescale": s.guidance_rescale}),
         "dtype": s.dtype.value,
         "mode_main": mode.main.value,
         # CPU and CUDA generators draw different numbers from the same seed.
@@ -185,8 +160,10 @@ class FifoGenerator:
         # the layers as published (--sequential).
         if plan is None:
             plan = plan_fast_path(self.device) if settings.batched else FastPathPlan()
-        if mode.uses_subject and plan.unet.transformer_chunk is not None:
-            # SACFA and SRG read every frame of a clip in one attention call: no chunks.
+        chunk_whole_clips = mode.uses_subject or model.family.per_frame_image_tokens
+        if chunk_whole_clips and plan.unet.transformer_chunk is not None:
+            # SACFA and SRG read every frame of a clip in one attention call, and per-frame image
+            # tokens are matched to the frames of whole clips: no chunks.
             plan = replace(plan, unet=replace(plan.unet, transformer_chunk=None))
         self.plan = plan
         apply_execution(model.unet, self.plan.unet)
@@ -208,11 +185,15 @@ class FifoGenerator:
             )
         else:
             logger.info("sequential path: one window and one guidance branch per call, layers as published")
-        model_denoiser = ModelDenoiser(model, settings.fps)
+        self.model_denoiser = model_denoiser = ModelDenoiser(model, frame_value(model.family, settings))
         # The base clip always batches its two guidance branches; the FIFO windows do on the fast path.
-        self.base_denoiser = ShardedDenoiser(CFGDenoiser(model_denoiser, settings.guidance), self.plan.shards)
+        guidance, rescale = settings.guidance, settings.guidance_rescale
+        self.base_denoiser = ShardedDenoiser(
+            CFGDenoiser(model_denoiser, guidance, rescale=rescale), self.plan.shards
+        )
         self.fifo_denoiser = ShardedDenoiser(
-            CFGDenoiser(model_denoiser, settings.guidance, batch_branches=settings.batched), self.plan.shards
+            CFGDenoiser(model_denoiser, guidance, batch_branches=settings.batched, rescale=rescale),
+            self.plan.shards,
         )
         self.schedule = DDIMSchedule.from_model(model, self.geometry.steps, settings.eta)
         # The tricks' processors, tail sampler and step hooks (plain attention and a Gaussian
@@ -253,8 +234,12 @@ class FifoGenerator:
         length = job.story_length if job.is_story else s.new_video_length
         conditioning = VideoConditioning(texts, tuple(sc.frames for sc in job.scenes), length)
         image_tokens = None
-        if self.mode.main.takes_input_image and image:
-            image_tokens = self.sampler.image_tokens(load_image(job.image, s.height, s.width))
+        if self.mode.main.takes_input_image:
+            picture = load_image(job.image, s.height, s.width)
+            # Every rank needs the hybrid families' image latent; the tokens only the writer.
+            self.model_denoiser.image_latent = image_latent(self.model, picture)
+            if image:
+                image_tokens = self.sampler.image_tokens(picture)
         return conditioning, image_tokens
 
     def noise_sources(self) -> tuple[NoiseSource, NoiseSource]:

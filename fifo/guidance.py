@@ -18,22 +18,30 @@ GuidedDenoiser = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 class ModelDenoiser:
-    """A LatentDiffusion's U-Net as ``(x, t, context) → eps`` in float32, at a fixed fps.
+    """A LatentDiffusion's U-Net as ``(x, t, context) → output`` in float32, at a fixed fps.
 
-    The U-Net computes in its weights' dtype (``LatentDiffusion.set_precision``); the samplers'
+    The output is what the model predicts (ε, or v for a v-prediction family: the DDIM step
+    converts it, ``fifo.ddim.ddim_step``); guidance is linear, so it applies to either. The
+    U-Net computes in its weights' dtype (``LatentDiffusion.set_precision``); the samplers'
     latents and arithmetic stay float32.
 
     Args:
         model: a ``LatentDiffusion`` (``apply_model``).
-        fps: the frame-rate conditioning.
+        fps: the value of the extra embedding: the frame rate, or the frame stride for a
+            frame-stride family (``lvdm.family.ModelFamily.frame_value``).
     """
 
     def __init__(self, model: nn.Module, fps: int) -> None:
         self.model, self.fps = model, fps
+        # The hybrid families' image latent (1, c, 1, h, w), concatenated to every frame of
+        # every clip this denoiser sees (windows, base clip, a trick's own passes); set per video.
+        self.image_latent: Tensor | None = None
 
     def __call__(self, x: Tensor, t: Tensor, context: Tensor, context_branches: int = 1) -> Tensor:
-        """x (b, c, t, h, w), context (k·b, m, d) with k = ``context_branches`` → eps (k·b, c, t, h, w)."""
-        return self.model.apply_model(x, t, context, fps=self.fps, context_branches=context_branches).float()
+        """x (b, c, t, h, w), context (k·b, m, d) with k = ``context_branches`` → output (k·b, c, t, h, w)."""
+        kwargs = {} if self.image_latent is None else {"concat": self.image_latent}
+        out = self.model.apply_model(x, t, context, fps=self.fps, context_branches=context_branches, **kwargs)
+        return out.float()
 
 
 BranchDenoiser = Callable[..., Tensor]
@@ -52,8 +60,11 @@ class CFGDenoiser:
             tokens), two calls as published.
     """
 
-    def __init__(self, denoiser: BranchDenoiser, scale: float, batch_branches: bool = True) -> None:
+    def __init__(
+        self, denoiser: BranchDenoiser, scale: float, batch_branches: bool = True, rescale: float = 0.0
+    ) -> None:
         self.denoiser, self.scale, self.batch_branches = denoiser, scale, batch_branches
+        self.rescale = rescale
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor | None) -> Tensor:
         if uncond is None or self.scale == 1.0:
@@ -62,4 +73,15 @@ class CFGDenoiser:
             eps_c, eps_u = self.denoiser(x, t, torch.cat([cond, uncond]), context_branches=2).chunk(2)
         else:
             eps_c, eps_u = self.denoiser(x, t, cond), self.denoiser(x, t, uncond)
-        return eps_u + self.scale * (eps_c - eps_u)
+        guided = eps_u + self.scale * (eps_c - eps_u)
+        return guided if self.rescale == 0.0 else rescale_guidance(guided, eps_c, self.rescale)
+
+
+def rescale_guidance(guided: Tensor, cond: Tensor, weight: float) -> Tensor:
+    """Guidance rescale (Lin et al. 2023, §3.4; ``--guidance_rescale``, DynamiCrafter's scripts use
+    0.7): each sample's guided output is scaled to the standard deviation of its conditional
+    output, over all its elements (a whole window), and mixed with the unscaled one by ``weight``.
+    (b, …) → (b, …)."""
+    dims = list(range(1, guided.dim()))
+    matched = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return weight * matched + (1.0 - weight) * guided

@@ -537,6 +537,11 @@ class GenerationSettings:
     dtype: Precision = Precision.FP32
     progress: bool = True
     rng: NoiseOrder = NoiseOrder.DEFAULT
+    # Frame-stride models (DynamiCrafter): the value of the frame-stride embedding; None: the
+    # config's default_fs (lvdm.family.ModelFamily.frame_value).
+    frame_stride: int | None = None
+    # Guidance rescale weight in [0, 1] (0: plain classifier-free guidance, as before).
+    guidance_rescale: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", Precision(self.dtype))  # accepts "fp16" as well
@@ -550,6 +555,8 @@ class GenerationSettings:
             (0.0 <= self.eta <= 1.0, "--eta must lie in [0, 1]"),
             (self.output_fps >= 1 and self.fps >= 1, "--fps and --output_fps must be ≥ 1"),
             (self.window_batch is None or self.window_batch >= 1, "--window_batch must be ≥ 1"),
+            (self.frame_stride is None or self.frame_stride >= 1, "--frame_stride must be ≥ 1"),
+            (0.0 <= self.guidance_rescale <= 1.0, "--guidance_rescale must lie in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:

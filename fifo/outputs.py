@@ -48,6 +48,8 @@ _NAME_TOKENS = {
     "batched": lambda s: "sequential",
     "dtype": lambda s: s.dtype.value,
     "rng": lambda s: "rngpublished" if s.rng is NoiseOrder.PUBLISHED else "rngdefault",
+    "frame_stride": lambda s: f"fs{s.frame_stride}",
+    "guidance_rescale": lambda s: f"gr{_fmt(s.guidance_rescale)}",
 }
 
 

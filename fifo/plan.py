@@ -99,9 +99,14 @@ def _measure_window_memory(
     peaks = []
     with fake_mode_of(model), torch.no_grad():
         context = model.get_learned_conditioning([""])
-        if model.has_image_embedder:
-            context = with_image_tokens(context, torch.zeros(1, 16, context.shape[-1], device=device))
-        denoise = CFGDenoiser(ModelDenoiser(model, fps=8), 12.0 if guidance else 1.0)
+        family = model.family
+        if family.has_image_tokens:
+            tokens = torch.zeros(1, family.image_tokens, context.shape[-1], device=device)
+            context = with_image_tokens(context, tokens)
+        model_denoiser = ModelDenoiser(model, fps=8)
+        if family.needs_input_image:  # the hybrid families' image latent, concatenated to each frame
+            model_denoiser.image_latent = torch.zeros(1, model.channels, 1, *latent_hw, device=device)
+        denoise = CFGDenoiser(model_denoiser, 12.0 if guidance else 1.0)
         for windows in counts:
             x = torch.zeros(windows, model.channels, frames, *latent_hw, device=device)
             t = torch.zeros(windows, frames, dtype=torch.long, device=device)

@@ -5,10 +5,13 @@ Formats (blank lines and ``#`` comments are skipped):
 - text modes (``t2v``, ``t2v_seed``, ``t2v_seed_ar``): one prompt per line.
 - ``i2v``: ``image_path;prompt`` per line, split on the first ``;``; a relative image path
   is relative to the prompt file.
-- Multi-prompt stories (text modes): consecutive ``frames|prompt`` lines form one video
+- Multi-prompt stories: consecutive ``frames|prompt`` lines form one video
   that moves from scene to scene, each prompt lasting ``frames`` output frames. A blank
   line or a plain prompt line ends the story (a ``#`` comment line does not). In a text mode
   any line with a ``|`` is a story line and must start with a positive whole number of frames.
+- ``i2v`` stories: the first scene is ``frames|image_path;prompt``, the next ones
+  ``frames|prompt``: one image conditions the whole video (DynamiCrafter concatenates its
+  latent to every frame), the text moves from scene to scene.
 
 Files are read as UTF-8; a byte-order mark (as some Windows editors write) is dropped, and
 Windows (CRLF) line endings work.
@@ -121,12 +124,24 @@ def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
     jobs: list[PromptJob] = []
     story: list[Scene] = []
     story_line = 0
+    story_image: Path | None = None
 
     def end_story() -> None:
-        nonlocal story
+        nonlocal story, story_image
         if story:
-            jobs.append(PromptJob(prompt=story[0].prompt, line=story_line, scenes=tuple(story)))
-            story = []
+            jobs.append(
+                PromptJob(prompt=story[0].prompt, line=story_line, scenes=tuple(story), image=story_image)
+            )
+            story, story_image = [], None
+
+    def image_and_prompt(text: str, where: str) -> tuple[Path, str]:
+        image_text, prompt = (part.strip() for part in text.split(";", 1))
+        if not image_text or not prompt:
+            raise PromptFileError(f"{where}: both the image path and the prompt must be non-empty")
+        image = Path(image_text).expanduser()
+        image = image if image.is_absolute() else (path.parent / image)
+        _check_image(image, where)
+        return image, prompt
 
     for number, raw in enumerate(lines, start=1):
         where = f"{path}:{number}"
@@ -143,10 +158,17 @@ def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
                 f"{where}: a story line must start with a positive whole number of output frames, "
                 f"got {head!r} before '|' (expected 'frames|prompt', e.g. '40|a boat at dawn')"
             )
-        if story_match and not image_mode:
+        if story_match:
             frames, prompt = int(story_match.group(1)), story_match.group(2).strip()
             if frames < 1:
                 raise PromptFileError(f"{where}: a story scene needs at least 1 frame, got {frames}")
+            if image_mode and not story:
+                # An i2v story: its first scene names the one image of the whole video.
+                if ";" not in prompt:
+                    raise PromptFileError(
+                        f"{where}: an i2v story starts with 'frames|image_path;prompt', got {text!r}"
+                    )
+                story_image, prompt = image_and_prompt(prompt, where)
             if not prompt:
                 raise PromptFileError(f"{where}: empty prompt after '{frames}|'")
             if not story:
@@ -155,20 +177,11 @@ def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
             continue
         end_story()
         if image_mode:
-            if story_match:
-                raise PromptFileError(
-                    f"{where}: multi-prompt stories ('frames|prompt') work in text modes only"
-                )
             if ";" not in text:
                 raise PromptFileError(
                     f"{where}: expected 'image_path;prompt' for i2v, got {text!r} (no ';' found)"
                 )
-            image_text, prompt = (part.strip() for part in text.split(";", 1))
-            if not image_text or not prompt:
-                raise PromptFileError(f"{where}: both the image path and the prompt must be non-empty")
-            image = Path(image_text).expanduser()
-            image = image if image.is_absolute() else (path.parent / image)
-            _check_image(image, where)
+            image, prompt = image_and_prompt(text, where)
             jobs.append(PromptJob(prompt=prompt, line=number, image=image))
         else:
             _refuse_image_line(text, path, where)

@@ -14,9 +14,17 @@ import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import maybe_get_fake_mode
 
+from lvdm.family import Prediction, TimestepSpacing
 
-def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """Evenly spread DDIM timesteps from 0 to T-1 inclusive (the FIFO fork's discretisation)."""
+
+def ddim_timesteps(
+    num_steps: int, num_train_timesteps: int = 1000, spacing: TimestepSpacing = TimestepSpacing.LINSPACE
+) -> np.ndarray:
+    """The DDIM timesteps, increasing: evenly spread from 0 to T-1 inclusive (``LINSPACE``, the
+    FIFO fork's discretisation), or T/n apart ending at T-1 (``TRAILING``: round(T - k·T/n) - 1)."""
+    if TimestepSpacing(spacing) is TimestepSpacing.TRAILING:
+        stride = num_train_timesteps / num_steps
+        return np.round(np.arange(num_train_timesteps, 0, -stride))[::-1].astype(np.int64) - 1
     return np.round(np.linspace(0, num_train_timesteps - 1, num_steps)).astype(np.int64)
 
 
@@ -39,6 +47,10 @@ class DDIMSchedule:
     eta: float = 0.0  # kept so samplers know whether to draw noise without reading a device tensor
     timestep_values: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     alpha_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # The model family's part of the step (lvdm.family.ModelFamily): what the U-Net predicts,
+    # and DynamiCrafter's rescale of x̂₀ by scale_arr_prev / scale_arr at every step.
+    prediction: Prediction = Prediction.EPS
+    dynamic_rescale: bool = False
 
     def to(self, device: torch.device | str) -> DDIMSchedule:
         """The same schedule with its tensors on ``device`` (the host values stay)."""
@@ -59,16 +71,25 @@ class DDIMSchedule:
         num_steps: int,
         eta: float,
         scale_arr: Tensor | np.ndarray | None = None,
+        prediction: Prediction = Prediction.EPS,
+        dynamic_rescale: bool = False,
+        spacing: TimestepSpacing = TimestepSpacing.LINSPACE,
     ) -> DDIMSchedule:
-        """Build from the model's ``alphas_cumprod`` (and ``scale_arr`` if it uses one), in float64 on the host."""
+        """Build from the model's ``alphas_cumprod`` (and ``scale_arr`` if it uses one), in float64 on the host.
+
+        A zero-terminal-SNR schedule has ᾱ = 0 at its last step: the sigmas stay finite there
+        (1 − ᾱ = 1), and only a v-prediction step may be taken from it (``fifo.ddim.ddim_step``).
+        """
         ac = _host_float64(alphas_cumprod)
         if num_steps < 1 or num_steps > ac.size:
             raise ValueError(f"DDIM steps must be in 1..{ac.size}, got {num_steps}")
-        ts = ddim_timesteps(num_steps, ac.size)
+        ts = ddim_timesteps(num_steps, ac.size, spacing)
         alphas = ac[ts]
         alphas_prev = np.concatenate([ac[:1], ac[ts[:-1]]])
         sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
         scale, scale_prev = None, None
+        if dynamic_rescale and scale_arr is None:
+            raise ValueError("dynamic_rescale needs the model's scale_arr")
         if scale_arr is not None:
             scale = _host_float64(scale_arr)[ts]
             scale_prev = np.concatenate([scale[:1], scale[:-1]])
@@ -86,11 +107,14 @@ class DDIMSchedule:
             float(eta),
             timestep_values=ts,
             alpha_values=alphas,
+            prediction=Prediction(prediction),
+            dynamic_rescale=dynamic_rescale,
         )
 
     @classmethod
     def from_model(cls, model: nn.Module, num_steps: int, eta: float) -> DDIMSchedule:
-        """The schedule of a LatentDiffusion (its ``alphas_cumprod`` and ``scale_arr``), on its device.
+        """The schedule of a LatentDiffusion (its ``alphas_cumprod`` and ``scale_arr``, and its
+        family's prediction and dynamic rescale), on its device.
 
         A model on fake tensors (a planned run) has no values in its buffers: its schedule is
         computed from its config (``LatentDiffusion.schedule_arrays``), as the buffers were.
@@ -99,7 +123,17 @@ class DDIMSchedule:
             alphas_cumprod, scale_arr = model.schedule_arrays()
         else:
             alphas_cumprod, scale_arr = model.alphas_cumprod, getattr(model, "scale_arr", None)
-        return cls.create(alphas_cumprod, num_steps, eta, scale_arr).to(model.alphas_cumprod.device)
+        family = model.family
+        schedule = cls.create(
+            alphas_cumprod,
+            num_steps,
+            eta,
+            scale_arr,
+            family.prediction,
+            family.dynamic_rescale,
+            family.timestep_spacing,
+        )
+        return schedule.to(model.alphas_cumprod.device)
 
 
 def _host_float64(values: Tensor | np.ndarray) -> np.ndarray:

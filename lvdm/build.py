@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
 from lvdm.checkpoint import CheckpointError, check_state_dict, read_state_dict
+from lvdm.family import ModelFamily, family_from_params
 from lvdm.models.ddpm3d import LatentDiffusion
 from lvdm.modules.encoders.condition import register_openclip_configs
 from lvdm.modules.networks.openaimodel3d import Downsample
@@ -63,6 +64,7 @@ class ConfigFacts:
     size_multiple: int  # height and width must be multiples of this
     vae_scale: int = 8  # pixels per latent cell
     unet_factor: int = 8  # the U-Net halves the latent this many times over (2**downsamples)
+    family: ModelFamily = ModelFamily("VideoCrafter text-to-video")  # what differs between members
 
 
 def config_facts(cfg: dict) -> ConfigFacts:
@@ -75,12 +77,13 @@ def config_facts(cfg: dict) -> ConfigFacts:
     latent = params.get("image_size", [40, 64])
     latent = latent if isinstance(latent, list) else [latent, latent]
     return ConfigFacts(
-        has_image_embedder="cond_img_config" in params,
+        has_image_embedder="cond_img_config" in params or "img_cond_stage_config" in params,
         temporal_length=int(unet.get("temporal_length") or 16),
         default_size=(int(latent[0]) * vae, int(latent[1]) * vae),
         size_multiple=vae * unet_factor,
         vae_scale=vae,
         unet_factor=unet_factor,
+        family=family_from_params(params),
     )
 
 
@@ -92,6 +95,7 @@ def model_facts(model: LatentDiffusion) -> ConfigFacts:
     unet_factor = 2 ** sum(isinstance(m, Downsample) for m in unet.modules())
     vae = model.vae_scale
     return ConfigFacts(
+        family=model.family,
         has_image_embedder=model.has_image_embedder,
         temporal_length=int(unet.temporal_length or 16),
         default_size=(model.image_size[0] * vae, model.image_size[1] * vae),
@@ -287,7 +291,7 @@ def _cannot_fit(cfg_path: Path, shapes: Mapping[str, tuple[int, ...]]) -> bool:
     if first_conv is not None and "model_channels" in unet and first_conv[0] != unet["model_channels"]:
         return True
     has_embedder = any(k.startswith("embedder.") for k in shapes)
-    return has_embedder != ("cond_img_config" in params)
+    return has_embedder != ("cond_img_config" in params or "img_cond_stage_config" in params)
 
 
 def configs_fitting(

@@ -37,7 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "Temporal quality of generated videos. VBench's dimensions, computed as VBench does, in "
             "percent: subject_consistency (DINO ViT-B/16 features), background_consistency (CLIP "
             "ViT-B/32 features), temporal_flickering (mean |frame i+1 - frame i|), aesthetic_quality (LAION "
-            "aesthetic head on CLIP ViT-L/14), imaging_quality (MUSIQ, SPAQ weights). Extra columns: "
+            "aesthetic head on CLIP ViT-L/14), imaging_quality (MUSIQ, SPAQ weights), motion_smoothness "
+            "(AMT-S predicts the odd frames from the even ones); and dynamic_degree (RAFT optical flow; "
+            "per video 1 if it moves, else 0, as VBench reports it: the experiment mean is the share of "
+            "moving videos). Extra columns: "
             "flicker and drift from the first frame on [0, 1] pixels and, with --clip_ckpt, "
             "VideoCrafter's CLIP ViT-H-14 similarity of consecutive frames and to the first frame. "
             "A video .../<prompt>/<experiment>.gif is reported under its prompt folder and experiment "
@@ -113,11 +116,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "score of the clips' first frames); also writes clip_scores.csv and clip_scores.png",
     )
     parser.add_argument(
+        "--amt_weights",
+        default=None,
+        metavar="FILE",
+        help="AMT-S weights for motion_smoothness: the published amt-s.pth (huggingface.co/lalala125/AMT, "
+        "a dict with 'state_dict'; VBench keeps it in ~/.cache/vbench/amt_model/), or a state dict / "
+        ".safetensors with its keys; when not given, taken from the Hugging Face cache, downloaded there "
+        "on first use",
+    )
+    parser.add_argument(
+        "--raft_weights",
+        default=None,
+        metavar="FILE",
+        help="RAFT weights for dynamic_degree and --static_filter: the original raft-things.pth "
+        "(VBench keeps it in ~/.cache/vbench/raft_model/models/) or torchvision's "
+        "raft_large_C_T_V1-22a6c225.pth (the same weights, renamed); when not given, torchvision's file "
+        "from the torch hub cache, downloaded there on first use",
+    )
+    parser.add_argument(
+        "--static_filter",
+        action="store_true",
+        help="score temporal_flickering only for videos that VBench's RAFT static filter finds static "
+        "(as VBench does); the others get an empty cell. Off by default: generated long videos move, "
+        "and the filter would leave each experiment a different subset",
+    )
+    parser.add_argument(
         "--random_feature_models",
         action="store_true",
         help="FOR TESTS ONLY: seeded random feature models, small towers with the real models' inputs and "
-        "outputs (DINO, CLIP ViT-B/32 and ViT-L/14 2 layers deep, MUSIQ with a 1-layer transformer), no "
-        "weights and no network needed; the scores then mean nothing",
+        "outputs (DINO, CLIP ViT-B/32 and ViT-L/14 2 layers deep, MUSIQ with a 1-layer transformer; AMT-S "
+        "as it is, RAFT narrower), no weights and no network needed; the scores then mean nothing",
     )
     parser.add_argument(
         "--clip_ckpt",
@@ -145,7 +173,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    weight_flags = ("dino_weights", "clip_weights", "aesthetic_weights", "clip_l14_weights", "musiq_weights")
+    weight_flags = (
+        "dino_weights",
+        "clip_weights",
+        "aesthetic_weights",
+        "clip_l14_weights",
+        "musiq_weights",
+        "amt_weights",
+        "raft_weights",
+    )
     given = [f"--{name}" for name in weight_flags if getattr(args, name)]
     if args.random_feature_models and given:
         parser.error(f"--random_feature_models builds models without weights: drop {'/'.join(given)}")
@@ -176,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             clip_l14_weights=args.clip_l14_weights,
             musiq_weights=args.musiq_weights,
             long_protocol=LongProtocol() if args.long else None,
+            amt_weights=args.amt_weights,
+            raft_weights=args.raft_weights,
+            static_filter=args.static_filter,
         )
     except FeatureWeightsError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -108,7 +108,8 @@ def test_i2v_relative_to_the_prompt_file_not_the_cwd(tmp_path: Path, monkeypatch
         ("images/notimage.png;a lake\n", 1, "cannot read image"),
         ("images/truncated.png;a lake\n", 1, "cannot read image"),
         ("images/badcrc.png;a lake\n", 1, "cannot read image"),
-        ("images/a.png;ok\n3|a story line\n", 2, "text modes only"),
+        # An i2v story names its image on its first scene (DynamiCrafter conditions every frame on it).
+        ("images/a.png;ok\n3|a story line\n", 2, "an i2v story starts with 'frames|image_path;prompt'"),
         ("images;a folder is not an image\n", 1, "image not found"),
     ],
     ids=[

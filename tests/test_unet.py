@@ -129,10 +129,11 @@ def test_unsupported_published_options_are_named() -> None:
     cfg = OmegaConf.to_container(
         OmegaConf.load(REPO / "configs" / "tiny_t2v.yaml").model.params.unet_config.params
     )
-    cfg["use_relative_position"] = True
-    with pytest.raises(ValueError, match="use_relative_position"):
+    # (use_relative_position is supported since VideoCrafter1 t2v; causal attention is not.)
+    cfg["use_causal_attention"] = True
+    with pytest.raises(ValueError, match="use_causal_attention"):
         UNetModel(**cfg)
-    cfg["use_relative_position"] = False
+    cfg["use_causal_attention"] = False
     cfg["not_a_parameter"] = 1
     with pytest.raises(TypeError, match="not_a_parameter"):
         UNetModel(**cfg)

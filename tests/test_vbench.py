@@ -36,7 +36,8 @@ from tools.vbench import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-# The dimensions of this file (the quality ones are in tests/test_vbench_quality.py).
+# The dimensions of this file (the quality ones are in tests/test_vbench_quality.py, the motion ones
+# in tests/test_vbench_motion.py).
 DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER)
 
 

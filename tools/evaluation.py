@@ -37,7 +37,7 @@ from tqdm import tqdm
 from infra.key_mismatch import KeyMismatch, key_groups
 from infra.video_io import find_videos, probe_video, read_video
 from lvdm.checkpoint import CheckpointError, read_state_dict
-from tools.vbench import DIMENSIONS, FLICKER, VBenchScorer
+from tools.vbench import DIMENSIONS, DYNAMIC, FLICKER, VBenchScorer
 from tools.vbench.long import ClipRow, LongProtocol, plot_clip_scores, score_long, write_clip_csv
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ class VideoMetrics:
     temporal_flickering: float | None = None
     aesthetic_quality: float | None = None
     imaging_quality: float | None = None
+    motion_smoothness: float | None = None
+    dynamic_degree: float | None = None
+    static_video: bool | None = None  # the static filter's verdict (metrics.json only)
     clip_consecutive: float | None = None
     clip_to_first: float | None = None
     drift_curve: list[float] = field(default_factory=list)
@@ -292,9 +295,15 @@ def evaluate_video(
             "clip_to_clip": result.clip_to_clip,
         }
     elif vbench is not None:
-        scores = vbench.score(frames)
+        # The frame rate sets dynamic_degree's frame sampling.
+        scores = vbench.score(frames, probe_video(path).fps if DYNAMIC in vbench.dimensions else 0.0)
     if vbench is not None:
-        for name in (*DIMENSIONS, "subject_consistency_curve", "background_consistency_curve"):
+        for name in (
+            *DIMENSIONS,
+            "static_video",
+            "subject_consistency_curve",
+            "background_consistency_curve",
+        ):
             setattr(metrics, name, getattr(scores, name))
     return metrics
 
@@ -561,6 +570,9 @@ def run_evaluation(
     clip_l14_weights: str | os.PathLike | None = None,
     musiq_weights: str | os.PathLike | None = None,
     long_protocol: LongProtocol | None = None,
+    amt_weights: str | os.PathLike | None = None,
+    raft_weights: str | os.PathLike | None = None,
+    static_filter: bool = False,
 ) -> tuple[list[VideoMetrics], dict[str, Path]]:
     """Find the videos, score them, write ``metrics.csv``, ``metrics.json``, ``summary.csv``, ``consistency.png``.
 
@@ -577,11 +589,14 @@ def run_evaluation(
         dimensions: VBench dimensions to compute (:data:`tools.vbench.DIMENSIONS`); ``()`` for none.
         dino_weights: Local DINO ViT-B/16 weights; default the Hugging Face cache (downloaded once).
         clip_weights: Local CLIP ViT-B/32 weights; default the Hugging Face cache (downloaded once).
-        random_feature_models: Random-initialised DINO/CLIP, no weights needed: for tests only.
+        random_feature_models: Random-initialised models, no weights needed: for tests only.
         aesthetic_weights, clip_l14_weights, musiq_weights: Local weights of the aesthetic_quality
             (LAION head, CLIP ViT-L/14) and imaging_quality (MUSIQ SPAQ) models; default the caches.
         long_protocol: Score under VBench-Long's protocol and also write ``clip_scores.csv`` and
             ``clip_scores.png`` (one row / point per 2-second clip).
+        amt_weights: Local AMT-S weights (``amt-s.pth``); default the Hugging Face cache.
+        raft_weights: Local RAFT weights (``raft-things.pth`` or torchvision's); default the torch hub cache.
+        static_filter: Score ``temporal_flickering`` only for the videos VBench's RAFT filter finds static.
 
     Returns:
         ``(rows, {"csv": ..., "json": ..., "summary": ..., "png": ...})``.
@@ -607,9 +622,10 @@ def run_evaluation(
         clip = ClipScorer(load_clip_embedder(clip_ckpt, clip_arch, clip_prefix, device), batch_size, device)
     vbench = None
     if dimensions:
-        if random_feature_models and set(dimensions) - {FLICKER}:
+        if random_feature_models and (set(dimensions) - {FLICKER} or static_filter):
             logger.warning(
-                "random-initialised feature models (--random_feature_models): for tests only, the scores mean nothing"
+                "random-initialised feature models (--random_feature_models): for tests only, the scores "
+                "mean nothing"
             )
         vbench = VBenchScorer.create(
             dimensions,
@@ -621,6 +637,10 @@ def run_evaluation(
             aesthetic_weights=aesthetic_weights,
             clip_l14_weights=clip_l14_weights,
             musiq_weights=musiq_weights,
+            amt_weights=amt_weights,
+            raft_weights=raft_weights,
+            static_filter=static_filter,
+            progress=progress,
         )
     rows = evaluate_videos(videos, clip, progress=progress, vbench=vbench, long_protocol=long_protocol)
     settings = {

@@ -4,8 +4,11 @@ Inference-only, plain ``nn.Module`` s (no training machinery), with the publishe
 tree so that the published checkpoints load strictly:
 
 - ``LatentDiffusion``: text-to-video (VideoCrafter2).
-- ``LatentVisualDiffusion``: image-to-video (VideoCrafter1): adds the CLIP image embedder
-  (``embedder``) and the Resampler (``image_proj_model``) whose tokens follow the text tokens.
+- ``LatentVisualDiffusion``: image-to-video (VideoCrafter1, DynamiCrafter): adds the CLIP image
+  embedder (``embedder``) and the Resampler (``image_proj_model``) whose tokens follow the text
+  tokens. DynamiCrafter's configs add v-prediction on a zero-terminal-SNR schedule, the hybrid
+  conditioning (the image latent concatenated to every frame), dynamic rescale and the frame
+  stride embedding: what differs is described by ``self.family`` (``lvdm.family``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lvdm.models.utils_diffusion import linear_betas, scale_array, schedule_buffers
+from lvdm.family import Conditioning, ModelFamily, family_from_params
+from lvdm.models.utils_diffusion import (
+    linear_betas,
+    rescale_zero_terminal_snr,
+    scale_array,
+    schedule_buffers,
+)
 from lvdm.utils import instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -56,6 +65,13 @@ class LatentDiffusion(nn.Module):
         conditioning_key: str = "crossattn",
         image_size: int | Sequence[int] = (40, 64),
         channels: int = 4,
+        parameterization: str = "eps",
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_rescale: bool = False,
+        base_scale: float = 0.7,
+        turning_step: int = 400,
+        fps_condition_type: str = "fs",
+        perframe_ae: bool = False,
         **training_only: Any,
     ) -> None:
         super().__init__()
@@ -63,9 +79,18 @@ class LatentDiffusion(nn.Module):
             raise ValueError(
                 f"beta_schedule {beta_schedule!r} is not supported (published models use 'linear')"
             )
-        if conditioning_key != "crossattn":
+        if conditioning_key not in ("crossattn", "hybrid"):
             raise ValueError(
-                f"conditioning_key {conditioning_key!r} is not supported (published: 'crossattn')"
+                f"conditioning_key {conditioning_key!r} is not supported "
+                "(published: 'crossattn' for VideoCrafter, 'hybrid' for DynamiCrafter)"
+            )
+        if parameterization not in ("eps", "v"):
+            raise ValueError(
+                f"parameterization {parameterization!r} is not supported (published: 'eps', 'v')"
+            )
+        if fps_condition_type not in ("fs", "fps"):
+            raise ValueError(
+                f"fps_condition_type {fps_condition_type!r} is not supported (published: 'fs', 'fps')"
             )
         if uncond_type != "empty_seq":
             raise ValueError(f"uncond_type {uncond_type!r} is not supported (published: 'empty_seq')")
@@ -79,24 +104,59 @@ class LatentDiffusion(nn.Module):
         self.image_size = tuple(image_size) if isinstance(image_size, Sequence) else (image_size, image_size)
         self.num_timesteps = timesteps
         self.use_scale = use_scale
-        self._schedule_config = (timesteps, linear_start, linear_end, scale_a, scale_b, fix_scale_bug)
+        self.use_dynamic_rescale = use_dynamic_rescale
+        self.parameterization = parameterization
+        self.fps_condition_type = fps_condition_type
+        self.perframe_ae = perframe_ae
+        if use_scale and use_dynamic_rescale:
+            raise ValueError(
+                "use_scale and use_dynamic_rescale exclude each other (both rescale the latents)"
+            )
+        # The config's description of this member of the family (the samplers read only this).
+        self._family_params: dict[str, Any] = {
+            "unet_config": unet_config,
+            "conditioning_key": conditioning_key,
+            "parameterization": parameterization,
+            "rescale_betas_zero_snr": rescale_betas_zero_snr,
+            "use_dynamic_rescale": use_dynamic_rescale,
+            "use_scale": use_scale,
+            "perframe_ae": perframe_ae,
+        }
+        self.family: ModelFamily = family_from_params(self._family_params)
+        if use_dynamic_rescale:  # DynamiCrafter: a ramp from 1 to base_scale, as use_scale's
+            scale_a, scale_b, fix_scale_bug = 1.0, base_scale, False
+        self._schedule_config = (
+            timesteps,
+            linear_start,
+            linear_end,
+            scale_a,
+            scale_b,
+            fix_scale_bug,
+            turning_step,
+            rescale_betas_zero_snr,
+        )
         _, scale_arr = self.schedule_arrays()
-        for name, values in schedule_buffers(linear_betas(timesteps, linear_start, linear_end)).items():
+        buffers = schedule_buffers(self._betas(), v_prediction=parameterization == "v")
+        for name, values in buffers.items():
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
-        if use_scale:
+        if scale_arr is not None:
             self.register_buffer("scale_arr", torch.tensor(scale_arr, dtype=torch.float32))
+
+    def _betas(self) -> np.ndarray:
+        timesteps, linear_start, linear_end, *_, zero_snr = self._schedule_config
+        betas = linear_betas(timesteps, linear_start, linear_end)
+        return rescale_zero_terminal_snr(betas) if zero_snr else betas
 
     def schedule_arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
         """``alphas_cumprod`` and ``scale_arr`` (or None) as the buffers hold them (float32 values,
         as float64 arrays), computed from the config: for a model whose buffers hold no values."""
-        timesteps, linear_start, linear_end, scale_a, scale_b, fix_scale_bug = self._schedule_config
-        buffers = schedule_buffers(linear_betas(timesteps, linear_start, linear_end))
+        timesteps, _, _, scale_a, scale_b, fix_scale_bug, turning_step, _ = self._schedule_config
+        buffers = schedule_buffers(self._betas(), v_prediction=self.parameterization == "v")
         alphas_cumprod = buffers["alphas_cumprod"].astype(np.float32).astype(np.float64)
         scale_arr = None
-        if self.use_scale:
-            scale_arr = (
-                scale_array(timesteps, scale_a, scale_b, fix_scale_bug).astype(np.float32).astype(np.float64)
-            )
+        if self.use_scale or self.use_dynamic_rescale:
+            scale_arr = scale_array(timesteps, scale_a, scale_b, fix_scale_bug, turning_step)
+            scale_arr = scale_arr.astype(np.float32).astype(np.float64)
         return alphas_cumprod, scale_arr
 
     # ------------------------------------------------------------------ properties
@@ -152,13 +212,28 @@ class LatentDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ denoiser
     def apply_model(
-        self, x: Tensor, t: Tensor, context: Tensor, fps: int | Tensor = 8, context_branches: int = 1
+        self,
+        x: Tensor,
+        t: Tensor,
+        context: Tensor,
+        fps: int | Tensor = 8,
+        context_branches: int = 1,
+        concat: Tensor | None = None,
     ) -> Tensor:
-        """Predicted noise for x (b, c, t, h, w) at timesteps t (b,) or (b, t).
+        """The U-Net's output (ε or v, see ``self.family.prediction``) for x (b, c, t, h, w) at
+        timesteps t (b,) or (b, t).
 
         ``context`` (k·b, m, d): one row per clip, or k = ``context_branches`` per clip
-        (``UNetModel.forward``); the result has k·b rows.
+        (``UNetModel.forward``); the result has k·b rows. ``fps``: the value of the extra
+        embedding (frame rate, or frame stride for DynamiCrafter). ``concat`` (1 or b, c', 1 or
+        t, h, w): the hybrid models' image latent, concatenated to the channels of every frame
+        (the same for both guidance branches, as published).
         """
+        if concat is not None:
+            concat = concat.to(x.dtype).expand(x.shape[0], -1, x.shape[2], -1, -1)
+            x = torch.cat([x, concat], dim=1)
+        elif self.family.conditioning is Conditioning.HYBRID:
+            raise ValueError("a hybrid-conditioned model (DynamiCrafter) needs the image latent (concat=)")
         return self.model.diffusion_model(x, t, context, fps=fps, context_branches=context_branches)
 
     # ------------------------------------------------------------------ autoencoder
@@ -180,21 +255,38 @@ class LatentVisualDiffusion(LatentDiffusion):
     """Image-to-video latent diffusion (``lvdm.models.ddpm3d.LatentVisualDiffusion``).
 
     Args:
-        cond_img_config: the CLIP image embedder.
+        cond_img_config: the CLIP image embedder (VideoCrafter1's name).
+        img_cond_stage_config: the same, under DynamiCrafter's name.
         finegrained: published switch for the 16-token Resampler (the only projector here).
         image_proj_config: optional projector config; by default the published Resampler sizes
             for ViT-H-14 (1280-wide image tokens → 16 tokens of 1024).
+        image_proj_stage_config: the projector under DynamiCrafter's name (its Resampler has
+            ``video_length``: 16 tokens per frame).
     """
 
     def __init__(
         self,
-        cond_img_config: Mapping[str, Any],
+        cond_img_config: Mapping[str, Any] | None = None,
         finegrained: bool = True,
         image_proj_config: Mapping[str, Any] | None = None,
         random_cond: bool = False,
+        img_cond_stage_config: Mapping[str, Any] | None = None,
+        image_proj_stage_config: Mapping[str, Any] | None = None,
+        freeze_embedder: bool = True,
+        image_proj_model_trainable: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if (cond_img_config is None) == (img_cond_stage_config is None):
+            raise ValueError(
+                "set exactly one of cond_img_config (VideoCrafter1) and img_cond_stage_config (DynamiCrafter)"
+            )
+        if image_proj_config is not None and image_proj_stage_config is not None:
+            raise ValueError("set at most one of image_proj_config and image_proj_stage_config")
+        cond_img_config = cond_img_config or img_cond_stage_config
+        image_proj_config = image_proj_config or image_proj_stage_config
+        self._family_params.update(cond_img_config=cond_img_config, image_proj_config=image_proj_config)
+        self.family = family_from_params(self._family_params)
         if not finegrained and image_proj_config is None:
             raise ValueError(
                 "finegrained: false (the 4-token projector) is not supported; use finegrained: true"
@@ -226,5 +318,12 @@ class LatentVisualDiffusion(LatentDiffusion):
 
     @torch.no_grad()
     def get_image_embeds(self, images: Tensor) -> Tensor:
-        """Image tokens: (b, 3, H, W) in [-1, 1] → (b, 16, context_dim)."""
+        """Image tokens: (b, 3, H, W) in [-1, 1] → (b, 16, context_dim), or (b, 16·video_length,
+        context_dim) for DynamiCrafter's per-frame Resampler."""
         return self.image_proj_model(self.embedder(images))
+
+    @torch.no_grad()
+    def get_image_latent(self, images: Tensor) -> Tensor:
+        """The hybrid models' concatenated condition: (b, 3, H, W) in [-1, 1] → (b, c, 1, h, w),
+        the posterior mean of each image, scaled (``encode_first_stage_2DAE``)."""
+        return self.encode_first_stage_2DAE(images[:, :, None])

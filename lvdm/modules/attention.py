@@ -33,7 +33,6 @@ takes a kind of processor off again.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Callable, Sequence
 
 import torch
@@ -41,50 +40,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-ATTENTION_BACKENDS = ("sdpa", "xformers", "math", "efficient")
-
-# CUDA launches attention kernels with the batch (and heads) on grid axes limited to 65,535
-# blocks: a larger batch fails with "invalid configuration argument". The temporal attention's
-# batch is samples·h·w (16 samples at 512x512: 65,536), so on CUDA it runs in slices below this.
-CUDA_MAX_ATTENTION_BATCH = 32768
-
-
-def xformers_available() -> bool:
-    """Whether the optional xformers package is importable."""
-    return importlib.util.find_spec("xformers") is not None
-
-
-def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v)
-
-
-def _attend_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Plain softmax(q kᵀ / sqrt(d)) v, as the published code computes it; the reference for tests."""
-    scale = q.shape[-1] ** -0.5
-    weights = torch.einsum("bhid,bhjd->bhij", q, k) * scale
-    return torch.einsum("bhij,bhjd->bhid", weights.softmax(dim=-1), v)
-
-
-def _attend_xformers(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    import xformers.ops  # optional dependency, CUDA only
-
-    # xformers wants (batch, seq, heads, dim).
-    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    return xformers.ops.memory_efficient_attention(q, k, v).transpose(1, 2)
-
-
-def _attend_efficient(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """PyTorch's memory-efficient CUDA kernel, called directly (what SDPA picks on a GPU; a plan
-    on fake CUDA tensors uses it to count the fused kernel's memory, not the math fallback's)."""
-    return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, False)[0]
-
-
-_KERNELS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
-    "sdpa": _attend_sdpa,
-    "math": _attend_math,
-    "xformers": _attend_xformers,
-    "efficient": _attend_efficient,
-}
+# The kernels live in their own module; their names stay importable from here.
+from lvdm.modules.attention_kernels import (  # noqa: F401
+    _KERNELS,
+    ATTENTION_BACKENDS,
+    CUDA_MAX_ATTENTION_BATCH,
+    xformers_available,
+)
+from lvdm.modules.attention_variants import RelativePosition, attend_relative, per_frame_image_tokens
 
 
 def max_attention_batch(device: torch.device) -> int | None:
@@ -162,6 +125,8 @@ class AttnProcessor:
         For self-attention, ``context_repeats`` is the number of consecutive rows per clip.
         """
         kernel = functools.partial(run_attention, self.backend)
+        if attn.relative_position is not None:
+            kernel = functools.partial(attend_relative, attn)
         q = self.process_query(attn, attn.to_q(x))
         if context is None:
             out = self.attend_self(
@@ -182,7 +147,11 @@ class AttnProcessor:
             out = self.attend_text(
                 attn, *attn.split_heads(q, attn.to_k(text), attn.to_v(text)), context_repeats, attend
             )
-            out = out + attend(*attn.split_heads(q, attn.to_k_ip(image), attn.to_v_ip(image)))
+            image, image_repeats = per_frame_image_tokens(image, context_repeats)
+            image_out = attend_shared_context(
+                kernel, *attn.split_heads(q, attn.to_k_ip(image), attn.to_v_ip(image)), image_repeats
+            )
+            out = out + attn.image_weight(image_out)
         else:
             out = self.attend_text(
                 attn, *attn.split_heads(q, attn.to_k(context), attn.to_v(context)), context_repeats, attend
@@ -288,7 +257,11 @@ class CrossAttention(nn.Module):
         heads, dim_head: head count and width.
         image_cross_attention: the context holds ``text_context_len`` text tokens followed by
             image tokens, attended with separate ``to_k_ip``/``to_v_ip`` projections
-            (VideoCrafter1 image-to-video).
+            (VideoCrafter1 image-to-video, DynamiCrafter).
+        image_cross_attention_scale_learnable: the image branch is weighted by
+            ``tanh(alpha) + 1`` with a learned scalar ``alpha`` (DynamiCrafter 256).
+        relative_position: relative-position embeddings on scores and values, for distances up
+            to this (the temporal attention of VideoCrafter1 text-to-video), or None.
     """
 
     def __init__(
@@ -300,6 +273,8 @@ class CrossAttention(nn.Module):
         dropout: float = 0.0,
         image_cross_attention: bool = False,
         text_context_len: int = 77,
+        image_cross_attention_scale_learnable: bool = False,
+        relative_position: int | None = None,
     ) -> None:
         super().__init__()
         inner_dim = heads * dim_head
@@ -314,7 +289,20 @@ class CrossAttention(nn.Module):
         if image_cross_attention:
             self.to_k_ip = nn.Linear(context_dim, inner_dim, bias=False)
             self.to_v_ip = nn.Linear(context_dim, inner_dim, bias=False)
+            if image_cross_attention_scale_learnable:
+                self.alpha = nn.Parameter(torch.tensor(0.0))
+        # VideoCrafter1's temporal attention: relative positions up to this many frames apart.
+        self.relative_position = relative_position
+        if relative_position is not None:
+            self.relative_position_k = RelativePosition(dim_head, relative_position)
+            self.relative_position_v = RelativePosition(dim_head, relative_position)
         self.processor: AttnProcessor = AttnProcessor()
+
+    def image_weight(self, image_out: Tensor) -> Tensor:
+        """The image branch's result as it is added to the text branch's (weight 1, or
+        ``tanh(alpha) + 1`` when learned)."""
+        alpha = getattr(self, "alpha", None)
+        return image_out if alpha is None else image_out * (torch.tanh(alpha) + 1).to(image_out.dtype)
 
     def split_heads(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         """(b, n, heads·d) → (b, heads, n, d) for each tensor."""
@@ -367,11 +355,22 @@ class BasicTransformerBlock(nn.Module):
         dropout: float = 0.0,
         context_dim: int | None = None,
         image_cross_attention: bool = False,
+        image_scale_learnable: bool = False,
+        relative_position: int | None = None,
     ) -> None:
         super().__init__()
-        self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout)
+        self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout, relative_position=relative_position)
         self.ff = FeedForward(dim, dropout=dropout)
-        self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout, image_cross_attention)
+        self.attn2 = CrossAttention(
+            dim,
+            context_dim,
+            n_heads,
+            d_head,
+            dropout,
+            image_cross_attention,
+            image_cross_attention_scale_learnable=image_scale_learnable,
+            relative_position=relative_position,
+        )
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
@@ -418,6 +417,8 @@ class _Transformer(nn.Module):
         context_dim: int | None = None,
         use_linear: bool = False,
         image_cross_attention: bool = False,
+        image_scale_learnable: bool = False,
+        relative_position: int | None = None,
     ) -> None:
         super().__init__()
         if context_dim is not None and not self.CROSS_ATTENTION:
@@ -430,7 +431,16 @@ class _Transformer(nn.Module):
         # Blocks last: random initialisation draws in the published order (--random_init videos
         # stay the same), while the checkpoint keys keep the module order above.
         self.transformer_blocks.extend(
-            BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim, image_cross_attention)
+            BasicTransformerBlock(
+                inner,
+                n_heads,
+                d_head,
+                dropout,
+                context_dim,
+                image_cross_attention,
+                image_scale_learnable,
+                relative_position,
+            )
             for _ in range(depth)
         )
 
@@ -463,8 +473,9 @@ class TemporalTransformer(_Transformer):
     """Self-attention along time at each spatial position.
 
     Input and output: (b, c, t, h, w). The group norm spans all frames of a clip, so each
-    sample of the batch must be one whole clip. Only the published variant is supported:
-    self-attention only, no causal mask, no relative positions.
+    sample of the batch must be one whole clip. The published variants are supported:
+    self-attention only, no causal mask; relative positions (``relative_position`` = the
+    config's ``temporal_length``, VideoCrafter1 text-to-video) or none.
     """
 
     POINTWISE_DIMS = 1

@@ -29,10 +29,12 @@ Deviations, also listed in the README: the models come from ``timm`` (``vit_base
 the same DINO weights) and ``open_clip`` (``ViT-B-32`` with the ``openai`` weights and QuickGELU,
 the same network) rather than ``torch.hub`` and OpenAI's ``clip`` package; frames go through the
 models in batches (VBench: DINO one frame at a time); cosines are taken in float64; an ``.mp4`` is
-decoded by ffmpeg through imageio rather than decord/OpenCV; temporal flickering has no static-video
-filter (VBench scores it on its own static-scene prompts); a single-frame video scores NaN.
-``motion_smoothness`` is not computed: VBench uses the AMT-S interpolation model, which no
-installable package compatible with this project provides.
+decoded by ffmpeg through imageio rather than decord/OpenCV; temporal flickering's static-video
+filter is an option (``static_filter``), off by default; a single-frame video scores NaN.
+
+Two motion dimensions: ``motion_smoothness`` (AMT-S predicts the odd frames from the even ones,
+:mod:`.amt` and :mod:`.motion`) and ``dynamic_degree`` (RAFT flow, 1 or 0 per video; :mod:`.flow`,
+which also holds the static filter).
 
 Two quality dimensions per frame: ``aesthetic_quality`` (LAION's aesthetic head on CLIP ViT-L/14,
 :mod:`.aesthetic`) and ``imaging_quality`` (pyiqa's MUSIQ with SPAQ weights, :mod:`.imaging`); and
@@ -41,7 +43,8 @@ VBench-Long's clip protocol for long videos (:mod:`.long`).
 Modules: :mod:`.common` (dimension names, constants, :class:`FeatureWeightsError`), :mod:`.video`
 (VBench's frame preprocessing), :mod:`.weights` (Hub cache, local files, offline errors),
 :mod:`.consistency` (DINO/CLIP models and the consistency score), :mod:`.flicker`,
-:mod:`.scorer` (:class:`VBenchScorer`, one video at a time). This file re-exports the public names.
+:mod:`.scorer` (:class:`VBenchScorer`, one video at a time), :mod:`.strict` (strict loading of the
+motion models). This file re-exports the public names.
 """
 
 from __future__ import annotations
@@ -53,11 +56,13 @@ from tools.vbench.common import (
     CLIP_MEAN,
     CLIP_STD,
     DIMENSIONS,
+    DYNAMIC,
     FLICKER,
     IMAGENET_MEAN,
     IMAGENET_STD,
     IMAGING,
     INPUT_SIZE,
+    MOTION,
     SUBJECT,
     FeatureWeightsError,
 )
@@ -70,7 +75,9 @@ from tools.vbench.consistency import (
     dino_position_embedding,
 )
 from tools.vbench.flicker import temporal_flickering_score
+from tools.vbench.flow import FlowScorer, build_raft, raft_things_to_torchvision
 from tools.vbench.imaging import MusiqScores, build_musiq, imaging_preprocess, imaging_quality_score
+from tools.vbench.motion import MotionScorer, build_amt, motion_smoothness_score
 from tools.vbench.scorer import VBenchScorer, VBenchScores
 from tools.vbench.video import clip_preprocess, dino_preprocess
 
@@ -83,29 +90,37 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DIMENSIONS",
+    "DYNAMIC",
     "FLICKER",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGING",
     "INPUT_SIZE",
+    "MOTION",
     "SUBJECT",
     "AestheticPredictor",
     "ClipImageFeatures",
     "DinoFeatures",
     "FeatureWeightsError",
+    "FlowScorer",
+    "MotionScorer",
     "MusiqScores",
     "VBenchScorer",
     "VBenchScores",
     "aesthetic_quality_score",
     "build_aesthetic",
+    "build_amt",
     "build_clip",
     "build_dino",
     "build_musiq",
+    "build_raft",
     "clip_preprocess",
     "consistency_curve",
     "dino_position_embedding",
     "dino_preprocess",
     "imaging_preprocess",
     "imaging_quality_score",
+    "motion_smoothness_score",
+    "raft_things_to_torchvision",
     "temporal_flickering_score",
 ]

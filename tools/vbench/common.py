@@ -12,7 +12,9 @@ BACKGROUND = "background_consistency"
 FLICKER = "temporal_flickering"
 AESTHETIC = "aesthetic_quality"
 IMAGING = "imaging_quality"
-DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER, AESTHETIC, IMAGING)
+MOTION = "motion_smoothness"
+DYNAMIC = "dynamic_degree"
+DIMENSIONS = (SUBJECT, BACKGROUND, FLICKER, AESTHETIC, IMAGING, MOTION, DYNAMIC)
 
 INPUT_SIZE = 224
 # VBench's normalisation constants (vbench/utils.py: dino_transform and clip_transform).

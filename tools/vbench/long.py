@@ -86,6 +86,8 @@ class ClipRow:
     temporal_flickering: float | None = None
     aesthetic_quality: float | None = None
     imaging_quality: float | None = None
+    motion_smoothness: float | None = None
+    dynamic_degree: float | None = None  # 1 or 0 per clip; the video's value is the share of moving clips
 
 
 CLIP_FIELDS = tuple(f.name for f in fields(ClipRow))
@@ -187,7 +189,7 @@ def score_long(
     clips: list[ClipRow] = []
     for scene_index, (start, end) in enumerate(scenes):
         for clip_start, clip_end in clip_ranges(start, end, clip_frames):
-            clip_scores = scorer.score(frames[clip_start:clip_end])
+            clip_scores = scorer.score(frames[clip_start:clip_end], fps)
             row = ClipRow(name, len(clips), scene_index, clip_start, clip_end)
             for dimension in scorer.dimensions:
                 setattr(row, dimension, getattr(clip_scores, dimension))

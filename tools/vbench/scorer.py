@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from tools.vbench.aesthetic import CLIP_L14_HUB_REPO, LAION_HEAD_URL, aesthetic_quality_score
-from tools.vbench.common import AESTHETIC, BACKGROUND, DIMENSIONS, FLICKER, IMAGING, SUBJECT
+from tools.vbench.common import AESTHETIC, BACKGROUND, DIMENSIONS, DYNAMIC, FLICKER, IMAGING, MOTION, SUBJECT
 from tools.vbench.consistency import consistency_curve
 from tools.vbench.flicker import temporal_flickering_score
+from tools.vbench.flow import TORCHVISION_RAFT_URL, FlowScorer
 from tools.vbench.imaging import MUSIQ_HUB_REPO, MUSIQ_SPAQ_FILE, imaging_preprocess, imaging_quality_score
+from tools.vbench.motion import AMT_HUB_REPO, MotionScorer
 from tools.vbench.video import clip_preprocess, dino_preprocess
 from tools.vbench.weights import CLIP_HUB_REPO, DINO_HUB_REPO
 
@@ -24,7 +26,10 @@ from tools.vbench.weights import CLIP_HUB_REPO, DINO_HUB_REPO
 class VBenchScores:
     """One video's VBench dimensions in percent (``None``: not computed; NaN: a single frame).
 
-    Curves hold frame ``i``'s consistency for ``i = 1 .. t - 1`` (``(t - 1,)``), in percent.
+    ``dynamic_degree`` is VBench's per-video verdict, 1.0 (moving) or 0.0, not a percentage.
+    ``static_video`` is the static filter's verdict (``None`` when the filter is off); a video it
+    finds moving has ``temporal_flickering`` ``None``. Curves hold frame ``i``'s consistency for
+    ``i = 1 .. t - 1`` (``(t - 1,)``), in percent.
     """
 
     subject_consistency: float | None = None
@@ -32,6 +37,9 @@ class VBenchScores:
     temporal_flickering: float | None = None
     aesthetic_quality: float | None = None
     imaging_quality: float | None = None
+    motion_smoothness: float | None = None
+    dynamic_degree: float | None = None
+    static_video: bool | None = None
     subject_consistency_curve: list[float] | None = None
     background_consistency_curve: list[float] | None = None
 
@@ -51,6 +59,10 @@ class VBenchScorer:
         device: Where the models live; frames are preprocessed there too.
         aesthetic: The model for ``aesthetic_quality`` (:func:`tools.vbench.aesthetic.build_aesthetic`).
         musiq: The model for ``imaging_quality`` (:func:`tools.vbench.imaging.build_musiq`).
+        amt: The model for ``motion_smoothness`` (:func:`tools.vbench.motion.build_amt`).
+        raft: The model for ``dynamic_degree`` and the static filter (:func:`tools.vbench.flow.build_raft`).
+        static_filter: Score ``temporal_flickering`` only for videos VBench's RAFT filter finds static.
+        progress: Progress bars over the frame pairs of each video (AMT-S, RAFT).
     """
 
     def __init__(
@@ -63,6 +75,10 @@ class VBenchScorer:
         *,
         aesthetic: nn.Module | None = None,
         musiq: nn.Module | None = None,
+        amt: nn.Module | None = None,
+        raft: nn.Module | None = None,
+        static_filter: bool = False,
+        progress: bool = False,
     ) -> None:
         unknown = [d for d in dimensions if d not in DIMENSIONS]
         if unknown:
@@ -77,6 +93,10 @@ class VBenchScorer:
             raise ValueError(f"{AESTHETIC} needs the aesthetic model")
         if IMAGING in dimensions and musiq is None:
             raise ValueError(f"{IMAGING} needs the MUSIQ model")
+        if MOTION in dimensions and amt is None:
+            raise ValueError(f"{MOTION} needs the AMT-S model")
+        if (DYNAMIC in dimensions or (static_filter and FLICKER in dimensions)) and raft is None:
+            raise ValueError(f"{DYNAMIC} and the static filter need the RAFT model")
         self.dimensions = tuple(d for d in DIMENSIONS if d in dimensions)  # VBench's order
         self.dino = dino
         self.clip = clip
@@ -84,6 +104,9 @@ class VBenchScorer:
         self.musiq = musiq
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.static_filter = static_filter and FLICKER in self.dimensions
+        self.motion = None if amt is None else MotionScorer(amt, batch_size, device, progress)
+        self.flow = None if raft is None else FlowScorer(raft, batch_size, device, progress)
         self.sources: dict[str, str] = {}
 
     @classmethod
@@ -99,9 +122,14 @@ class VBenchScorer:
         aesthetic_weights: str | os.PathLike | None = None,
         clip_l14_weights: str | os.PathLike | None = None,
         musiq_weights: str | os.PathLike | None = None,
+        amt_weights: str | os.PathLike | None = None,
+        raft_weights: str | os.PathLike | None = None,
+        static_filter: bool = False,
+        progress: bool = False,
     ) -> VBenchScorer:
         """Build the models the dimensions need (see :func:`build_dino`, :func:`build_clip`,
-        :func:`~tools.vbench.aesthetic.build_aesthetic`, :func:`~tools.vbench.imaging.build_musiq`).
+        :func:`~tools.vbench.aesthetic.build_aesthetic`, :func:`~tools.vbench.imaging.build_musiq`,
+        :func:`~tools.vbench.motion.build_amt`, :func:`~tools.vbench.flow.build_raft`).
 
         ``device`` defaults to CUDA when available.
         """
@@ -124,7 +152,22 @@ class VBenchScorer:
         if AESTHETIC in dimensions:
             aesthetic = vbench.build_aesthetic(aesthetic_weights, clip_l14_weights, random_init, device)
         musiq = vbench.build_musiq(musiq_weights, random_init, device) if IMAGING in dimensions else None
-        scorer = cls(dimensions, dino, clip, batch_size, device, aesthetic=aesthetic, musiq=musiq)
+        amt = vbench.build_amt(amt_weights, random_init, device) if MOTION in dimensions else None
+        needs_raft = DYNAMIC in dimensions or (static_filter and FLICKER in dimensions)
+        raft = vbench.build_raft(raft_weights, random_init, device) if needs_raft else None
+        scorer = cls(
+            dimensions,
+            dino,
+            clip,
+            batch_size,
+            device,
+            aesthetic=aesthetic,
+            musiq=musiq,
+            amt=amt,
+            raft=raft,
+            static_filter=static_filter,
+            progress=progress,
+        )
 
         def source(weights: str | os.PathLike | None, repo: str) -> str:
             if random_init:
@@ -143,6 +186,10 @@ class VBenchScorer:
             )
         if musiq is not None:
             scorer.sources[IMAGING] = source(musiq_weights, f"{MUSIQ_HUB_REPO}/{MUSIQ_SPAQ_FILE}")
+        if amt is not None:
+            scorer.sources[MOTION] = source(amt_weights, AMT_HUB_REPO)
+        if raft is not None:
+            scorer.sources[DYNAMIC] = source(raft_weights, TORCHVISION_RAFT_URL)
         return scorer
 
     @torch.inference_mode()
@@ -157,8 +204,9 @@ class VBenchScorer:
             chunks.append(model(preprocess(batch.to(self.device))).double().cpu())
         return torch.cat(chunks)
 
-    def score(self, frames: np.ndarray) -> VBenchScores:
-        """The chosen dimensions of one video, ``frames`` ``(t, h, w, 3)`` uint8."""
+    def score(self, frames: np.ndarray, fps: float = 0.0) -> VBenchScores:
+        """The chosen dimensions of one video, ``frames`` ``(t, h, w, 3)`` uint8 at ``fps`` frames a
+        second (dynamic degree samples frames by it; 0: unknown, every frame)."""
         scores = VBenchScores()
         if SUBJECT in self.dimensions:
             curve = consistency_curve(self.features(self.dino, dino_preprocess, frames))
@@ -168,7 +216,14 @@ class VBenchScorer:
             curve = consistency_curve(self.features(self.clip, clip_preprocess, frames))
             scores.background_consistency = _percent_mean(curve)
             scores.background_consistency_curve = (curve * 100.0).tolist()
-        if FLICKER in self.dimensions:
+        if self.flow is not None:
+            flow = self.flow.score(frames, fps, dynamic=DYNAMIC in self.dimensions, static=self.static_filter)
+            if flow.dynamic is not None:
+                scores.dynamic_degree = float(flow.dynamic)
+            elif DYNAMIC in self.dimensions:
+                scores.dynamic_degree = math.nan  # a single frame
+            scores.static_video = flow.static
+        if FLICKER in self.dimensions and scores.static_video is not False:
             scores.temporal_flickering = temporal_flickering_score(frames) * 100.0
         if AESTHETIC in self.dimensions:
             laion = self.features(self.aesthetic, clip_preprocess, frames)
@@ -176,6 +231,8 @@ class VBenchScorer:
         if IMAGING in self.dimensions:
             mos = self.features(self.musiq, imaging_preprocess, frames)
             scores.imaging_quality = imaging_quality_score(mos) * 100.0
+        if MOTION in self.dimensions:
+            scores.motion_smoothness = self.motion.score(frames) * 100.0
         return scores
 
     def settings(self) -> dict[str, object]:
@@ -184,6 +241,8 @@ class VBenchScorer:
             "dimensions": list(self.dimensions),
             "scale": "percent",
             "models": dict(self.sources),
+            "static_filter": self.static_filter,
+            "dynamic_degree_scale": "per video 1 (moving) or 0; the mean over videos is VBench's score",
             "batch_size": self.batch_size,
             "device": str(self.device),
         }

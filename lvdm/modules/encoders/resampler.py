@@ -75,6 +75,8 @@ class Resampler(nn.Module):
         embedding_dim: Width of the input image tokens.
         output_dim: Width of the output tokens.
         ff_mult: Hidden width multiplier of the feed-forward layers.
+        video_length: DynamiCrafter's per-frame variant: ``num_queries`` queries for each of
+            ``video_length`` frames (``num_queries · video_length`` output tokens, frame-major).
     """
 
     def __init__(
@@ -87,9 +89,12 @@ class Resampler(nn.Module):
         embedding_dim: int = 768,
         output_dim: int = 1024,
         ff_mult: int = 4,
+        video_length: int | None = None,
     ) -> None:
         super().__init__()
-        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
+        self.num_queries, self.video_length = num_queries, video_length
+        total_queries = num_queries * (video_length or 1)
+        self.latents = nn.Parameter(torch.randn(1, total_queries, dim) / dim**0.5)
         self.proj_in = nn.Linear(embedding_dim, dim)
         self.proj_out = nn.Linear(dim, output_dim)
         self.norm_out = nn.LayerNorm(output_dim)
@@ -101,7 +106,7 @@ class Resampler(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(b, n, embedding_dim) -> (b, num_queries, output_dim)``."""
+        """``(b, n, embedding_dim) -> (b, num_queries·(video_length or 1), output_dim)``."""
         latents = self.latents.repeat(x.shape[0], 1, 1)
         x = self.proj_in(x)
         for attn, ff in self.layers:

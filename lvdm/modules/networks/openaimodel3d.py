@@ -166,7 +166,6 @@ _UNSUPPORTED = {
     "resblock_updown": False,
     "tempspatial_aware": False,
     "temporal_selfatt_only": True,
-    "use_relative_position": False,
     "use_causal_attention": False,
 }
 
@@ -198,6 +197,11 @@ class UNetModel(nn.Module):
         addition_attention: bool = False,
         use_image_attention: bool = False,
         fps_cond: bool = False,
+        image_cross_attention: bool = False,
+        image_cross_attention_scale_learnable: bool = False,
+        fs_condition: bool = False,
+        default_fs: int = 4,
+        use_relative_position: bool = False,
         conv_resample: bool = True,
         dims: int = 2,
         use_checkpoint: bool = False,
@@ -219,8 +223,20 @@ class UNetModel(nn.Module):
         self.model_channels = model_channels
         self.num_res_blocks = num_res_blocks
         self.temporal_length = temporal_length
+        # DynamiCrafter's names for the same layers: image cross-attention, and the extra
+        # embedding (``fps_embedding``) fed the frame stride, ``default_fs`` when none is given.
+        use_image_attention = use_image_attention or image_cross_attention
+        fps_cond = fps_cond or fs_condition
+        self.default_fs = default_fs if fs_condition else None
         self.fps_cond = fps_cond
         self.addition_attention = addition_attention
+        # VideoCrafter1 text-to-video: relative positions in every temporal attention, up to
+        # temporal_length frames apart.
+        relative_position = None
+        if use_relative_position:
+            if temporal_length is None:
+                raise ValueError("UNetModel: use_relative_position needs temporal_length")
+            relative_position = int(temporal_length)
         emb_dim = model_channels * 4
 
         def heads_for(ch: int) -> tuple[int, int]:
@@ -240,12 +256,19 @@ class UNetModel(nn.Module):
                     context_dim,
                     use_linear,
                     use_image_attention,
+                    image_cross_attention_scale_learnable,
                 )
             ]
             if temporal_attention:
                 layers.append(
                     TemporalTransformer(
-                        ch, n_heads, d_head, transformer_depth, dropout, use_linear=use_linear
+                        ch,
+                        n_heads,
+                        d_head,
+                        transformer_depth,
+                        dropout,
+                        use_linear=use_linear,
+                        relative_position=relative_position,
                     )
                 )
             return layers
@@ -288,7 +311,13 @@ class UNetModel(nn.Module):
             # Extra temporal attention after the first convolution (published: 8 heads, conv proj).
             self.init_attn = TimestepEmbedSequential(
                 TemporalTransformer(
-                    model_channels, 8, num_head_channels, transformer_depth, dropout, use_linear=False
+                    model_channels,
+                    8,
+                    num_head_channels,
+                    transformer_depth,
+                    dropout,
+                    use_linear=False,
+                    relative_position=relative_position,
                 )
             )
 
@@ -346,7 +375,7 @@ class UNetModel(nn.Module):
         """The dtype of the weights, which the forward pass computes in (float32 in the norms)."""
         return self.time_embed[0].weight.dtype
 
-    def embed_time(self, timesteps: Tensor, batch: int, frames: int, fps: int | Tensor) -> Tensor:
+    def embed_time(self, timesteps: Tensor, batch: int, frames: int, fps: int | Tensor | None) -> Tensor:
         """Time (+ fps) embedding per frame: timesteps (b,) or (b, t) → (b·t, 4·model_channels)."""
         per_frame = timesteps.dim() == 2
         dtype = self.dtype
@@ -354,6 +383,10 @@ class UNetModel(nn.Module):
         if not per_frame:
             emb = emb.repeat_interleave(frames, dim=0)
         if self.fps_cond:
+            if fps is None:
+                if self.default_fs is None:
+                    raise ValueError("this U-Net's fps embedding needs a value (fps=)")
+                fps = self.default_fs
             fps_t = torch.as_tensor(fps, device=timesteps.device).reshape(-1).expand(batch)
             fps_emb = self.fps_embedding(timestep_embedding(fps_t, self.model_channels).to(dtype))
             emb = emb + fps_emb.repeat_interleave(frames, dim=0)
@@ -364,7 +397,7 @@ class UNetModel(nn.Module):
         x: Tensor,
         timesteps: Tensor,
         context: Tensor,
-        fps: int | Tensor = 16,
+        fps: int | Tensor | None = 16,
         context_branches: int = 1,
     ) -> Tensor:
         """Predict the noise.
@@ -373,8 +406,11 @@ class UNetModel(nn.Module):
             x: (b, c, t, h, w) noisy latents.
             timesteps: (b,) one timestep per clip, or (b, t) one per frame (FIFO).
             context: (k·b, m, context_dim) text tokens (+ image tokens for image models), one
-                row per clip, or k rows per clip with ``context_branches`` = k.
-            fps: frame rate conditioning, an int or (b,).
+                row per clip, or k rows per clip with ``context_branches`` = k. With 16 image
+                tokens per frame (77 + 16·t tokens, DynamiCrafter) frame i attends to its own
+                16 (``lvdm.modules.attention.per_frame_image_tokens``), as published.
+            fps: frame rate conditioning (frame stride for DynamiCrafter), an int or (b,);
+                None: the config's ``default_fs``.
             context_branches: k ≥ 1 contexts per clip, branch-major (rows [i·b, (i+1)·b) are
                 branch i; classifier-free guidance passes k = 2: conditional, unconditional).
                 The layers before the first cross-attention (input convolution, initial

@@ -1,0 +1,134 @@
+"""The model family's consequences for a run, in one place (see :mod:`lvdm.family`).
+
+- :func:`check_model_fits`: every check of a mode and settings against a model (the image
+  embedder, the size, and :func:`check_family_mode`).
+- :func:`check_family_mode`: a mode or setting that a family cannot run is refused before the
+  model is loaded, with the reason.
+- :func:`frame_value`: the value of the U-Net's extra embedding (``--fps`` or ``--frame_stride``).
+- :func:`image_latent`: the hybrid families' per-video condition, the input image's latent.
+
+The FIFO loop, the tricks, resume and ``--parallel windows`` never look at the family: the
+DDIM schedule carries the step's part and the denoiser the conditioning's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from fifo.options import GenerationSettings, MainMode, ModeOptions
+from lvdm.family import IMAGE_TOKENS_PER_FRAME, ModelFamily
+
+if TYPE_CHECKING:
+    from lvdm.build import ConfigFacts
+    from lvdm.models.ddpm3d import LatentDiffusion
+
+I2V_CONFIG_HINT = "use --config configs/inference_i2v_512_v1.0.yaml (or configs/tiny_i2v.yaml)"
+
+
+def check_model_fits(
+    facts: ConfigFacts, mode: ModeOptions, settings: GenerationSettings, source: str
+) -> None:
+    """The checks of a mode and settings against a model, in one place.
+
+    ``facts`` come from the config before the model is built (the CLI) or from the built model
+    (:class:`FifoGenerator`); ``source`` names it in the message.
+
+    Raises:
+        ValueError: the mode needs the image-to-video model, or the size does not fit the U-Net.
+    """
+    if mode.uses_image_model and not facts.has_image_embedder:
+        raise ValueError(
+            f"mode {mode.main.value!r} needs the image-to-video model (a CLIP image embedder), but "
+            f"{source} has none: {I2V_CONFIG_HINT}"
+        )
+    if mode.srg is not None:
+        mode.srg.guided_windows(settings.geometry)  # raises for --srg_windows beyond the windows
+    h, w = settings.height, settings.width
+    if h % facts.size_multiple or w % facts.size_multiple:
+        raise ValueError(
+            f"--height and --width must be multiples of {facts.size_multiple} for this model "
+            f"(autoencoder ×{facts.vae_scale}, U-Net ×{facts.unet_factor}), got {h}x{w}"
+        )
+    check_family_mode(facts, mode, settings, source)
+
+
+DYNAMICRAFTER_CONFIG_HINT = "configs/dynamicrafter_512_v1.0.yaml (or configs/tiny_dynamicrafter.yaml)"
+
+
+def check_family_mode(
+    facts: ConfigFacts, mode: ModeOptions, settings: GenerationSettings, source: str
+) -> None:
+    """Refuse what ``facts.family`` cannot run, naming the reason and what to use instead.
+
+    Raises:
+        ValueError: the message is shown to the user as it is.
+    """
+    family = facts.family
+    if family.needs_input_image and mode.main is MainMode.T2V:
+        raise ValueError(
+            f"mode 't2v' cannot run on {source} ({family.name}): it conditions every frame on an input "
+            "image's latent; use --mode i2v with 'image_path;prompt' lines (prompts/example_i2v.txt), "
+            "or a text-to-video config for t2v"
+        )
+    if family.needs_input_image and mode.main.seeds_image:
+        raise ValueError(
+            f"mode {mode.main.value!r} cannot run on {source} ({family.name}): its base clip would come "
+            "from a second, text-to-video model loaded next to it, which this project does not do. "
+            "Use --mode i2v with an image (e.g. a frame of a text-to-video run), or run "
+            f"{mode.main.value!r} with configs/inference_i2v_512_v1.0.yaml"
+        )
+    if family.zero_terminal_snr and mode.tail is not None:
+        raise ValueError(
+            f"sub-option 'tailcoh' cannot apply to {source} ({family.name}): its tail slot is at ᾱ = 0 "
+            "(zero terminal SNR), so the previous tail's low frequencies carry nothing into the new "
+            "one and the coherent tail would equal fresh noise; leave tailcoh out of --mode"
+        )
+    if settings.frame_stride is not None and not family.takes_frame_stride:
+        raise ValueError(
+            f"--frame_stride conditions frame-stride models ({DYNAMICRAFTER_CONFIG_HINT}); "
+            f"{source} ({family.name}) is conditioned on --fps instead"
+        )
+    if family.per_frame_image_tokens:
+        # A window of another length would get every frame's tokens on every frame (the
+        # published U-Net's fallback), which the model was not trained for.
+        frames = family.image_tokens // IMAGE_TOKENS_PER_FRAME
+        if settings.video_length != frames:
+            raise ValueError(
+                f"--video_length must be {frames} for {source}: its image tokens are "
+                f"{IMAGE_TOKENS_PER_FRAME} per frame of a {frames}-frame clip (the Resampler's "
+                f"video_length), got {settings.video_length}"
+            )
+
+
+def frame_value(family: ModelFamily, settings: GenerationSettings) -> int:
+    """What the U-Net's frame-rate / frame-stride embedding is fed for these settings."""
+    return family.frame_value(settings.fps, settings.frame_stride)
+
+
+def image_latent(model: LatentDiffusion, images: Tensor) -> Tensor | None:
+    """The hybrid condition of a video: images (1, 3, H, W) in [-1, 1] → (1, c, 1, h, w), or None
+    for families that take none."""
+    if not model.family.needs_input_image:
+        return None
+    return model.get_image_latent(images.to(model.device))
+
+
+def add_family_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line options added with the family (``--frame_stride``, ``--guidance_rescale``)."""
+    parser.add_argument(
+        "--frame_stride",
+        type=int,
+        default=None,
+        help="frame-stride conditioning of DynamiCrafter models (default: the config's default_fs, "
+        "24 for dynamicrafter_512_v1.0); the other models take --fps",
+    )
+    parser.add_argument(
+        "--guidance_rescale",
+        type=float,
+        default=0.0,
+        help="guidance rescale weight in [0, 1] (DynamiCrafter's own scripts use 0.7 for 512/1024); "
+        "0 = plain classifier-free guidance",
+    )
