@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention", choices=("sdpa", "xformers", "math"), default="sdpa", help="attention kernel"
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the U-Net through torch.compile: each call shape compiles once (minutes, kept in the cache "
+        "folder for the next run), then runs faster",
+    )
+    p.add_argument(
         "--rng",
         choices=[o.value for o in NoiseOrder],
         default=NoiseOrder.DEFAULT.value,

@@ -52,6 +52,7 @@ class RunRequest:
     resume: bool = False
     save_state_every: int | None = None
     done: frozenset[int] = frozenset()  # indices (in this rank's jobs) of videos already complete
+    compile_unet: bool = False  # --compile: the U-Net through torch.compile (fifo/compile.py)
 
 
 def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
@@ -285,4 +286,5 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         resume=args.resume,
         save_state_every=args.save_state_every,
         done=done,
+        compile_unet=args.compile,
     )

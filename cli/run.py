@@ -114,6 +114,10 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
         # process of a sweep (or a --resume) skips it.
         memory_store = r.layout.cache_dir / "window_memory"
         generator = FifoGenerator(model, r.mode, r.settings, model_id, group=group, memory_store=memory_store)
+        if r.compile_unet:
+            from fifo.compile import compile_unet
+
+            compile_unet(model.unet, r.layout.cache_dir / "compiled")  # kept for the next run of a sweep
         if group is None or group.is_writer:
             create_folder(r.layout.root)
     except (CheckpointError, OutputError, ValueError) as err:

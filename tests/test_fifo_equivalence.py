@@ -42,6 +42,7 @@ from infra import memory
 from lvdm.build import load_model
 from lvdm.models.ddpm3d import LatentDiffusion
 from tests.conftest import load_script
+from tools.bench.options import BenchOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny_t2v.yaml"
@@ -415,7 +416,19 @@ def test_benchmark_rejects_bad_arguments(bench_script, bad: list[str]) -> None:
 
 def test_benchmark_json_shape(bench_script, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
-    argv = ["--preset", "tiny", "--device", "cpu", "--iterations", "1", "--warmup", "0", "--threads", "1"]
+    argv = [
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--no_compile",
+    ]
     assert bench_script.main([*argv, "--lengths", "--no_memory", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "speed-up (sequential / fast)" in table
@@ -429,6 +442,14 @@ def test_benchmark_json_shape(bench_script, tmp_path: Path, capsys) -> None:
         assert len(p["iteration_seconds"]) == 1 and p["seconds_per_frame"] > 0
     assert r["speedup"] == pytest.approx(seq["seconds_per_frame"] / fast["seconds_per_frame"])
     assert r["memory_by_length"] == []
+    # Every path against the machine's peak measured in the same run (fp32 here).
+    for p in (seq, fast):
+        assert p["flops_per_frame"] > 0 and p["peak_tflops"] > 0
+        assert p["tflops_achieved"] == pytest.approx(p["flops_per_frame"] / p["seconds_per_frame"] / 1e12)
+        assert p["fraction_of_peak"] == pytest.approx(p["tflops_achieved"] / p["peak_tflops"])
+    assert fast["flops_per_frame"] < seq["flops_per_frame"]  # the shared head (test_bench.py: exactly)
+    assert r["compile"] is None and r["speedup_compiled"] is None and "compiled" not in r["paths"]
+    assert "machine peak" in table and "of peak" in table
     # --json without a path: the document on stdout instead of the table.
     assert bench_script.main([*argv, "--lengths", "--no_memory", "--window_batch", "3", "--json"]) == 0
     r2 = json.loads(capsys.readouterr().out)
@@ -455,14 +476,13 @@ def test_benchmark_probes_measure_memory(bench_script) -> None:
 
     n = 1 keeps it quick: 2 windows, and a 1-frame video is a single FIFO iteration.
     """
-    argv = ["--preset", "tiny", "--device", "cpu", "--num_partitions", "1", "--threads", "1"]
-    args = _resolve(bench_script, argv)
-    path = bench_script.fresh_process_probe(args, {"kind": "path", "path": "fast"})
+    argv = ["--preset", "tiny", "--device", "cpu", "--num_partitions", "1", "--threads", "1", "--no_compile"]
+    opts = BenchOptions.from_namespace(_resolve(bench_script, argv))
+    path = bench_script.fresh_process_probe(opts, {"kind": "path", "path": "fast"})
     assert path["iterations"] == 1
     assert path["peak_memory_bytes"] >= path["baseline_memory_bytes"] > 0
-    args._probe = json.dumps({"kind": "length", "length": 1})
     with torch.inference_mode():
-        run = bench_script.probe(args)
+        run = bench_script.probe(opts, {"kind": "length", "length": 1})
     assert run["length"] == 1 and run["frames"] == 1
     assert run["iterations"] == FifoGeometry(8, 1).num_iterations(1) == 1
     assert run["peak_memory_bytes"] > 0 and run["end_memory_bytes"] > 0

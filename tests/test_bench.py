@@ -1,0 +1,240 @@
+"""The speed report and its parts (``tools/bench/``, ``scripts/benchmark.py --report``), the FLOP
+count of both paths, ``--compile`` (``fifo/compile.py``) and the device preparation script.
+
+All on the tiny model on one CPU thread: the report's rehearsal is the GPU run's command with
+``--preset tiny`` (rows that need CUDA say so), so a typo cannot waste a lent GPU's minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from fifo import compile as fcompile
+from tests.conftest import load_script
+from tools.bench import core, flops, report
+from tools.bench.measure import command_line, time_paths
+from tools.bench.options import BenchOptions
+
+TINY = [
+    "--preset",
+    "tiny",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--num_partitions",
+    "1",
+    "--lengths",
+    "--no_compile",
+]
+
+
+@pytest.fixture(scope="module")
+def bench_script():
+    return load_script("scripts/benchmark.py")
+
+
+def _opts(bench_script, argv: list[str]) -> BenchOptions:
+    parser = bench_script.build_parser()
+    return BenchOptions.from_namespace(bench_script.resolve_args(parser.parse_args(argv), parser))
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(bench_script, one_thread):
+    """The tiny model with guidance, n = 1 (2 windows), both paths in fp32."""
+    opts = _opts(bench_script, [*TINY, "--iterations", "3", "--warmup", "0"])
+    with torch.inference_mode():
+        bench = core.setup(opts)
+    yield bench
+    bench.close()
+
+
+# ------------------------------------------------------------------------------------ FLOPs
+def test_fast_path_counts_the_same_unet_work_less_the_shared_head(tiny_bench) -> None:
+    """Sequential: 2 calls per window (one per guidance branch), each with its own context-free
+    head. Fast: one call for both branches, the head once per window. So the counts differ by
+    exactly one head per window, counted on its own."""
+    bench = tiny_bench
+    windows = len(bench.geometry.windows())
+    with torch.inference_mode():
+        sequential = flops.iteration_flops(bench, "sequential")
+        fast = flops.iteration_flops(bench, "fast")
+        _, c, _, h, w = bench.queue.shape
+        x = torch.zeros(1, c, bench.geometry.video_length, h, w)
+        t = torch.zeros(1, bench.geometry.video_length, dtype=torch.long)
+        head = flops.context_free_head_flops(bench.model.unet, x, t)
+    assert head > 0 and fast > 0
+    assert sequential == fast + windows * head
+    # Whatever the window batch, the fast path does the same work.
+    one_per_call = replace(bench, window_batch=1)
+    with torch.inference_mode():
+        assert flops.iteration_flops(one_per_call, "fast") == fast
+
+
+def test_peak_and_fraction() -> None:
+    peak = flops.peak_matmul_tflops(torch.device("cpu"), "fp32", repeats=1)
+    assert peak["tflops"] > 0 and peak["size"] == flops.PEAK_GEMM_SIZE["cpu"] and peak["reason"] is None
+    assert flops.peak_matmul_tflops(torch.device("cpu"), "fp16")["tflops"] is None
+    assert flops.achieved(2 * 10**12, 2.0, 4.0) == {"tflops_achieved": 1.0, "fraction_of_peak": 0.25}
+    assert flops.achieved(None, 2.0, 4.0)["fraction_of_peak"] is None
+
+
+# ------------------------------------------------------------------------------------ timing
+def test_a_stop_keeps_the_timed_iterations(tiny_bench) -> None:
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 1  # spent after the first iteration
+
+    with torch.inference_mode():
+        timing = time_paths(tiny_bench, ("fast",), stop=stop)
+    assert timing["stopped"] and len(timing["times"]["fast"]) == 1 and timing["times"]["fast"][0] > 0
+    assert torch.isfinite(timing["frame"]).all()
+
+
+def test_load_warning(monkeypatch) -> None:
+    monkeypatch.setattr(core.os, "getloadavg", lambda: (9.5, 9.0, 8.0))
+    warning = core.load_warning(2)
+    assert warning is not None and "9.5" in warning and "2 thread" in warning
+    monkeypatch.setattr(core.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert core.load_warning(2) is None
+    assert core.load_warning(2, 3.0) is not None
+
+
+def test_fresh_process_command_line_round_trips(bench_script) -> None:
+    opts = _opts(bench_script, [*TINY, "--window_batch", "3", "--conv3d", "--dtype", "bf16"])
+    again = _opts(bench_script, [*command_line(opts), "--lengths", "--no_compile"])
+    assert again == opts
+
+
+# ------------------------------------------------------------------------------------ the report
+def test_report_rehearsal_on_cpu(bench_script, tmp_path: Path, capsys, one_thread) -> None:
+    """The device's command with the tiny preset: every row and field there, JSON and markdown."""
+    out = tmp_path / "report"
+    argv = [*TINY, "--iterations", "1", "--warmup", "0", "--report", str(out), "--no_compile"]
+    assert bench_script.main(argv) == 0
+    doc = json.loads((out / "report.json").read_text())
+    printed = capsys.readouterr().out
+    assert doc["complete"] and doc["device"]["type"] == "cpu" and doc["preset"] == "tiny"
+    assert printed == (out / "report.md").read_text()
+    rows = {(r["dtype"], r["compile"], r["path"]): r for r in doc["rows"]}
+    for r in doc["rows"]:
+        assert set(r) == set(report.ROW_FIELDS)
+    # CUDA-only rows say why; fp16 is not a CPU dtype here.
+    assert (
+        rows[("fp16", False, "fast")]["status"] == "not applicable"
+        and rows[("fp16", False, "fast")]["reason"]
+    )
+    seq, fast = rows[("fp32", False, "sequential")], rows[("bf16", False, "fast")]
+    for r in (seq, fast):
+        assert (
+            r["status"] == "measured"
+            and r["seconds_per_frame"] > 0
+            and r["finite_latents"]
+            and r["finite_frame"]
+        )
+        assert r["flops_per_frame"] > 0 and r["fraction_of_peak"] > 0
+        assert any("scaled_dot_product" in k for k in r["sdpa_kernels"])
+        assert r["peak_memory_bytes"] is None  # CUDA's max_memory_allocated only
+    assert rows[("bf16", True, "fast")]["status"] == "skipped"
+    assert set(doc["startup"]) >= set(report.STARTUP_FIELDS) and doc["startup"]["status"] == "measured"
+    assert doc["startup"]["build_and_load_seconds"] > 0 and doc["startup"]["checkpoint_bytes"] > 0
+    assert doc["parallel_windows"]["status"] == "not applicable"
+    md = (out / "report.md").read_text()
+    assert "| sequential | fp32 |" in md and "not applicable" in md and "Start-up" in md
+
+
+def test_report_budget_stop_keeps_what_was_measured(
+    bench_script, tmp_path: Path, monkeypatch, one_thread
+) -> None:
+    """A budget spent after the start-up: the start-up is kept, every row is said skipped, and the
+    files are written (not complete)."""
+    opts = _opts(bench_script, [*TINY, "--iterations", "3", "--warmup", "0"])
+    monkeypatch.setattr(report.Budget, "spent", lambda self: True)
+    doc = report.run_report(tmp_path, opts, budget_s=60.0, compile_rows=False)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved == json.loads(json.dumps(doc)) and saved["complete"] is False
+    assert saved["startup"]["status"] == "measured" and saved["startup"]["first_frame_seconds"] > 0
+    skipped = [r for r in saved["rows"] if r["status"] == "skipped"]
+    assert {(r["dtype"], r["compile"]) for r in skipped} == {("bf16", False), ("bf16", True)}
+    assert "incomplete" in (tmp_path / "report.md").read_text()
+
+
+def test_a_row_cut_short_keeps_its_timed_iterations(tiny_bench) -> None:
+    """The budget runs out after the first of three timed iterations: the row keeps it."""
+    budget = report.Budget(60.0)
+    checks = []
+    budget.spent = lambda: bool(checks.append(1)) or len(checks) >= 1  # spent from the first check on
+    with torch.inference_mode():
+        (row,) = report.measure_paths(tiny_bench, ("fast",), budget, {"fast": "fast fp32"})
+    assert row["status"].startswith("stopped") and len(row["iteration_seconds"]) == 1
+    assert row["seconds_per_frame"] == row["iteration_seconds"][0] > 0 and row["finite_latents"]
+    assert set(row) == set(report.ROW_FIELDS)
+
+
+# ------------------------------------------------------------------------------------ --compile
+def test_compiled_unet_gives_the_eager_latents(tmp_path: Path, monkeypatch, one_thread) -> None:
+    """One guided U-Net call of the tiny model, compiled and eager: the same noise within fp32
+    rounding; one graph for the call's shape, no graph break.
+
+    Traced by Dynamo and AOT autograd as ``--compile`` traces it, run with the ``aot_eager``
+    backend: Inductor's code generation and C++ builds take minutes of CPU for the tiny model on
+    this 2-core machine (measured: README, "Performance"), over this suite's budget; what this
+    project's code decides (what is traced, the guards, the shapes) is the same."""
+    from fifo.guidance import CFGDenoiser, ModelDenoiser
+    from lvdm.build import load_model
+
+    monkeypatch.delenv(fcompile.CACHE_ENV, raising=False)  # restored after the test
+    model = load_model(core.REPO / "configs/tiny_t2v.yaml", None, random_init=True, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, model.channels, 8, 8, 8, generator=gen)
+    t = torch.randint(0, 1000, (1, 8), generator=gen)
+    with torch.inference_mode():
+        cond = model.get_learned_conditioning(["a cat"])
+        uncond = model.get_learned_conditioning([""])
+        denoise = CFGDenoiser(ModelDenoiser(model, 8), 12.0)
+        eager = denoise(x, t, cond, uncond)
+        fcompile.reset_compiled()
+        before = fcompile.compiled_graphs()
+        fcompile.compile_unet(model.unet, tmp_path / "compiled", backend="aot_eager")
+        try:
+            assert fcompile.is_compiled(model.unet)
+            compiled = denoise(x, t, cond, uncond)
+            again = denoise(x, t, cond, uncond)
+            graphs = fcompile.compiled_graphs() - before
+        finally:
+            fcompile.uncompile_unet(model.unet)
+            fcompile.reset_compiled()
+    assert not fcompile.is_compiled(model.unet)
+    assert graphs == 1  # the whole U-Net in one graph: no graph break, no recompilation on the second call
+    scale = eager.abs().max()
+    assert (compiled - eager).abs().max() <= 1e-4 * scale
+    assert torch.equal(again, compiled)
+    assert os.environ[fcompile.CACHE_ENV] == str((tmp_path / "compiled").resolve())
+
+
+def test_cli_compile_flag() -> None:
+    from cli.parser import build_parser
+
+    assert build_parser().parse_args(["-p", "x.txt", "--compile"]).compile is True
+    assert build_parser().parse_args(["-p", "x.txt"]).compile is False
+
+
+# ------------------------------------------------------------------------------------ device prep
+def test_prepare_device_lists_what_the_machine_lacks(tmp_path: Path) -> None:
+    prep = load_script("scripts/prepare_device.py")
+    kinds = tmp_path / "KINDS.md"
+    kinds.write_text("## x\n\n## Python packages already there\n\nblah. Packages: numpy, PyYAML, tqdm.\n")
+    assert prep.device_packages(kinds) == {"numpy", "pyyaml", "tqdm"}
+    missing = prep.missing_closure(["omegaconf", "tqdm", "torch"], {"numpy", "pyyaml", "tqdm"})
+    assert set(missing) == {"omegaconf"}  # PyYAML is there; torch is the machine's own
+    missing = prep.missing_closure(["open-clip-torch"], {"torch"})
+    assert {"open-clip-torch", "ftfy"} <= set(missing) and "torch" not in missing
+    assert "--report $OUT/report" in prep.REPORT_COMMAND

@@ -1,0 +1,260 @@
+"""Measurements on a :class:`~tools.bench.core.Bench`: both paths timed side by side, their peak
+memory (CUDA: in the same run; CPU: fresh processes), whole FIFO runs, the sampler's own cost.
+
+One iteration dequeues one output frame, so seconds per iteration = seconds per output frame.
+Timed: ``fifo_step`` (U-Net calls, guidance, DDIM update, write-back). Not timed: the text
+embeddings (computed once), the DDIM noise draw and the queue shift (shared by both paths and
+negligible) and the VAE decode of the output frame (the same for both paths; timed apart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fifo.guidance import CFGDenoiser
+from fifo.step import fifo_step, iteration_noise, shift_queue
+from infra.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset
+from tools.bench.core import PATHS, REPO, Bench, setup, sync, timer
+from tools.bench.options import BenchOptions
+
+logger = logging.getLogger("benchmark")
+
+PROBE_MARK = "BENCHMARK_PROBE_RESULT "
+SCRIPT = REPO / "scripts" / "benchmark.py"
+
+
+def time_paths(
+    bench: Bench, paths: Sequence[str] = PATHS, stop: Callable[[], bool] | None = None
+) -> dict[str, Any]:
+    """Interleaved timing of ``paths`` (in alternating order, so that drift in the machine's load
+    hits them alike); on CUDA also their peak memory. The queue advances with the first path's
+    result. ``stop()`` is asked after each iteration: True ends the timing there (a time budget).
+
+    Returns ``times`` (timed iterations per path), ``warmup_times`` (the warm-up iterations',
+    compilation included), ``cuda_peaks``, ``max_abs_diff`` between the paths (None with one
+    path), ``decode_seconds``, the last ``queue``, its decoded output ``frame`` and whether it
+    was ``stopped`` early."""
+    opts, device = bench.opts, bench.device
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    warmup: dict[str, list[float]] = {p: [] for p in paths}
+    peaks: dict[str, int] = dict.fromkeys(paths, 0)
+    diffs: list[float] = []
+    queue = bench.queue
+    total = opts.warmup + opts.iterations
+    for it in range(total):
+        timed = it >= opts.warmup
+        noise = iteration_noise(bench.generator, bench.geometry, queue, bench.schedule)
+        outputs: dict[str, Tensor] = {}
+        order = list(paths) if it % 2 == 0 else list(paths)[::-1]
+        for path in order:
+            if device.type == "cuda":
+                peak_memory_reset(device)
+            sink: list[float] = []
+            with timer(device, sink):
+                outputs[path] = bench.step(path, queue, noise)
+            (times if timed else warmup)[path].append(sink[0])
+            if device.type == "cuda":
+                peaks[path] = max(peaks[path], peak_memory_bytes(device))
+        if len(paths) > 1:
+            diffs.append(float((outputs[paths[0]] - outputs[paths[1]]).abs().max()))
+        logger.info(
+            "iteration %d/%d%s: %s",
+            it + 1,
+            total,
+            "" if timed else " (warm-up)",
+            ", ".join(f"{p} {(times if timed else warmup)[p][-1]:.3f}s" for p in paths),
+        )
+        queue = shift_queue(outputs[paths[0]], bench.generator)
+        if stop is not None and it + 1 < total and stop():
+            break
+    stopped = len(times[paths[0]]) < opts.iterations
+    decode_times: list[float] = []
+    clean = queue[:, :, bench.geometry.output_slot : bench.geometry.output_slot + 1]
+    for _ in range(1 if stopped else 2):  # the first decode warms the autoencoder's kernels up
+        decode_times.clear()
+        with timer(device, decode_times):
+            frame = bench.decode(clean)
+    return {
+        "times": times,
+        "warmup_times": warmup,
+        "cuda_peaks": peaks,
+        "max_abs_diff": max(diffs) if diffs else None,
+        "decode_seconds": decode_times[0],
+        "queue": queue,
+        "frame": frame,
+        "stopped": stopped,
+    }
+
+
+def run_fifo(bench: Bench, path: str, iterations: int, video_dir: Path | None) -> dict[str, Any]:
+    """A FIFO run of ``iterations`` on ``path`` as the pipeline does it; output frames decoded
+    and streamed to a GIF in ``video_dir`` (None: no decode). Returns frames and seconds."""
+    from fifo.run import to_uint8_frames
+    from infra.video_io import VideoWriter
+
+    geo = bench.geometry
+    skip = geo.discarded_frames()
+    queue = bench.queue
+    frames = 0
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if video_dir is not None:
+            writer = stack.enter_context(VideoWriter(video_dir / "benchmark.gif", fps=8))
+        for it in range(iterations):
+            noise = iteration_noise(bench.generator, geo, queue, bench.schedule)
+            queue = bench.step(path, queue, noise)
+            if writer is not None and it >= skip:
+                frame = bench.decode(queue[:, :, geo.output_slot : geo.output_slot + 1])
+                writer.write(to_uint8_frames(frame)[0])
+                frames += 1
+            queue = shift_queue(queue, bench.generator)
+    sync(bench.device)
+    return {"iterations": iterations, "frames": frames, "seconds": time.perf_counter() - start}
+
+
+def current_memory(device: torch.device) -> int:
+    """Memory held now: RSS on CPU, allocated tensors on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.memory_allocated(device))
+    return current_rss_bytes()
+
+
+def probe(opts: BenchOptions, spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement in this (fresh) process (the hidden ``--_probe`` mode).
+
+    ``{"kind": "path", "path": P}``: one iteration of path P. ``{"kind": "length", "length": L}``:
+    a whole fast-path FIFO run for L output frames. Returns peak memory, the memory after
+    set-up (weights, embeddings), and the run's frames and seconds.
+    """
+    bench = setup(opts)
+    sync(bench.device)
+    baseline = current_memory(bench.device)
+    # Drop the set-up's transient peak (model construction) where the platform allows it.
+    reset = peak_memory_reset(bench.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        if spec["kind"] == "path":
+            run = run_fifo(bench, spec["path"], 1, None)
+        else:
+            length = int(spec["length"])
+            run = run_fifo(bench, "fast", bench.geometry.num_iterations(length), Path(tmp))
+            run["length"] = length
+    return {
+        **run,
+        "peak_memory_bytes": peak_memory_bytes(bench.device),
+        "baseline_memory_bytes": baseline,
+        "end_memory_bytes": current_memory(bench.device),
+        "peak_reset_after_setup": reset,
+    }
+
+
+def command_line(opts: BenchOptions) -> list[str]:
+    """The benchmark's arguments that reproduce ``opts`` (for a fresh process)."""
+    # The size comes with the preset; probes measure the eager paths only.
+    skip = {"height", "width", "lengths", "cache_dir", "compile"}
+    argv: list[str] = []
+    for field in fields(opts):
+        value = getattr(opts, field.name)
+        if field.name in skip or value is None or value is False:
+            continue
+        flag = "--allow-cpu-full" if field.name == "allow_cpu_full" else f"--{field.name}"
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def fresh_process_probe(opts: BenchOptions, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run :func:`probe` in a new Python process (a clean peak RSS) and return its result."""
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        *command_line(opts),
+        "--no_compile",
+        "--lengths",
+        "--_probe",
+        json.dumps(spec),
+    ]
+    logger.info("fresh process: %s", spec)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(PROBE_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark probe {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len(PROBE_MARK) :])
+
+
+def path_memory(bench: Bench, timing: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Peak memory of each path: from the timed run on CUDA, fresh processes on CPU."""
+    if bench.device.type == "cuda":
+        base = int(torch.cuda.memory_allocated(bench.device))
+        return {
+            p: {"peak_memory_bytes": timing["cuda_peaks"][p], "baseline_memory_bytes": base} for p in PATHS
+        }
+    out = {}
+    for path in PATHS:
+        result = fresh_process_probe(bench.opts, {"kind": "path", "path": path})
+        out[path] = {k: result[k] for k in ("peak_memory_bytes", "baseline_memory_bytes")}
+    return out
+
+
+def length_memory(bench: Bench) -> list[dict[str, Any]]:
+    """The fast path's peak memory over whole FIFO runs of each of ``lengths`` output frames."""
+    results = []
+    for length in bench.opts.lengths:
+        if bench.device.type == "cuda":
+            base = int(torch.cuda.memory_allocated(bench.device))
+            peak_memory_reset(bench.device)
+            with tempfile.TemporaryDirectory() as tmp:
+                run = run_fifo(bench, "fast", bench.geometry.num_iterations(length), Path(tmp))
+            result = {
+                **run,
+                "length": length,
+                "peak_memory_bytes": peak_memory_bytes(bench.device),
+                "baseline_memory_bytes": base,
+                "end_memory_bytes": current_memory(bench.device),
+            }
+        else:
+            result = fresh_process_probe(bench.opts, {"kind": "length", "length": length})
+        results.append(result)
+    return results
+
+
+def sampler_overhead(bench: Bench, repeats: int = 5) -> dict[str, float]:
+    """Seconds per iteration of ``fifo_step`` itself (slicing, guidance mix, DDIM update,
+    write-back) with a U-Net that costs nothing: what batching cannot save."""
+
+    def null(x: Tensor, t: Tensor, context: Tensor, context_branches: int = 1) -> Tensor:
+        return x.repeat(context_branches, 1, 1, 1, 1)  # one output per context
+
+    out = {}
+    noise = iteration_noise(bench.generator, bench.geometry, bench.queue, bench.schedule)
+    for path in PATHS:
+        guided = CFGDenoiser(null, bench.opts.guidance, batch_branches=path == "fast")
+        times: list[float] = []
+        for _ in range(repeats + 1):
+            with timer(bench.device, times):
+                fifo_step(
+                    guided,
+                    bench.queue,
+                    bench.geometry,
+                    bench.schedule,
+                    bench.contexts,
+                    bench.uncond,
+                    noise,
+                    window_batch=bench.path_window_batch(path),
+                )
+        out[path] = statistics.median(times[1:])
+    return out
