@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from infra.key_mismatch import KeyMismatch, key_groups
 from infra.video_io import find_videos, probe_video, read_video
-from lvdm.checkpoint import CheckpointError, read_state_dict
+from tools.clip_scorer import ClipScorer, load_clip_embedder
+from tools.consistency_plot import plot_consistency
 from tools.vbench import DIMENSIONS, DYNAMIC, FLICKER, VBenchScorer
 from tools.vbench.long import ClipRow, LongProtocol, plot_clip_scores, score_long, write_clip_csv
 
@@ -145,105 +145,6 @@ def pixel_metrics(frames: np.ndarray) -> tuple[float, np.ndarray]:
         previous = current
     flicker = flicker_sum / (t - 1) / 255.0 if t > 1 else math.nan
     return flicker, drift / 255.0
-
-
-# --------------------------------------------------------------------------------------------
-# CLIP
-
-
-def load_clip_embedder(
-    ckpt: str | os.PathLike,
-    arch: str = "ViT-H-14",
-    prefix: str = "embedder.",
-    device: str | torch.device = "cpu",
-) -> torch.nn.Module:
-    """Build the CLIP image tower and load its weights strictly from a checkpoint.
-
-    Args:
-        ckpt: ``.ckpt``/``.pt``/``.safetensors`` holding the tower under ``prefix`` (the
-            image-to-video checkpoint keeps it under ``embedder.``).
-        arch: OpenCLIP architecture (``ViT-H-14`` for VideoCrafter, or a config in ``configs/openclip``).
-        prefix: Key prefix of the tower in the checkpoint (``""`` for a bare tower state_dict).
-        device: Where to put the model.
-
-    Returns:
-        A frozen ``FrozenOpenCLIPImageEmbedderV2`` in eval mode.
-
-    Raises:
-        CheckpointError: unreadable file, no key with ``prefix``, or keys/shapes that do not fit ``arch``.
-    """
-    from lvdm.modules.encoders.condition import FrozenOpenCLIPImageEmbedderV2
-
-    state = read_state_dict(ckpt)
-    tower = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-    if not tower:
-        raise CheckpointError(
-            f"{ckpt} has no key starting with {prefix!r} (the CLIP image tower). Its keys start with: "
-            f"{key_groups(state, depth=1, limit=15)}.\nUse the image-to-video checkpoint "
-            "(videocrafter_models/Image2Video_512/model.ckpt) or pass --clip_prefix with the right prefix."
-        )
-    del state
-    embedder = FrozenOpenCLIPImageEmbedderV2(arch=arch)
-    _check_tower(embedder, tower, f"the weights under {prefix!r} in {ckpt}", arch)
-    embedder.load_state_dict(tower, strict=True)
-    logger.info("loaded CLIP image tower %s (%d tensors) from %s", arch, len(tower), ckpt)
-    return embedder.to(device).eval()
-
-
-def _check_tower(embedder: torch.nn.Module, tower: dict[str, torch.Tensor], source: str, arch: str) -> None:
-    """Raise a short :class:`CheckpointError` (counts and examples) unless ``tower`` fits exactly."""
-    mismatch = KeyMismatch.between(embedder.state_dict(), tower)
-    if not mismatch:
-        return
-    parts = [f"{source} do not fit the OpenCLIP architecture {arch!r}:", *mismatch.examples()]
-    parts.append("Check --clip_arch (VideoCrafter's image-to-video model uses ViT-H-14) and --clip_prefix.")
-    raise CheckpointError("\n".join(parts))
-
-
-class ClipScorer:
-    """Unit-norm CLIP image embeddings of video frames, in batches.
-
-    Args:
-        embedder: A ``FrozenOpenCLIPImageEmbedderV2`` (``emb(images) -> tokens``, ``emb.pooled(tokens)``).
-        batch_size: Frames per forward pass.
-        device: Where the embedder lives.
-    """
-
-    def __init__(
-        self, embedder: torch.nn.Module, batch_size: int = 16, device: str | torch.device = "cpu"
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.embedder = embedder
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-
-    @torch.no_grad()
-    def embed(self, frames: np.ndarray) -> torch.Tensor:
-        """``(t, h, w, 3)`` uint8 -> ``(t, embed_dim)`` float64 unit vectors (on the CPU)."""
-        chunks = []
-        for start in range(0, len(frames), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(frames[start : start + self.batch_size]))
-            images = (
-                batch.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            )  # (b, 3, h, w) in [-1, 1]
-            pooled = self.embedder.pooled(
-                self.embedder(images)
-            ).double()  # float64: similarities of 1 stay <= 1
-            chunks.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
-        return torch.cat(chunks)
-
-    def similarities(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity curves of one video.
-
-        Returns:
-            ``(consecutive, to_first)``: ``(t - 1,)`` similarity of frame i to frame i + 1, and
-            ``(t,)`` similarity of each frame to frame 0 (``to_first[0] == 1``), float64.
-        """
-        emb = self.embed(frames)
-        consecutive = (emb[1:] * emb[:-1]).sum(-1)
-        to_first = emb @ emb[0]
-        return consecutive.numpy(), to_first.numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,101 +305,6 @@ def write_summary_csv(rows: Sequence[VideoMetrics], path: str | os.PathLike) -> 
         writer.writeheader()
         for experiment, entry in summarize(rows).items():
             writer.writerow({"experiment": experiment, **{k: _csv_value(v) for k, v in entry.items()}})
-    return path
-
-
-def _mean_curve(curves: Sequence[Sequence[float]]) -> np.ndarray:
-    """Average curves of different lengths: value k is the mean over the curves that reach k."""
-    length = max(len(c) for c in curves)
-    padded = np.full((len(curves), length), np.nan)
-    for i, curve in enumerate(curves):
-        padded[i, : len(curve)] = curve
-    return np.nanmean(padded, axis=0)
-
-
-@dataclass(frozen=True)
-class _Panel:
-    """One measure of the consistency plot: the curve attribute and how to label it."""
-
-    curve: str
-    first_frame: int  # the frame index of the curve's first value
-    ylabel: str
-    title: str
-
-
-_VBENCH_PANELS = (
-    _Panel(
-        "subject_consistency_curve",
-        1,
-        "subject consistency (%)",
-        "VBench subject consistency of frame i (DINO; higher is better)",
-    ),
-    _Panel(
-        "background_consistency_curve",
-        1,
-        "background consistency (%)",
-        "VBench background consistency of frame i (CLIP ViT-B/32; higher is better)",
-    ),
-)
-_CLIP_PANEL = _Panel(
-    "clip_to_first_curve",
-    0,
-    "CLIP cosine similarity to frame 0",
-    "Consistency with the first frame (higher is better)",
-)
-_DRIFT_PANEL = _Panel(
-    "drift_curve",
-    0,
-    "mean |frame - frame 0| (pixels in [0, 1])",
-    "Drift from the first frame (lower is better)",
-)
-
-
-def plot_consistency(rows: Sequence[VideoMetrics], path: str | os.PathLike) -> Path:
-    """Per-frame consistency, one curve per experiment (averaged over its prompts), one panel per measure.
-
-    Panels: VBench's subject and background consistency of each frame (when every video has them:
-    frame i's mean of its cosine to frame i - 1 and to frame 0), then our CLIP similarity to the
-    first frame when every video has it, else the pixel drift from the first frame.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def everywhere(attr: str) -> bool:
-        return bool(rows) and all(getattr(r, attr) is not None for r in rows)
-
-    panels = [panel for panel in _VBENCH_PANELS if everywhere(panel.curve)]
-    panels.append(_CLIP_PANEL if everywhere(_CLIP_PANEL.curve) else _DRIFT_PANEL)
-    fig, axes = plt.subplots(
-        len(panels), 1, figsize=(8, 1.0 + 3.2 * len(panels)), dpi=120, sharex=True, squeeze=False
-    )
-    for ax, panel in zip(axes[:, 0], panels):
-        groups: dict[str, list[list[float]]] = defaultdict(list)
-        for row in rows:
-            groups[row.experiment].append(getattr(row, panel.curve))
-        for experiment in sorted(groups):
-            curves = [c for c in groups[experiment] if len(c)]
-            if not curves:
-                continue  # single-frame videos have empty curves
-            mean = _mean_curve(curves)
-            frames = np.arange(panel.first_frame, panel.first_frame + len(mean))
-            ax.plot(frames, mean, label=f"{experiment} (n={len(curves)})", linewidth=1.4)
-        ax.set_ylabel(panel.ylabel)
-        ax.set_title(panel.title, fontsize="medium")
-        ax.grid(True, alpha=0.3)
-        if groups:
-            ax.legend(fontsize="small", loc="best")
-    axes[-1, 0].set_xlabel("frame index")
-    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
     return path
 
 
