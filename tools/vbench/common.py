@@ -41,3 +41,29 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+class BatchedScorer:
+    """What the scorers that run a network over a video's frame pairs share: the network, how many
+    pairs go through it at once, where it lives and whether a progress bar is shown.
+
+    Args:
+        model: The network.
+        batch_size: Frame pairs per forward pass.
+        device: Where the model lives.
+        progress: A progress bar over the pairs of each video.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.progress = progress

@@ -40,7 +40,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from tools.vbench.common import DYNAMIC, RANDOM_INIT_SEED, FeatureWeightsError, _first_line, _seeded
+from tools.vbench.common import (
+    DYNAMIC,
+    RANDOM_INIT_SEED,
+    BatchedScorer,
+    FeatureWeightsError,
+    _first_line,
+    _seeded,
+)
 from tools.vbench.strict import load_strict, read_weights
 from tools.vbench.weights import _offline
 
@@ -295,7 +302,7 @@ class FlowResult:
     dynamic_magnitudes: list[float] | None = None  # top-5 % magnitude of each sampled pair
 
 
-class FlowScorer:
+class FlowScorer(BatchedScorer):
     """RAFT on a video's frame pairs in batches; dynamic degree and the static filter from one pass.
 
     Args:
@@ -304,20 +311,6 @@ class FlowScorer:
         device: Where the model lives.
         progress: A progress bar over the pairs of each video.
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        batch_size: int = 8,
-        device: str | torch.device = "cpu",
-        progress: bool = False,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.progress = progress
 
     @torch.inference_mode()
     def top_magnitudes(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tools.vbench.amt import AMTS
-from tools.vbench.common import MOTION, RANDOM_INIT_SEED, _seeded
+from tools.vbench.common import MOTION, RANDOM_INIT_SEED, BatchedScorer, _seeded
 from tools.vbench.strict import load_strict, read_weights
 from tools.vbench.weights import _hub_file, _HubWeights, _local_file
 
@@ -107,7 +107,7 @@ def _pad_amount(size: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class MotionScorer:
+class MotionScorer(BatchedScorer):
     """AMT-S on a video's even-frame pairs, in batches; :meth:`score` gives VBench's motion smoothness.
 
     Args:
@@ -116,20 +116,6 @@ class MotionScorer:
         device: Where the model lives.
         progress: A progress bar over the pairs of each video.
     """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        batch_size: int = 8,
-        device: str | torch.device = "cpu",
-        progress: bool = False,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.progress = progress
 
     @torch.inference_mode()
     def predict_odd(self, frames: np.ndarray) -> np.ndarray:
