@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="default: the config's latent size × 8 (320)")
     p.add_argument("--width", type=int, default=None, help="default: the config's latent size × 8 (512)")
     p.add_argument("--fps", type=int, default=8, help="frame-rate conditioning of the model")
-    add_family_arguments(p)  # --frame_stride, --guidance_rescale (fifo/families.py)
+    add_family_arguments(
+        p
+    )  # --frame_stride, --seed_config, --seed_ckpt, --guidance_rescale (fifo/families.py)
     p.add_argument(
         "--unconditional_guidance_scale", type=float, default=12.0, help="classifier-free guidance"
     )

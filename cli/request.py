@@ -14,6 +14,7 @@ from cli import LOGGER_NAME
 from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, trick_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import GenerationSettings, ModeOptions, Precision, parse_mode
+from fifo.seeding import SeedModelSpec
 
 if TYPE_CHECKING:
     from fifo.outputs import OutputLayout
@@ -53,6 +54,66 @@ class RunRequest:
     save_state_every: int | None = None
     done: frozenset[int] = frozenset()  # indices (in this rank's jobs) of videos already complete
     compile_unet: bool = False  # --compile: the U-Net through torch.compile (fifo/compile.py)
+    seed_model: SeedModelSpec | None = None  # the text model of the seeded modes (fifo/seeding.py)
+
+    @property
+    def model_id(self) -> str:
+        """The weights' fingerprint for the caches and saved states (the seed model's included)."""
+        return run_model_id(
+            self.config, self.ckpt_path, self.random_init, self.settings.seed, self.seed_model
+        )
+
+
+def run_model_id(
+    config: str, ckpt_path: str | None, random_init: bool, seed: int, seed_model: SeedModelSpec | None
+) -> str:
+    """``lvdm.build.model_identity`` of the model, followed by the seed model's when one samples
+    the base clips (another text model gives another video)."""
+    from lvdm.build import model_identity
+
+    model_id = model_identity(config, ckpt_path, random_init, seed)
+    if seed_model is None:
+        return model_id
+    return f"{model_id}+seed:{model_identity(seed_model.config, seed_model.ckpt_path, random_init, seed)}"
+
+
+def resolve_seed_model(args: argparse.Namespace, mode: ModeOptions, facts, settings) -> SeedModelSpec | None:
+    """The text model that samples the seeded modes' base clips (``--seed_config``): given, or
+    VideoCrafter2 by default for a family that cannot sample one (DynamiCrafter), else None."""
+    from fifo.families import check_seed_model
+    from fifo.seeding import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
+    from lvdm.build import config_facts, load_config
+
+    config = args.seed_config
+    if config is None and mode.main.seeds_image and facts.family.needs_input_image:
+        config = DEFAULT_SEED_CONFIG
+    if config is None:
+        if args.seed_ckpt is not None:
+            raise UsageError(
+                "--seed_ckpt is the checkpoint of --seed_config, which this run does not use: leave it out"
+            )
+        return None
+    check_seed_model(config_facts(load_config(config)), mode, settings, config)
+    ckpt = args.seed_ckpt
+    if args.random_init:
+        if ckpt is not None:
+            logger.info(
+                "--random_init: the seed model gets random weights too; --seed_ckpt %s is not read", ckpt
+            )
+        return SeedModelSpec(config, None)
+    if ckpt is None and config == DEFAULT_SEED_CONFIG:
+        ckpt = DEFAULT_SEED_CKPT
+    if ckpt is None:
+        raise UsageError(
+            f"--seed_ckpt is required with --seed_config {config} (or --random_init for tests and demos)"
+        )
+    if not Path(ckpt).is_file():
+        raise UsageError(
+            f"--seed_ckpt {ckpt}: no such file. The seeded modes on this model take their base clip from "
+            f"{config}: download its checkpoint (python scripts/download_checkpoints.py --which t2v for "
+            "VideoCrafter2) or pass --seed_ckpt"
+        )
+    return SeedModelSpec(config, ckpt)
 
 
 def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
@@ -130,18 +191,23 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
     )
 
 
-def _check_cpu_size(args: argparse.Namespace, device: str, cfg: dict) -> None:
-    """Refuse a full-size model with random weights on a CPU: hours of work nobody asked for."""
+def _check_cpu_size(args: argparse.Namespace, device: str, cfg: dict, config: str | None = None) -> None:
+    """Refuse a full-size model with random weights on a CPU: hours of work nobody asked for
+    (``config``: the path of ``cfg``, default ``--config``)."""
     if not args.random_init or not device.startswith("cpu") or args.allow_full_on_cpu or args.dry_run:
         return
     from lvdm.build import count_parameters, resolve_config_path
 
-    parameters = count_parameters(cfg, resolve_config_path(args.config).parent)
+    flag, tiny = "--config", "configs/tiny_t2v.yaml (or configs/tiny_i2v.yaml)"
+    if config is not None:
+        flag, tiny = "--seed_config", "configs/tiny_t2v.yaml"
+    config = config or args.config
+    parameters = count_parameters(cfg, resolve_config_path(config).parent)
     if parameters >= FULL_SIZE_PARAMETERS:
         raise UsageError(
-            f"--random_init with {args.config} builds the full-size model ({parameters / 1e9:.1f} B "
-            "parameters) on a CPU: hours per video. For a demo or a test use --config "
-            "configs/tiny_t2v.yaml (or configs/tiny_i2v.yaml); to run it anyway pass --allow_full_on_cpu."
+            f"--random_init with {flag} {config} builds the full-size model ({parameters / 1e9:.1f} B "
+            f"parameters) on a CPU: hours per video. For a demo or a test use {flag} {tiny}; "
+            "to run it anyway pass --allow_full_on_cpu."
         )
 
 
@@ -202,7 +268,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
     from fifo.families import check_model_fits
     from fifo.outputs import OutputLayout, check_not_overwriting, check_writable_folder, experiment_name
     from fifo.prompts import parse_prompt_file, safe_name
-    from lvdm.build import config_facts, load_config, model_identity
+    from lvdm.build import config_facts, load_config
 
     mode = parse_mode(args.mode, args.qcache_weight, trick_arguments(args))
     if not (args.num_processes >= 1 and 0 <= args.rank < args.num_processes):
@@ -224,8 +290,11 @@ def build_request(args: argparse.Namespace) -> RunRequest:
             "--dtype fp16 on a CPU: PyTorch's CPU kernels do not all run (or run fast) in fp16; "
             "use --dtype bf16 or fp32 there"
         )
-    check_model_fits(facts, mode, settings, args.config)
+    seed_model = resolve_seed_model(args, mode, facts, settings)
+    check_model_fits(facts, mode, settings, args.config, None if seed_model is None else seed_model.config)
     _check_cpu_size(args, device, cfg)
+    if seed_model is not None:
+        _check_cpu_size(args, device, load_config(seed_model.config), seed_model.config)
     _check_attention(args.attention, device)
 
     defaults = settings_from_args(build_parser().parse_args(["-p", args.prompt_file]), facts, device)
@@ -245,7 +314,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         raise UsageError("--save_state_every must be ≥ 1 (output frames between saved states)")
     done: frozenset[int] = frozenset()
     if args.resume:
-        model_id = model_identity(args.config, args.ckpt_path, args.random_init, args.seed)
+        model_id = run_model_id(args.config, args.ckpt_path, args.random_init, args.seed, seed_model)
         done = _check_resumable(my_jobs, layout, mode, settings, model_id, device)
     else:
         check_not_overwriting(layout, my_jobs, args.overwrite)
@@ -287,4 +356,5 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         save_state_every=args.save_state_every,
         done=done,
         compile_unet=args.compile,
+        seed_model=seed_model,
     )

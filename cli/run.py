@@ -69,6 +69,24 @@ def resume_command() -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def load_seed_clips(r: RunRequest):  # noqa: ANN201 -- fifo.seeding.SeedClips, imported late
+    """The seeded modes' text model (``--seed_config``) loaded next to the main one, as a
+    base-clip source (``fifo.seeding``)."""
+    from fifo.generator import FifoGenerator
+    from fifo.seeding import SEED_MODE, SeedClips, seed_settings
+    from lvdm.build import load_model, model_identity
+
+    spec = r.seed_model
+    dtype = r.settings.dtype.torch_dtype
+    model = load_model(
+        spec.config, spec.ckpt_path, r.random_init, device=r.device, seed=r.settings.seed, dtype=dtype
+    )
+    model.unet.set_attn_processor(r.attention)
+    model_id = model_identity(spec.config, spec.ckpt_path, r.random_init, r.settings.seed)
+    logger.info("base clips of mode %s: sampled by %s", r.mode.main.value, spec.config)
+    return SeedClips(FifoGenerator(model, SEED_MODE, seed_settings(r.settings), model_id))
+
+
 def run(request: RunRequest) -> int:
     """Generate the videos of ``request``; SIGINT/SIGTERM stop it cleanly (see :class:`StopRequest`)."""
     stop = StopRequest()
@@ -85,7 +103,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
     from fifo.run import NonFiniteError
-    from lvdm.build import load_model, model_identity
+    from lvdm.build import load_model
     from lvdm.checkpoint import CheckpointError
 
     r = request
@@ -109,11 +127,22 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
             dtype=r.settings.dtype.torch_dtype,
         )
         model.unet.set_attn_processor(r.attention)
-        model_id = model_identity(r.config, r.ckpt_path, r.random_init, r.settings.seed)
+        seed_clips = None
+        if r.seed_model is not None and (group is None or group.is_writer):
+            seed_clips = load_seed_clips(r)  # only the writer samples base clips
         # The automatic window batch's measurement is kept with the base-clip cache: the next
         # process of a sweep (or a --resume) skips it.
         memory_store = r.layout.cache_dir / "window_memory"
-        generator = FifoGenerator(model, r.mode, r.settings, model_id, group=group, memory_store=memory_store)
+        generator = FifoGenerator(
+            model,
+            r.mode,
+            r.settings,
+            r.model_id,
+            group=group,
+            memory_store=memory_store,
+            seed_clips=seed_clips,
+            seed_model=None if r.seed_model is None else r.seed_model.config,
+        )
         if r.compile_unet:
             from fifo.compile import compile_unet
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from fifo.options import GenerationSettings, MainMode, ModeOptions
+from fifo.seeding import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
 from lvdm.family import IMAGE_TOKENS_PER_FRAME, ModelFamily
 
 if TYPE_CHECKING:
@@ -29,12 +30,18 @@ I2V_CONFIG_HINT = "use --config configs/inference_i2v_512_v1.0.yaml (or configs/
 
 
 def check_model_fits(
-    facts: ConfigFacts, mode: ModeOptions, settings: GenerationSettings, source: str
+    facts: ConfigFacts,
+    mode: ModeOptions,
+    settings: GenerationSettings,
+    source: str,
+    seed_model: str | None = None,
 ) -> None:
     """The checks of a mode and settings against a model, in one place.
 
     ``facts`` come from the config before the model is built (the CLI) or from the built model
-    (:class:`FifoGenerator`); ``source`` names it in the message.
+    (:class:`FifoGenerator`); ``source`` names it in the message. ``seed_model`` names the
+    text-to-video model that samples the base clips of the seeded modes (``--seed_config``,
+    :mod:`fifo.seeding`), or is None when the model samples its own.
 
     Raises:
         ValueError: the mode needs the image-to-video model, or the size does not fit the U-Net.
@@ -52,16 +59,21 @@ def check_model_fits(
             f"--height and --width must be multiples of {facts.size_multiple} for this model "
             f"(autoencoder ×{facts.vae_scale}, U-Net ×{facts.unet_factor}), got {h}x{w}"
         )
-    check_family_mode(facts, mode, settings, source)
+    check_family_mode(facts, mode, settings, source, seed_model)
 
 
 DYNAMICRAFTER_CONFIG_HINT = "configs/dynamicrafter_512_v1.0.yaml (or configs/tiny_dynamicrafter.yaml)"
 
 
 def check_family_mode(
-    facts: ConfigFacts, mode: ModeOptions, settings: GenerationSettings, source: str
+    facts: ConfigFacts,
+    mode: ModeOptions,
+    settings: GenerationSettings,
+    source: str,
+    seed_model: str | None = None,
 ) -> None:
-    """Refuse what ``facts.family`` cannot run, naming the reason and what to use instead.
+    """Refuse what ``facts.family`` cannot run, naming the reason and what to use instead
+    (``seed_model``: as in :func:`check_model_fits`).
 
     Raises:
         ValueError: the message is shown to the user as it is.
@@ -73,12 +85,11 @@ def check_family_mode(
             "image's latent; use --mode i2v with 'image_path;prompt' lines (prompts/example_i2v.txt), "
             "or a text-to-video config for t2v"
         )
-    if family.needs_input_image and mode.main.seeds_image:
+    if family.needs_input_image and mode.main.seeds_image and seed_model is None:
         raise ValueError(
-            f"mode {mode.main.value!r} cannot run on {source} ({family.name}): its base clip would come "
-            "from a second, text-to-video model loaded next to it, which this project does not do. "
-            "Use --mode i2v with an image (e.g. a frame of a text-to-video run), or run "
-            f"{mode.main.value!r} with configs/inference_i2v_512_v1.0.yaml"
+            f"mode {mode.main.value!r} on {source} ({family.name}) needs a text-to-video model to "
+            "sample its base clip (it cannot sample one from text alone): give --seed_config (e.g. "
+            f"{DEFAULT_SEED_CONFIG}) and its --seed_ckpt"
         )
     if family.zero_terminal_snr and mode.tail is not None:
         raise ValueError(
@@ -117,7 +128,8 @@ def image_latent(model: LatentDiffusion, images: Tensor) -> Tensor | None:
 
 
 def add_family_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command-line options added with the family (``--frame_stride``, ``--guidance_rescale``)."""
+    """The command-line options added with the family (``--frame_stride``, ``--seed_config``,
+    ``--seed_ckpt``, ``--guidance_rescale``)."""
     parser.add_argument(
         "--frame_stride",
         type=int,
@@ -126,9 +138,46 @@ def add_family_arguments(parser: argparse.ArgumentParser) -> None:
         "24 for dynamicrafter_512_v1.0); the other models take --fps",
     )
     parser.add_argument(
+        "--seed_config",
+        default=None,
+        help="t2v_seed / t2v_seed_ar: the text-to-video model (config) whose base clip seeds the run "
+        f"(default on DynamiCrafter, which cannot sample one from text: {DEFAULT_SEED_CONFIG}; "
+        "default elsewhere: the model's own base clip)",
+    )
+    parser.add_argument(
+        "--seed_ckpt",
+        default=None,
+        help=f"the --seed_config model's checkpoint (default for {DEFAULT_SEED_CONFIG}: "
+        f"{DEFAULT_SEED_CKPT}); --random_init gives it random weights too",
+    )
+    parser.add_argument(
         "--guidance_rescale",
         type=float,
         default=0.0,
         help="guidance rescale weight in [0, 1] (DynamiCrafter's own scripts use 0.7 for 512/1024); "
         "0 = plain classifier-free guidance",
     )
+
+
+def check_seed_model(
+    facts: ConfigFacts, mode: ModeOptions, settings: GenerationSettings, source: str
+) -> None:
+    """Check ``--seed_config``: the text-to-video model that samples a seeded mode's base clips.
+
+    Raises:
+        ValueError: the mode takes no base clip from another model, the seed model is not a
+            text-to-video model, or the size does not fit it.
+    """
+    from fifo.seeding import SEED_MODE, seed_settings
+
+    if not mode.main.seeds_image:
+        raise ValueError(
+            f"--seed_config applies to the modes seeded by a base clip (t2v_seed, t2v_seed_ar), not to "
+            f"{mode.main.value!r}; leave it out"
+        )
+    if facts.family.needs_input_image or facts.has_image_embedder:
+        raise ValueError(
+            f"--seed_config {source}: the base clip must come from a text-to-video model, but this one "
+            f"({facts.family.name}) takes an image; use e.g. {DEFAULT_SEED_CONFIG}"
+        )
+    check_model_fits(facts, SEED_MODE, seed_settings(settings), f"--seed_config {source}")

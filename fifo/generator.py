@@ -43,6 +43,7 @@ from fifo.resume import (
 )
 from fifo.run import FifoSampler, FifoState, check_finite, to_uint8_frames
 from fifo.schedule import DDIMSchedule
+from fifo.seeding import SeedClips
 from fifo.sinks import FrameSink, PngSink, VideoSink
 from fifo.tricks.install import install_tricks
 from infra.video_io import VideoWriter, stale_temporary_files
@@ -133,6 +134,10 @@ class FifoGenerator:
         group: the ranks that share each video's windows (``--parallel windows``), or None.
         memory_store: a folder that keeps the window-memory measurement behind the automatic
             window batch between processes (:func:`fifo.plan.window_memory`), or None.
+        seed_clips: where the seeded modes' base clips come from when another (text-to-video)
+            model samples them (:mod:`fifo.seeding`; DynamiCrafter), or None: this model's own.
+        seed_model: names that text model where this process has no ``seed_clips`` (the ranks of
+            ``--parallel windows`` other than the writer, which receive the state from it).
     """
 
     def __init__(
@@ -144,9 +149,14 @@ class FifoGenerator:
         plan: FastPathPlan | None = None,
         group: RankGroup | None = None,
         memory_store: Path | None = None,
+        seed_clips: SeedClips | None = None,
+        seed_model: str | None = None,
     ) -> None:
-        check_model_fits(model_facts(model), mode, settings, "this model")
+        if seed_model is None and seed_clips is not None:
+            seed_model = seed_clips.model_id
+        check_model_fits(model_facts(model), mode, settings, "this model", seed_model)
         self.model, self.mode, self.settings, self.model_id = model, mode, settings, model_id
+        self.seed_clips = seed_clips
         self.group = group
         self.geometry = settings.geometry
         self.device = model.device
@@ -219,12 +229,15 @@ class FifoGenerator:
             group=group,
             tail_sampler=self.tricks.tail_sampler,
             hooks=self.tricks.hooks,
+            model_denoiser=model_denoiser,
         )
 
     def close(self) -> None:
         """Release the worker threads of the parallel slices (if any were started)."""
         self.base_denoiser.close()
         self.fifo_denoiser.close()
+        if self.seed_clips is not None:
+            self.seed_clips.close()
 
     # ------------------------------------------------------------------ stages
     def conditioning(self, job: PromptJob, image: bool = True) -> tuple[VideoConditioning, Tensor | None]:
@@ -319,18 +332,25 @@ class FifoGenerator:
     def _start_state(self, job: PromptJob, conditioning, image_tokens, cache_dir: Path, exp_dir: Path):
         """The base clip (sampled or cached), origin.gif, and the state before the first iteration."""
         base_noise, fifo_noise = self.noise_sources()
-        # The base clip is conditioned on the text (+ the input image for i2v).
-        cond = with_image_tokens(conditioning.first_text, image_tokens)
-        base, cached = self.base_clip(job, cond, cache_dir, base_noise)
-        base_video = self.sampler.decode(base)
+        if self.seed_clips is not None:
+            # Sampled by the text model, encoded frame by frame by this model's autoencoder.
+            base_video, cached = self.seed_clips.video(job, cache_dir, base_noise)
+            base = self.model.encode_first_stage_2DAE(base_video.to(self.device))
+        else:
+            # The base clip is conditioned on the text (+ the input image for i2v).
+            cond = with_image_tokens(conditioning.first_text, image_tokens)
+            base, cached = self.base_clip(job, cond, cache_dir, base_noise)
+            base_video = self.sampler.decode(base)
         check_finite(base_video, "the decoded base clip")
         with VideoWriter(exp_dir / "origin.gif", fps=self.settings.output_fps) as origin:
             for frame in to_uint8_frames(base_video):
                 origin.write(frame)
+        seed_latent = None
         if self.mode.seeds_image:
             image_tokens = self.sampler.image_tokens(base_video[:, :, 0])
             check_finite(image_tokens, "the seeding image tokens")
-        return self.sampler.initial_state(base, fifo_noise, image_tokens), cached
+            seed_latent = self.sampler.image_latent(base_video[:, :, 0])  # None but for hybrid families
+        return self.sampler.initial_state(base, fifo_noise, image_tokens, seed_latent), cached
 
     def _resumed_state(self, store: StateStore, exp_dir: Path):
         """The saved state and frames of an interrupted run, or None (none, damaged, or mismatched)."""
@@ -372,6 +392,9 @@ class FifoGenerator:
                 "tokens": None
                 if state.image_tokens is None
                 else (tuple(state.image_tokens.shape), state.image_tokens.dtype),
+                "latent": None
+                if state.image_latent is None
+                else (tuple(state.image_latent.shape), state.image_latent.dtype),
                 "iteration": state.iteration,
                 "frames_emitted": state.frames_emitted,
                 "noise": state.noise.state_dict(),
@@ -381,11 +404,14 @@ class FifoGenerator:
         tokens = None
         if meta["tokens"] is not None:
             tokens = group.broadcast(None if state is None else state.image_tokens, meta["tokens"])
+        latent = None
+        if meta["latent"] is not None:
+            latent = group.broadcast(None if state is None else state.image_latent, meta["latent"])
         if state is not None:
             return state
         _, noise = self.noise_sources()
         noise.load_state_dict(meta["noise"])
-        return FifoState(queue, noise, meta["iteration"], tokens, meta["frames_emitted"])
+        return FifoState(queue, noise, meta["iteration"], tokens, meta["frames_emitted"], image_latent=latent)
 
     def run(
         self,

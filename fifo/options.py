@@ -69,7 +69,8 @@ class MainMode(_Choice):
 MAIN_OPTIONS: dict[str, str] = {
     "t2v": "text-to-video (VideoCrafter2 text-to-video model)",
     "i2v": "image-to-video (VideoCrafter1 image-to-video model, an image per prompt)",
-    "t2v_seed": "text-to-video with the image-to-video model, seeded with the base clip's first frame",
+    "t2v_seed": "text-to-video with the image-to-video model, seeded with the base clip's first frame "
+    "(DynamiCrafter: the base clip from the --seed_config text model)",
     "t2v_seed_ar": "as t2v_seed, re-seeded with the newest output frame after every frame",
 }
 SUB_OPTIONS: dict[str, str] = {

@@ -282,16 +282,24 @@ def run_stages(
     """
     conditioning, image_tokens = generator.conditioning(job)
     out: dict[str, Tensor] = {"text": conditioning.texts}
-    cond = with_image_tokens(conditioning.first_text, image_tokens)
-    _, base = generator.sample_base_clip(cond, noise, steps=1)
+    seed_clips = getattr(generator, "seed_clips", None)
+    if seed_clips is not None:  # the text model's base clip, encoded by this model (fifo.seeding)
+        frames = seed_clips.first_step(job, noise)
+        base = generator.model.encode_first_stage_2DAE(frames)
+        frame = frames[:, :, :1]
+    else:
+        cond = with_image_tokens(conditioning.first_text, image_tokens)
+        _, base = generator.sample_base_clip(cond, noise, steps=1)
+        frame = generator.sampler.decode(base[:, :, :1])
     out["base_step"] = base
-    frame = generator.sampler.decode(base[:, :, :1])
     out["decode"] = frame
+    seed_latent = None
     if generator.mode.seeds_image:
         image_tokens = generator.sampler.image_tokens(frame[:, :, 0])
+        seed_latent = generator.sampler.image_latent(frame[:, :, 0])
     if image_tokens is not None:
         out["image_tokens"] = image_tokens
-    state = generator.sampler.initial_state(base, noise, image_tokens)
+    state = generator.sampler.initial_state(base, noise, image_tokens, seed_latent)
     with frame_flops if frame_flops is not None else contextlib.nullcontext():
         tricks = getattr(generator, "tricks", None)
         video = tricks.for_video(generator.model, job.prompts, conditioning.texts) if tricks else None
@@ -336,6 +344,9 @@ def plan_run(
         # The model set up as the run will (processors, execution plan); then a window measured.
         generator = build_generator(replace(settings, window_batch=window_batch))
     seconds_to_first_step = seconds_to_model + time.perf_counter() - start
+    seed_clips = getattr(generator, "seed_clips", None)
+    if seed_clips is not None:  # the seeded modes' text model is loaded next to this one
+        weights += weight_bytes(seed_clips.generator.model)
     per_window = window_memory(model, geometry.video_length, latent_hw, guided, n_windows)
     if settings.batched and settings.window_batch is None and budget_bytes is not None:
         # As many windows per call as fit next to the weights (at least one).

@@ -149,6 +149,7 @@ class StateStore:
             "image_tokens": None if state.image_tokens is None else state.image_tokens.detach().cpu(),
             "frames_emitted": state.frames_emitted,
             "extras": _to_cpu(state.extras),
+            "image_latent": None if state.image_latent is None else state.image_latent.detach().cpu(),
         }
         tmp = self.state_file.with_suffix(".pt.tmp")
         torch.save(payload, tmp)
@@ -175,6 +176,10 @@ class StateStore:
                 image_tokens=None if payload["image_tokens"] is None else payload["image_tokens"].to(device),
                 frames_emitted=int(payload["frames_emitted"]),
                 extras=_to_device(payload["extras"], device),
+                # States saved before the seeded modes ran on DynamiCrafter have no image latent.
+                image_latent=None
+                if payload.get("image_latent") is None
+                else payload["image_latent"].to(device),
             )
             frames = []
             for index in range(state.frames_emitted):

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import maybe_get_fake_mode
 
 from fifo.conditioning import VideoConditioning
+from fifo.families import image_latent
 from fifo.geometry import FifoGeometry
-from fifo.guidance import GuidedDenoiser
+from fifo.guidance import GuidedDenoiser, ModelDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import ModeOptions
 from fifo.parallel import RankGroup, local_windows
@@ -68,6 +69,9 @@ class FifoState:
         iteration: iterations done so far.
         image_tokens: (1, 16, d) image tokens appended to every window's text (image modes),
             or None.
+        image_latent: (1, c, 1, h, w), the hybrid families' image latent when the run made it from
+            its own frames (the seeded modes on DynamiCrafter, :mod:`fifo.seeding`), or None (it
+            comes from the input image, or the family takes none).
         frames_emitted: output frames produced so far.
         extras: the state of the tricks' step hooks, by hook name (tensors and plain values
             only, so that it can be saved and restored with the rest).
@@ -79,6 +83,7 @@ class FifoState:
     image_tokens: Tensor | None = None
     frames_emitted: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    image_latent: Tensor | None = None
 
 
 class TailSampler(Protocol):
@@ -163,6 +168,9 @@ class FifoSampler:
             them over ranks).
         group: the ranks sharing this video (None: one process). Only its writer (rank 0)
             decodes and embeds frames; it broadcasts the re-seeded image tokens.
+        model_denoiser: the denoiser under ``denoise`` that concatenates the hybrid families'
+            image latent; a state's own image latent (``FifoState.image_latent``) is set on it
+            before every iteration. None: the states carry none.
     """
 
     def __init__(
@@ -178,8 +186,10 @@ class FifoSampler:
         hooks: Sequence[StepHook] = (),
         windows_step: WindowsStep = local_windows,
         group: RankGroup | None = None,
+        model_denoiser: ModelDenoiser | None = None,
     ) -> None:
         self.model, self.mode, self.denoise = model, mode, denoise
+        self.model_denoiser = model_denoiser
         self.schedule, self.geometry, self.uncond = schedule, geometry, uncond
         self.window_batch = window_batch
         self.tail_sampler, self.hooks = tail_sampler, tuple(hooks)
@@ -199,20 +209,31 @@ class FifoSampler:
         """Images (b, 3, H, W) in [-1, 1] → image tokens (b, 16, d)."""
         return self.model.get_image_embeds(images.to(self.model.device))
 
+    def image_latent(self, images: Tensor) -> Tensor | None:
+        """Images (b, 3, H, W) in [-1, 1] → the hybrid families' image latent (b, c, 1, h, w), or
+        None for a family that takes none."""
+        return image_latent(self.model, images)
+
     # ------------------------------------------------------------------ the run
     def num_iterations(self, conditioning: VideoConditioning) -> int:
         return self.geometry.num_iterations(conditioning.length)
 
     def initial_state(
-        self, base_latents: Tensor, noise: NoiseSource, image_tokens: Tensor | None = None
+        self,
+        base_latents: Tensor,
+        noise: NoiseSource,
+        image_tokens: Tensor | None = None,
+        image_latent: Tensor | None = None,
     ) -> FifoState:
         """The state before the first iteration: the base clip (1, c, f, h, w) noised into the queue."""
         queue = initial_queue(base_latents, self.geometry, self.schedule, self.mode.unilatent, noise)
-        return FifoState(queue=queue, noise=noise, image_tokens=image_tokens)
+        return FifoState(queue=queue, noise=noise, image_tokens=image_tokens, image_latent=image_latent)
 
     def step(self, state: FifoState, conditioning: VideoConditioning) -> StepOutput:
         """Advance ``state`` by one iteration (in place) and return what it produced."""
         geo, it = self.geometry, state.iteration
+        if state.image_latent is not None:
+            self.model_denoiser.image_latent = state.image_latent
         contexts = conditioning.window_contexts(geo, it, state.image_tokens)
         noise = iteration_noise(state.noise, geo, state.queue, self.schedule)
         queue = self.windows_step(
@@ -232,19 +253,32 @@ class FifoSampler:
                 frame_video = self.decode(clean)
                 check_finite(frame_video, "the decoded frame", it)
             if self.mode.reseeds_each_frame:
-                # Replace (never append) the image tokens with the newest frame's.
-                tokens = None if frame_video is None else self.image_tokens(frame_video[:, :, 0])
-                if self.group is not None:
-                    like = (tuple(state.image_tokens.shape), state.image_tokens.dtype)
-                    tokens = self.group.broadcast(tokens, like)
-                check_finite(tokens, "the re-seeded image tokens", it)
-                state.image_tokens = tokens
+                self._reseed(state, frame_video)
             if keep:
                 output = StepOutput(it, clean, frame_video, state.frames_emitted)
                 state.frames_emitted += 1
         state.queue = shift_queue(queue, self.tail_sampler(queue, state.noise))
         state.iteration += 1
         return output
+
+    def _reseed(self, state: FifoState, frame_video: Tensor | None) -> None:
+        """Replace (never append) the image tokens, and the image latent where the state carries
+        one, with the newest frame's (1, 3, 1, H, W) (None on the ranks that do not decode)."""
+        tokens = latent = None
+        if frame_video is not None:
+            tokens = self.image_tokens(frame_video[:, :, 0])
+            if state.image_latent is not None:
+                latent = self.image_latent(frame_video[:, :, 0])
+        if self.group is not None:
+            tokens = self.group.broadcast(tokens, (tuple(state.image_tokens.shape), state.image_tokens.dtype))
+            if state.image_latent is not None:
+                like = (tuple(state.image_latent.shape), state.image_latent.dtype)
+                latent = self.group.broadcast(latent, like)
+        check_finite(tokens, "the re-seeded image tokens", state.iteration)
+        state.image_tokens = tokens
+        if state.image_latent is not None:
+            check_finite(latent, "the re-seeded image latent", state.iteration)
+            state.image_latent = latent
 
     def steps(self, state: FifoState, conditioning: VideoConditioning) -> Iterator[StepOutput]:
         """Step ``state`` until the video is complete, yielding every iteration's output."""

@@ -105,3 +105,14 @@ def load_script(relative: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: usage errors must come before it."""
+    import lvdm.build
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a model was loaded before the usage error")
+
+    monkeypatch.setattr(lvdm.build, "load_model", refuse)

@@ -33,17 +33,6 @@ PROMPT = "a boat on a lake"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Loading a model fails the test: usage errors must come before it."""
-    import lvdm.build
-
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("a model was loaded before the usage error")
-
-    monkeypatch.setattr(lvdm.build, "load_model", refuse)
-
-
 def prompt_file(tmp_path: Path, text: str | bytes, name: str = "prompts.txt") -> Path:
     path = tmp_path / "in" / name
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,87 @@
+"""Base clips from a second, text-to-video model: ``t2v_seed`` / ``t2v_seed_ar`` on a family that
+conditions every frame on an image (DynamiCrafter).
+
+DynamiCrafter cannot sample a base clip from text alone: its U-Net takes an image latent on every
+frame and image tokens in every cross-attention. So the base clip comes from a text-to-video model
+(``--seed_config``, VideoCrafter2 by default: same 320×512 size, 16 frames, same text encoder and
+the same Stable Diffusion autoencoder), which samples it exactly as a ``t2v`` run of that model
+would (same cache, same noise stream). The clip's frames are then encoded by the main model's own
+autoencoder into the FIFO queue, and its first frame becomes the image condition of every window:
+the image latent (hybrid conditioning) and the image tokens, as ``i2v`` would take an input image.
+``t2v_seed_ar`` re-seeds both from the newest output frame after every frame.
+
+Only the writer (rank 0 under ``--parallel windows``) samples the base clip; the other ranks get the
+state, image latent included, from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from fifo.noise import NoiseSource
+from fifo.options import GenerationSettings, MainMode, ModeOptions
+from fifo.prompts import PromptJob
+
+if TYPE_CHECKING:
+    from fifo.generator import FifoGenerator
+
+# What --seed_config defaults to: VideoCrafter2 text-to-video, the size and length of DynamiCrafter 512.
+DEFAULT_SEED_CONFIG = "configs/inference_t2v_512_v2.0.yaml"
+DEFAULT_SEED_CKPT = "videocrafter_models/base_512_v2/model.ckpt"
+
+
+@dataclass(frozen=True)
+class SeedModelSpec:
+    """Which text-to-video model samples the base clips (``--seed_config``, ``--seed_ckpt``)."""
+
+    config: str
+    ckpt_path: str | None
+
+
+def seed_settings(settings: GenerationSettings) -> GenerationSettings:
+    """The text model's settings for a run's settings: the same size, length, steps, guidance, seed
+    and dtype; its own frame-rate conditioning (``--fps``), no guidance rescale (a DynamiCrafter
+    setting), and one window per call (it samples base clips only, never FIFO windows)."""
+    return replace(settings, frame_stride=None, guidance_rescale=0.0, window_batch=1)
+
+
+SEED_MODE = ModeOptions(main=MainMode.T2V)
+"""The text model's mode: plain text-to-video (no image, no tricks)."""
+
+
+class SeedClips:
+    """Base clips (decoded frames) from a text-to-video generator (see the module's docstring).
+
+    Args:
+        generator: a :class:`~fifo.generator.FifoGenerator` of the text model in :data:`SEED_MODE`
+            and :func:`seed_settings` (only its base-clip stage is used).
+    """
+
+    def __init__(self, generator: FifoGenerator) -> None:
+        self.generator = generator
+
+    @property
+    def model_id(self) -> str:
+        return self.generator.model_id
+
+    def video(self, job: PromptJob, cache_dir: Path, noise: NoiseSource) -> tuple[Tensor, bool]:
+        """The job's base clip sampled (or reused from ``cache_dir``) by the text model and decoded:
+        frames (1, 3, f, H, W) in ~[-1, 1], and whether the latents were cached."""
+        g = self.generator
+        conditioning, _ = g.conditioning(job)
+        latents, cached = g.base_clip(job, conditioning.first_text, cache_dir, noise)
+        return g.sampler.decode(latents), cached
+
+    def first_step(self, job: PromptJob, noise: NoiseSource) -> Tensor:
+        """One DDIM step of the job's base clip, decoded (a dry run plans with it): (1, 3, f, H, W)."""
+        g = self.generator
+        conditioning, _ = g.conditioning(job)
+        _, latents = g.sample_base_clip(conditioning.first_text, noise, steps=1)
+        return g.sampler.decode(latents)
+
+    def close(self) -> None:
+        self.generator.close()
