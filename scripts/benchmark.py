@@ -5,9 +5,14 @@
     python scripts/benchmark.py --preset tiny --iterations 1 --lengths --json out.json
     python scripts/benchmark.py --report OUT_DIR --budget_s 420   # the GPU report (tools/bench/report.py)
 
-One process, one model with random weights, one seed. Each timed FIFO iteration runs both
-paths on the same queue and the same DDIM noise, in alternating order (so that drift in the
-machine's load hits both alike), and compares their outputs:
+One model with random weights, one seed. Every path starts from the same queue and the same DDIM
+noise and their first iterations' results are compared. On CPU (``--processes``, default 3) each
+path is timed alone in fresh processes, in alternating order, and its row keeps the best process's
+median: on a 2-core machine the published path's time is bimodal between processes (3.0–3.2 or
+4.2–4.4 s per frame on ``medium``) with the placement of its OpenMP threads, whatever ran before it
+(``tools/bench/measure.py``, ``time_in_processes``). On CUDA (``--processes 0``) every timed
+iteration runs all paths in this process, in alternating order (so that drift in the machine's
+load hits them alike). The paths:
 
 - sequential: ``fifo_step`` with one window and one guidance branch per U-Net call
   (``window_batch=1``, ``CFGDenoiser(batch_branches=False)``), as published, in fp32;
@@ -20,7 +25,9 @@ machine's load hits both alike), and compares their outputs:
   ones; ``--shards``, ``--transformer_chunk`` and ``--conv3d`` override it). The sequential
   path runs the layers as published;
 - compiled (unless ``--no_compile``): the fast path with its U-Net through ``torch.compile``
-  (``fifo/compile.py``); its compile time (first iteration less the steady state) is printed apart.
+  (``fifo/compile.py``); its compile time (first iteration less the steady state) is printed apart;
+- fast_bf16 (CPU with native bf16, ``--dtype`` left out, unless ``--no_bf16``): the fast path with
+  bf16 weights, as ``videocrafter_main.py --dtype bf16`` runs it.
 
 Each path's FLOPs per output frame are counted (``FlopCounterMode``, on fake tensors) and set
 against the machine's peak, measured in the same run (a large matrix product in the path's dtype):
@@ -34,7 +41,7 @@ One iteration dequeues one output frame, so seconds per iteration = seconds per 
 Timed: ``fifo_step`` (U-Net calls, guidance, DDIM update, write-back). Not timed: the text
 embeddings (computed once), the DDIM noise draw and the queue shift (shared by both paths and
 negligible) and the VAE decode of the output frame (the same for both paths; its time is
-printed separately). The queue then advances with the sequential path's result.
+printed separately). In one process the queue advances with the sequential path's result.
 
 The measurement code lives in ``tools/bench/`` (shared with ``--report``); this script is its
 command line. Peak memory: on CUDA ``max_memory_allocated`` with reset statistics; on CPU the peak RSS of a
@@ -202,6 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="--report: seconds after which no new row starts and a row stops after its current iteration "
         "(the rows measured are kept)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="time each path alone in this many fresh processes and keep its best (default: 3 on CPU, where "
+        "the published path's thread placement makes single processes bimodal; 0 on CUDA: every path in "
+        "this process, interleaved)",
+    )
+    p.add_argument(
+        "--no_bf16",
+        action="store_true",
+        help="on a CPU with native bf16 (AVX512-BF16/AMX) and --dtype left out, the fast path is also timed in "
+        "bf16 as a row of its own; this leaves that row out",
+    )
     p.add_argument("--_probe", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -222,8 +243,20 @@ def resolve_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
             "meant for a GPU. On a CPU one iteration takes many minutes; use --preset medium, or "
             "pass --allow-cpu-full to run it anyway."
         )
+    dtype_given = args.dtype is not None
     if args.dtype is None:
         args.dtype = "fp16" if device.type == "cuda" else "fp32"
+    if args.processes is None:
+        args.processes = 3 if device.type == "cpu" and args.report is None and args._probe is None else 0
+    if args.processes < 0:
+        parser.error("--processes must be ≥ 0 (0: every path in this process)")
+    args.bf16_row = (
+        device.type == "cpu"
+        and args.processes > 0
+        and not dtype_given
+        and not args.no_bf16
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
     for name in ("iterations", "num_partitions"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be ≥ 1")

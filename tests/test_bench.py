@@ -114,6 +114,45 @@ def test_fresh_process_command_line_round_trips(bench_script) -> None:
     assert again == opts
 
 
+def test_paths_timed_alone_in_fresh_processes(bench_script, capsys) -> None:
+    """--processes: every row in its own process, the best process's median kept, the paths
+    compared on their first iteration (the same input in every process)."""
+    argv = [*TINY, "--iterations", "1", "--warmup", "0", "--no_memory", "--processes", "1", "--no_bf16"]
+    assert bench_script.main([*argv, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["timing"] == "each path alone in 1 fresh process(es), the best process's median"
+    assert list(r["paths"]) == ["sequential", "fast"] and r["speedup_bf16"] is None
+    for p in r["paths"].values():
+        assert len(p["process_medians"]) == 1 and p["seconds_per_frame"] == p["process_medians"][0] > 0
+    # The same input in every process: the paths agree as they do in one process (tiny: ~1e-3 of the
+    # scale, where guidance 12 amplifies fp32 rounding at the 1x1 level).
+    assert 0 < r["max_abs_diff"] < 0.05
+
+
+def test_the_rows_of_each_setting(tiny_bench) -> None:
+    """sequential and fast; the compiled row with compile; the bf16 row where asked (the CPU's
+    native bf16 and no --dtype: scripts/benchmark.py), with the fast path's FLOPs."""
+    from tools.bench.table import FAST_BF16, path_rows, timed_rows
+
+    rows = timed_rows(tiny_bench, replace(tiny_bench.opts, compile=True, bf16_row=True))
+    assert [(r.name, r.path, r.dtype) for r in rows] == [
+        ("sequential", "sequential", "fp32"),
+        ("fast", "fast", "fp32"),
+        ("compiled", "compiled", "fp32"),
+        (FAST_BF16, "fast", "bf16"),
+    ]
+    plain = replace(tiny_bench.opts, compile=False, bf16_row=False)
+    assert [r.name for r in timed_rows(tiny_bench, plain)] == ["sequential", "fast"]
+    timing = {"times": {r.name: [1.0] for r in rows}, "warmup_times": {r.name: [] for r in rows}}
+    out = path_rows(tiny_bench, timing, {}, rows)
+    assert (
+        out[FAST_BF16]["flops_per_frame"]
+        == out["compiled"]["flops_per_frame"]
+        == out["fast"]["flops_per_frame"]
+    )
+    assert out[FAST_BF16]["dtype"] == "bf16" and out[FAST_BF16]["unet_calls_per_frame"] == 1
+
+
 # ------------------------------------------------------------------------------------ the report
 def test_report_rehearsal_on_cpu(bench_script, tmp_path: Path, capsys, one_thread) -> None:
     """The device's command with the tiny preset: every row and field there, JSON and markdown."""

@@ -378,6 +378,11 @@ def _resolve(bench_script, argv: list[str]) -> argparse.Namespace:
 def test_benchmark_defaults_on_cpu(bench_script) -> None:
     args = _resolve(bench_script, ["--device", "cpu"])
     assert args.preset == "medium" and args.dtype == "fp32"
+    # Each path alone in 3 fresh processes; the fast path in bf16 too where the CPU runs it natively.
+    assert args.processes == 3 and args.bf16_row is torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert not _resolve(bench_script, ["--device", "cpu", "--dtype", "fp32"]).bf16_row
+    assert not _resolve(bench_script, ["--device", "cpu", "--no_bf16"]).bf16_row
+    assert _resolve(bench_script, ["--device", "cpu", "--report", "out"]).processes == 0
     assert (args.video_length, args.height, args.width) == (16, 128, 128)
     tiny = _resolve(bench_script, ["--preset", "tiny", "--device", "cpu"])
     assert (tiny.video_length, tiny.height, tiny.width) == (8, 64, 64)
@@ -406,6 +411,7 @@ def test_benchmark_refuses_full_on_cpu(bench_script, capsys) -> None:
         ["--shards", "0"],
         ["--transformer_chunk", "-1"],
         ["--threads", "0"],
+        ["--processes", "-1"],
     ],
 )
 def test_benchmark_rejects_bad_arguments(bench_script, bad: list[str]) -> None:
@@ -428,6 +434,8 @@ def test_benchmark_json_shape(bench_script, tmp_path: Path, capsys) -> None:
         "--threads",
         "1",
         "--no_compile",
+        "--processes",
+        "0",  # every path in this process (the fresh-process timing: tests/test_bench.py)
     ]
     assert bench_script.main([*argv, "--lengths", "--no_memory", "--json", str(out)]) == 0
     table = capsys.readouterr().out

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from torch import Tensor
 from fifo.guidance import CFGDenoiser
 from fifo.step import fifo_step, iteration_noise, shift_queue
 from infra.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset
-from tools.bench.core import PATHS, REPO, Bench, setup, sync, timer
+from tools.bench.core import COMPILED, PATHS, REPO, Bench, setup, sync, timer
 from tools.bench.options import BenchOptions
 
 logger = logging.getLogger("benchmark")
@@ -47,12 +47,14 @@ def time_paths(
     Returns ``times`` (timed iterations per path), ``warmup_times`` (the warm-up iterations',
     compilation included), ``cuda_peaks``, ``max_abs_diff`` between the paths (None with one
     path), ``decode_seconds``, the last ``queue``, its decoded output ``frame`` and whether it
-    was ``stopped`` early."""
+    was ``stopped`` early; ``first_outputs``, each path's result of the first iteration (before
+    the shift; every path starts from the same queue and noise)."""
     opts, device = bench.opts, bench.device
     times: dict[str, list[float]] = {p: [] for p in paths}
     warmup: dict[str, list[float]] = {p: [] for p in paths}
     peaks: dict[str, int] = dict.fromkeys(paths, 0)
     diffs: list[float] = []
+    first_outputs: dict[str, Tensor] = {}
     queue = bench.queue
     total = opts.warmup + opts.iterations
     for it in range(total):
@@ -69,6 +71,8 @@ def time_paths(
             (times if timed else warmup)[path].append(sink[0])
             if device.type == "cuda":
                 peaks[path] = max(peaks[path], peak_memory_bytes(device))
+        if it == 0:
+            first_outputs = dict(outputs)
         if len(paths) > 1:
             diffs.append(float((outputs[paths[0]] - outputs[paths[1]]).abs().max()))
         logger.info(
@@ -95,6 +99,7 @@ def time_paths(
         "max_abs_diff": max(diffs) if diffs else None,
         "decode_seconds": decode_times[0],
         "queue": queue,
+        "first_outputs": first_outputs,
         "frame": frame,
         "stopped": stopped,
     }
@@ -142,6 +147,8 @@ def probe(opts: BenchOptions, spec: dict[str, Any]) -> dict[str, Any]:
     a whole fast-path FIFO run for L output frames. Returns peak memory, the memory after
     set-up (weights, embeddings), and the run's frames and seconds.
     """
+    if spec["kind"] == "time":
+        return time_probe(opts, spec)
     bench = setup(opts)
     sync(bench.device)
     baseline = current_memory(bench.device)
@@ -165,8 +172,8 @@ def probe(opts: BenchOptions, spec: dict[str, Any]) -> dict[str, Any]:
 
 def command_line(opts: BenchOptions) -> list[str]:
     """The benchmark's arguments that reproduce ``opts`` (for a fresh process)."""
-    # The size comes with the preset; probes measure the eager paths only.
-    skip = {"height", "width", "lengths", "cache_dir", "compile"}
+    # The size comes with the preset; compiling is asked for per probe; a probe times one path.
+    skip = {"height", "width", "lengths", "cache_dir", "compile", "processes", "bf16_row"}
     argv: list[str] = []
     for field in fields(opts):
         value = getattr(opts, field.name)
@@ -178,12 +185,14 @@ def command_line(opts: BenchOptions) -> list[str]:
 
 
 def fresh_process_probe(opts: BenchOptions, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run :func:`probe` in a new Python process (a clean peak RSS) and return its result."""
+    """Run :func:`probe` in a new Python process (a clean peak RSS, threads placed afresh) and
+    return its result. The process compiles the U-Net only when ``opts.compile``."""
+    compiling = ["--cache_dir", str(opts.cache_dir)] if opts.compile and opts.cache_dir else []
     cmd = [
         sys.executable,
         str(SCRIPT),
         *command_line(opts),
-        "--no_compile",
+        *(compiling if opts.compile else ["--no_compile"]),
         "--lengths",
         "--_probe",
         json.dumps(spec),
@@ -194,6 +203,97 @@ def fresh_process_probe(opts: BenchOptions, spec: dict[str, Any]) -> dict[str, A
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"benchmark probe {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1][len(PROBE_MARK) :])
+
+
+def time_probe(opts: BenchOptions, spec: dict[str, Any]) -> dict[str, Any]:
+    """``{"kind": "time", "path": P, "queue_file": F}``: ``opts.warmup + opts.iterations``
+    iterations of path P alone in this process (:func:`time_paths` with one path); the first
+    iteration's result is saved to F, so that the parent compares the paths on the same input."""
+    bench = setup(opts)
+    try:
+        timing = time_paths(bench, [spec["path"]])
+    finally:
+        bench.close()
+    torch.save(timing["first_outputs"][spec["path"]].cpu(), spec["queue_file"])
+    return {
+        "times": timing["times"][spec["path"]],
+        "warmup_times": timing["warmup_times"][spec["path"]],
+        "decode_seconds": timing["decode_seconds"],
+    }
+
+
+@dataclass(frozen=True)
+class TimedRow:
+    """One row of the process-timed table: ``path`` (sequential, fast, compiled) in ``dtype``."""
+
+    name: str
+    path: str
+    dtype: str
+
+
+def time_in_processes(opts: BenchOptions, rows: Sequence[TimedRow]) -> dict[str, Any]:
+    """Each row timed alone in ``opts.processes`` fresh processes (rows in alternating order per
+    round, so that drift in the machine's load hits them alike).
+
+    Why not one process: on a 2-core machine the published path's time is bimodal between
+    processes (measured: 3.0–3.2 s or 4.2–4.4 s per frame on the medium preset, about one process in
+    three slow, whichever path ran before, while the fast path stays within 2.3–2.5 s); pinning its
+    OpenMP threads (``OMP_PROC_BIND``) removes the slow mode, so it is the threads' placement,
+    which a process keeps. A row's time is the best of its processes' medians (the placement that
+    does not hold it back); every process's median is reported. A compiled row runs in one process:
+    each process compiles again (minutes on a CPU, even from Inductor's cache), and its path runs in
+    parallel slices of one thread each, which were not bimodal (2.2–2.4 s on ``medium``).
+
+    Returns what :func:`time_paths` returns (``times``/``warmup_times`` of each row's best
+    process, ``max_abs_diff`` between the first two rows' first iterations, ``decode_seconds``) plus
+    ``process_medians`` per row."""
+    times: dict[str, list[float]] = {}
+    warmup: dict[str, list[float]] = {}
+    medians: dict[str, list[float]] = {r.name: [] for r in rows}
+    first_warmup: dict[str, list[float]] = {}
+    decode: list[float] = []
+    errors: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        queues: dict[str, Path] = {}
+        for round_ in range(opts.processes):
+            for row in rows if round_ % 2 == 0 else list(rows)[::-1]:
+                if row.name in errors or (row.path == COMPILED and round_ > 0):
+                    continue  # a compiled row: one process (each one compiles for minutes on a CPU)
+                queue_file = Path(tmp) / f"{row.name}.pt"
+                row_opts = replace(opts, dtype=row.dtype, compile=row.path == COMPILED)
+                spec = {"kind": "time", "path": row.path, "queue_file": str(queue_file)}
+                try:
+                    result = fresh_process_probe(row_opts, spec)
+                except RuntimeError as err:
+                    if row.path != COMPILED:
+                        raise
+                    # No C++ compiler, an unsupported op...: say so and time the rest.
+                    logger.warning("--compile failed, the compiled row is left out: %s", err)
+                    errors[row.name] = str(err)[-2000:]
+                    continue
+                median = statistics.median(result["times"])
+                logger.info(
+                    "%s, process %d/%d: %.3f s per frame", row.name, round_ + 1, opts.processes, median
+                )
+                first_warmup.setdefault(row.name, result["warmup_times"])
+                if not medians[row.name] or median < min(medians[row.name]):
+                    times[row.name], warmup[row.name] = result["times"], result["warmup_times"]
+                medians[row.name].append(median)
+                decode.append(result["decode_seconds"])
+                queues.setdefault(row.name, queue_file)
+        diff = None
+        if len(rows) > 1 and all(r.name in queues for r in rows[:2]):
+            a, b = (torch.load(queues[r.name], weights_only=True) for r in rows[:2])
+            diff = float((a - b).abs().max())
+    return {
+        "times": times,
+        "warmup_times": warmup,
+        "first_warmup_times": first_warmup,
+        "process_medians": medians,
+        "max_abs_diff": diff,
+        "decode_seconds": statistics.median(decode),
+        "errors": errors,
+    }
 
 
 def path_memory(bench: Bench, timing: dict[str, Any]) -> dict[str, dict[str, int]]:

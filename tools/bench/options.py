@@ -40,6 +40,8 @@ class BenchOptions:
     width: int
     compile: bool = False
     cache_dir: str | None = None  # where compiled artifacts are kept between runs (None: PyTorch's default)
+    processes: int = 0  # time each path alone in this many fresh processes (0: all in this one, interleaved)
+    bf16_row: bool = False  # also time the fast path in bf16 (CPUs with native bf16, --dtype left out)
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> BenchOptions:

@@ -6,19 +6,38 @@ import logging
 import platform
 import statistics
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from fifo.compile import compiled_graphs
 from fifo.step import iteration_noise
-from tools.bench.core import COMPILED, Bench, device_description, load_average, load_warning, setup, sync
+from tools.bench.core import (
+    COMPILED,
+    PATHS,
+    Bench,
+    device_description,
+    load_average,
+    load_warning,
+    setup,
+    sync,
+)
 from tools.bench.flops import achieved, iteration_flops, peak_matmul_tflops
-from tools.bench.measure import length_memory, path_memory, sampler_overhead, time_paths
+from tools.bench.measure import (
+    TimedRow,
+    length_memory,
+    path_memory,
+    sampler_overhead,
+    time_in_processes,
+    time_paths,
+)
 from tools.bench.options import BenchOptions
 from tools.bench.presets import PRESETS
 
 logger = logging.getLogger("benchmark")
+
+FAST_BF16 = "fast_bf16"  # the fast path timed in bf16 beside the default fp32 one (CPUs with native bf16)
 
 
 def compile_warmup(bench: Bench) -> dict[str, Any] | None:
@@ -45,41 +64,77 @@ def compile_warmup(bench: Bench) -> dict[str, Any] | None:
     }
 
 
-def path_rows(bench: Bench, timing: dict[str, Any], memory: dict[str, dict[str, int]]) -> dict[str, Any]:
-    """One row per path: time, U-Net calls, FLOPs and the fraction of the peak in its dtype."""
+def timed_rows(bench: Bench, opts: BenchOptions) -> list[TimedRow]:
+    """The table's rows for ``opts``: each path in its dtype (compiled with ``compile``), and the
+    fast path in bf16 with ``bf16_row``."""
+    rows = [TimedRow(p, p, bench.path_dtype(p)) for p in PATHS]
+    if opts.compile:
+        rows.append(TimedRow(COMPILED, COMPILED, opts.dtype))
+    if opts.bf16_row and opts.dtype != "bf16":
+        rows.append(TimedRow(FAST_BF16, "fast", "bf16"))
+    return rows
+
+
+def path_rows(
+    bench: Bench, timing: dict[str, Any], memory: dict[str, dict[str, int]], rows: list[TimedRow]
+) -> dict[str, Any]:
+    """One row per timed row: time, U-Net calls, FLOPs and the fraction of the peak in its dtype.
+
+    FLOPs are counted on the eager model: a compiled U-Net, or the same U-Net in another dtype,
+    does the same matrix work."""
     overhead = sampler_overhead(bench)
-    peaks = {
-        dtype: peak_matmul_tflops(bench.device, dtype) for dtype in {bench.path_dtype(p) for p in bench.paths}
-    }
-    rows = {}
-    for path in bench.paths:
-        t = timing["times"][path]
-        flops = iteration_flops(bench, path)
-        dtype = bench.path_dtype(path)
+    rows = [r for r in rows if r.name in timing["times"]]
+    peaks = {dtype: peak_matmul_tflops(bench.device, dtype) for dtype in {r.dtype for r in rows}}
+    counted: dict[str, int] = {}
+    out = {}
+    for row in rows:
+        t = timing["times"][row.name]
+        counted_path = row.path if row.path in bench.paths else "fast"
+        if counted_path not in counted:
+            counted[counted_path] = iteration_flops(bench, counted_path)
+        flops = counted[counted_path]
         seconds = statistics.median(t)
-        rows[path] = {
-            "dtype": dtype,
-            "window_batch": bench.path_window_batch(path),
-            "unet_calls_per_frame": bench.calls_per_frame(path),
+        out[row.name] = {
+            "dtype": row.dtype,
+            "window_batch": bench.path_window_batch(row.path),
+            "unet_calls_per_frame": bench.calls_per_frame(row.path),
             "seconds_per_frame": seconds,
             "seconds_per_frame_mean": statistics.fmean(t),
             "iteration_seconds": t,
-            "warmup_seconds": timing["warmup_times"][path],
-            "sampler_overhead_seconds": overhead["sequential" if path == "sequential" else "fast"],
-            "peak_memory_bytes": memory.get(path, {}).get("peak_memory_bytes"),
-            "baseline_memory_bytes": memory.get(path, {}).get("baseline_memory_bytes"),
+            "warmup_seconds": timing["warmup_times"][row.name],
+            "process_medians": timing.get("process_medians", {}).get(row.name),
+            "sampler_overhead_seconds": overhead["sequential" if row.path == "sequential" else "fast"],
+            "peak_memory_bytes": memory.get(row.name, {}).get("peak_memory_bytes"),
+            "baseline_memory_bytes": memory.get(row.name, {}).get("baseline_memory_bytes"),
             "flops_per_frame": flops,
-            "peak_tflops": peaks[dtype]["tflops"],
-            **achieved(flops, seconds, peaks[dtype]["tflops"]),
+            "peak_tflops": peaks[row.dtype]["tflops"],
+            **achieved(flops, seconds, peaks[row.dtype]["tflops"]),
         }
-    return rows
+    return out
+
+
+def process_compile(timing: dict[str, Any]) -> dict[str, Any]:
+    """The compiled row's compile figures when it was timed in fresh processes: its first
+    process's first warm-up iteration (compiling, from the Inductor cache where it could), or
+    why the row is missing."""
+    error = timing.get("errors", {}).get(COMPILED)
+    first = timing.get("first_warmup_times", {}).get(COMPILED) or [None]
+    return {
+        "error": error,
+        "first_iteration_seconds": first[0],
+        "compile_seconds": None,  # filled in once the steady state is known
+        "graphs_compiled": None,  # counted in the probe process, not here
+        "cache_dir": None,
+    }
 
 
 def benchmark(opts: BenchOptions) -> dict[str, Any]:
     """Run every measurement and return the results (the JSON document)."""
     load_before = load_average()
     with torch.inference_mode():
-        bench = setup(opts)
+        # With --processes the paths are timed in their own processes; this one counts FLOPs,
+        # the sampler's own cost and memory (the compiled path needs no compiling here).
+        bench = setup(opts if opts.processes == 0 else replace(opts, compile=False))
         logger.info(
             "preset %s: %d windows of %d frames, latent %s, fast path window_batch=%s, dtype %s%s",
             opts.preset,
@@ -90,10 +145,16 @@ def benchmark(opts: BenchOptions) -> dict[str, Any]:
             opts.dtype,
             ", and compiled" if opts.compile else "",
         )
-        compiled = compile_warmup(bench)
-        timing = time_paths(bench, bench.paths)
+        if opts.processes == 0:  # every path in this process, interleaved
+            compiled = compile_warmup(bench)
+            rows = [TimedRow(p, p, bench.path_dtype(p)) for p in bench.paths]
+            timing = time_paths(bench, bench.paths)
+        else:
+            rows = timed_rows(bench, opts)
+            timing = time_in_processes(opts, rows)
+            compiled = process_compile(timing) if opts.compile else None
         memory = path_memory(bench, timing) if not opts.no_memory else {}
-        paths = path_rows(bench, timing, memory)
+        paths = path_rows(bench, timing, memory, rows)
         lengths = length_memory(bench) if opts.lengths else []
         bench.close()
     threads = torch.get_num_threads()
@@ -101,7 +162,7 @@ def benchmark(opts: BenchOptions) -> dict[str, Any]:
     for warning in warnings[:1]:
         logger.warning("%s", warning)
     fast = paths["fast"]["seconds_per_frame"]
-    if compiled is not None and COMPILED in paths:
+    if compiled is not None and COMPILED in paths and compiled["first_iteration_seconds"] is not None:
         # The first call's time less a steady iteration: what compiling cost, once per shape.
         compiled["compile_seconds"] = max(
             0.0, compiled["first_iteration_seconds"] - paths[COMPILED]["seconds_per_frame"]
@@ -141,6 +202,16 @@ def benchmark(opts: BenchOptions) -> dict[str, Any]:
             paths["sequential"]["seconds_per_frame"] / paths[COMPILED]["seconds_per_frame"]
             if COMPILED in paths
             else None
+        ),
+        "speedup_bf16": (
+            paths["sequential"]["seconds_per_frame"] / paths[FAST_BF16]["seconds_per_frame"]
+            if FAST_BF16 in paths
+            else None
+        ),
+        "timing": (
+            "interleaved in one process"
+            if opts.processes == 0
+            else f"each path alone in {opts.processes} fresh process(es), the best process's median"
         ),
         "compile": compiled,
         "max_abs_diff": timing["max_abs_diff"],
@@ -189,7 +260,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"device: {dev['type']} ({dev_text}); torch {r['torch']}",
         f"f={s['video_length']} n={s['num_partitions']} lookahead={'on' if s['lookahead'] else 'off'} "
         f"({s['windows']} windows), guidance {s['guidance'] or 'off'}, eta {s['eta']}, seed {s['seed']}; "
-        f"{s['iterations']} timed iteration(s) after {s['warmup']} warm-up, paths interleaved",
+        f"{s['iterations']} timed iteration(s) after {s['warmup']} warm-up, {r.get('timing', 'interleaved in one process')}",
         f"fast path: {s['shards']} parallel slice(s) per call, transformer chunks of "
         f"{s['transformer_chunk'] or 'all'} tokens, temporal convs {'2D' if s['temporal_conv_2d'] else '3D'}; "
         f"glibc malloc tuned: {'yes' if s['allocator_tuned'] else 'no'}",
@@ -211,21 +282,31 @@ def format_table(r: dict[str, Any]) -> str:
             f"{mib(p['peak_memory_bytes']):>13}{mib(_above(p)):>14}"
         )
     peaks = {p["dtype"]: p["peak_tflops"] for p in r["paths"].values()}
+    per_process = {name: p["process_medians"] for name, p in r["paths"].items() if p.get("process_medians")}
+    if per_process:
+        lines.append(
+            "each process's median s/frame: "
+            + "; ".join(f"{name} " + ", ".join(f"{m:.2f}" for m in ms) for name, ms in per_process.items())
+        )
+    bf16 = f"; sequential / fast bf16: {r['speedup_bf16']:.2f}x" if r.get("speedup_bf16") else ""
     lines += [
         "",
-        f"speed-up (sequential / fast): {r['speedup']:.2f}x    max |sequential − fast| = {r['max_abs_diff']:.2e}",
+        f"speed-up (sequential / fast): {r['speedup']:.2f}x{bf16}    max |sequential − fast| = {r['max_abs_diff']:.2e}",
         "machine peak (largest square matrix product, same run): "
         + ", ".join(f"{d} {'-' if v is None else f'{v * 1e3:.1f} GFLOP/s'}" for d, v in peaks.items()),
     ]
     c = r.get("compile")
     if c and c["error"]:
         lines.append(f"--compile: failed, no compiled row ({c['error'][:300]})")
+    elif c and r.get("speedup_compiled") is None:
+        lines.append("--compile: the compiled row was not timed")
     elif c:
         lines.append(
             f"--compile: {r['speedup_compiled']:.2f}x over sequential, "
             f"{r['paths']['fast']['seconds_per_frame'] / r['paths']['compiled']['seconds_per_frame']:.2f}x over "
-            f"the eager fast path; compile {c['compile_seconds']:.1f} s once ({c['graphs_compiled']} graph(s)), "
-            "not in the steady state above"
+            f"the eager fast path; compile {c['compile_seconds']:.1f} s once"
+            + (f" ({c['graphs_compiled']} graph(s))" if c["graphs_compiled"] is not None else "")
+            + ", not in the steady state above (Inductor's cache makes later runs compile faster)"
         )
     lines += [
         f"fifo_step without the U-Net: sequential {r['paths']['sequential']['sampler_overhead_seconds'] * 1e3:.2f} ms, "
