@@ -10,10 +10,14 @@ import shlex
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
 from cli.distributed import end_process_group, summarize_ranks, window_group
 from cli.request import RunRequest
+
+if TYPE_CHECKING:
+    from fifo.seeding import SeedClips
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -69,7 +73,7 @@ def resume_command() -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def load_seed_clips(r: RunRequest):  # noqa: ANN201 -- fifo.seeding.SeedClips, imported late
+def load_seed_clips(r: RunRequest) -> SeedClips:
     """The seeded modes' text model (``--seed_config``) loaded next to the main one, as a
     base-clip source (``fifo.seeding``)."""
     from fifo.generator import FifoGenerator
