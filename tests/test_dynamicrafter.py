@@ -210,8 +210,7 @@ def test_a_mode_the_model_cannot_run_is_refused_before_loading(
 
 
 # --------------------------------------------------------------------------- every allowed mode runs
-RUNS = {
-    "i2v": ["--mode", "i2v"],
+RUNS = {  # plain i2v: the two-rank test below
     "qcache_unilatent": ["--mode", "i2v_TTqcache_attn1_unilatent", "--frame_stride", "10"],
     "stqcache_attn2_no_lookahead": ["--mode", "i2v_STqcache_attn2", "-ld", "--sequential"],
     "ouroboros": ["--mode", "i2v_sacfa_srg", "--subject", "a red ball", "--srg_windows", "1"],

@@ -468,19 +468,28 @@ def test_benchmark_json_shape(bench_script, tmp_path: Path, capsys) -> None:
     assert fast["flops_per_frame"] < seq["flops_per_frame"]  # the shared head (test_bench.py: exactly)
     assert r["compile"] is None and r["speedup_compiled"] is None and "compiled" not in r["paths"]
     assert "machine peak" in table and "of peak" in table
-    # --json without a path: the document on stdout instead of the table.
-    assert bench_script.main([*argv, "--lengths", "--no_memory", "--window_batch", "3", "--json"]) == 0
-    r2 = json.loads(capsys.readouterr().out)
-    assert r2["paths"]["fast"]["window_batch"] == 3 and r2["paths"]["fast"]["unet_calls_per_frame"] == 3
-    # The fast path's plan is reported, and the ablation flags switch its parts off.
+    # The fast path's plan is reported.
     plan = perf.plan_fast_path("cpu", threads=1)
     assert r["settings"]["shards"] == plan.shards == 1  # --threads 1
     assert r["settings"]["transformer_chunk"] == plan.unet.transformer_chunk
     assert r["settings"]["temporal_conv_2d"] is True
     assert r["settings"]["allocator_tuned"] is perf.tune_cpu_allocator()
-    off = ["--shards", "2", "--transformer_chunk", "0", "--conv3d", "--default_allocator"]
+    # --json without a path: the document on stdout instead of the table; --window_batch and the
+    # ablation flags switch the plan's parts off.
+    off = [
+        "--window_batch",
+        "3",
+        "--shards",
+        "2",
+        "--transformer_chunk",
+        "0",
+        "--conv3d",
+        "--default_allocator",
+    ]
     assert bench_script.main([*argv, "--lengths", "--no_memory", *off, "--json"]) == 0
-    r3 = json.loads(capsys.readouterr().out)["settings"]
+    r2 = json.loads(capsys.readouterr().out)
+    assert r2["paths"]["fast"]["window_batch"] == 3 and r2["paths"]["fast"]["unet_calls_per_frame"] == 3
+    r3 = r2["settings"]
     assert (r3["shards"], r3["transformer_chunk"], r3["temporal_conv_2d"], r3["allocator_tuned"]) == (
         2,
         None,

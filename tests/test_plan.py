@@ -110,8 +110,9 @@ COVERING = [
     (T2V_FULL, "t2v_STqcache_attn2", "bf16", False, False, 1),
     (I2V_FULL, "i2v_TTqcache_STqcache_attn1", "bf16", True, False, 2),
     (I2V_FULL, "t2v_seed_TTqcache_attn1_unilatent", "fp32", False, True, 1),
-    (I2V_FULL, "t2v_seed_ar_STqcache_attn1", "fp16", True, True, 2),
 ]
+# t2v_seed_ar is planned against a real run on the tiny i2v model below, and on DynamiCrafter with
+# its text model in tests/test_seeding.py.
 
 
 @pytest.mark.parametrize(
