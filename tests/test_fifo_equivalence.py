@@ -319,10 +319,10 @@ print(json.dumps([estimate, peak_memory_bytes("cpu") - base]))
         pytest.skip("the peak RSS cannot be reset on this platform (Linux /proc/self/clear_refs)")
     estimate, real = measured
     if not 0.5 * real <= estimate <= 2 * real:
-        # Seen once in a full parallel suite run: the real peak doubled (227 MB against 110 MB
-        # estimated), and the test passed alone and in the next parallel run. The kernel can only add to a process's RSS
-        # (huge pages, allocator arenas), never hide tensors, so a second process's lower peak is
-        # the better reading of what the call needs.
+        # The real peak of the medium call varies between processes (measured: 160-230 MB, with
+        # or without the CLI's malloc tuning, loaded or not; 110 MB estimated), so one reading can
+        # fall just outside the band. Allocator caches and oneDNN scratch memory only add to a
+        # process's RSS, never hide tensors: the lower of two processes is the better reading.
         real = min(real, measure()[1])
     assert 0.5 * real <= estimate <= 2 * real, (estimate, real)
 
