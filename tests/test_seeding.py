@@ -56,10 +56,15 @@ def test_seed_model_mistakes_are_refused_before_loading(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("mode", ["t2v_seed", "t2v_seed_ar_TTqcache_attn1"])
-def test_seeded_dynamicrafter_starts_from_the_text_models_own_base_clip(tmp_path, prompts, mode) -> None:
+@pytest.mark.parametrize(
+    ("config", "mode"),
+    [(DC, "t2v_seed"), (DC, "t2v_seed_ar_TTqcache_attn1"), (I2V, "t2v_seed")],  # I2V: its own clip by default
+    ids=["dynamicrafter", "dynamicrafter_ar_qcache", "videocrafter1_i2v"],
+)
+def test_seeded_run_starts_from_the_text_models_own_base_clip(tmp_path, prompts, config, mode) -> None:
     seeded = tmp_path / "seeded"
-    assert videocrafter_main.main(["-p", prompts, *SEEDED, "--mode", mode, "--output_dir", str(seeded)]) == 0
+    args = ["-p", prompts, "--config", config, "--seed_config", T2V, *SMALL, "--mode", mode]
+    assert videocrafter_main.main([*args, "--output_dir", str(seeded)]) == 0
     frames = frames_of(seeded)
     assert frames.shape == (3, 64, 64, 3) and frames.std() > 0
     # The text model alone, plain t2v with the same settings: the same base clip (origin.gif).
@@ -67,7 +72,7 @@ def test_seeded_dynamicrafter_starts_from_the_text_models_own_base_clip(tmp_path
     assert videocrafter_main.main(["-p", prompts, "--config", T2V, *SMALL, "--output_dir", str(plain)]) == 0
     (origin,) = seeded.rglob("origin.gif")
     assert origin.read_bytes() == next(plain.rglob("origin.gif")).read_bytes()
-    assert not np.array_equal(frames, frames_of(plain))  # but DynamiCrafter made the FIFO frames
+    assert not np.array_equal(frames, frames_of(plain))  # but the image model made the FIFO frames
 
 
 def test_stopped_then_resumed_seeded_run_is_byte_identical(tmp_path, monkeypatch, prompts) -> None:
