@@ -185,16 +185,18 @@ class FifoGenerator:
                 model, self.geometry.video_length, self.latent_hw, guided, n_windows, store=memory_store
             )
             self.window_batch = auto_window_batch(n_windows, memory, self.device)
+        # Logged when the first video starts: a generator that only samples base clips (the seeded
+        # modes' text model, fifo/seeding.py) or plans a run never runs FIFO windows.
         if settings.batched:
             per_call = "all" if self.window_batch is None else min(self.window_batch, n_windows)
-            logger.info(
-                "fast path: %s of %d windows and both guidance branches per U-Net call; %s",
-                per_call,
-                n_windows,
-                self.plan.describe(),
+            self._path_description: str | None = (
+                f"fast path: {per_call} of {n_windows} windows and both guidance branches per U-Net call; "
+                f"{self.plan.describe()}"
             )
         else:
-            logger.info("sequential path: one window and one guidance branch per call, layers as published")
+            self._path_description = (
+                "sequential path: one window and one guidance branch per call, layers as published"
+            )
         self.model_denoiser = model_denoiser = ModelDenoiser(model, frame_value(model.family, settings))
         # The base clip always batches its two guidance branches; the FIFO windows do on the fast path.
         guidance, rescale = settings.guidance, settings.guidance_rescale
@@ -429,6 +431,9 @@ class FifoGenerator:
         writes the files and the state, and shares what the others need.
         """
         start = time.perf_counter()
+        if self._path_description is not None:
+            logger.info("%s", self._path_description)
+            self._path_description = None  # once per process
         s = self.settings
         writer = self.group is None or self.group.is_writer
         prompt_dir = output_root / job.folder_name
