@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from fifo.options import GenerationSettings, MainMode, ModeOptions
-from fifo.seeding import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
+from fifo.seeding import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG, SEED_MODE, seed_settings
 from lvdm.family import IMAGE_TOKENS_PER_FRAME, ModelFamily
 
 if TYPE_CHECKING:
@@ -168,8 +168,6 @@ def check_seed_model(
         ValueError: the mode takes no base clip from another model, the seed model is not a
             text-to-video model, or the size does not fit it.
     """
-    from fifo.seeding import SEED_MODE, seed_settings
-
     if not mode.main.seeds_image:
         raise ValueError(
             f"--seed_config applies to the modes seeded by a base clip (t2v_seed, t2v_seed_ar), not to "

@@ -20,7 +20,6 @@ experiment = file stem.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from infra.csv_table import write_csv_table
 from infra.video_io import find_videos, probe_video, read_video
 from tools.clip_scorer import ClipScorer, load_clip_embedder
 from tools.consistency_plot import plot_consistency
@@ -259,14 +259,9 @@ def _csv_value(value: object) -> object:
 
 def write_csv(rows: Sequence[VideoMetrics], path: str | os.PathLike) -> Path:
     """One line per video with the columns of :data:`CSV_FIELDS` (empty CLIP cells when not computed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fp:
-        writer = csv.DictWriter(fp, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_value(v) for k, v in row.row().items()})
-    return path
+    return write_csv_table(
+        path, CSV_FIELDS, ({k: _csv_value(v) for k, v in row.row().items()} for row in rows)
+    )
 
 
 def _json_safe(value: object) -> object:
@@ -298,14 +293,11 @@ def write_json(
 def write_summary_csv(rows: Sequence[VideoMetrics], path: str | os.PathLike) -> Path:
     """One line per experiment: video count, mean frame count and the mean of every metric
     (:data:`SUMMARY_FIELDS`; empty cells for metrics not computed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fp:
-        writer = csv.DictWriter(fp, fieldnames=SUMMARY_FIELDS)
-        writer.writeheader()
-        for experiment, entry in summarize(rows).items():
-            writer.writerow({"experiment": experiment, **{k: _csv_value(v) for k, v in entry.items()}})
-    return path
+    lines = (
+        {"experiment": experiment, **{k: _csv_value(v) for k, v in entry.items()}}
+        for experiment, entry in summarize(rows).items()
+    )
+    return write_csv_table(path, SUMMARY_FIELDS, lines)
 
 
 def _fmt(value: object, decimals: int = 4) -> str:

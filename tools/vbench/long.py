@@ -29,7 +29,6 @@ written separately, so any other weighting can be recomputed from the outputs.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infra.csv_table import write_csv_table
 from tools.vbench.common import BACKGROUND, DIMENSIONS, SUBJECT
 from tools.vbench.consistency import consistency_curve
 from tools.vbench.scorer import VBenchScorer, VBenchScores
@@ -222,14 +222,9 @@ def score_long(
 
 def write_clip_csv(rows: list[ClipRow], path: str | os.PathLike) -> Path:
     """The per-clip table: one row per clip of every video, VBench's dimensions in percent."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fp:
-        writer = csv.DictWriter(fp, fieldnames=CLIP_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in vars(row).items()})
-    return path
+    return write_csv_table(
+        path, CLIP_FIELDS, ({k: ("" if v is None else v) for k, v in vars(row).items()} for row in rows)
+    )
 
 
 def plot_clip_scores(rows: list[ClipRow], path: str | os.PathLike) -> Path:
