@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools.vbench.common import AESTHETIC, RANDOM_INIT_SEED, FeatureWeightsError, _first_line, _seeded
+from tools.vbench.common import (
+    AESTHETIC,
+    RANDOM_INIT_SEED,
+    FeatureWeightsError,
+    _first_line,
+    _seeded,
+    read_weights_file,
+)
 from tools.vbench.consistency import ClipImageFeatures, build_open_clip_tower, small_clip_tower
 from tools.vbench.weights import _HubWeights, _local_url_file, _url_file, _UrlWeights
 
@@ -72,12 +79,7 @@ def load_aesthetic_head(path: str | os.PathLike) -> nn.Linear:
     """
     path = Path(path)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_weights_file(path)
     except Exception as err:
         raise FeatureWeightsError(
             f"{path} does not hold the LAION aesthetic head ({_first_line(err)})"

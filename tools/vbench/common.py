@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -33,6 +34,16 @@ class FeatureWeightsError(RuntimeError):
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def read_weights_file(path: Path) -> object:
+    """A small feature model's weights file as stored: ``.safetensors``, or a torch file read
+    weights-only (no pickled code runs). Raises what the reader raises; callers name the model."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @contextlib.contextmanager

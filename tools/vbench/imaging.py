@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.vbench.common import IMAGING, RANDOM_INIT_SEED, FeatureWeightsError, _first_line, _seeded
+from tools.vbench.common import (
+    IMAGING,
+    RANDOM_INIT_SEED,
+    FeatureWeightsError,
+    _first_line,
+    _seeded,
+    read_weights_file,
+)
 from tools.vbench.video import _float_pixels
 from tools.vbench.weights import _hub_file, _HubWeights, _local_file
 
@@ -110,12 +117,7 @@ def load_musiq_state(model: nn.Module, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_weights_file(path)
         if not isinstance(state, dict):
             raise TypeError(f"a {type(state).__name__}, not a state dict")
         state = {k.removeprefix("module."): v for k, v in state.items()}
