@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from fifo import compile as fcompile
+from lvdm.modules.attention_kernels import cpu_has_native_bf16
 from tests.conftest import load_script
 from tools.bench import core, flops, report
 from tools.bench.measure import command_line, time_paths
@@ -192,7 +193,11 @@ def test_report_rehearsal_on_cpu(bench_script, tmp_path: Path, capsys, one_threa
             and r["finite_frame"]
         )
         assert r["flops_per_frame"] > 0 and r["fraction_of_peak"] > 0
-        assert any("scaled_dot_product" in k for k in r["sdpa_kernels"])
+    # PyTorch's fused kernel in fp32; bf16 on a CPU with native bf16 runs as matrix products.
+    assert any("scaled_dot_product" in k for k in seq["sdpa_kernels"])
+    bf16_kernel = "bmm_softmax" if cpu_has_native_bf16() else "_scaled_dot_product_flash_attention_for_cpu"
+    assert list(fast["sdpa_kernels"]) == [bf16_kernel]
+    for r in (seq, fast):
         assert r["peak_memory_bytes"] is None  # CUDA's max_memory_allocated only
     assert rows[("bf16", True, "fast")]["status"] == "skipped"
     assert set(doc["startup"]) >= set(report.STARTUP_FIELDS) and doc["startup"]["status"] == "measured"

@@ -81,7 +81,9 @@ def row(name: str, path: str | None, dtype: str | None, compiled: bool, **values
 
 class SdpaKernels(TorchDispatchMode):
     """Counts the attention kernels ``scaled_dot_product_attention`` dispatches to (flash,
-    memory-efficient, cuDNN, CPU flash, math) in the code it wraps."""
+    memory-efficient, cuDNN, CPU flash, math) in the code it wraps, and the explicit products
+    around a softmax (as ``bmm_softmax``: the ``sdpa`` backend's bf16 path on a CPU, or the
+    ``math`` backend), the U-Net's only softmax."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,6 +97,8 @@ class SdpaKernels(TorchDispatchMode):
             or name.startswith("_flash")
         ):
             self.counts[name] = self.counts.get(name, 0) + 1
+        elif name in ("softmax", "_softmax"):  # inference mode skips the decomposition
+            self.counts["bmm_softmax"] = self.counts.get("bmm_softmax", 0) + 1
         return func(*args, **(kwargs or {}))
 
 

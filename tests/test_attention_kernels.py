@@ -1,0 +1,72 @@
+"""The attention kernels by backend name (lvdm/modules/attention_kernels.py): bf16 on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lvdm.modules import attention_kernels as kernels
+
+
+class _FusedCalls(TorchDispatchMode):
+    """Counts calls of PyTorch's fused attention kernels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.startswith("_scaled_dot_product"):
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _qkv(b: int, heads: int, n: int, m: int, d: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(b, heads, n, d, generator=g).to(dtype)
+    k, v = (torch.randn(b, heads, m, d, generator=g).to(dtype) for _ in range(2))
+    return q, k, v
+
+
+@pytest.mark.parametrize(
+    ("shape", "keys"),
+    [((4, 4, 64, 8), 64), ((32, 4, 16, 8), 16), ((2, 5, 40, 64), 77)],
+    ids=["spatial", "temporal", "cross"],
+)
+def test_bf16_cpu_attention_is_as_close_to_exact_as_bf16_allows(shape, keys) -> None:
+    """Within a few bf16 steps (2^-7 near 1) of the float64 attention of the same bf16 inputs."""
+    b, heads, n, d = shape
+    q, k, v = _qkv(b, heads, n, keys, d, torch.bfloat16)
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    out = kernels._attend_bf16_cpu(q, k, v)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    assert (out.double() - exact).abs().max() < 4 * 2**-7
+
+
+def test_bf16_cpu_attention_in_slices_is_the_one_pass_result(monkeypatch) -> None:
+    q, k, v = _qkv(6, 4, 32, 32, 8, torch.bfloat16)
+    whole = kernels._attend_bf16_cpu(q, k, v)
+    monkeypatch.setattr(kernels, "CPU_SCORES_BYTES", 32 * 32 * 4 * 5)  # 5 of 24 rows per slice
+    assert torch.equal(kernels._attend_bf16_cpu(q, k, v), whole)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_sdpa_backend_takes_the_matrix_products_for_bf16_on_a_cpu_with_native_bf16(
+    monkeypatch, native
+) -> None:
+    monkeypatch.setattr(kernels, "cpu_has_native_bf16", lambda: native)
+    q, k, v = _qkv(2, 2, 16, 16, 8, torch.bfloat16)
+    with _FusedCalls() as fused:
+        out = kernels._KERNELS["sdpa"](q, k, v)
+    assert fused.calls == (0 if native else 1)
+    expected = kernels._attend_bf16_cpu(q, k, v) if native else F.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(out, expected)
+
+
+def test_sdpa_backend_in_fp32_is_pytorchs_fused_kernel() -> None:
+    q, k, v = _qkv(2, 2, 16, 16, 8, torch.float32)
+    with _FusedCalls() as fused:
+        out = kernels._KERNELS["sdpa"](q, k, v)
+    assert fused.calls == 1 and torch.equal(out, F.scaled_dot_product_attention(q, k, v))
