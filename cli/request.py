@@ -230,8 +230,7 @@ def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -
     """For --resume: the jobs whose video is complete (skipped), and a usage error when a saved
     state was made with other arguments (naming what differs). A damaged state is left to the run,
     which reports it and starts afresh."""
-    from fifo.generator import resume_fingerprint
-    from fifo.resume import StateError, StateStore, fingerprint_differences, state_folder
+    from fifo.resume import StateError, StateStore, fingerprint_differences, resume_fingerprint, state_folder
 
     done = set()
     for index, job in enumerate(jobs):

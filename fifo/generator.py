@@ -26,7 +26,7 @@ from fifo.ddim import sample_ddim
 from fifo.families import check_model_fits, frame_value, image_latent
 from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
-from fifo.options import GenerationSettings, ModeOptions
+from fifo.options import GenerationSettings, ModeOptions, Precision
 from fifo.parallel import DistributedWindows, RankGroup, local_windows
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
@@ -37,8 +37,10 @@ from fifo.resume import (
     StateError,
     StateSaver,
     StateStore,
+    base_clip_key,
     fingerprint_differences,
     partial_video_path,
+    resume_fingerprint,
     state_folder,
 )
 from fifo.run import FifoSampler, FifoState, check_finite, to_uint8_frames
@@ -49,59 +51,9 @@ from fifo.tricks.install import install_tricks
 from infra.video_io import VideoWriter, stale_temporary_files
 from lvdm.build import model_facts
 from lvdm.models.ddpm3d import LatentDiffusion
+from lvdm.modules.attention_kernels import cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
-
-
-def base_clip_key(
-    job: PromptJob, mode: ModeOptions, settings: GenerationSettings, model_id: str, device: str | torch.device
-) -> dict:
-    """Everything that changes a base clip's noise and latent (plain values, for the cache key)."""
-    s = settings
-    image_digest = hashlib.sha256(job.image.read_bytes()).hexdigest() if job.image else None
-    return {
-        "model": model_id,
-        "prompt": job.prompt,
-        "image": image_digest,
-        "seed": s.seed,
-        "size": [s.height, s.width],
-        "video_length": s.video_length,
-        "steps": s.geometry.steps,
-        "eta": s.eta,
-        "guidance": s.guidance,
-        "fps": s.fps,
-        **({} if s.frame_stride is None else {"frame_stride": s.frame_stride}),
-        **({} if s.guidance_rescale == 0.0 else {"guidance_rescale": s.guidance_rescale}),
-        "dtype": s.dtype.value,
-        "mode_main": mode.main.value,
-        # CPU and CUDA generators draw different numbers from the same seed.
-        "device": torch.device(device).type,
-    }
-
-
-def resume_fingerprint(
-    job: PromptJob,
-    mode: ModeOptions,
-    settings: GenerationSettings,
-    model_id: str,
-    device: str | torch.device,
-    video_path: Path,
-) -> dict:
-    """What a saved state must match to be resumed for ``job`` (plain values)."""
-    s = settings
-    return base_clip_key(job, mode, s, model_id, device) | {
-        "mode": mode.name,
-        "qcache_weight": None if mode.qcache is None else mode.qcache.weight,
-        "tricks": mode.trick_parameters(),
-        "lookahead": s.lookahead,
-        "num_partitions": s.num_partitions,
-        "length": job.story_length if job.is_story else s.new_video_length,
-        "scenes": [[sc.frames, sc.prompt] for sc in job.scenes],
-        "video": video_path.name,
-        "output_fps": s.output_fps,
-        "rng": s.rng.value,
-        "path": "batched" if s.batched else "sequential",
-    }
 
 
 @dataclass(frozen=True)
@@ -193,6 +145,11 @@ class FifoGenerator:
                 f"fast path: {per_call} of {n_windows} windows and both guidance branches per U-Net call; "
                 f"{self.plan.describe()}"
             )
+            if self.device.type == "cpu" and settings.dtype is Precision.FP32 and cpu_has_native_bf16():
+                self._path_description += (
+                    "; this CPU computes bf16 natively: --dtype bf16 runs faster, at bf16's precision "
+                    "(README, Performance)"
+                )
         else:
             self._path_description = (
                 "sequential path: one window and one guidance branch per call, layers as published"

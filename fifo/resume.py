@@ -10,12 +10,16 @@ identical file:
 - ``frames/0000.png``, ...: every output frame so far, lossless, so that the video file can be
   rebuilt frame for frame (a GIF or MP4 cannot be appended to, nor decoded back exactly).
 
+The fingerprint is :func:`resume_fingerprint`: the base clip's cache key (:func:`base_clip_key`,
+which also names the cached base clips) and what else shapes the video.
+
 The folder is removed when the video is complete. A state is saved every ``save_every_frames``
 output frames, or, by default, when ``save_every_seconds`` have passed since the last one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +32,8 @@ import torch
 from PIL import Image
 
 from fifo.noise import NoiseSource
+from fifo.options import GenerationSettings, ModeOptions
+from fifo.prompts import PromptJob
 from fifo.run import FifoState
 
 logger = logging.getLogger(__name__)
@@ -37,6 +43,57 @@ STATE_VERSION = 1
 # this costs far below 1% of a run whose iterations take seconds, and a kill loses at most
 # this much work.
 DEFAULT_SAVE_SECONDS = 60.0
+
+
+def base_clip_key(
+    job: PromptJob, mode: ModeOptions, settings: GenerationSettings, model_id: str, device: str | torch.device
+) -> dict:
+    """Everything that changes a base clip's noise and latent (plain values, for the cache key)."""
+    s = settings
+    image_digest = hashlib.sha256(job.image.read_bytes()).hexdigest() if job.image else None
+    return {
+        "model": model_id,
+        "prompt": job.prompt,
+        "image": image_digest,
+        "seed": s.seed,
+        "size": [s.height, s.width],
+        "video_length": s.video_length,
+        "steps": s.geometry.steps,
+        "eta": s.eta,
+        "guidance": s.guidance,
+        "fps": s.fps,
+        **({} if s.frame_stride is None else {"frame_stride": s.frame_stride}),
+        **({} if s.guidance_rescale == 0.0 else {"guidance_rescale": s.guidance_rescale}),
+        "dtype": s.dtype.value,
+        "mode_main": mode.main.value,
+        # CPU and CUDA generators draw different numbers from the same seed.
+        "device": torch.device(device).type,
+    }
+
+
+def resume_fingerprint(
+    job: PromptJob,
+    mode: ModeOptions,
+    settings: GenerationSettings,
+    model_id: str,
+    device: str | torch.device,
+    video_path: Path,
+) -> dict:
+    """What a saved state must match to be resumed for ``job`` (plain values)."""
+    s = settings
+    return base_clip_key(job, mode, s, model_id, device) | {
+        "mode": mode.name,
+        "qcache_weight": None if mode.qcache is None else mode.qcache.weight,
+        "tricks": mode.trick_parameters(),
+        "lookahead": s.lookahead,
+        "num_partitions": s.num_partitions,
+        "length": job.story_length if job.is_story else s.new_video_length,
+        "scenes": [[sc.frames, sc.prompt] for sc in job.scenes],
+        "video": video_path.name,
+        "output_fps": s.output_fps,
+        "rng": s.rng.value,
+        "path": "batched" if s.batched else "sequential",
+    }
 
 
 class StateError(RuntimeError):

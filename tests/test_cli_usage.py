@@ -22,6 +22,7 @@ from fifo.options import GenerationSettings, TrickArguments, parse_mode
 from fifo.outputs import experiment_name
 from fifo.prompts import safe_name
 from infra.video_io import read_video
+from lvdm.modules.attention_kernels import cpu_has_native_bf16
 from tests.conftest import REPO, write_png
 from tools.comparison import render_label
 
@@ -299,6 +300,8 @@ def test_a_normal_run_logs_for_people(tmp_path) -> None:
     assert "No potential checkpoint path found" not in log and "INFO root:" not in log  # open_clip's chatter
     assert "FastPathPlan(" not in log and "UNetExecution(" not in log  # no internal reprs
     assert "fast path: all of 2 windows and both guidance branches per U-Net call" in log
+    # fp32 by default on a CPU; where the CPU has native bf16 the log says that --dtype bf16 is faster.
+    assert ("--dtype bf16 runs faster" in log) is cpu_has_native_bf16()
 
 
 def test_mode_typo_gets_a_suggestion(tmp_path, work, capsys, no_model) -> None:
