@@ -70,3 +70,16 @@ def test_sdpa_backend_in_fp32_is_pytorchs_fused_kernel() -> None:
     with _FusedCalls() as fused:
         out = kernels._KERNELS["sdpa"](q, k, v)
     assert fused.calls == 1 and torch.equal(out, F.scaled_dot_product_attention(q, k, v))
+
+
+def test_bf16_cpu_attention_compiles_in_one_graph(monkeypatch) -> None:
+    """`--compile` traces the kernel choice without a graph break (the CPU's bf16 support is read
+    as a constant, not queried inside the compiled U-Net)."""
+    monkeypatch.setattr(kernels, "_CPU_NATIVE_BF16", True)
+    q, k, v = _qkv(2, 2, 16, 16, 8, torch.bfloat16)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(kernels._KERNELS["sdpa"], fullgraph=True, backend="eager")
+        assert torch.equal(compiled(q, k, v), kernels._attend_bf16_cpu(q, k, v))
+    finally:
+        torch._dynamo.reset()

@@ -3,7 +3,6 @@ k and v (b, heads, m, d) → (b, heads, n, d), by backend name (``--attention``)
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 from collections.abc import Callable
 
@@ -30,10 +29,21 @@ def xformers_available() -> bool:
 CPU_SCORES_BYTES = 64 * 2**20
 
 
-@functools.cache
+def _query_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+# Asked once, at import: a CPU's features do not change, and torch.compile cannot trace the query
+# (reading this constant inside a compiled U-Net is no graph break).
+_CPU_NATIVE_BF16 = _query_native_bf16()
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX), as oneDNN says."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return _CPU_NATIVE_BF16
 
 
 def _attend_bf16_cpu(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
