@@ -23,9 +23,12 @@ def xformers_available() -> bool:
     return importlib.util.find_spec("xformers") is not None
 
 
-# The bf16 CPU attention (_attend_bf16_cpu) computes its scores in slices of at most this many
-# bytes (fp32), so that a long unchunked sequence (the sequential path at full size) never holds
-# all of its q·kᵀ at once; the fast path's transformer chunks stay within one slice.
+# bf16 attention on a CPU over at most this many keys (a clip's frames, the text tokens) runs as
+# matrix products (_attend_bf16_cpu); over more keys (the spatial self-attention) PyTorch's fused
+# kernel is as fast or faster (measured, see _attend_bf16_cpu).
+CPU_BF16_MATMUL_MAX_KEYS = 128
+# _attend_bf16_cpu computes its scores in slices of at most this many bytes, so that a long
+# batch never holds all of its q·kᵀ at once.
 CPU_SCORES_BYTES = 64 * 2**20
 
 
@@ -47,13 +50,13 @@ def cpu_has_native_bf16() -> bool:
 
 
 def _attend_bf16_cpu(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Attention in bf16 on a CPU as two batched matrix products around an fp32 softmax.
+    """bf16 attention on a CPU as fp32 scores, an fp32 softmax, and a bf16 product with the values.
 
-    PyTorch's fused CPU kernel runs bf16 slower than fp32, and 1.2-2x slower than this, at every
-    head size from 8 to 128 channels (measured on an AVX-512 BF16 EPYC, one thread; the
-    ``medium`` benchmark's fast path in bf16 went from 2.3-2.6 to 1.7-2.0 s per frame). The
-    scores are rounded to bf16 by the product (as the published code's fp16 einsum under
-    autocast rounds them to fp16) and normalised in fp32 (as autocast runs softmax).
+    PyTorch's fused CPU kernel runs bf16 slower than fp32. Over few keys this is 1.4-3x faster
+    than it (one thread, AVX-512 BF16 EPYC, head sizes 8 and 64: 16 keys 0.85 ms against 2.45,
+    77 keys 2.9 against 4.1) with the same accuracy: the scores stay fp32 as in the fused kernel
+    (rounding them to bf16 was faster still but 30x less accurate where the logits are large),
+    and only the probabilities are rounded to bf16 for the product with the values.
     """
     b, heads, n, d = q.shape
     m = k.shape[2]
@@ -63,15 +66,20 @@ def _attend_bf16_cpu(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     out = q.new_empty(b * heads, n, d)
     for lo in range(0, b * heads, rows):
         part = slice(lo, lo + rows)
-        scores = torch.bmm(q[part], k[part].transpose(1, 2)).float().mul_(scale)
+        scores = torch.bmm(q[part].float().mul_(scale), k[part].float().transpose(1, 2))
         torch.bmm(scores.softmax(dim=-1).to(v.dtype), v[part], out=out[part])
     return out.reshape(b, heads, n, d)
 
 
 def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """PyTorch's ``scaled_dot_product_attention`` (the fused kernel for the device and dtype),
-    except bf16 on a CPU with native bf16, where :func:`_attend_bf16_cpu` is faster."""
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and cpu_has_native_bf16():
+    except bf16 over few keys on a CPU with native bf16, where :func:`_attend_bf16_cpu` is faster."""
+    if (
+        q.dtype == torch.bfloat16
+        and q.device.type == "cpu"
+        and k.shape[2] <= CPU_BF16_MATMUL_MAX_KEYS
+        and cpu_has_native_bf16()
+    ):
         return _attend_bf16_cpu(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
