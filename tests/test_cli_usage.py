@@ -301,7 +301,7 @@ def test_a_normal_run_logs_for_people(tmp_path) -> None:
     assert "FastPathPlan(" not in log and "UNetExecution(" not in log  # no internal reprs
     assert "fast path: all of 2 windows and both guidance branches per U-Net call" in log
     # fp32 by default on a CPU; where the CPU has native bf16 the log says that --dtype bf16 is faster.
-    assert ("--dtype bf16 runs faster" in log) is cpu_has_native_bf16()
+    assert ("--dtype bf16 runs larger models faster" in log) is cpu_has_native_bf16()
 
 
 def test_mode_typo_gets_a_suggestion(tmp_path, work, capsys, no_model) -> None:
