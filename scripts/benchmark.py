@@ -71,6 +71,7 @@ import torch  # noqa: E402
 from fifo.options import Precision  # noqa: E402
 from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
 from lvdm.build import config_facts, load_config  # noqa: E402
+from lvdm.modules.attention_kernels import cpu_has_native_bf16  # noqa: E402
 from tools.bench.measure import PROBE_MARK, fresh_process_probe, probe  # noqa: E402, F401 -- tests use them
 from tools.bench.options import BenchOptions  # noqa: E402
 from tools.bench.presets import PRESETS  # noqa: E402
@@ -255,7 +256,7 @@ def resolve_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
         and args.processes > 0
         and not dtype_given
         and not args.no_bf16
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        and cpu_has_native_bf16()
     )
     for name in ("iterations", "num_partitions"):
         if getattr(args, name) < 1:

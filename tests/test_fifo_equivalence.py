@@ -41,6 +41,7 @@ from fifo.tricks.qcache import set_qcache
 from infra import memory
 from lvdm.build import load_model
 from lvdm.models.ddpm3d import LatentDiffusion
+from lvdm.modules.attention_kernels import cpu_has_native_bf16
 from tests.conftest import load_script
 from tools.bench.options import BenchOptions
 
@@ -290,6 +291,7 @@ from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.perf import apply_execution, plan_fast_path
 from fifo.plan import window_memory
 from lvdm.build import load_model
+from lvdm.modules.attention_kernels import cpu_has_native_bf16
 from infra.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset
 model = load_model({str(ROOT / "configs" / config)!r}, None, random_init=True)
 apply_execution(model.unet, plan_fast_path("cpu", threads=1).unet)
@@ -389,7 +391,7 @@ def test_benchmark_defaults_on_cpu(bench_script) -> None:
     args = _resolve(bench_script, ["--device", "cpu"])
     assert args.preset == "medium" and args.dtype == "fp32"
     # Each path alone in 3 fresh processes; the fast path in bf16 too where the CPU runs it natively.
-    assert args.processes == 3 and args.bf16_row is torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert args.processes == 3 and args.bf16_row is cpu_has_native_bf16()
     assert not _resolve(bench_script, ["--device", "cpu", "--dtype", "fp32"]).bf16_row
     assert not _resolve(bench_script, ["--device", "cpu", "--no_bf16"]).bf16_row
     assert _resolve(bench_script, ["--device", "cpu", "--report", "out"]).processes == 0
