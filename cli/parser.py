@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "whose plan needs more stops with the settings that would fit",
     )
     add_ouroboros_arguments(p)
+    add_miga_arguments(p)
     return p
 
 
@@ -230,6 +231,19 @@ def add_ouroboros_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="srg: windows guided, counted from the queue's front (default: the front half)",
+    )
+
+
+def add_miga_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of MIGA's mechanisms (anchors in --mode; docs/miga.md). Defaults (None
+    here) are those of ``fifo.miga_options``; a flag whose part is not in --mode is logged and ignored."""
+    g = p.add_argument_group("MIGA", "parameters of the anchors part of --mode (docs/miga.md)")
+    g.add_argument(
+        "--anchor_frames",
+        type=int,
+        default=None,
+        help="anchors: clean frames from the whole video in front of each window, at most half of "
+        "--video_length (default: a quarter of --video_length, at least 1)",
     )
 
 

@@ -21,7 +21,9 @@ from enum import Enum
 import torch
 
 from fifo.geometry import FifoGeometry
+from fifo.miga_options import AnchorOptions, ReflectOptions
 from fifo.noise import NoiseOrder
+from fifo.option_errors import ModeError, check_option
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +84,8 @@ SUB_OPTIONS: dict[str, str] = {
     "tailcoh": "coherent tail: low frequencies of the previous tail + high frequencies of fresh noise",
     "sacfa": "subject-aware cross-frame attention (needs --subject)",
     "srg": "self-recurrent guidance of the front frames towards a subject feature bank (needs --subject)",
+    "anchors": "MIGA long-range frame guidance: clean frames from the whole video in front of each window",
 }
-
-
-class ModeError(ValueError):
-    """An invalid ``--mode`` string. The message lists the valid parts."""
 
 
 @dataclass(frozen=True)
@@ -225,10 +224,7 @@ class SrgOptions:
         return self.windows
 
 
-def _check(ok: bool, message: str) -> None:
-    """The tricks' range checks (NaN fails every comparison, so it is rejected too)."""
-    if not ok:
-        raise ModeError(message)
+_check = check_option  # the tricks' range checks (NaN fails every comparison, so it is rejected too)
 
 
 def _choice(kind: type[_Choice], value: object, flag: str) -> _Choice:
@@ -262,6 +258,7 @@ class TrickArguments:
     srg_weight: float | None = None
     srg_momentum: float | None = None
     srg_windows: int | None = None
+    anchor_frames: int | None = None
 
     def given(self, *names: str) -> list[str]:
         """The flags among ``names`` that were given, as ``--name``."""
@@ -282,6 +279,8 @@ class ModeOptions:
     sacfa: bool = False
     srg: SrgOptions | None = None
     subject: SubjectOptions | None = None
+    anchors: AnchorOptions | None = None
+    reflect: ReflectOptions | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "main", MainMode(self.main))  # accepts "t2v" as well as MainMode.T2V
@@ -305,6 +304,10 @@ class ModeOptions:
             default = SubjectOptions(self.subject.phrase)
             tokens.append("subj-" + "-".join(self.subject.phrase.lower().split()))
             tokens += _changed(self.subject, default, {"levels": "lv", "threshold": "thr"})
+        if self.anchors is not None:
+            tokens += _changed(self.anchors, AnchorOptions(), {"frames": "anc"})
+        if self.reflect is not None:
+            tokens += _changed(self.reflect, ReflectOptions(), {"threshold": "rth", "candidates": "rcand"})
         return tokens
 
     def trick_parameters(self) -> dict[str, object]:
@@ -315,7 +318,12 @@ class ModeOptions:
                 return None
             return {f.name: _plain(getattr(options, f.name)) for f in fields(options)}
 
-        return {"tail": plain(self.tail), "srg": plain(self.srg), "subject": plain(self.subject)}
+        out = {"tail": plain(self.tail), "srg": plain(self.srg), "subject": plain(self.subject)}
+        # Only when on: the fingerprints of states saved without them stay the same.
+        out |= {
+            k: plain(v) for k, v in (("anchors", self.anchors), ("reflect", self.reflect)) if v is not None
+        }
+        return out
 
     @property
     def uses_subject(self) -> bool:
@@ -345,6 +353,7 @@ class ModeOptions:
             parts += list(self.qcache.attentions)
         parts += [p for p, on in (("unilatent", self.unilatent), ("tailcoh", self.tail is not None)) if on]
         parts += [p for p, on in (("sacfa", self.sacfa), ("srg", self.srg is not None)) if on]
+        parts += [p for p, on in (("anchors", self.anchors), ("reflect", self.reflect)) if on is not None]
         return "_".join(parts)
 
 
@@ -457,6 +466,7 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
     srg = SrgOptions(
         **given(weight=tricks.srg_weight, momentum=tricks.srg_momentum, windows=tricks.srg_windows)
     )
+    anchors = AnchorOptions(**given(frames=tricks.anchor_frames))
     uses_subject = "sacfa" in subs or "srg" in subs
     if uses_subject and tricks.subject is None:
         raise ModeError(
@@ -470,6 +480,7 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
     for part, flags in (
         ("tailcoh", tricks.given("tail_lowpass", "tail_filter")),
         ("srg", tricks.given("srg_weight", "srg_momentum", "srg_windows")),
+        ("anchors", tricks.given("anchor_frames")),
         (
             "sacfa or srg",
             [] if uses_subject else tricks.given("subject", "subject_levels", "subject_threshold"),
@@ -482,6 +493,7 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
         "sacfa": "sacfa" in subs,
         "srg": srg if "srg" in subs else None,
         "subject": subject if uses_subject else None,
+        "anchors": anchors if "anchors" in subs else None,
     }
 
 

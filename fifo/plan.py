@@ -22,7 +22,7 @@ import math
 import os
 import time
 import weakref
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fifo.conditioning import with_image_tokens
 from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.miga_cost import cost_lines, miga_costs
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.prompts import PromptJob
@@ -242,6 +243,8 @@ class RunPlan:
     seconds_to_first_step: float
     stage_shapes: dict[str, list[int]]
     budget_bytes: int | None = None
+    # MIGA's mechanisms (fifo/miga_cost.py): their extra U-Net frames and kept latents, by name.
+    miga: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:
@@ -267,6 +270,7 @@ class RunPlan:
             f"time to the first step: {self.seconds_to_first_step:.1f} s here (model built, checkpoint checked; "
             "reading the weights from disk comes on top)",
             "stages: " + ", ".join(f"{k} {tuple(v)}" for k, v in self.stage_shapes.items()),
+            *cost_lines(self.miga),
         ]
 
 
@@ -380,4 +384,5 @@ def plan_run(
         seconds_to_first_step=seconds_to_first_step,
         stage_shapes={k: list(v.shape) for k, v in outputs.items()},
         budget_bytes=budget_bytes,
+        miga=miga_costs(mode, geometry, model.channels * latent_hw[0] * latent_hw[1] * 4),
     )

@@ -114,6 +114,13 @@ class StepHook:
 
     name = "hook"
 
+    def wrap_windows(self, denoise: GuidedDenoiser) -> GuidedDenoiser:
+        """The guided denoiser the FIFO windows run through, as this trick needs it (default: as is)."""
+        return denoise
+
+    def before_windows(self, sampler: FifoSampler, state: FifoState) -> None:
+        """Called at the start of every iteration, before any window runs (``state`` as it is)."""
+
     def after_windows(
         self, sampler: FifoSampler, state: FifoState, queue: Tensor, contexts: Tensor
     ) -> Tensor:
@@ -234,6 +241,8 @@ class FifoSampler:
         geo, it = self.geometry, state.iteration
         if state.image_latent is not None:
             self.model_denoiser.image_latent = state.image_latent
+        for hook in self.hooks:
+            hook.before_windows(self, state)
         contexts = conditioning.window_contexts(geo, it, state.image_tokens)
         noise = iteration_noise(state.noise, geo, state.queue, self.schedule)
         queue = self.windows_step(

@@ -53,6 +53,7 @@ def test_option_tables_are_the_documented_ones() -> None:
         "tailcoh",
         "sacfa",
         "srg",
+        "anchors",
     }
 
 

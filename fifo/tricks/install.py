@@ -17,10 +17,11 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from fifo.geometry import FifoGeometry
-from fifo.guidance import BranchDenoiser
+from fifo.guidance import BranchDenoiser, GuidedDenoiser
 from fifo.options import ModeOptions
 from fifo.run import StepHook, TailSampler, gaussian_tail
 from fifo.schedule import DDIMSchedule
+from fifo.tricks.anchors import LongRangeGuidance
 from fifo.tricks.qcache import set_qcache
 from fifo.tricks.sacfa import set_sacfa
 from fifo.tricks.srg import SelfRecurrentGuidance, set_srg_recorders
@@ -41,6 +42,12 @@ class Tricks:
     tail_sampler: TailSampler = gaussian_tail
     hooks: tuple[StepHook, ...] = ()
     subject: SubjectStore | None = None
+
+    def window_denoiser(self, denoise: GuidedDenoiser) -> GuidedDenoiser:
+        """The guided denoiser of the FIFO windows with every hook's part (``StepHook.wrap_windows``)."""
+        for hook in self.hooks:
+            denoise = hook.wrap_windows(denoise)
+        return denoise
 
     @contextlib.contextmanager
     def for_video(self, model: nn.Module, prompts: Sequence[str], texts: Tensor) -> Iterator[None]:
@@ -84,5 +91,7 @@ def install_tricks(
     hooks: tuple[StepHook, ...] = ()
     if mode.srg is not None:
         hooks = (SelfRecurrentGuidance(mode.srg, store, denoise, schedule, geometry),)
+    if mode.anchors is not None:
+        hooks += (LongRangeGuidance(mode.anchors.count(geometry), geometry),)
     tail = CoherentTail(mode.tail, schedule) if mode.tail is not None else gaussian_tail
     return Tricks(tail, hooks, store)

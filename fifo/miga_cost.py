@@ -1,0 +1,52 @@
+"""What MIGA's mechanisms add to a run's cost, for ``--dry_run`` (docs/miga.md).
+
+Counted from the mode and the queue layout alone (no model): the extra U-Net frames per output
+frame, beyond plain FIFO's windows, and the latents each mechanism keeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fifo.geometry import FifoGeometry
+from fifo.options import ModeOptions
+from fifo.tricks.anchors import BANK_PER_ANCHOR
+
+
+def miga_costs(mode: ModeOptions, geometry: FifoGeometry, latent_bytes: int) -> dict[str, dict[str, Any]]:
+    """Per mechanism of ``mode``: its extra U-Net frames per output frame and the memory it keeps.
+
+    Args:
+        latent_bytes: the bytes of one frame's latent (c·h·w values).
+    Returns:
+        ``{"anchors": {...}}`` for the mechanisms that are on (empty for none), plain values.
+    """
+    costs: dict[str, dict[str, Any]] = {}
+    f, windows = geometry.video_length, len(geometry.windows())
+    plain_frames = windows * f  # U-Net frames of one FIFO iteration (one output frame)
+    if mode.anchors is not None:
+        m = mode.anchors.count(geometry)
+        costs["anchors"] = {
+            "anchor_frames": m,
+            "anchor_frames_per_output_frame": m * windows,
+            "extra_unet_frames_per_output_frame": 0,
+            "plain_unet_frames_per_output_frame": plain_frames,
+            "bank_latents": BANK_PER_ANCHOR * m,
+            "bank_bytes": BANK_PER_ANCHOR * m * latent_bytes,
+        }
+    return costs
+
+
+def cost_lines(costs: dict[str, dict[str, Any]]) -> list[str]:
+    """The costs of :func:`miga_costs` for people, one line per mechanism."""
+    lines = []
+    anchors = costs.get("anchors")
+    if anchors is not None:
+        lines.append(
+            f"anchors: {anchors['anchor_frames']} clean frames in front of every window "
+            f"({anchors['anchor_frames_per_output_frame']} of the {anchors['plain_unet_frames_per_output_frame']} "
+            "U-Net frames per output frame, in place of frames a window only reads): "
+            f"{anchors['extra_unet_frames_per_output_frame']} extra U-Net frames; a bank of at most "
+            f"{anchors['bank_latents']} latents ({anchors['bank_bytes'] / 2**20:.2f} MiB), whatever the length"
+        )
+    return lines

@@ -1,0 +1,62 @@
+"""MIGA's mechanisms with the windows split over two ranks (--parallel windows): every rank keeps
+the same mechanism state and dequeues what one process dequeues (tests/test_parallel.py's method:
+equal up to the rounding of a different batch order)."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fifo.generator import FifoGenerator
+from fifo.options import GenerationSettings, TrickArguments, parse_mode
+from fifo.parallel import RankGroup
+from fifo.prompts import PromptJob
+from tests.test_parallel import T2V, LatentRecorder, _scaled, model_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = {"video_length": 4, "num_partitions": 1, "new_video_length": 4, "height": 128, "width": 128}
+SMALL |= {"progress": False, "window_batch": 4}
+# name: mode, trick arguments
+CASES = {"anchors": ("t2v_anchors", TrickArguments(anchor_frames=2))}
+JOB = PromptJob("a red fox", line=1)
+
+
+def run_case(name: str, out: Path, group: RankGroup | None) -> torch.Tensor:
+    mode, tricks = CASES[name]
+    generator = FifoGenerator(
+        model_of(T2V), parse_mode(mode, tricks=tricks), GenerationSettings(**SMALL), "m", group=group
+    )
+    recorder = LatentRecorder()
+    generator.sampler.hooks += (recorder,)
+    with torch.inference_mode():
+        generator.run(JOB, out / name, "exp", out / "cache")
+    return torch.cat(recorder.latents, dim=2)
+
+
+def _rank(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+        timeout=datetime.timedelta(minutes=5),
+    )  # fmt: skip
+    group = RankGroup(rank, world, torch.device("cpu"), dist.new_group(backend="gloo"))
+    latents = {name: run_case(name, Path(out) / f"world{world}", group) for name in CASES}
+    if rank == 0:
+        torch.save(latents, Path(out) / f"latents{world}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_dequeue_what_one_process_dequeues(tmp_path) -> None:
+    torch.set_num_threads(1)
+    expected = {name: run_case(name, tmp_path / "world1", None) for name in CASES}
+    mp.spawn(_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    latents = torch.load(tmp_path / "latents2.pt", weights_only=True)
+    for name, reference in expected.items():
+        assert latents[name].shape == reference.shape, name
+        assert _scaled(latents[name], reference) <= 1e-5, (name, _scaled(latents[name], reference))
