@@ -17,10 +17,10 @@ Matched to VBench's code (``vbench/subject_consistency.py``, ``background_consis
 
 - every frame is scored (no frame sampling);
 - the frames are float32 pixels in ``[0, 255]`` when they are resized (not uint8: no rounding);
-- DINO: the short side resized to 224 (bilinear, antialiased, aspect ratio kept, no crop), then
+- DINO: the short side resized to 224 (bilinear, no antialiasing, aspect ratio kept, no crop), then
   ``/255`` and ImageNet mean/std; the ViT sees a non-square image and interpolates its position
   embedding as DINO's own ``interpolate_pos_encoding`` does (:func:`dino_position_embedding`);
-- CLIP: the short side resized to 224 (bicubic, antialiased), a 224 centre crop, ``/255`` and
+- CLIP: the short side resized to 224 (bicubic, no antialiasing), a 224 centre crop, ``/255`` and
   CLIP's mean/std; on CUDA the model runs in float16, as OpenAI's ``clip.load`` (which VBench
   uses) builds it there, and in float32 on the CPU;
 - temporal flickering: the mean over consecutive pairs of the per-pair mean absolute difference.
