@@ -38,9 +38,11 @@ which also holds the static filter).
 
 Two quality dimensions per frame: ``aesthetic_quality`` (LAION's aesthetic head on CLIP ViT-L/14,
 :mod:`.aesthetic`) and ``imaging_quality`` (pyiqa's MUSIQ with SPAQ weights, :mod:`.imaging`); and
-VBench-Long's clip protocol for long videos (:mod:`.long`).
+VBench-Long's clip protocol for long videos (:mod:`.long`, with :mod:`.encode` for its H.264
+round trip of every clip).
 
-Modules: :mod:`.common` (dimension names, constants, :class:`FeatureWeightsError`), :mod:`.video`
+Modules: :mod:`.common` (dimension names, constants, :class:`DimensionScores` (the one type that
+declares the seven dimensions), :class:`FeatureWeightsError`), :mod:`.video`
 (VBench's frame preprocessing), :mod:`.weights` (Hub cache, local files, offline errors),
 :mod:`.consistency` (DINO/CLIP models and the consistency score), :mod:`.flicker`,
 :mod:`.scorer` (:class:`VBenchScorer`, one video at a time), :mod:`.strict` (strict loading of the
@@ -64,6 +66,7 @@ from tools.vbench.common import (
     INPUT_SIZE,
     MOTION,
     SUBJECT,
+    DimensionScores,
     FeatureWeightsError,
 )
 from tools.vbench.consistency import (
@@ -100,6 +103,7 @@ __all__ = [
     "SUBJECT",
     "AestheticPredictor",
     "ClipImageFeatures",
+    "DimensionScores",
     "DinoFeatures",
     "FeatureWeightsError",
     "FlowScorer",
