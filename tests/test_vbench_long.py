@@ -62,6 +62,35 @@ def test_scene_threshold_is_35() -> None:
     assert detect_scene_cuts(step) == []
 
 
+def _scenedetect_cuts(path: Path, downscale: bool = True) -> list[int]:
+    """Cuts as PySceneDetect finds them reading the file itself (VBench-Long's way: a SceneManager
+    over ``open_video``), optionally without its automatic downscaling."""
+    from scenedetect import ContentDetector, SceneManager, open_video
+
+    manager = SceneManager()
+    manager.auto_downscale = downscale
+    manager.add_detector(ContentDetector(threshold=35.0))
+    manager.detect_scenes(open_video(str(path)))
+    return [int(start.frame_num) for start, _ in manager.get_scene_list()[1:]]
+
+
+def test_scene_cuts_equal_pyscenedetects_own_pipeline(tmp_path: Path) -> None:
+    # A 512-wide grey checkerboard of 1-pixel squares that flips at frame 40: at full size every
+    # pixel changes (a cut), but SceneManager shrinks 512-wide frames by 2 before detecting, which
+    # averages the checkerboard to flat grey on both sides (no cut). Ours must shrink the same way.
+    yy, xx = np.mgrid[0:64, 0:512]
+    checker = np.repeat((((yy + xx) % 2) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    flips = np.concatenate([np.stack([checker] * 40), np.stack([255 - checker] * 40)])
+    for name, frames in (("flips", flips), ("two_scenes", _two_scenes())):
+        path = tmp_path / f"{name}.gif"  # lossless: both read the same pixels
+        write_video(path, frames, fps=8)
+        assert detect_scene_cuts(frames) == _scenedetect_cuts(path), name
+    assert detect_scene_cuts(flips) == [] and _scenedetect_cuts(tmp_path / "flips.gif", downscale=False) == [
+        40
+    ]
+    assert detect_scene_cuts(_two_scenes()) == [40]
+
+
 def test_h264_roundtrip_is_lossy_deterministic_and_keeps_the_shape() -> None:
     frames = _noisy(16, seed=4)
     once = h264_roundtrip(frames, 8)
