@@ -25,12 +25,14 @@ Matched to VBench's code (``vbench/subject_consistency.py``, ``background_consis
   uses) builds it there, and in float32 on the CPU;
 - temporal flickering: the mean over consecutive pairs of the per-pair mean absolute difference.
 
-Deviations, also listed in the README: the models come from ``timm`` (``vit_base_patch16_224.dino``,
+A single-frame video scores NaN, as VBench's formulas give (a mean over no frame pairs).
+
+Deviations, also listed in ``docs/evaluation.md``: the models come from ``timm`` (``vit_base_patch16_224.dino``,
 the same DINO weights) and ``open_clip`` (``ViT-B-32`` with the ``openai`` weights and QuickGELU,
 the same network) rather than ``torch.hub`` and OpenAI's ``clip`` package; frames go through the
 models in batches (VBench: DINO one frame at a time); cosines are taken in float64; an ``.mp4`` is
 decoded by ffmpeg through imageio rather than decord/OpenCV; temporal flickering's static-video
-filter is an option (``static_filter``), off by default; a single-frame video scores NaN.
+filter is an option (``static_filter``), off by default.
 
 Two motion dimensions: ``motion_smoothness`` (AMT-S predicts the odd frames from the even ones,
 :mod:`.amt` and :mod:`.motion`) and ``dynamic_degree`` (RAFT flow, 1 or 0 per video; :mod:`.flow`,
@@ -41,8 +43,8 @@ Two quality dimensions per frame: ``aesthetic_quality`` (LAION's aesthetic head 
 VBench-Long's clip protocol for long videos (:mod:`.long`, with :mod:`.encode` for its H.264
 round trip of every clip).
 
-Modules: :mod:`.common` (dimension names, constants, :class:`DimensionScores` (the one type that
-declares the seven dimensions), :class:`FeatureWeightsError`), :mod:`.video`
+Modules: :mod:`.common` (dimension names, constants, :class:`DimensionScores`, the one type
+that declares the seven dimensions, :class:`FeatureWeightsError`), :mod:`.video`
 (VBench's frame preprocessing), :mod:`.weights` (Hub cache, local files, offline errors),
 :mod:`.consistency` (DINO/CLIP models and the consistency score), :mod:`.flicker`,
 :mod:`.scorer` (:class:`VBenchScorer`, one video at a time), :mod:`.strict` (strict loading of the
