@@ -235,15 +235,28 @@ def add_ouroboros_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_miga_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of MIGA's mechanisms (anchors in --mode; docs/miga.md). Defaults (None
+    """The flags of MIGA's mechanisms (anchors, reflect in --mode; docs/miga.md). Defaults (None
     here) are those of ``fifo.miga_options``; a flag whose part is not in --mode is logged and ignored."""
-    g = p.add_argument_group("MIGA", "parameters of the anchors part of --mode (docs/miga.md)")
+    g = p.add_argument_group("MIGA", "parameters of the anchors and reflect parts of --mode (docs/miga.md)")
     g.add_argument(
         "--anchor_frames",
         type=int,
         default=None,
         help="anchors: clean frames from the whole video in front of each window, at most half of "
         "--video_length (default: a quarter of --video_length, at least 1)",
+    )
+    g.add_argument(
+        "--reflect_threshold",
+        type=float,
+        default=None,
+        help="reflect: drop of the consistency score (a cosine similarity) below its recent mean that "
+        "re-draws a frame, in [0, 2] (default 0.05)",
+    )
+    g.add_argument(
+        "--reflect_candidates",
+        type=int,
+        default=None,
+        help="reflect: Gaussian candidates denoised when a frame is re-drawn (default 4)",
     )
 
 

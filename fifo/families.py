@@ -55,6 +55,8 @@ def check_model_fits(
         mode.srg.guided_windows(settings.geometry)  # raises for --srg_windows beyond the windows
     if mode.anchors is not None:
         mode.anchors.count(settings.geometry)  # raises for -ld, or --anchor_frames beyond the room
+    if mode.reflect is not None:
+        mode.reflect.check(settings.geometry)  # raises for a queue too short for its window
     h, w = settings.height, settings.width
     if h % facts.size_multiple or w % facts.size_multiple:
         raise ValueError(

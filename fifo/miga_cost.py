@@ -11,6 +11,7 @@ from typing import Any
 from fifo.geometry import FifoGeometry
 from fifo.options import ModeOptions
 from fifo.tricks.anchors import BANK_PER_ANCHOR
+from fifo.tricks.reflect import HISTORY, reflection_depth
 
 
 def miga_costs(mode: ModeOptions, geometry: FifoGeometry, latent_bytes: int) -> dict[str, dict[str, Any]]:
@@ -34,6 +35,18 @@ def miga_costs(mode: ModeOptions, geometry: FifoGeometry, latent_bytes: int) -> 
             "bank_latents": BANK_PER_ANCHOR * m,
             "bank_bytes": BANK_PER_ANCHOR * m * latent_bytes,
         }
+    if mode.reflect is not None:
+        depth, n = reflection_depth(geometry), mode.reflect.candidates
+        costs["reflect"] = {
+            "depth": depth,
+            "candidates": n,
+            # One window scores the evaluated frame every iteration; a firing denoises the
+            # candidates through ``depth`` steps and scores them: (depth + 1) windows of each.
+            "extra_unet_frames_per_output_frame": f,
+            "extra_unet_frames_when_fired": (depth + 1) * n * f,
+            "plain_unet_frames_per_output_frame": plain_frames,
+            "kept_scores": HISTORY,
+        }
     return costs
 
 
@@ -48,5 +61,15 @@ def cost_lines(costs: dict[str, dict[str, Any]]) -> list[str]:
             "U-Net frames per output frame, in place of frames a window only reads): "
             f"{anchors['extra_unet_frames_per_output_frame']} extra U-Net frames; a bank of at most "
             f"{anchors['bank_latents']} latents ({anchors['bank_bytes'] / 2**20:.2f} MiB), whatever the length"
+        )
+    reflect = costs.get("reflect")
+    if reflect is not None:
+        plain = reflect["plain_unet_frames_per_output_frame"]
+        lines.append(
+            f"reflect: {reflect['extra_unet_frames_per_output_frame']} extra U-Net frames per output frame "
+            f"(+{reflect['extra_unet_frames_per_output_frame'] / plain:.0%} over FIFO's {plain}) to score the "
+            f"frame {reflect['depth']} step(s) from the tail; a frame re-drawn costs "
+            f"{reflect['extra_unet_frames_when_fired']} more ({reflect['candidates']} candidates through "
+            f"{reflect['depth']} step(s) and their scores; the planned step includes one)"
         )
     return lines

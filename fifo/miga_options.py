@@ -82,3 +82,18 @@ class ReflectOptions:
             isinstance(self.candidates, int) and self.candidates >= 1,
             f"--reflect_candidates must be ≥ 1, got {self.candidates}",
         )
+
+    def check(self, geometry: FifoGeometry) -> None:
+        """Refuse a queue too short for the evaluated frame's window (f frames ending max(1, f/8)
+        slots before the tail, fifo.tricks.reflect).
+
+        Raises:
+            ModeError: the queue has fewer than f + max(1, f/8) slots (no lookahead and one partition).
+        """
+        depth = max(1, geometry.video_length // 8)
+        if geometry.queue_length < geometry.video_length + depth:
+            raise ModeError(
+                f"reflect evaluates a frame {depth} slot(s) from the queue's tail in a window of the "
+                f"{geometry.video_length} frames before it, but this queue has {geometry.queue_length} "
+                "slots: keep lookahead (drop -ld) or use -n 2 or more"
+            )

@@ -85,6 +85,7 @@ SUB_OPTIONS: dict[str, str] = {
     "sacfa": "subject-aware cross-frame attention (needs --subject)",
     "srg": "self-recurrent guidance of the front frames towards a subject feature bank (needs --subject)",
     "anchors": "MIGA long-range frame guidance: clean frames from the whole video in front of each window",
+    "reflect": "MIGA self-reflection: a noisy frame that breaks consistency is re-drawn from candidates",
 }
 
 
@@ -259,6 +260,8 @@ class TrickArguments:
     srg_momentum: float | None = None
     srg_windows: int | None = None
     anchor_frames: int | None = None
+    reflect_threshold: float | None = None
+    reflect_candidates: int | None = None
 
     def given(self, *names: str) -> list[str]:
         """The flags among ``names`` that were given, as ``--name``."""
@@ -467,6 +470,9 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
         **given(weight=tricks.srg_weight, momentum=tricks.srg_momentum, windows=tricks.srg_windows)
     )
     anchors = AnchorOptions(**given(frames=tricks.anchor_frames))
+    reflect = ReflectOptions(
+        **given(threshold=tricks.reflect_threshold, candidates=tricks.reflect_candidates)
+    )
     uses_subject = "sacfa" in subs or "srg" in subs
     if uses_subject and tricks.subject is None:
         raise ModeError(
@@ -481,6 +487,7 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
         ("tailcoh", tricks.given("tail_lowpass", "tail_filter")),
         ("srg", tricks.given("srg_weight", "srg_momentum", "srg_windows")),
         ("anchors", tricks.given("anchor_frames")),
+        ("reflect", tricks.given("reflect_threshold", "reflect_candidates")),
         (
             "sacfa or srg",
             [] if uses_subject else tricks.given("subject", "subject_levels", "subject_threshold"),
@@ -494,6 +501,7 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
         "srg": srg if "srg" in subs else None,
         "subject": subject if uses_subject else None,
         "anchors": anchors if "anchors" in subs else None,
+        "reflect": reflect if "reflect" in subs else None,
     }
 
 

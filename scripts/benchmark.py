@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         + " (default: full on CUDA, medium on CPU)",
     )
     p.add_argument("--device", default=None, help="cuda when available, else cpu")
+    p.add_argument(
+        "--mechanisms",
+        action="store_true",
+        help="instead: MIGA's mechanisms (docs/miga.md) against plain FIFO, whole iterations of the run's "
+        "sampler interleaved in this process, seconds per output frame",
+    )
     p.add_argument("--iterations", type=int, default=4, help="timed FIFO iterations (output frames)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     p.add_argument("--seed", type=int, default=123, help="weights, queue and noise seed")
@@ -300,6 +306,15 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             result = probe(opts, json.loads(args._probe))
         print(PROBE_MARK + json.dumps(result), flush=True)
+        return 0
+    if args.mechanisms:
+        from tools.bench.mechanisms import format_mechanisms, mechanism_benchmark
+
+        results = mechanism_benchmark(opts)
+        if args.json is not None:
+            text = json.dumps(results, indent=2)
+            print(text) if args.json == "-" else Path(args.json).write_text(text + "\n")
+        print(format_mechanisms(results, opts))
         return 0
     if args.parallel == "windows":
         from tools.bench.parallel import parallel_windows_benchmark

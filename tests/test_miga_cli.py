@@ -9,6 +9,7 @@ whose per-frame image tokens fix it), one partition, 3 output frames.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -28,14 +29,18 @@ DC_SIZE = ["--video_length", "8", *SIZE[2:], "--height", "64", "--width", "64"]
 PROMPT = "a person swimming in the ocean"
 SUBJECT = ["--subject", "a person", "--srg_windows", "2"]
 
-# mode, config, extra arguments
+# mode, config, extra arguments, whether the part must change the video (self-reflection changes
+# it only where it fires: tests/test_miga_reflect.py checks the firing itself)
+REFLECT = ["--reflect_threshold", "0", "--reflect_candidates", "2"]
 CASES = [
-    ("t2v_anchors", T2V, []),
-    ("t2v_TTqcache_attn1_unilatent_tailcoh_sacfa_srg_anchors", T2V, SUBJECT),
-    ("i2v_anchors", I2V, []),
-    ("t2v_seed_ar_anchors", I2V, []),
-    ("t2v_anchors", VC1_T2V, []),
-    ("i2v_anchors", DC, ["--anchor_frames", "2"]),
+    ("t2v_anchors", T2V, [], True),
+    ("t2v_reflect", T2V, REFLECT, False),
+    ("t2v_reflect_anchors", T2V, REFLECT, True),
+    ("t2v_TTqcache_attn1_unilatent_tailcoh_sacfa_srg_reflect_anchors", T2V, [*SUBJECT, *REFLECT], True),
+    ("i2v_reflect_anchors", I2V, REFLECT, True),
+    ("t2v_seed_ar_reflect_anchors", I2V, REFLECT, True),
+    ("t2v_reflect_anchors", VC1_T2V, REFLECT, True),
+    ("i2v_reflect_anchors", DC, ["--anchor_frames", "2", *REFLECT], True),
 ]
 
 
@@ -54,13 +59,18 @@ def run(folder: Path, mode: str, config: str, *extra: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(("mode", "config", "extra"), CASES, ids=[f"{c[0]}-{Path(c[1]).stem}" for c in CASES])
-def test_every_family_runs_the_mechanisms_and_writes_its_frames(tmp_path, mode, config, extra) -> None:
+@pytest.mark.parametrize(
+    ("mode", "config", "extra", "changes"), CASES, ids=[f"{c[0]}-{Path(c[1]).stem}" for c in CASES]
+)
+def test_every_family_runs_the_mechanisms_and_writes_its_frames(
+    tmp_path, mode, config, extra, changes
+) -> None:
     files = run(tmp_path / "a", mode, config, *extra)
     frames = sorted(k for k in files if "/fifo/" in k)
     assert len(frames) == 3 and any(k.endswith("run.gif") for k in files)
-    plain = run(tmp_path / "b", mode.replace("_anchors", ""), config, *extra)
-    assert [files[k] for k in frames] != [plain[k] for k in frames]  # the anchors change the video
+    if changes:
+        plain = run(tmp_path / "b", mode.replace("_anchors", ""), config, *extra)
+        assert [files[k] for k in frames] != [plain[k] for k in frames]  # the anchors change the video
 
 
 def test_anchors_are_refused_without_lookahead(tmp_path, capsys) -> None:
@@ -84,7 +94,7 @@ def test_anchors_are_refused_without_lookahead(tmp_path, capsys) -> None:
 RESUME = ["--random_init", "--video_length", "4", "-n", "2", "-l", "6", "--no_progress", "-ex", "run"]
 
 
-@pytest.mark.parametrize("mode", ["t2v_anchors"])
+@pytest.mark.parametrize("mode", ["t2v_reflect_anchors"])
 def test_stopped_then_resumed_is_byte_identical(tmp_path, monkeypatch, mode: str) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text(PROMPT + "\n")
@@ -107,3 +117,18 @@ def test_stopped_then_resumed_is_byte_identical(tmp_path, monkeypatch, mode: str
         assert videocrafter_main.main([*args, "--output_dir", str(out)]) == 130
     assert videocrafter_main.main([*args, "--output_dir", str(out), "--resume"]) == 0
     assert outputs(out) == outputs(tmp_path / "whole")
+
+
+def test_the_benchmark_times_each_mechanism_against_fifo(tmp_path, capsys) -> None:
+    from tests.conftest import load_script
+
+    bench = load_script("scripts/benchmark.py")
+    out = tmp_path / "mechanisms.json"
+    args = ["--preset", "tiny", "--mechanisms", "--iterations", "1", "--warmup", "0", "--video_length", "2"]
+    assert bench.main([*args, "--num_partitions", "1", "--device", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["mechanism"] for r in rows] == ["fifo", "anchors", "reflect"]
+    assert rows[0]["relative_to_fifo"] == 1.0
+    assert all(r["seconds_per_frame"] > 0 and r["iterations"] == 1 for r in rows)
+    printed = capsys.readouterr().out
+    assert "| anchors | t2v_anchors |" in printed and "| reflect | t2v_reflect |" in printed

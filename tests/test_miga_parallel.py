@@ -23,7 +23,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = {"video_length": 4, "num_partitions": 1, "new_video_length": 4, "height": 128, "width": 128}
 SMALL |= {"progress": False, "window_batch": 4}
 # name: mode, trick arguments
-CASES = {"anchors": ("t2v_anchors", TrickArguments(anchor_frames=2))}
+CASES = {
+    "reflect_anchors": (
+        "t2v_reflect_anchors",
+        TrickArguments(anchor_frames=2, reflect_threshold=0.0, reflect_candidates=2),
+    ),
+}
 JOB = PromptJob("a red fox", line=1)
 
 

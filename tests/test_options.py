@@ -54,6 +54,7 @@ def test_option_tables_are_the_documented_ones() -> None:
         "sacfa",
         "srg",
         "anchors",
+        "reflect",
     }
 
 

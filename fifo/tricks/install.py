@@ -23,6 +23,7 @@ from fifo.run import StepHook, TailSampler, gaussian_tail
 from fifo.schedule import DDIMSchedule
 from fifo.tricks.anchors import LongRangeGuidance
 from fifo.tricks.qcache import set_qcache
+from fifo.tricks.reflect import SelfReflection
 from fifo.tricks.sacfa import set_sacfa
 from fifo.tricks.srg import SelfRecurrentGuidance, set_srg_recorders
 from fifo.tricks.subject import SubjectStore, set_subject_tracking, subject_scenes
@@ -91,6 +92,8 @@ def install_tricks(
     hooks: tuple[StepHook, ...] = ()
     if mode.srg is not None:
         hooks = (SelfRecurrentGuidance(mode.srg, store, denoise, schedule, geometry),)
+    if mode.reflect is not None:  # before the anchors: its passes see the queue's own frames
+        hooks += (SelfReflection(mode.reflect, schedule, geometry),)
     if mode.anchors is not None:
         hooks += (LongRangeGuidance(mode.anchors.count(geometry), geometry),)
     tail = CoherentTail(mode.tail, schedule) if mode.tail is not None else gaussian_tail

@@ -1,0 +1,132 @@
+"""MIGA's mechanisms against plain FIFO: seconds per output frame, measured side by side.
+
+``scripts/benchmark.py --mechanisms``: one model with random weights, and one
+:class:`~fifo.generator.FifoGenerator` per mode (plain ``t2v`` and each mechanism alone), each
+with its own state started from the same base clip and noise. Every timed round runs one whole
+FIFO iteration of every mode (the run's own sampler step: windows, the mechanism's own work,
+dequeue and decode), in alternating order, so that the machine's load hits them alike; a row keeps
+its median. One iteration dequeues one output frame, so seconds per iteration are seconds per
+output frame.
+
+The states start at the first output frame (the queue's warm-up costs what any iteration costs)
+and run ``warmup`` untimed iterations, at least as many as the anchors need to fill in.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fifo.conditioning import VideoConditioning
+from fifo.generator import FifoGenerator
+from fifo.noise import NoiseSource
+from fifo.options import GenerationSettings, ModeOptions, TrickArguments, parse_mode
+from lvdm.build import load_model
+from tools.bench.options import BenchOptions
+from tools.bench.presets import PRESETS, PROMPT
+
+logger = logging.getLogger("benchmark")
+
+# name → mode of the row (plain FIFO first: the rows are set against it)
+MECHANISMS: dict[str, str] = {"fifo": "t2v", "anchors": "t2v_anchors", "reflect": "t2v_reflect"}
+
+
+@dataclass
+class Row:
+    name: str
+    mode: ModeOptions
+    generator: FifoGenerator
+    state: Any
+    seconds: list[float]
+
+
+def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None) -> list[dict[str, Any]]:
+    """Seconds per output frame of each mode of :data:`MECHANISMS` (see the module doc)."""
+    from tools.bench.core import REPO
+
+    device = torch.device(opts.device)
+    model = load_model(
+        REPO / PRESETS[opts.preset].config, None, random_init=True, device=device, seed=opts.seed
+    )
+    settings = GenerationSettings(
+        video_length=opts.video_length,
+        num_partitions=opts.num_partitions,
+        new_video_length=10**6,
+        height=opts.height,
+        width=opts.width,
+        fps=opts.fps,
+        guidance=1.0 if opts.no_guidance else opts.guidance,
+        eta=opts.eta,
+        lookahead=not opts.no_lookahead,
+        seed=opts.seed,
+        window_batch=opts.window_batch,
+        dtype=opts.dtype,
+        progress=False,
+    )
+    geometry = settings.geometry
+    texts = model.get_learned_conditioning([PROMPT])
+    conditioning = VideoConditioning(texts, (), settings.new_video_length)
+    scale = model.vae_scale
+    shape = (1, model.channels, settings.video_length, settings.height // scale, settings.width // scale)
+    base = torch.randn(shape, generator=torch.Generator().manual_seed(opts.seed)).to(device)
+    rows = []
+    for name, text in MECHANISMS.items():
+        mode = parse_mode(text, tricks=tricks)
+        generator = FifoGenerator(model, mode, settings, "benchmark")
+        state = generator.sampler.initial_state(base, NoiseSource.seeded(opts.seed, device))
+        state.iteration = geometry.discarded_frames()  # start at the first output frame
+        rows.append(Row(name, mode, generator, state, []))
+    warmup = max([opts.warmup] + [r.mode.anchors.count(geometry) for r in rows if r.mode.anchors is not None])
+    with torch.inference_mode():
+        for round_ in range(warmup + opts.iterations):
+            order = rows if round_ % 2 == 0 else rows[::-1]
+            for row in order:
+                start = time.perf_counter()
+                row.generator.sampler.step(row.state, conditioning)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if round_ >= warmup:
+                    row.seconds.append(time.perf_counter() - start)
+    for row in rows:
+        row.generator.close()
+    plain = statistics.median(rows[0].seconds)
+    return [
+        {
+            "mechanism": row.name,
+            "mode": row.mode.name,
+            "seconds_per_frame": statistics.median(row.seconds),
+            "relative_to_fifo": statistics.median(row.seconds) / plain,
+            "iterations": len(row.seconds),
+            # how often self-reflection re-drew a frame over all iterations run (its cost depends on it)
+            **(
+                {"reflect_fired": row.state.extras["reflect"]["fired"]}
+                if "reflect" in row.state.extras
+                else {}
+            ),
+        }
+        for row in rows
+    ]
+
+
+def format_mechanisms(results: list[dict[str, Any]], opts: BenchOptions) -> str:
+    """The rows as a Markdown table."""
+    lines = [
+        f"MIGA's mechanisms against plain FIFO ({opts.preset}, {opts.device}, {opts.dtype}, "
+        f"f={opts.video_length}, n={opts.num_partitions}; medians of {opts.iterations} interleaved "
+        "iterations, one output frame each)",
+        "",
+        "| mechanism | mode | s / frame | × FIFO |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [
+        f"| {r['mechanism']} | {r['mode']} | {r['seconds_per_frame']:.3f} | {r['relative_to_fifo']:.2f} |"
+        for r in results
+    ]
+    fired = [r for r in results if "reflect_fired" in r]
+    lines += [f"\n{r['mechanism']}: re-drew {r['reflect_fired']} frame(s) in these iterations" for r in fired]
+    return "\n".join(lines)
