@@ -33,6 +33,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import GifImagePlugin, Image, ImageSequence, UnidentifiedImageError
 
+from infra.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -53,7 +55,7 @@ VIDEO_SUFFIXES = (".gif", ".mp4")
 _PARTIAL_MARK = ".partial-"
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(UserError, RuntimeError):
     """A video that cannot be read; the message names the file and the problem."""
 
 
