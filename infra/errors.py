@@ -17,5 +17,9 @@ class UserError(Exception):
 
 
 class SettingsError(UserError, ValueError):
-    """A setting, or a combination of settings, that cannot run (a mode part that does not fit the
-    model, a size the U-Net cannot take, a length out of range)."""
+    """A value, or a combination of values, that cannot work (a mode part that does not fit the
+    model, a size the U-Net cannot take, a length out of range, a file type nothing writes)."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or folder the user named that does not exist, or holds nothing to work on."""
