@@ -291,6 +291,22 @@ def check_contradictions(args: argparse.Namespace) -> None:
         logger.info("--allow_full_on_cpu applies to --random_init only (a checkpoint's model runs as asked)")
 
 
+def log_unused(args: argparse.Namespace, mode: ModeOptions, facts) -> None:
+    """One log line for each value given that this run does not read (``facts``: the model's)."""
+    given = {name: getattr(args, name) for name in ("qcache_weight", "fps", "max_memory", "save_state_every")}
+    given = {k: v for k, v in given.items() if v != build_parser().get_default(k)}
+    if "qcache_weight" in given and mode.qcache is None:
+        logger.info(
+            "--qcache_weight %g is ignored: no Q-cache (TTqcache, STqcache) in --mode", args.qcache_weight
+        )
+    if "fps" in given and facts.family.takes_frame_stride:
+        logger.info("--fps %d is ignored: %s is conditioned on --frame_stride instead", args.fps, args.config)
+    if "max_memory" in given and not args.dry_run:
+        logger.info("--max_memory is read by --dry_run (the plan and its advice); this run does not read it")
+    if "save_state_every" in given and args.dry_run:
+        logger.info("--save_state_every does not apply to --dry_run, which saves nothing")
+
+
 def build_request(args: argparse.Namespace) -> RunRequest:
     """Check every input, in the order a user would fix them; nothing is written, no model is built.
 
@@ -325,6 +341,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
             "use --dtype bf16 or fp32 there"
         )
     seed_model = resolve_seed_model(args, mode, facts, settings)
+    log_unused(args, mode, facts)
     check_model_fits(facts, mode, settings, args.config, None if seed_model is None else seed_model.config)
     _check_cpu_size(args, device, cfg)
     if seed_model is not None:

@@ -149,3 +149,12 @@ def test_sweep_defaults_its_output_under_results(tmp_path, work, fake_python) ->
     assert done.returncode == 0, done.stderr
     assert (work / "results" / "sweep" / "videos").is_dir()
     assert "--output_dir results/sweep/videos" in (tmp_path / "calls.log").read_text()
+
+
+# --------------------------------------------------------------------------- check_reference.py
+def test_check_reference_usage_errors_exit_2(tmp_path, work, capsys) -> None:
+    check = load_script("scripts/check_reference.py")
+    _usage_error(capsys, check.main(["nowhere"]), "nowhere is not a reference fixture folder")
+    (work / "fixture").mkdir()
+    (work / "fixture" / "config.yaml").write_text("model: {target: x}\n")
+    _usage_error(capsys, check.main(["fixture"]), "has no meta.json")

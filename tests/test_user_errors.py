@@ -166,12 +166,15 @@ def test_flags_that_do_not_apply_are_said_in_one_line(tmp_path, work, caplog, mo
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    _, args = base(tmp_path, "--random_init", "--allow_full_on_cpu", "--num_processes", "3")
+    extra = ["--allow_full_on_cpu", "--num_processes", "3", "--qcache_weight", "0.5", "--max_memory", "1GiB"]
+    _, args = base(tmp_path, "--random_init", *extra)
     args = [a for a in args if a != "--random_init"] + ["--ckpt_path", str(REPO / "README.md")]
     build_request(build_parser().parse_args([str(a) for a in args]))
     said = [r.getMessage() for r in caplog.records]
     assert any("--allow_full_on_cpu applies to --random_init only" in m for m in said), said
     assert any("--rank and --num_processes are ignored" in m for m in said), said
+    assert any("--qcache_weight 0.5 is ignored: no Q-cache" in m for m in said), said
+    assert any("--max_memory is read by --dry_run" in m for m in said), said
 
 
 # --------------------------------------------------------------------------- checks that come late
