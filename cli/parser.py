@@ -65,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--new_video_length",
         "-l",
-        type=parse_length,
         default=None,
-        help=f"output frames, at most {MAX_NEW_VIDEO_LENGTH}, or inf: until stopped (SIGINT/SIGTERM save the "
-        "state and a playable video; --resume continues) (default: 100; a story sets its own)",
+        metavar="FRAMES",
+        help=f"output frames (default: 100; a story sets its own): at most {MAX_NEW_VIDEO_LENGTH}, or inf for a "
+        "video that runs until stopped (SIGINT/SIGTERM save the state and a playable video; --resume continues)",
     )
     p.add_argument(
         "--num_inference_steps",
@@ -261,20 +261,26 @@ def parse_memory(text: str) -> int:
     return int(float(match.group(1)) * _MEMORY_UNITS[unit])
 
 
-def parse_length(text: str) -> int | float:
-    """'100' → 100, 'inf' → ``math.inf`` (argparse type of -l): a whole number of frames in
-    [1, MAX_NEW_VIDEO_LENGTH], or an endless video."""
+def parse_length(text: str | None) -> int | float | None:
+    """-l as given → frames: '100' → 100, 'inf' → ``math.inf`` (an endless video), None → None.
+
+    Raises:
+        ValueError: not a whole number in [1, MAX_NEW_VIDEO_LENGTH] nor inf; the message says so.
+    """
+    if text is None:
+        return None
     if text.strip().lower() in ("inf", "infinity"):
         return math.inf
     try:
         frames = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of frames: give a whole number, or inf to run until stopped"
+        raise ValueError(
+            f"-l/--new_video_length {text} is not a number of frames: give a whole number, or inf to run "
+            "until stopped"
         ) from None
     if not 1 <= frames <= MAX_NEW_VIDEO_LENGTH:
-        raise argparse.ArgumentTypeError(
-            f"{frames} frames: the length must lie in [1, {MAX_NEW_VIDEO_LENGTH}] (the largest accepted); "
-            "for a video that runs until you stop it, pass -l inf"
+        raise ValueError(
+            f"-l/--new_video_length {frames}: the length must lie in [1, {MAX_NEW_VIDEO_LENGTH}] (the largest "
+            "accepted); for a video that runs until you stop it, pass -l inf"
         )
     return frames

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
-from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, trick_arguments
+from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, parse_length, trick_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import GenerationSettings, ModeOptions, Precision, parse_mode
 from fifo.seeding import SeedModelSpec
@@ -173,10 +173,14 @@ def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False)
 
 def settings_from_args(args: argparse.Namespace, facts, device: str) -> GenerationSettings:
     """The run's settings; what the user left out comes from the model config ``facts``."""
+    try:
+        length = parse_length(args.new_video_length)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     return GenerationSettings(
         video_length=args.video_length if args.video_length is not None else facts.temporal_length,
         num_partitions=args.num_partitions,
-        new_video_length=args.new_video_length if args.new_video_length is not None else 100,
+        new_video_length=length if length is not None else 100,
         height=args.height if args.height is not None else facts.default_size[0],
         width=args.width if args.width is not None else facts.default_size[1],
         fps=args.fps,
