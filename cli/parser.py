@@ -275,7 +275,7 @@ def parse_length(text: str | None) -> int | float | None:
         frames = int(text)
     except ValueError:
         raise ValueError(
-            f"-l/--new_video_length {text} is not a number of frames: give a whole number, or inf to run "
+            f"-l/--new_video_length {text} is not a number of frames: give a whole number, or -l inf to run "
             "until stopped"
         ) from None
     if not 1 <= frames <= MAX_NEW_VIDEO_LENGTH:
