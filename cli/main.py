@@ -5,6 +5,7 @@ keeps its traceback."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from cli.dry_run import dry_run
 from cli.parser import build_parser
 from cli.request import build_request
 from cli.run import run
+from infra.cuda_runtime import emulated
 from infra.errors import UserError
 
 
@@ -42,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
     configure_logging(args.debug)
+    if args.plan_for is None:
+        return _main(args)
+    # --plan_for: every CUDA runtime query (is there a GPU, its memory and capability) answered
+    # for that GPU, one per process of this node; the run itself is planned on fake tensors.
+    with emulated(args.plan_for, count=int(os.environ.get("LOCAL_WORLD_SIZE", 1))):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    """The command line after parsing (under ``--plan_for``'s emulation if given)."""
     several = start_process_group()
     if several and args.parallel == "windows" and int(os.environ["RANK"]) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
