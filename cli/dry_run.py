@@ -25,6 +25,7 @@ def dry_run(request: RunRequest) -> int:
     from fifo.perf import FastPathPlan, plan_fast_path
     from fifo.plan import fake_tensors, plan_run
     from fifo.seeding import SEED_MODE, SeedClips, seed_settings
+    from infra.cuda_runtime import cuda
     from lvdm.build import build_model, check_checkpoint
     from lvdm.checkpoint import CheckpointError, read_state_dict_meta
 
@@ -72,8 +73,8 @@ def dry_run(request: RunRequest) -> int:
         return FifoGenerator(model, r.mode, settings, "dry-run", plan=cpu_plan, seed_clips=seed_clips)
 
     budget = r.max_memory
-    if budget is None and r.device.startswith("cuda") and torch.cuda.is_available():
-        budget = torch.cuda.get_device_properties(torch.device(r.device)).total_memory
+    if budget is None and r.device.startswith("cuda") and cuda().is_available():
+        budget = cuda().spec(torch.device(r.device)).total_memory
     plan = plan_run(build_generator, model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds_to_model)
     plan.attention = (
         r.attention if plan.attention == r.attention else f"{r.attention} (planned as {plan.attention})"

@@ -128,24 +128,27 @@ def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False)
     a device it does not need to have)."""
     import torch
 
+    from infra.cuda_runtime import cuda
+
+    runtime = cuda()
     if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
+        requested = "cuda" if runtime.is_available() else "cpu"
     try:
         device = torch.device(requested)
     except RuntimeError as err:
         raise UsageError(f"--device {requested}: not a device; use cuda, cuda:N or cpu") from err
-    if device.type == "cuda" and dry_run and not torch.cuda.is_available():
+    if device.type == "cuda" and dry_run and not runtime.is_available():
         return "cuda" if device.index is None else str(device)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        if not runtime.is_available():
             raise UsageError(
                 f"--device {requested}: this machine has no CUDA GPU that PyTorch can use "
                 "(torch.cuda.is_available() is False); run on a GPU machine or pass --device cpu"
             )
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        if device.index is not None and device.index >= runtime.device_count():
             raise UsageError(
-                f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here (cuda:0 ... "
-                f"cuda:{torch.cuda.device_count() - 1})"
+                f"--device {requested}: only {runtime.device_count()} GPU(s) here (cuda:0 ... "
+                f"cuda:{runtime.device_count() - 1})"
             )
         if torchrun:
             # One GPU per process of a node: torchrun's LOCAL_RANK picks it.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from cli import LOGGER_NAME
 from cli.distributed import end_process_group, summarize_ranks, window_group
 from cli.request import RunRequest
+from infra.cuda_runtime import bind_device
 
 if TYPE_CHECKING:
     from fifo.seeding import SeedClips
@@ -111,9 +112,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     from lvdm.checkpoint import CheckpointError
 
     r = request
-    device = torch.device(r.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # this rank's GPU for everything CUDA does implicitly (NCCL too)
+    device = bind_device(r.device)  # on CUDA: this rank's GPU made current (NCCL too), cuDNN autotuned
     if device.type == "cpu":
         tune_cpu_allocator()  # large tensors reuse heap memory instead of fresh page-faulting mmaps
     several = r.torchrun and r.world > 1

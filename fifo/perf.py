@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infra.cuda_runtime import cuda
 from infra.memory import current_rss_bytes, total_ram_bytes
 from lvdm.modules.attention import SpatialTransformer, TemporalTransformer
 from lvdm.modules.networks.openaimodel3d import TemporalConv
@@ -328,8 +329,9 @@ def auto_window_batch(n_windows: int, memory: WindowMemory, device: str | torch.
     device = torch.device(device)
     per_window = memory.per_window_bytes
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        runtime = cuda()
+        free, _ = runtime.mem_get_info(device)
+        cached = runtime.memory_reserved(device) - runtime.memory_allocated(device)
         budget = CUDA_FREE_FRACTION * (free + cached) - CUDA_RESERVE_BYTES - memory.fixed_bytes
         fits = int(budget // per_window)
         chosen = min(n_windows, max(1, fits))

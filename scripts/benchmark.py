@@ -70,6 +70,7 @@ import torch  # noqa: E402
 
 from fifo.options import Precision  # noqa: E402
 from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
+from infra.cuda_runtime import cuda  # noqa: E402
 from lvdm.build import config_facts, load_config  # noqa: E402
 from lvdm.modules.attention_kernels import cpu_has_native_bf16  # noqa: E402
 from tools.bench.measure import PROBE_MARK, fresh_process_probe, probe  # noqa: E402, F401 -- tests use them
@@ -231,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Fill in the device-dependent defaults and check the combinations; errors exit with 2."""
     if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.device = "cuda" if cuda().is_available() else "cpu"
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not cuda().is_available():
         parser.error("--device cuda: CUDA is not available here")
     if args.preset is None:
         args.preset = "full" if device.type == "cuda" else "medium"

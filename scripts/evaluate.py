@@ -111,9 +111,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--long",
         action="store_true",
-        help="VBench-Long's protocol: split each video at scene cuts, then into 2-second clips, score every "
-        "clip, average the clips (subject/background consistency: 0.7/0.3 and 0.8/0.2 with the clip-to-clip "
-        "score of the clips' first frames); also writes clip_scores.csv and clip_scores.png",
+        help="VBench-Long's protocol, with its defaults: cut each video into 2-second clips (int(fps) * 2 "
+        "frames), write each clip as H.264 and read it back (CRF 23), score every clip as VBench scores a "
+        "video and average the clips; subject/background consistency are the in-clip scores (the "
+        "clip-to-clip score is written to metrics.json, not mixed in); also writes clip_scores.csv and "
+        "clip_scores.png. See docs/evaluation.md",
+    )
+    parser.add_argument(
+        "--long_scene_split",
+        action="store_true",
+        help="with --long: first split each video at scene cuts (PySceneDetect's ContentDetector, "
+        "threshold 35: VBench-Long's --use_semantic_splitting) and score each scene as its own video",
+    )
+    parser.add_argument(
+        "--long_decoded_clips",
+        action="store_true",
+        help="with --long: score the decoded frames of each clip directly, without VBench-Long's H.264 "
+        "round trip (lossless, but the numbers then differ from VBench-Long's)",
     )
     parser.add_argument(
         "--amt_weights",
@@ -182,6 +196,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "amt_weights",
         "raft_weights",
     )
+    long_only = [flag for flag in ("long_scene_split", "long_decoded_clips") if getattr(args, flag)]
+    if long_only and not args.long:
+        parser.error(f"--{long_only[0]} is an option of --long: add --long, or drop it")
     given = [f"--{name}" for name in weight_flags if getattr(args, name)]
     if args.random_feature_models and given:
         parser.error(f"--random_feature_models builds models without weights: drop {'/'.join(given)}")
@@ -211,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             aesthetic_weights=args.aesthetic_weights,
             clip_l14_weights=args.clip_l14_weights,
             musiq_weights=args.musiq_weights,
-            long_protocol=LongProtocol() if args.long else None,
+            long_protocol=(
+                LongProtocol(scene_split=args.long_scene_split, reencode=not args.long_decoded_clips)
+                if args.long
+                else None
+            ),
             amt_weights=args.amt_weights,
             raft_weights=args.raft_weights,
             static_filter=args.static_filter,
