@@ -4,6 +4,7 @@ dry run or run. Exit codes: 0 done, 1 a run failed, 2 a usage error (printed as 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from cli.parser import build_parser
 from cli.request import UsageError, build_request
 from cli.run import run
 from fifo.options import ModeError
+from infra.cuda_runtime import emulated
 
 
 class _QuietThirdParty(logging.Filter):
@@ -43,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
     configure_logging(args.debug)
+    if args.plan_for is None:
+        return _main(args)
+    # --plan_for: every CUDA runtime query (is there a GPU, its memory and capability) answered
+    # for that GPU, one per process of this node; the run itself is planned on fake tensors.
+    with emulated(args.plan_for, count=int(os.environ.get("LOCAL_WORLD_SIZE", 1))):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    """The command line after parsing (under ``--plan_for``'s emulation if given)."""
     from fifo.outputs import OutputError
     from fifo.prompts import PromptFileError
     from lvdm.utils import ConfigError

@@ -11,6 +11,7 @@ from fifo.families import add_family_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import MAIN_OPTIONS, SUB_OPTIONS, Precision, TailFilter, TrickArguments
 from infra.cli_help import RawDescriptionDefaultsHelpFormatter
+from infra.cuda_runtime import GPUS
 
 # The top of ``--help``: what the program does and a published command line.
 DESCRIPTION = """Long video generation with FIFO diagonal denoising on VideoCrafter.
@@ -167,12 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
         "without computing it; works for a GPU this machine does not have",
     )
     p.add_argument(
+        "--plan_for",
+        default=None,
+        metavar="GPU",
+        type=str.lower,
+        choices=sorted(GPUS),
+        help="with --dry_run: plan for this GPU (its memory and compute capability) instead of the one "
+        "here: does the run fit, in which --dtype, with which window batch. One of "
+        + ", ".join(f"{k} ({s.total_memory // 2**30} GiB, {s.sm})" for k, s in GPUS.items())
+        + "; for another card use --device cuda --max_memory SIZE",
+    )
+    p.add_argument(
         "--max_memory",
         type=parse_memory,
         default=None,
         metavar="SIZE",
-        help="device memory the run may use, e.g. 24GiB (default: the GPU's total); a dry run or a run "
-        "whose plan needs more stops with the settings that would fit",
+        help="with --dry_run: the device memory to plan for, e.g. 24GiB (default: the free memory of this "
+        "GPU or of --plan_for's). A dry run whose plan needs more stops with the settings that would fit. "
+        "A real run does not read it: its window batch follows the GPU's free memory",
     )
     add_ouroboros_arguments(p)
     return p

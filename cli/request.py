@@ -55,6 +55,7 @@ class RunRequest:
     done: frozenset[int] = frozenset()  # indices (in this rank's jobs) of videos already complete
     compile_unet: bool = False  # --compile: the U-Net through torch.compile (fifo/compile.py)
     seed_model: SeedModelSpec | None = None  # the text model of the seeded modes (fifo/seeding.py)
+    plan_for: str | None = None  # --plan_for: the GPU a dry run plans for (infra.cuda_runtime.GPUS)
 
     @property
     def model_id(self) -> str:
@@ -214,6 +215,35 @@ def _check_cpu_size(args: argparse.Namespace, device: str, cfg: dict, config: st
         )
 
 
+def _check_plan_flags(args: argparse.Namespace) -> None:
+    """--plan_for plans a dry run on a GPU; --max_memory is read by dry runs only."""
+    if args.plan_for is not None and not args.dry_run:
+        raise UsageError(f"--plan_for {args.plan_for} plans a dry run: add --dry_run")
+    if args.plan_for is not None and args.device is not None and not args.device.startswith("cuda"):
+        raise UsageError(f"--plan_for {args.plan_for} plans for a GPU: drop --device {args.device}")
+    if args.max_memory is not None and not args.dry_run:
+        logger.warning(
+            "--max_memory is read by --dry_run only: this run sizes its window batch from the GPU's free memory"
+        )
+
+
+def check_gpu_dtype(device: str, precision: Precision) -> None:
+    """bf16 on a GPU below sm_80 (T4, V100, RTX 20xx): no fused attention kernel takes it there,
+    so attention would run as the math kernel and hold whole attention matrices. Refused before
+    anything loads."""
+    from infra.cuda_runtime import cuda
+
+    if precision is not Precision.BF16 or not device.startswith("cuda") or not cuda().is_available():
+        return
+    gpu = cuda().spec(device)
+    if not gpu.fused_bf16_attention:
+        raise UsageError(
+            f"--dtype bf16 on {gpu.describe()}: below sm_80 no fused attention kernel takes bf16, so "
+            "attention would fall back to PyTorch's math kernel and its memory grows with the square of "
+            "the tokens. Use --dtype fp16 (this GPU's fast half precision, the default on CUDA) or fp32"
+        )
+
+
 def _check_attention(backend: str, device: str) -> None:
     """xformers: CUDA only and optional; found out now, not at the first attention call."""
     if backend != "xformers":
@@ -307,6 +337,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
 
         check_subject_in_prompts(mode.subject.phrase, jobs)
     rank, world, torchrun = distributed_rank(args)
+    _check_plan_flags(args)
     device = resolve_device(args.device, torchrun, args.dry_run)
     cfg = load_config(args.config)
     facts = config_facts(cfg)
@@ -316,6 +347,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
             "--dtype fp16 on a CPU: PyTorch's CPU kernels do not all run (or run fast) in fp16; "
             "use --dtype bf16 or fp32 there"
         )
+    check_gpu_dtype(device, settings.dtype)
     if facts.family.flow_matching:
         _check_flow_flags(args, facts.family.name)
     seed_model = resolve_seed_model(args, mode, facts, settings)
@@ -385,4 +417,5 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         done=done,
         compile_unet=args.compile,
         seed_model=seed_model,
+        plan_for=args.plan_for,
     )
