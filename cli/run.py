@@ -123,12 +123,12 @@ def run(request: RunRequest) -> int:
 def _run(request: RunRequest, stop: StopRequest) -> int:
     import torch
 
-    from fifo.generator import FifoGenerator
     from fifo.outputs import create_folder
     from fifo.parallel import shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
     from fifo.run import NonFiniteError
+    from fifo.wan_generator import generator_class
     from lvdm.build import load_model
 
     r = request
@@ -149,14 +149,15 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
             seed=r.settings.seed,
             dtype=r.settings.dtype.torch_dtype,
         )
-        model.unet.set_attn_processor(r.attention)
+        if not model.family.flow_matching:  # Wan's transformer keeps diffusers' attention
+            model.unet.set_attn_processor(r.attention)
         seed_clips = None
         if r.seed_model is not None and (group is None or group.is_writer):
             seed_clips = load_seed_clips(r)  # only the writer samples base clips
         # The automatic window batch's measurement is kept with the base-clip cache: the next
         # process of a sweep (or a --resume) skips it.
         memory_store = r.layout.cache_dir / "window_memory"
-        generator = FifoGenerator(
+        generator = generator_class(model)(
             model,
             r.mode,
             r.settings,
