@@ -142,10 +142,10 @@ def check_flow_mode(
     stories, partitions and lookahead; the U-Net's tricks are refused with the reason.
 
     Raises:
-        ValueError: the message is shown to the user as it is.
+        SettingsError: the message is shown to the user as it is.
     """
     if mode.main is not MainMode.T2V:
-        raise ValueError(
+        raise SettingsError(
             f"mode {mode.main.value!r} cannot run on {source} ({family.name}): it is a text-to-video model "
             "sampled from text alone; use --mode t2v"
         )
@@ -157,12 +157,12 @@ def check_flow_mode(
     }
     for name, on in tricks.items():
         if on:
-            raise ValueError(
+            raise SettingsError(
                 f"sub-option {name!r} cannot apply to {source} ({family.name}): {WAN_TRICK_REASONS[name]}; "
                 f"leave it out of --mode"
             )
     if settings.rng.value != "default":
-        raise ValueError(
+        raise SettingsError(
             f"--rng {settings.rng.value} reproduces the random draws of the published VideoCrafter code, "
             f"which has no {family.name} sampler; leave --rng out"
         )
