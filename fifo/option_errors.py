@@ -7,9 +7,12 @@ each other.
 
 from __future__ import annotations
 
+from infra.errors import UserError
 
-class ModeError(ValueError):
-    """An invalid ``--mode`` string or trick parameter. The message names the part or the flag."""
+
+class ModeError(UserError, ValueError):
+    """An invalid ``--mode`` string or trick parameter. The message names the part or the flag
+    (a user's mistake: ``error: ...``, exit 2)."""
 
 
 def check_option(ok: bool, message: str) -> None:
