@@ -32,16 +32,24 @@ CASES = {
 JOB = PromptJob("a red fox", line=1)
 
 
+class Fired(LatentRecorder):
+    """Also keeps how many times self-reflection re-drew a frame."""
+
+    def after_dequeue(self, sampler, state, latent) -> None:
+        super().after_dequeue(sampler, state, latent)
+        self.fired = state.extras["reflect"]["fired"]
+
+
 def run_case(name: str, out: Path, group: RankGroup | None) -> torch.Tensor:
     mode, tricks = CASES[name]
     generator = FifoGenerator(
         model_of(T2V), parse_mode(mode, tricks=tricks), GenerationSettings(**SMALL), "m", group=group
     )
-    recorder = LatentRecorder()
+    recorder = Fired()
     generator.sampler.hooks += (recorder,)
     with torch.inference_mode():
         generator.run(JOB, out / name, "exp", out / "cache")
-    return torch.cat(recorder.latents, dim=2)
+    return torch.cat([*recorder.latents, torch.full_like(recorder.latents[0], recorder.fired)], dim=2)
 
 
 def _rank(rank: int, world: int, init_file: str, out: str) -> None:
@@ -63,5 +71,6 @@ def test_two_ranks_dequeue_what_one_process_dequeues(tmp_path) -> None:
     mp.spawn(_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     latents = torch.load(tmp_path / "latents2.pt", weights_only=True)
     for name, reference in expected.items():
+        assert reference[0, 0, -1, 0, 0] > 0  # self-reflection fired (the last slot holds the count)
         assert latents[name].shape == reference.shape, name
         assert _scaled(latents[name], reference) <= 1e-5, (name, _scaled(latents[name], reference))
