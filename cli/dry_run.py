@@ -24,7 +24,8 @@ def dry_run(request: RunRequest) -> int:
     from fifo.generator import FifoGenerator
     from fifo.perf import FastPathPlan, plan_fast_path
     from fifo.plan import fake_tensors, plan_run
-    from fifo.seeding import SEED_MODE, SeedClips, seed_settings
+    from fifo.seed_clips import SeedClips
+    from fifo.seed_model import SEED_MODE, seed_settings
     from lvdm.build import build_model, check_checkpoint
     from lvdm.checkpoint import CheckpointError, read_state_dict_meta
 

@@ -17,7 +17,7 @@ from cli.distributed import end_process_group, summarize_ranks, window_group
 from cli.request import RunRequest
 
 if TYPE_CHECKING:
-    from fifo.seeding import SeedClips
+    from fifo.seed_clips import SeedClips
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -75,9 +75,10 @@ def resume_command() -> str:
 
 def load_seed_clips(r: RunRequest) -> SeedClips:
     """The seeded modes' text model (``--seed_config``) loaded next to the main one, as a
-    base-clip source (``fifo.seeding``)."""
+    base-clip source (``fifo.seed_clips``)."""
     from fifo.generator import FifoGenerator
-    from fifo.seeding import SEED_MODE, SeedClips, seed_settings
+    from fifo.seed_clips import SeedClips
+    from fifo.seed_model import SEED_MODE, seed_settings
     from lvdm.build import load_model, model_identity
 
     spec = r.seed_model
@@ -106,7 +107,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     from fifo.parallel import shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
-    from fifo.run import NonFiniteError
+    from fifo.state import NonFiniteError
     from lvdm.build import load_model
     from lvdm.checkpoint import CheckpointError
 

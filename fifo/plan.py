@@ -283,7 +283,7 @@ def run_stages(
     conditioning, image_tokens = generator.conditioning(job)
     out: dict[str, Tensor] = {"text": conditioning.texts}
     seed_clips = getattr(generator, "seed_clips", None)
-    if seed_clips is not None:  # the text model's base clip, encoded by this model (fifo.seeding)
+    if seed_clips is not None:  # the text model's base clip, encoded by this model (fifo.seed_clips)
         frames = seed_clips.first_step(job, noise)
         base = generator.model.encode_first_stage_2DAE(frames)
         frame = frames[:, :, :1]
