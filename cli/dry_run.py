@@ -26,6 +26,7 @@ def dry_run(request: RunRequest) -> int:
     from fifo.plan import fake_tensors, plan_run
     from fifo.seed_clips import SeedClips
     from fifo.seed_model import SEED_MODE, seed_settings
+    from infra.cuda_runtime import cuda
     from lvdm.build import build_model, check_checkpoint
     from lvdm.checkpoint import CheckpointError, read_state_dict_meta
 
@@ -73,15 +74,17 @@ def dry_run(request: RunRequest) -> int:
         return FifoGenerator(model, r.mode, settings, "dry-run", plan=cpu_plan, seed_clips=seed_clips)
 
     budget = r.max_memory
-    if budget is None and r.device.startswith("cuda") and torch.cuda.is_available():
-        budget = torch.cuda.get_device_properties(torch.device(r.device)).total_memory
+    if budget is None and r.device.startswith("cuda") and cuda().is_available():
+        budget, _ = cuda().mem_get_info(torch.device(r.device))  # free before the weights load
+    if r.plan_for is not None:
+        logger.info("plan: for %s", cuda().spec(torch.device(r.device)).describe())
     plan = plan_run(build_generator, model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds_to_model)
     plan.attention = (
         r.attention if plan.attention == r.attention else f"{r.attention} (planned as {plan.attention})"
     )
     for line in plan.lines():
         logger.info("plan: %s", line)
-    if not plan.fits:
+    if plan.fits is False:
         print(f"error: {memory_advice(plan, r.settings)}", file=sys.stderr)
         print(json.dumps(plan.json()))
         return 2
@@ -92,19 +95,25 @@ def dry_run(request: RunRequest) -> int:
 def memory_advice(plan, settings: GenerationSettings) -> str:
     """Why a plan does not fit, and which of --window_batch / --dtype / --sequential would."""
     gib = 2**30
-    need = f"the run needs {plan.peak_memory_bytes / gib:.2f} GiB of device memory at its peak"
-    have = f"{plan.budget_bytes / gib:.2f} GiB are available (--max_memory, or the GPU's total)"
+    activations = plan.peak_memory_bytes - plan.weights_bytes
+    usable = plan.usable_bytes()
+    need = (
+        f"the run needs {activations / gib:.2f} GiB of device memory beyond its weights "
+        f"({plan.weights_bytes / gib:.2f} GiB) at its peak"
+    )
+    have = (
+        f"{max(0, usable) / gib:.2f} GiB are usable of the {plan.budget_bytes / gib:.2f} GiB free (--max_memory, or the "
+        "GPU's free memory; a run keeps 15 % of what is free after the weights and 512 MiB for workspaces)"
+    )
     options = []
-    fixed = plan.peak_memory_bytes - plan.window_batch * plan.per_window_bytes
-    fitting = (plan.budget_bytes - fixed) // plan.per_window_bytes if plan.per_window_bytes else 0
+    fixed = activations - plan.window_batch * plan.per_window_bytes
+    fitting = (usable - fixed) // plan.per_window_bytes if plan.per_window_bytes else 0
     if settings.batched and 1 <= fitting < plan.window_batch:
         options.append(f"--window_batch {fitting}")
-    if settings.dtype.value == "fp32" and plan.peak_memory_bytes / 2 <= plan.budget_bytes:
-        options.append("--dtype fp16 (or bf16): weights and activations take half")
-    if (
-        settings.batched
-        and fixed + plan.per_window_bytes // 2 <= plan.budget_bytes < fixed + plan.per_window_bytes
-    ):
+    half = plan.usable_bytes(plan.weights_bytes // 2)
+    if settings.dtype.value == "fp32" and activations / 2 <= half:
+        options.append("--dtype fp16 (or bf16 from sm_80 on): weights and activations take half")
+    if settings.batched and fixed + plan.per_window_bytes // 2 <= usable < fixed + plan.per_window_bytes:
         options.append("--sequential: one window and one guidance branch per call")
     if options:
         return f"{need}, but {have}. It would fit with " + ", or ".join(options) + "."

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from cli import LOGGER_NAME
 from cli.distributed import end_process_group, summarize_ranks, window_group
 from cli.request import RunRequest
+from infra.cuda_runtime import bind_device
+from infra.errors import UserError
 
 if TYPE_CHECKING:
     from fifo.seed_clips import SeedClips
@@ -65,12 +67,32 @@ class StopRequest:
                 signal.signal(sig, handler)
 
 
-def resume_command() -> str:
-    """The command line of this run with --resume (to print when it stops)."""
-    argv = [sys.executable.rsplit("/", 1)[-1], *sys.argv]
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return " ".join(shlex.quote(a) for a in argv)
+def resume_command(argv: list[str] | None = None) -> str:
+    """The user's command line (``argv``, default ``sys.argv``) with ``--resume``, to print when a
+    run stops: each flag once, with the value the run used (argparse keeps a repeated flag's last),
+    and without ``--overwrite``, which would contradict ``--resume``."""
+    from cli.parser import build_parser
+
+    program, *args = sys.argv if argv is None else argv
+    actions = build_parser()._option_string_actions  # flag spelling (-l, --new_video_length) → action
+    segments: list[tuple[str | None, list[str]]] = []  # (the flag's dest, its tokens)
+    index = 0
+    while index < len(args):
+        token = args[index]
+        action = actions.get(token.split("=", 1)[0]) if token.startswith("-") else None
+        taken = 1 if action is None or "=" in token or action.nargs == 0 else 2
+        segments.append((None if action is None else action.dest, args[index : index + taken]))
+        index += taken
+    last = {dest: k for k, (dest, _) in enumerate(segments) if dest is not None}
+    kept = [
+        token
+        for k, (dest, tokens) in enumerate(segments)
+        if dest is None or (last[dest] == k and dest != "overwrite")
+        for token in tokens
+    ]
+    if "resume" not in last:
+        kept.append("--resume")
+    return " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], program, *kept])
 
 
 def load_seed_clips(r: RunRequest) -> SeedClips:
@@ -102,19 +124,16 @@ def run(request: RunRequest) -> int:
 def _run(request: RunRequest, stop: StopRequest) -> int:
     import torch
 
-    from fifo.generator import FifoGenerator
-    from fifo.outputs import OutputError, create_folder
+    from fifo.outputs import create_folder
     from fifo.parallel import shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
     from fifo.state import NonFiniteError
+    from fifo.wan_generator import generator_class
     from lvdm.build import load_model
-    from lvdm.checkpoint import CheckpointError
 
     r = request
-    device = torch.device(r.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # this rank's GPU for everything CUDA does implicitly (NCCL too)
+    device = bind_device(r.device)  # on CUDA: this rank's GPU made current (NCCL too), cuDNN autotuned
     if device.type == "cpu":
         tune_cpu_allocator()  # large tensors reuse heap memory instead of fresh page-faulting mmaps
     several = r.torchrun and r.world > 1
@@ -131,14 +150,15 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
             seed=r.settings.seed,
             dtype=r.settings.dtype.torch_dtype,
         )
-        model.unet.set_attn_processor(r.attention)
+        if not model.family.flow_matching:  # Wan's transformer keeps diffusers' attention
+            model.unet.set_attn_processor(r.attention)
         seed_clips = None
         if r.seed_model is not None and (group is None or group.is_writer):
             seed_clips = load_seed_clips(r)  # only the writer samples base clips
         # The automatic window batch's measurement is kept with the base-clip cache: the next
         # process of a sweep (or a --resume) skips it.
         memory_store = r.layout.cache_dir / "window_memory"
-        generator = FifoGenerator(
+        generator = generator_class(model)(
             model,
             r.mode,
             r.settings,
@@ -154,7 +174,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
             compile_unet(model.unet, r.layout.cache_dir / "compiled")  # kept for the next run of a sweep
         if group is None or group.is_writer:
             create_folder(r.layout.root)
-    except (CheckpointError, OutputError, ValueError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -20,7 +20,6 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from fifo.conditioning import VideoConditioning, with_image_tokens
 from fifo.ddim import sample_ddim
@@ -51,6 +50,7 @@ from fifo.state import FifoState, check_finite, to_uint8_frames
 from fifo.step import fifo_step
 from fifo.tricks.install import install_tricks
 from infra.image_io import load_image
+from infra.progress import progress as progress_bar
 from infra.video_io import VideoWriter, stale_temporary_files
 from lvdm.build import model_facts
 from lvdm.models.ddpm3d import LatentDiffusion
@@ -339,12 +339,12 @@ class FifoGenerator:
         _, fifo_noise = self.noise_sources()
         try:
             fingerprint, state, frames = store.load(fifo_noise, self.device)
-        except StateError as err:
-            logger.warning("--resume: ignoring a damaged state (%s); starting from the beginning", err)
-            return None
+        except StateError as err:  # never started over silently: the saved frames would be lost
+            suffix = ".mp4" if self.settings.use_mp4 else ".gif"
+            raise store.damaged(err, exp_dir.with_name(exp_dir.name + suffix)) from None
         differences = fingerprint_differences(fingerprint, store.fingerprint)
         if differences:
-            raise ValueError(
+            raise StateError(
                 f"--resume: the saved state in {store.folder} was made with other settings:\n  "
                 + "\n  ".join(differences)
                 + "\nRun with the same arguments, or without --resume (use --overwrite) to start afresh."
@@ -454,7 +454,7 @@ class FifoGenerator:
                 for sink in sinks:
                     sink.write(index, frame)
             progress = stack.enter_context(
-                tqdm(
+                progress_bar(
                     total=total,
                     initial=state.iteration,
                     desc="FIFO",

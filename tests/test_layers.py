@@ -289,7 +289,11 @@ FILE_RANK_CACHE = (
     "PIL",
     "imageio",
     "torch.distributed",
-    "infra",
+    "infra.video_io",
+    "infra.image_io",
+    "infra.csv_table",
+    "infra.memory",
+    "infra.cuda_runtime",
 )
 
 
