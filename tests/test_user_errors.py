@@ -257,3 +257,12 @@ def test_progress_off_a_terminal_is_plain_lines(caplog) -> None:
     caplog.clear()
     assert list(progress(range(3), desc="x", stream=io.StringIO())) == [0, 1, 2]
     assert [r.getMessage().split(",")[0] for r in caplog.records] == ["x: 3/3 it (100%)"]  # the end
+
+
+def test_more_ddim_steps_than_the_model_has_timesteps(tmp_path, work, capsys, no_model) -> None:
+    out, args = base(tmp_path, "--random_init")
+    args = [*args[: args.index("-n")], *args[args.index("-n") + 2 :]]
+    usage_error(
+        capsys, work, out, [*args, "-n", "501"],
+        "--video_length 2 × --num_partitions 501 = 1002 DDIM steps", "1000 timesteps", "lower --num_partitions",
+    )  # fmt: skip
