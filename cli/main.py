@@ -37,6 +37,8 @@ def configure_logging(debug: bool) -> None:
             handler.addFilter(_QuietThirdParty())
         for name in ("PIL", "matplotlib", "urllib3", "filelock", "fsspec"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # diffusers' import reaches bitsandbytes, which warns that it found no optional CPU kernel.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

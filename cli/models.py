@@ -55,7 +55,8 @@ def run_models(
         random_init = r.random_init
         if not fake:
             model = load_model(config, ckpt, random_init, device=r.device, seed=r.settings.seed, dtype=dtype)
-            model.unet.set_attn_processor(r.attention)
+            if not model.family.flow_matching:  # Wan's transformer keeps diffusers' attention
+                model.unet.set_attn_processor(r.attention)
             models.append(model)
             continue
         from fifo.plan import fake_tensors
@@ -72,6 +73,7 @@ def run_models(
                 logger.info("checkpoint %s: %d tensors fit the model", ckpt, len(shapes))
             else:
                 logger.info("seed checkpoint %s fits %s", ckpt, config)
-        model.unet.set_attn_processor(planned_attention(r))
+        if not model.family.flow_matching:
+            model.unet.set_attn_processor(planned_attention(r))
         models.append(model)
     return models[0], (models[1] if len(models) > 1 else None)

@@ -259,6 +259,30 @@ def _check_attention(backend: str, device: str) -> None:
         )
 
 
+def _check_flow_flags(args: argparse.Namespace, family: str) -> None:
+    """The flags that drive the U-Net's machinery, refused on a flow-matching model with the reason."""
+    refused = {
+        "--compile": (args.compile, "it compiles the U-Net (fifo/compile.py), which this model has not"),
+        "--attention xformers": (
+            args.attention == "xformers",
+            "the transformer runs diffusers' own attention; leave --attention out",
+        ),
+        "--dry_run": (
+            args.dry_run,
+            "its planner builds the U-Net's windows on fake tensors, not yet this model's",
+        ),
+        "--seed_config": (
+            args.seed_config is not None,
+            "it seeds image models, and this model samples its own",
+        ),
+    }
+    for flag, (given, reason) in refused.items():
+        if given:
+            raise UsageError(f"{flag} does not apply to {args.config} ({family}): {reason}")
+    if args.eta != build_parser().get_default("eta"):
+        logger.info("--eta does not apply to %s: its flow steps are deterministic Euler steps", family)
+
+
 def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -> frozenset[int]:
     """For --resume: the jobs whose video is complete (skipped), and a usage error when a saved
     state was made with other arguments (naming what differs). A damaged state is left to the run,
@@ -324,6 +348,8 @@ def build_request(args: argparse.Namespace) -> RunRequest:
             "use --dtype bf16 or fp32 there"
         )
     check_gpu_dtype(device, settings.dtype)
+    if facts.family.flow_matching:
+        _check_flow_flags(args, facts.family.name)
     seed_model = resolve_seed_model(args, mode, facts, settings)
     check_model_fits(facts, mode, settings, args.config, None if seed_model is None else seed_model.config)
     _check_cpu_size(args, device, cfg)

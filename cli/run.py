@@ -99,12 +99,12 @@ def run(request: RunRequest) -> int:
 def _run(request: RunRequest, stop: StopRequest) -> int:
     import torch
 
-    from fifo.generator import FifoGenerator
     from fifo.outputs import OutputError, create_folder
     from fifo.parallel import shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
     from fifo.run import NonFiniteError
+    from fifo.wan_generator import generator_class
     from lvdm.checkpoint import CheckpointError
 
     r = request
@@ -123,7 +123,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
         # The automatic window batch's measurement is kept with the base-clip cache: the next
         # process of a sweep (or a --resume) skips it.
         memory_store = r.layout.cache_dir / "window_memory"
-        generator = FifoGenerator(
+        generator = generator_class(model)(
             model,
             r.mode,
             r.settings,

@@ -79,6 +79,9 @@ def check_family_mode(
         ValueError: the message is shown to the user as it is.
     """
     family = facts.family
+    if family.flow_matching:
+        check_flow_mode(family, mode, settings, source)
+        return
     if family.needs_input_image and mode.main is MainMode.T2V:
         raise ValueError(
             f"mode 't2v' cannot run on {source} ({family.name}): it conditions every frame on an input "
@@ -112,6 +115,49 @@ def check_family_mode(
                 f"{IMAGE_TOKENS_PER_FRAME} per frame of a {frames}-frame clip (the Resampler's "
                 f"video_length), got {settings.video_length}"
             )
+
+
+WAN_TRICK_REASONS = {
+    "qcache": "its caches sit on the U-Net's temporal transformers, which a diffusion transformer has no "
+    "counterpart of (every block attends over all frames and positions at once)",
+    "sacfa": "it chooses the U-Net's attention layers by resolution level, and a diffusion transformer's "
+    "blocks all work at one resolution",
+    "srg": "it reads the subject's masks from the U-Net's cross-attention maps",
+    "tailcoh": "its filtered tail is set for the DDIM noise levels of the U-Nets' queue, not yet for the flow's",
+}
+
+
+def check_flow_mode(
+    family: ModelFamily, mode: ModeOptions, settings: GenerationSettings, source: str
+) -> None:
+    """What a flow-matching family (Wan2.1 text-to-video) runs: plain ``t2v`` (with ``unilatent``),
+    stories, partitions and lookahead; the U-Net's tricks are refused with the reason.
+
+    Raises:
+        ValueError: the message is shown to the user as it is.
+    """
+    if mode.main is not MainMode.T2V:
+        raise ValueError(
+            f"mode {mode.main.value!r} cannot run on {source} ({family.name}): it is a text-to-video model "
+            "sampled from text alone; use --mode t2v"
+        )
+    tricks = {
+        "qcache": mode.qcache is not None,
+        "sacfa": mode.sacfa,
+        "srg": mode.srg is not None,
+        "tailcoh": mode.tail is not None,
+    }
+    for name, on in tricks.items():
+        if on:
+            raise ValueError(
+                f"sub-option {name!r} cannot apply to {source} ({family.name}): {WAN_TRICK_REASONS[name]}; "
+                f"leave it out of --mode"
+            )
+    if settings.rng.value != "default":
+        raise ValueError(
+            f"--rng {settings.rng.value} reproduces the random draws of the published VideoCrafter code, "
+            f"which has no {family.name} sampler; leave --rng out"
+        )
 
 
 def frame_value(family: ModelFamily, settings: GenerationSettings) -> int:

@@ -16,6 +16,7 @@ KNOWN_TARGETS = (
     "lvdm.modules.encoders.condition.FrozenOpenCLIPEmbedder",
     "lvdm.modules.encoders.condition.FrozenOpenCLIPImageEmbedderV2",
     "lvdm.modules.encoders.resampler.Resampler",
+    "lvdm.wan.model.WanModel",
 )
 
 
