@@ -17,6 +17,7 @@ from cli.distributed import end_process_group, summarize_ranks, window_group
 from cli.models import run_models
 from cli.request import RunRequest
 from infra.cuda_runtime import bind_device
+from infra.errors import UserError
 
 if TYPE_CHECKING:
     from fifo.seeding import SeedClips
@@ -68,12 +69,32 @@ class StopRequest:
                 signal.signal(sig, handler)
 
 
-def resume_command() -> str:
-    """The command line of this run with --resume (to print when it stops)."""
-    argv = [sys.executable.rsplit("/", 1)[-1], *sys.argv]
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return " ".join(shlex.quote(a) for a in argv)
+def resume_command(argv: list[str] | None = None) -> str:
+    """The user's command line (``argv``, default ``sys.argv``) with ``--resume``, to print when a
+    run stops: each flag once, with the value the run used (argparse keeps a repeated flag's last),
+    and without ``--overwrite``, which would contradict ``--resume``."""
+    from cli.parser import build_parser
+
+    program, *args = sys.argv if argv is None else argv
+    actions = build_parser()._option_string_actions  # flag spelling (-l, --new_video_length) → action
+    segments: list[tuple[str | None, list[str]]] = []  # (the flag's dest, its tokens)
+    index = 0
+    while index < len(args):
+        token = args[index]
+        action = actions.get(token.split("=", 1)[0]) if token.startswith("-") else None
+        taken = 1 if action is None or "=" in token or action.nargs == 0 else 2
+        segments.append((None if action is None else action.dest, args[index : index + taken]))
+        index += taken
+    last = {dest: k for k, (dest, _) in enumerate(segments) if dest is not None}
+    kept = [
+        token
+        for k, (dest, tokens) in enumerate(segments)
+        if dest is None or (last[dest] == k and dest != "overwrite")
+        for token in tokens
+    ]
+    if "resume" not in last:
+        kept.append("--resume")
+    return " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], program, *kept])
 
 
 def seed_clips_of(r: RunRequest, model: LatentDiffusion) -> SeedClips:
@@ -99,13 +120,12 @@ def run(request: RunRequest) -> int:
 def _run(request: RunRequest, stop: StopRequest) -> int:
     import torch
 
-    from fifo.outputs import OutputError, create_folder
+    from fifo.outputs import create_folder
     from fifo.parallel import shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
     from fifo.run import NonFiniteError
     from fifo.wan_generator import generator_class
-    from lvdm.checkpoint import CheckpointError
 
     r = request
     device = bind_device(r.device)  # on CUDA: this rank's GPU made current (NCCL too), cuDNN autotuned
@@ -139,7 +159,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
             compile_unet(model.unet, r.layout.cache_dir / "compiled")  # kept for the next run of a sweep
         if group is None or group.is_writer:
             create_folder(r.layout.root)
-    except (CheckpointError, OutputError, ValueError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
