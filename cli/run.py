@@ -190,6 +190,9 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
             except NonFiniteError as err:
                 print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
                 return 1
+            except UserError as err:  # found only now (a saved state that cannot be resumed): exit 2
+                print(f"error: {err}", file=sys.stderr)
+                return 2
             except RunInterrupted as stopped:
                 if group is None or group.is_writer:
                     logger.warning(
