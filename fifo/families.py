@@ -49,6 +49,12 @@ def check_model_fits(
         )
     if mode.srg is not None:
         mode.srg.guided_windows(settings.geometry)  # raises for --srg_windows beyond the windows
+    steps = settings.geometry.steps
+    if not facts.family.flow_matching and steps > facts.timesteps:
+        raise SettingsError(
+            f"--video_length {settings.video_length} × --num_partitions {settings.num_partitions} = {steps} DDIM "
+            f"steps, more than the {facts.timesteps} timesteps {source} was trained on; lower --num_partitions"
+        )
     if mode.subject is not None and facts.attention_levels is not None:
         missing = [level for level in mode.subject.levels if level not in facts.attention_levels]
         if missing:

@@ -275,7 +275,7 @@ class StateStore:
         if partial.is_file():
             kept += f", and {partial} plays the frames up to the last stop"
         return StateError(
-            f"--resume: the saved state {self.state_file} is damaged ({reason}), so the run cannot "
+            f"--resume: the saved state {self.state_file} cannot be resumed ({reason}), so the run cannot "
             f"continue from it. Nothing was deleted: {kept}. To start afresh, run the command with "
             "--overwrite instead of --resume (this deletes them); to keep them, copy them elsewhere first "
             "or use --experiment NAME for the new run."

@@ -167,14 +167,16 @@ class WanGenerator:
 
     def _resumed_state(self, store: StateStore, exp_dir: Path):
         """The saved state and frames of an interrupted run, or None (none saved)."""
-        if not store.exists() or not (exp_dir / "origin.gif").is_file():
+        if not store.exists():
             logger.info("--resume: no saved state in %s, starting from the beginning", store.folder)
             return None
+        suffix = ".mp4" if self.settings.use_mp4 else ".gif"
         _, fifo_noise = self.noise_sources()
         try:
+            if not (exp_dir / "origin.gif").is_file():  # the base clip written with the state
+                raise StateError(f"{exp_dir / 'origin.gif'}, the base clip of the saved run, is missing")
             fingerprint, state, frames = store.load(fifo_noise, self.device)
         except StateError as err:  # never started over silently: the saved frames would be lost
-            suffix = ".mp4" if self.settings.use_mp4 else ".gif"
             raise store.damaged(err, exp_dir.with_name(exp_dir.name + suffix)) from None
         differences = fingerprint_differences(fingerprint, store.fingerprint)
         if differences:
