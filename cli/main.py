@@ -1,6 +1,7 @@
 """``videocrafter_main.main``: arguments → logging → checked request (agreed on by every rank) →
-dry run or run. Exit codes: 0 done, 1 a run failed, 2 a usage error (printed as ``error: ...``),
-130/143 stopped by SIGINT/SIGTERM."""
+dry run or run. Exit codes: 0 done, 1 a run failed, 2 a usage error (a :class:`infra.errors.UserError`,
+printed as ``error: ...``), 130/143 stopped by SIGINT/SIGTERM. Any other exception is a bug: it
+keeps its traceback."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import sys
 from cli.distributed import agree_on_errors, end_process_group, start_process_group
 from cli.dry_run import dry_run
 from cli.parser import build_parser
-from cli.request import UsageError, build_request
+from cli.request import build_request
 from cli.run import run
-from fifo.options import ModeError
 from infra.cuda_runtime import emulated
+from infra.errors import UserError
 
 
 class _QuietThirdParty(logging.Filter):
@@ -55,17 +56,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     """The command line after parsing (under ``--plan_for``'s emulation if given)."""
-    from fifo.outputs import OutputError
-    from fifo.prompts import PromptFileError
-    from lvdm.utils import ConfigError
-
     several = start_process_group()
     if several and args.parallel == "windows" and int(os.environ["RANK"]) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
     try:
         request, error = build_request(args), None
-    except (UsageError, ModeError, PromptFileError, ConfigError, OutputError, ValueError) as err:
+    except UserError as err:
         request, error = None, f"error: {err}"
+    except KeyboardInterrupt:  # Ctrl-C while the inputs are checked: nothing was written yet
+        print("stopped by SIGINT before the run started; nothing was written", file=sys.stderr)
+        return 130
     error = agree_on_errors(error) if several else error
     if error is not None:
         print(error, file=sys.stderr)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from fifo.guidance import GuidedDenoiser
+from infra.progress import progress as progress_bar
 
 TRAIN_TIMESTEPS = 1000
 
@@ -135,7 +135,7 @@ def sample_flow(
     x = x_T.float()
     timesteps = schedule.timesteps.to(x.device)
     indices = list(range(schedule.num_steps - 1, -1, -1))[:max_steps]
-    for index in tqdm(indices, desc="base clip (flow)", disable=not progress):
+    for index in progress_bar(indices, desc="base clip (flow)", disable=not progress):
         t = timesteps[index].expand(x.shape[0])
         velocity = denoise(x, t, cond, uncond)
         x, _ = schedule.step(x, velocity, index)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import maybe_get_fake_mode
 
+from infra.errors import SettingsError
 from lvdm.family import Prediction, TimestepSpacing
 
 
@@ -96,7 +97,7 @@ class DDIMSchedule:
         """
         ac = _host_float64(alphas_cumprod)
         if num_steps < 1 or num_steps > ac.size:
-            raise ValueError(f"DDIM steps must be in 1..{ac.size}, got {num_steps}")
+            raise SettingsError(f"DDIM steps must be in 1..{ac.size}, got {num_steps}")
         ts = ddim_timesteps(num_steps, ac.size, spacing)
         alphas = ac[ts]
         alphas_prev = np.concatenate([ac[:1], ac[ts[:-1]]])

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from fifo.families import check_model_fits
 from fifo.flow import FlowSchedule, sample_flow
@@ -45,6 +44,7 @@ from fifo.resume import (
 from fifo.run import FifoState, check_finite, to_uint8_frames
 from fifo.sinks import FrameSink, PngSink, VideoSink
 from fifo.wan import WanSampler, latent_conditioning
+from infra.progress import progress as progress_bar
 from infra.video_io import VideoWriter, stale_temporary_files
 from lvdm.build import model_facts
 
@@ -165,19 +165,21 @@ class WanGenerator:
         return self.sampler.initial_state(base, fifo_noise), cached
 
     def _resumed_state(self, store: StateStore, exp_dir: Path):
-        """The saved state and frames of an interrupted run, or None (none, damaged)."""
-        if not store.exists() or not (exp_dir / "origin.gif").is_file():
+        """The saved state and frames of an interrupted run, or None (none saved)."""
+        if not store.exists():
             logger.info("--resume: no saved state in %s, starting from the beginning", store.folder)
             return None
+        suffix = ".mp4" if self.settings.use_mp4 else ".gif"
         _, fifo_noise = self.noise_sources()
         try:
+            if not (exp_dir / "origin.gif").is_file():  # the base clip written with the state
+                raise StateError(f"{exp_dir / 'origin.gif'}, the base clip of the saved run, is missing")
             fingerprint, state, frames = store.load(fifo_noise, self.device)
-        except StateError as err:
-            logger.warning("--resume: ignoring a damaged state (%s); starting from the beginning", err)
-            return None
+        except StateError as err:  # never started over silently: the saved frames would be lost
+            raise store.damaged(err, exp_dir.with_name(exp_dir.name + suffix)) from None
         differences = fingerprint_differences(fingerprint, store.fingerprint)
         if differences:
-            raise ValueError(
+            raise StateError(
                 f"--resume: the saved state in {store.folder} was made with other settings:\n  "
                 + "\n  ".join(differences)
                 + "\nRun with the same arguments, or without --resume (use --overwrite) to start afresh."
@@ -269,7 +271,7 @@ class WanGenerator:
                 for sink in sinks:
                     sink.write(index, frame)
             progress = stack.enter_context(
-                tqdm(
+                progress_bar(
                     total=total,
                     initial=state.iteration,
                     desc="FIFO",

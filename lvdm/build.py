@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
@@ -45,7 +46,14 @@ def load_config(path: str | Path) -> dict:
         raise ConfigError(f"config not found: {path} (configs live in {REPO_ROOT / 'configs'})")
     try:
         cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except (OmegaConfBaseException, ValueError, OSError) as err:
+    except yaml.MarkedYAMLError as err:  # a syntax error: say where, in one line
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(
+            f"{where}: not valid YAML ({err.problem or err.context}); indent with spaces, not tabs, "
+            "and close every [ and {"
+        ) from None
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as err:
         raise ConfigError(f"{path} is not a readable YAML config: {err}") from err
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "target" not in cfg["model"]:
         raise ConfigError(
@@ -66,6 +74,10 @@ class ConfigFacts:
     vae_scale: int = 8  # pixels per latent cell
     unet_factor: int = 8  # the U-Net halves the latent this many times over (2**downsamples)
     family: ModelFamily = ModelFamily("VideoCrafter text-to-video")  # what differs between members
+    # U-Net levels (0 = full latent size) with spatial transformers; None: not known.
+    attention_levels: tuple[int, ...] | None = None
+    # The training noise schedule's length: the most DDIM steps a schedule can take.
+    timesteps: int = 1000
 
 
 def config_facts(cfg: dict) -> ConfigFacts:
@@ -87,7 +99,17 @@ def config_facts(cfg: dict) -> ConfigFacts:
         vae_scale=vae,
         unet_factor=unet_factor,
         family=family_from_params(params),
+        attention_levels=_attention_levels(unet),
+        timesteps=int(params.get("timesteps") or 1000),
     )
+
+
+def _attention_levels(unet: dict) -> tuple[int, ...] | None:
+    """The levels whose downsampling factor ``2**level`` is one of ``attention_resolutions``."""
+    resolutions, mult = unet.get("attention_resolutions"), unet.get("channel_mult")
+    if resolutions is None or mult is None:
+        return None
+    return tuple(level for level in range(len(mult)) if 2**level in {int(r) for r in resolutions})
 
 
 def wan_config_facts(params: dict) -> ConfigFacts:
@@ -135,6 +157,7 @@ def model_facts(model: LatentDiffusion) -> ConfigFacts:
         size_multiple=vae * unet_factor,
         vae_scale=vae,
         unet_factor=unet_factor,
+        timesteps=int(model.num_timesteps),
     )
 
 

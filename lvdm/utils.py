@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from infra.errors import UserError
+
 KNOWN_TARGETS = (
     "lvdm.models.ddpm3d.LatentDiffusion",
     "lvdm.models.ddpm3d.LatentVisualDiffusion",
@@ -20,7 +22,7 @@ KNOWN_TARGETS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be built; the message names the entry and the fix."""
 
 

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="machine-readable results: to PATH, or to stdout (instead of the table) without PATH",
     )
     p.add_argument(
-        "--allow-cpu-full",
+        "--allow_cpu_full",
+        "--allow-cpu-full",  # the hyphenated spelling, accepted as an alias
         dest="allow_cpu_full",
         action="store_true",
         help="run --preset full on a CPU anyway (~6 GB of weights, minutes per U-Net call)",
@@ -243,7 +244,7 @@ def resolve_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
         parser.error(
             f"--preset {args.preset} is the real VideoCrafter2 U-Net (1.4B parameters) at 320x512: "
             "meant for a GPU. On a CPU one iteration takes many minutes; use --preset medium, or "
-            "pass --allow-cpu-full to run it anyway."
+            "pass --allow_cpu_full to run it anyway."
         )
     dtype_given = args.dtype is not None
     if args.dtype is None:

@@ -4,7 +4,7 @@
     python scripts/download_checkpoints.py --which t2v     # VideoCrafter2 text-to-video only
     python scripts/download_checkpoints.py --which dynamicrafter_512   # one of the models below
     python scripts/download_checkpoints.py --which all     # every model below
-    python scripts/download_checkpoints.py --verify-only   # check what is already there
+    python scripts/download_checkpoints.py --verify_only   # check what is already there
 
 Files land where the configs expect them:
 
@@ -181,7 +181,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--force", action="store_true", help="download again even if a verified file is present"
     )
     group.add_argument(
-        "--verify-only",
+        "--verify_only",
+        "--verify-only",  # the hyphenated spelling, accepted as an alias
         dest="verify_only",
         action="store_true",
         help="download nothing; check the files that are there (exit status 1 if any is missing or wrong)",
@@ -230,10 +231,10 @@ def files_to_fetch(args: argparse.Namespace) -> list[tuple[str, str, Path]]:
     return out
 
 
-def manual_instructions(root: Path = Path("videocrafter_models")) -> str:
-    """Where to get the files by hand and where to put them."""
+def manual_instructions(root: Path = Path("videocrafter_models"), which: str = "all") -> str:
+    """Where to get the files of ``--which`` by hand and where to put them."""
     lines = ["Download them by hand from the Hub and place them like this:"]
-    for c in CHECKPOINTS.values():
+    for c in selected(which):
         where = root / c.folder / ("" if c.parts else c.filename)
         what = f" (model_index.json and {', '.join(c.parts)}/)" if c.parts else ""
         lines.append(f"  {c.name}: {c.page_url}{what}\n    -> {where}")
@@ -396,7 +397,7 @@ def process(
             logger.warning("%s", err)
             return True, f"present, NOT verified (Hub unreachable): {destination}"
         raise
-    if not args.verify_only:  # --verify-only writes nothing
+    if not args.verify_only:  # --verify_only writes nothing
         record_remote_file(destination, repo_id, filename, args.revision, expected)
     if exists and not args.force:
         verify_file(destination, expected, progress)
@@ -431,7 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(ok)
         print(message)
     if offline:
-        print("\nNo connection to https://huggingface.co. " + manual_instructions(args.root), file=sys.stderr)
+        print(
+            "\nNo connection to https://huggingface.co. " + manual_instructions(args.root, args.which),
+            file=sys.stderr,
+        )
     return 0 if all(results) else 1
 
 

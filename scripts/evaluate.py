@@ -9,8 +9,11 @@ Writes metrics.csv, metrics.json (per video), summary.csv (mean per experiment) 
 consistency.png (per-frame curves); see tools/vbench/ and tools/evaluation.py for the metrics.
 Prints the per-video table, then the per-experiment means.
 
-Exit status: 0 done, 1 no videos or an unreadable video or checkpoint, 2 bad arguments or a
-feature-model weights file missing (the message says which file to put where).
+Paths are relative to the current folder; the outputs go to the first input folder (or, for
+video files, results/evaluation/) unless --out says otherwise.
+Exit status: 0 done, 2 a usage error: bad arguments, no videos, an unreadable video or checkpoint,
+or a feature-model weights file missing (the message says which file to put where). Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
-from infra.video_io import VideoReadError  # noqa: E402
-from lvdm.checkpoint import CheckpointError  # noqa: E402
+from infra.errors import UserError  # noqa: E402
 from tools.evaluation import format_table, run_evaluation  # noqa: E402
 from tools.vbench import DIMENSIONS, FeatureWeightsError  # noqa: E402
 from tools.vbench.long import LongProtocol  # noqa: E402
@@ -57,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         default=None,
-        help="output folder; when not given, the first RESULT_DIR or the current folder",
+        help="output folder (default: the first RESULT_DIR, or results/evaluation for video files)",
     )
     parser.add_argument(
         "--dimensions",
@@ -237,12 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             raft_weights=args.raft_weights,
             static_filter=args.static_filter,
         )
-    except FeatureWeightsError as err:
+    except (UserError, FeatureWeightsError) as err:  # the user's inputs: exit 2, as every command line
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, VideoReadError, CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     print(format_table(rows))
     print()
     for name, path in outputs.items():

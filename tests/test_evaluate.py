@@ -182,7 +182,7 @@ def test_script_prints_table(results: Path, tmp_path: Path, capsys: pytest.Captu
     printed = capsys.readouterr().out
     assert "steady" in printed and "shuffled" in printed and "metrics.csv" in printed
     assert "temporal_flickering" in printed and "mean per experiment" in printed
-    assert script.main([str(tmp_path / "nothing_here"), "--quiet"]) == 1
+    assert script.main([str(tmp_path / "nothing_here"), "--quiet"]) == 2
 
 
 def _row(frames: int, value: float, clips: list[dict[str, object]] | None = None) -> VideoMetrics:

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from infra.csv_table import write_csv_table
+from infra.errors import MissingInputError
+from infra.progress import progress as progress_bar
 from infra.video_io import find_videos, probe_video, read_video
 from tools.clip_scorer import ClipScorer, load_clip_embedder
 from tools.consistency_plot import plot_consistency
@@ -217,7 +218,7 @@ def evaluate_videos(
     """Metrics of several videos (a progress bar over them), sorted by experiment then prompt."""
     rows = [
         evaluate_video(path, clip, vbench, long_protocol)
-        for path in tqdm(videos, desc="evaluating", unit="video", disable=not progress)
+        for path in progress_bar(videos, desc="evaluating", unit="video", disable=not progress)
     ]
     return sort_metrics(rows)
 
@@ -414,17 +415,17 @@ def run_evaluation(
         ``(rows, {"csv": ..., "json": ..., "summary": ..., "png": ...})``.
 
     Raises:
-        FileNotFoundError: an input that does not exist, or no video found.
+        MissingInputError: an input that does not exist, or no video found.
         tools.vbench.FeatureWeightsError: a DINO/CLIP weights file missing or unfit.
     """
     if not inputs:
-        raise ValueError("give at least one result folder or video file")
+        raise MissingInputError("give at least one result folder or video file")
     videos = find_videos(inputs, include_origin=include_origin)
     if not videos:
         hint = "" if include_origin else " (origin.* files are skipped unless --include_origin)"
-        raise FileNotFoundError(f"no .gif or .mp4 videos found under {', '.join(map(str, inputs))}{hint}")
+        raise MissingInputError(f"no .gif or .mp4 videos found under {', '.join(map(str, inputs))}{hint}")
     if out_dir is None:
-        out_dir = inputs[0] if Path(inputs[0]).is_dir() else Path.cwd()
+        out_dir = inputs[0] if Path(inputs[0]).is_dir() else Path("results") / "evaluation"
     out_dir = Path(out_dir)
     logger.info("scoring %d video(s); outputs go to %s", len(videos), out_dir)
 

@@ -30,6 +30,7 @@ from fifo.options import parse_mode
 from fifo.run import FifoSampler
 from fifo.schedule import DDIMSchedule
 from fifo.tricks.qcache import set_qcache
+from infra.errors import MissingInputError
 from lvdm.build import build_model
 from lvdm.checkpoint import load_weights
 from lvdm.models.ddpm3d import LatentDiffusion
@@ -71,7 +72,10 @@ class ReferenceSuite:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         if not (self.folder / "config.yaml").is_file():
-            raise FileNotFoundError(f"{self.folder} is not a reference fixture folder (no config.yaml)")
+            raise MissingInputError(f"{self.folder} is not a reference fixture folder (no config.yaml)")
+        for name in ("meta.json", "state_dict.safetensors"):
+            if not (self.folder / name).is_file():
+                raise MissingInputError(f"{self.folder}: the reference fixture has no {name}")
         self.meta = json.loads((self.folder / "meta.json").read_text())
         self.model: LatentDiffusion = build_model(self.folder / "config.yaml").eval()
         load_weights(self.model, load_file(self.folder / "state_dict.safetensors"), "state_dict.safetensors")

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from infra.csv_table import write_csv_table
+from infra.video_io import VideoReadError
 from tools.vbench.common import BACKGROUND, DIMENSIONS, SUBJECT, DimensionScores
 from tools.vbench.consistency import consistency_curve
 from tools.vbench.encode import h264_roundtrip
@@ -207,7 +208,7 @@ def score_long(
     try:
         rate = protocol.clip_rate(fps)
     except ValueError as err:
-        raise ValueError(f"{name or 'video'}: {err}") from None
+        raise VideoReadError(f"{name or 'video'}: {err}") from None  # the file's fault: exit 2
     clip_frames = protocol.clip_frames(fps)
     cuts = (
         detect_scene_cuts(frames, protocol.scene_threshold, protocol.min_scene_frames)
