@@ -278,10 +278,6 @@ def _check_flow_flags(args: argparse.Namespace, family: str) -> None:
             args.attention == "xformers",
             "the transformer runs diffusers' own attention; leave --attention out",
         ),
-        "--dry_run": (
-            args.dry_run,
-            "its planner builds the U-Net's windows on fake tensors, not yet this model's",
-        ),
         "--seed_config": (
             args.seed_config is not None,
             "it seeds image models, and this model samples its own",
