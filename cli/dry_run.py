@@ -7,6 +7,7 @@ import logging
 import sys
 
 from cli import LOGGER_NAME
+from cli.models import run_models
 from cli.request import RunRequest
 from fifo.options import GenerationSettings
 
@@ -16,49 +17,32 @@ logger = logging.getLogger(LOGGER_NAME)
 def dry_run(request: RunRequest) -> int:
     """Plan the run (``--dry_run``): the model built on fake tensors on the target device, each stage
     of the first prompt run once; print the plan, then the same as one JSON line."""
-    import json
     import time
 
     import torch
 
     from fifo.generator import FifoGenerator
     from fifo.perf import FastPathPlan, plan_fast_path
-    from fifo.plan import fake_tensors, plan_run
-    from fifo.seeding import SEED_MODE, SeedClips, seed_settings
-    from infra.cuda_runtime import cuda
-    from lvdm.build import build_model, check_checkpoint
-    from lvdm.checkpoint import CheckpointError, read_state_dict_meta
+    from fifo.plan import plan_run
+    from fifo.seed_clips import SeedClips
+    from fifo.seed_model import SEED_MODE, seed_settings
+    from infra.cuda_runtime import bind_device, cuda
+    from lvdm.build import load_config
+    from lvdm.checkpoint import CheckpointError
+    from lvdm.wan import is_wan_config
 
     r = request
     start = time.perf_counter()
+    if cuda().is_available():
+        bind_device(r.device)  # as a run binds it (the GPU here, or --plan_for's)
+    if is_wan_config(load_config(r.config)):
+        return _dry_run_wan(r)
     try:
-        # Keys, shapes and dtypes only (a safetensors header, or a memory-mapped zip whose tensor
-        # data is never read): a 10 GB checkpoint is checked in seconds, as a real run would check it.
-        shapes = None if r.random_init else read_state_dict_meta(r.ckpt_path)
-        fake = fake_tensors()
-        with fake, torch.device(r.device):
-            model = build_model(r.config)
-            model.set_precision(r.settings.dtype.torch_dtype)
-            # The seeded modes' text model, in the same fake mode: its frames flow into this model.
-            seed_model = None if r.seed_model is None else build_model(r.seed_model.config)
-            if seed_model is not None:
-                seed_model.set_precision(r.settings.dtype.torch_dtype)
-        if shapes is not None:
-            check_checkpoint(model, shapes, r.ckpt_path, r.config)
-            logger.info("checkpoint %s: %d tensors fit the model", r.ckpt_path, len(shapes))
-        if seed_model is not None and r.seed_model.ckpt_path is not None:
-            seed_path = r.seed_model.ckpt_path
-            check_checkpoint(seed_model, read_state_dict_meta(seed_path), seed_path, r.seed_model.config)
-            logger.info("seed checkpoint %s fits %s", seed_path, r.seed_model.config)
+        # The models as a run makes them (cli.models), on fake tensors, the checkpoints checked.
+        model, seed_model = run_models(r, fake=True)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # On CUDA, SDPA runs fused kernels; on fake tensors without a GPU it would fall back to the
-    # math kernel and count the whole attention matrix: plan with the memory-efficient kernel.
-    attention = "efficient" if r.device.startswith("cuda") and r.attention != "math" else r.attention
-    model.unet.set_attn_processor(attention)
-    if seed_model is not None:
-        seed_model.unet.set_attn_processor(attention)
     seconds_to_model = time.perf_counter() - start
     # The dry run computes in one thread: the CPU plan's parallel slices do not change memory or FLOPs.
     cpu_plan = FastPathPlan(shards=1, unet=plan_fast_path(r.device).unet) if r.settings.batched else None
@@ -81,14 +65,59 @@ def dry_run(request: RunRequest) -> int:
     plan.attention = (
         r.attention if plan.attention == r.attention else f"{r.attention} (planned as {plan.attention})"
     )
+    return _report(plan, r.settings)
+
+
+def _report(plan, settings: GenerationSettings) -> int:
+    """Print the plan (lines, then one JSON line); exit 2 with the advice when it does not fit."""
+    import json
+
     for line in plan.lines():
         logger.info("plan: %s", line)
     if plan.fits is False:
-        print(f"error: {memory_advice(plan, r.settings)}", file=sys.stderr)
+        print(f"error: {memory_advice(plan, settings)}", file=sys.stderr)
         print(json.dumps(plan.json()))
         return 2
     print(json.dumps(plan.json()))
     return 0
+
+
+def _dry_run_wan(r: RunRequest) -> int:
+    """The dry run of a Wan2.1 model (``fifo.wan_plan``): built on fake tensors from its config's
+    sub-configs; a given diffusers folder is checked against them."""
+    import time
+
+    import torch
+
+    from fifo.plan import fake_tensors
+    from fifo.wan_plan import plan_wan_run
+    from infra.cuda_runtime import cuda
+    from lvdm.build import build_model, load_config
+    from lvdm.checkpoint import CheckpointError
+    from lvdm.wan.model import check_wan_folder
+
+    start = time.perf_counter()
+    try:
+        if not r.random_init:
+            params = load_config(r.config)["model"].get("params") or {}
+            check_wan_folder(r.ckpt_path, r.config, params)
+            logger.info("checkpoint %s: a diffusers folder of the config's model", r.ckpt_path)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with fake_tensors(), torch.device(r.device):
+        model = build_model(r.config)
+        model.set_precision(r.settings.dtype.torch_dtype)
+        if r.device.startswith("cuda"):
+            model.offload_text_encoder()  # as a CUDA run loads it (lvdm.wan.model.load_wan)
+    budget = r.max_memory
+    if budget is None and r.device.startswith("cuda") and cuda().is_available():
+        budget, _ = cuda().mem_get_info(torch.device(r.device))  # free before the weights load
+    if r.plan_for is not None:
+        logger.info("plan: for %s", cuda().spec(torch.device(r.device)).describe())
+    seconds = time.perf_counter() - start
+    plan = plan_wan_run(model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds)
+    return _report(plan, r.settings)
 
 
 def memory_advice(plan, settings: GenerationSettings) -> str:

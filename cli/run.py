@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
 from cli.distributed import end_process_group, summarize_ranks, window_group
+from cli.models import run_models
 from cli.request import RunRequest
 from infra.cuda_runtime import bind_device
 from infra.errors import UserError
 
 if TYPE_CHECKING:
-    from fifo.seeding import SeedClips
+    from fifo.seed_clips import SeedClips
+    from lvdm.models.ddpm3d import LatentDiffusion
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -95,19 +97,15 @@ def resume_command(argv: list[str] | None = None) -> str:
     return " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], program, *kept])
 
 
-def load_seed_clips(r: RunRequest) -> SeedClips:
-    """The seeded modes' text model (``--seed_config``) loaded next to the main one, as a
-    base-clip source (``fifo.seeding``)."""
+def seed_clips_of(r: RunRequest, model: LatentDiffusion) -> SeedClips:
+    """The seeded modes' text model (``--seed_config``), loaded next to the main one, as a
+    base-clip source (``fifo.seed_clips``)."""
     from fifo.generator import FifoGenerator
-    from fifo.seeding import SEED_MODE, SeedClips, seed_settings
-    from lvdm.build import load_model, model_identity
+    from fifo.seed_clips import SeedClips
+    from fifo.seed_model import SEED_MODE, seed_settings
+    from lvdm.build import model_identity
 
     spec = r.seed_model
-    dtype = r.settings.dtype.torch_dtype
-    model = load_model(
-        spec.config, spec.ckpt_path, r.random_init, device=r.device, seed=r.settings.seed, dtype=dtype
-    )
-    model.unet.set_attn_processor(r.attention)
     model_id = model_identity(spec.config, spec.ckpt_path, r.random_init, r.settings.seed)
     logger.info("base clips of mode %s: sampled by %s", r.mode.main.value, spec.config)
     return SeedClips(FifoGenerator(model, SEED_MODE, seed_settings(r.settings), model_id))
@@ -127,9 +125,8 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     from fifo.parallel import shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
-    from fifo.run import NonFiniteError
+    from fifo.state import NonFiniteError
     from fifo.wan_generator import generator_class
-    from lvdm.build import load_model
 
     r = request
     device = bind_device(r.device)  # on CUDA: this rank's GPU made current (NCCL too), cuDNN autotuned
@@ -141,19 +138,9 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     my_jobs = r.jobs if r.parallel == "windows" else r.jobs[r.rank :: r.world]
     done = r.done if group is None else group.broadcast_object(r.done)
     try:
-        model = load_model(
-            r.config,
-            r.ckpt_path,
-            r.random_init,
-            device=r.device,
-            seed=r.settings.seed,
-            dtype=r.settings.dtype.torch_dtype,
-        )
-        if not model.family.flow_matching:  # Wan's transformer keeps diffusers' attention
-            model.unet.set_attn_processor(r.attention)
-        seed_clips = None
-        if r.seed_model is not None and (group is None or group.is_writer):
-            seed_clips = load_seed_clips(r)  # only the writer samples base clips
+        # Only the writer samples base clips: the seeded modes' text model is loaded there.
+        model, seed_model = run_models(r, fake=False, seed=group is None or group.is_writer)
+        seed_clips = None if seed_model is None else seed_clips_of(r, seed_model)
         # The automatic window batch's measurement is kept with the base-clip cache: the next
         # process of a sweep (or a --resume) skips it.
         memory_store = r.layout.cache_dir / "window_memory"
@@ -204,6 +191,9 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
             except NonFiniteError as err:
                 print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
                 return 1
+            except UserError as err:  # found only now (a saved state that cannot be resumed): exit 2
+                print(f"error: {err}", file=sys.stderr)
+                return 2
             except RunInterrupted as stopped:
                 if group is None or group.is_writer:
                     logger.warning(

@@ -8,11 +8,12 @@ import torch
 from fifo.conditioning import VideoConditioning
 from fifo.geometry import FifoGeometry
 from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.hooks import StepHook
 from fifo.miga_options import AnchorOptions
 from fifo.noise import NoiseSource
 from fifo.option_errors import ModeError
 from fifo.options import TrickArguments, parse_mode
-from fifo.run import FifoSampler, StepHook
+from fifo.sampler import FifoSampler
 from fifo.schedule import DDIMSchedule
 from fifo.tricks.anchors import AnchoredWindows, LongRangeGuidance, bank_add, bank_anchors, new_bank
 from fifo.tricks.install import install_tricks
@@ -148,5 +149,5 @@ def test_windows_see_clean_output_frames_in_front_on_the_tiny_model() -> None:
         expected = torch.cat([dequeued.latents[0], dequeued.latents[it - 1]], dim=2)[0]
         for row in range(2):
             assert torch.equal(x[row, :, :2], expected)
-    bank = state.extras["anchors"]
+    bank = state.hook_state["anchors"]
     assert bank["seen"] == 5 and bank["frames"].shape[0] == 5  # capacity 4·2 not reached yet

@@ -37,7 +37,7 @@ class Fired(LatentRecorder):
 
     def after_dequeue(self, sampler, state, latent) -> None:
         super().after_dequeue(sampler, state, latent)
-        self.fired = state.extras["reflect"]["fired"]
+        self.fired = state.hook_state["reflect"]["fired"]
 
 
 def run_case(name: str, out: Path, group: RankGroup | None) -> torch.Tensor:

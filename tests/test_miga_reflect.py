@@ -16,8 +16,8 @@ from fifo.miga_options import ReflectOptions
 from fifo.noise import NoiseSource
 from fifo.option_errors import ModeError
 from fifo.options import TrickArguments, parse_mode
-from fifo.run import FifoState
 from fifo.schedule import DDIMSchedule
+from fifo.state import FifoState
 from fifo.tricks.reflect import SelfReflection, consistency_score, drops
 
 GEOMETRY = FifoGeometry(4, 2, lookahead=True)  # 10 slots, 8 steps; depth 1: the tail slot is evaluated
@@ -62,7 +62,7 @@ def test_a_steady_video_is_never_redrawn() -> None:
         queue = steady_queue(seed)
         state.queue = queue
         assert torch.equal(reflect.after_windows(SAMPLER, state, queue, CONTEXTS), queue)
-    extras = state.extras["reflect"]
+    extras = state.hook_state["reflect"]
     assert extras["evaluated"] == 6 and extras["fired"] == 0 and len(extras["scores"]) == 4
 
 
@@ -73,7 +73,7 @@ def test_a_drop_fires_and_the_most_consistent_candidate_replaces_the_frame() -> 
     broken = queue.clone()
     broken[:, :, reflect.slot] = -broken[:, :, reflect.slot]  # the tail frame turns against the others
     out = reflect.after_windows(SAMPLER, state, broken, CONTEXTS)
-    extras = state.extras["reflect"]
+    extras = state.hook_state["reflect"]
     assert extras["fired"] == 1 and extras["replaced"] == 1
     assert torch.equal(out[:, :, : reflect.slot], broken[:, :, : reflect.slot])  # only that frame changes
     window = out[:, :, reflect.start : reflect.slot + 1]

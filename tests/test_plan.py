@@ -277,7 +277,7 @@ def _dry_run(*args: str) -> subprocess.CompletedProcess:
 def test_dry_run_command_prints_the_plan_and_its_json(tmp_path) -> None:
     proc = _dry_run(
         "--config", str(T2V_FULL), "--dtype", "fp16", "-p", "prompts/demo.txt", "--mode", "t2v_TTqcache_attn1_unilatent",
-        "--output_dir", str(tmp_path / "out"),
+        "--output_dir", str(tmp_path / "out"), "--plan_for", "a100-80gb",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -291,6 +291,7 @@ def test_dry_run_command_prints_the_plan_and_its_json(tmp_path) -> None:
         "tflop_per_frame",
     } <= set(plan)
     assert plan["device"] == "cuda" and plan["dtype"] == "fp16" and plan["unet_calls_per_frame"] == 1
+    assert plan["fits"] is True and plan["window_batch"] == plan["windows"]  # an 80 GB card takes all
     assert "plan: peak device memory" in proc.stderr
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 

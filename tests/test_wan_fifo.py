@@ -146,7 +146,7 @@ def test_command_line_writes_the_video(tmp_path) -> None:
         (["--mode", "t2v_tailcoh"], "not yet for the flow's"),
         (["--mode", "t2v_sacfa_srg", "--subject", "person"], "resolution"),
         (["--compile"], "--compile does not apply"),
-        (["--dry_run"], "--dry_run does not apply"),
+        (["--attention", "xformers"], "diffusers' own attention"),
         (["--rng", "published"], "--rng published"),
         (["--height", "72"], "multiples of 16"),
     ],

@@ -15,7 +15,7 @@ more than its capacity it drops every second frame and doubles the stride. The k
 are therefore spread evenly over the whole video at any length, in at most ``capacity``
 latents (4·m_guid): memory does not grow with the video. The anchors are m_guid of them at
 evenly spaced positions, oldest first (:func:`bank_anchors`). Nothing is random: the bank is a
-function of the frames, saved with the state (``FifoState.extras["anchors"]``), so a resumed
+function of the frames, saved with the state (``FifoState.hook_state["anchors"]``), so a resumed
 run and every rank of ``--parallel windows`` select the same anchors.
 
 Before the video has m_guid frames (the queue's warm-up, and its first frames) the windows run
@@ -32,7 +32,8 @@ from torch import Tensor
 
 from fifo.geometry import FifoGeometry
 from fifo.guidance import GuidedDenoiser
-from fifo.run import FifoSampler, FifoState, StepHook
+from fifo.hooks import LoopView, StepHook
+from fifo.state import FifoState
 
 # The bank keeps at most this many frames per anchor (see the module doc).
 BANK_PER_ANCHOR = 4
@@ -112,18 +113,18 @@ class LongRangeGuidance(StepHook):
 
     def bank(self, state: FifoState) -> dict[str, Any]:
         """This hook's part of the state: the bank of :func:`new_bank`."""
-        return state.extras.setdefault(self.name, new_bank())
+        return state.hook_state.setdefault(self.name, new_bank())
 
     def wrap_windows(self, denoise: GuidedDenoiser) -> GuidedDenoiser:
         wrapped = AnchoredWindows(denoise)
         self.windows.append(wrapped)
         return wrapped
 
-    def before_windows(self, sampler: FifoSampler, state: FifoState) -> None:
+    def before_windows(self, loop: LoopView, state: FifoState) -> None:
         anchors = bank_anchors(self.bank(state), self.count)
         for wrapped in self.windows:
             wrapped.anchors = anchors
 
-    def after_dequeue(self, sampler: FifoSampler, state: FifoState, latent: Tensor) -> None:
+    def after_dequeue(self, loop: LoopView, state: FifoState, latent: Tensor) -> None:
         if state.iteration >= self.geometry.discarded_frames():  # an output frame
             bank_add(self.bank(state), latent, self.capacity)

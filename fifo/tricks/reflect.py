@@ -17,7 +17,7 @@ max(1, f/8): 2 for f = 16) is evaluated:
 
 All of it happens in latent space, every random number from the run's :class:`NoiseSource` (so
 ``--resume`` and ``--rng`` stay exact), and the recent scores are kept in
-``FifoState.extras["reflect"]``. Every rank of ``--parallel windows`` evaluates the same frame
+``FifoState.hook_state["reflect"]``. Every rank of ``--parallel windows`` evaluates the same frame
 of the same queue and draws the same numbers.
 
 Cost: one guided window per iteration for the score; when it fires, ``depth`` + 1 guided passes
@@ -36,9 +36,10 @@ from torch._subclasses.fake_tensor import is_fake
 from fifo.ddim import ddim_step
 from fifo.geometry import FifoGeometry
 from fifo.guidance import GuidedDenoiser
+from fifo.hooks import LoopView, StepHook
 from fifo.miga_options import ReflectOptions
-from fifo.run import FifoSampler, FifoState, StepHook
 from fifo.schedule import DDIMSchedule
+from fifo.state import FifoState
 
 # The recent scores a new one is set against (the mean of at most this many).
 HISTORY = 4
@@ -102,7 +103,9 @@ class SelfReflection(StepHook):
     def extras(self, state: FifoState) -> dict[str, Any]:
         """This hook's part of the state: the recent scores; how many frames were evaluated, how
         many times the candidates were drawn (``fired``) and how many frames they replaced."""
-        return state.extras.setdefault(self.name, {"scores": [], "evaluated": 0, "fired": 0, "replaced": 0})
+        return state.hook_state.setdefault(
+            self.name, {"scores": [], "evaluated": 0, "fired": 0, "replaced": 0}
+        )
 
     def timesteps(self, device: torch.device) -> Tensor:
         """(f,) the window's timesteps after this iteration's step (0 where already clean)."""
@@ -118,16 +121,14 @@ class SelfReflection(StepHook):
         eps = self.denoise(window, t, context.expand(b, -1, -1), unc)
         return ddim_step(window, eps, self.schedule, index)[1]
 
-    def after_windows(
-        self, sampler: FifoSampler, state: FifoState, queue: Tensor, contexts: Tensor
-    ) -> Tensor:
+    def after_windows(self, loop: LoopView, state: FifoState, queue: Tensor, contexts: Tensor) -> Tensor:
         extras = self.extras(state)
         device = queue.device
         context = contexts[0:1]  # the noisiest window's: it holds the evaluated frame
         window = queue[:, :, self.start : self.slot + 1]
         t = self.timesteps(device)[None]
         index = self.levels.to(device)[None]
-        score_t = consistency_score(self.predict_x0(window, t, index, context, sampler.uncond))
+        score_t = consistency_score(self.predict_x0(window, t, index, context, loop.uncond))
         fake = is_fake(queue)
         score = 0.0 if fake else float(score_t[0])
         extras["evaluated"] += 1
@@ -142,7 +143,7 @@ class SelfReflection(StepHook):
         x = state.noise.randn((n, c, 1, h, w), queue.dtype).to(device)
         for level in range(steps - 1, steps - 1 - self.depth, -1):
             t_c = torch.cat([t[:, :-1], self.schedule.timesteps.to(device)[level].reshape(1, 1)], dim=1)
-            unc = None if sampler.uncond is None else sampler.uncond.expand(n, -1, -1)
+            unc = None if loop.uncond is None else loop.uncond.expand(n, -1, -1)
             eps = self.denoise(
                 torch.cat([before, x], dim=2), t_c.expand(n, -1), context.expand(n, -1, -1), unc
             )
@@ -153,7 +154,7 @@ class SelfReflection(StepHook):
             x = ddim_step(x, eps[:, :, -1:], self.schedule, index_c, step_noise)[0]
         scores = consistency_score(
             self.predict_x0(
-                torch.cat([before, x], dim=2), t.expand(n, -1), index.expand(n, -1), context, sampler.uncond
+                torch.cat([before, x], dim=2), t.expand(n, -1), index.expand(n, -1), context, loop.uncond
             )
         )
         self.last_scores = scores.detach().clone()

@@ -104,8 +104,8 @@ def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None
             "iterations": len(row.seconds),
             # how often self-reflection re-drew a frame over all iterations run (its cost depends on it)
             **(
-                {"reflect_fired": row.state.extras["reflect"]["fired"]}
-                if "reflect" in row.state.extras
+                {"reflect_fired": row.state.hook_state["reflect"]["fired"]}
+                if "reflect" in row.state.hook_state
                 else {}
             ),
         }
