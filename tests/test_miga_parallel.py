@@ -13,9 +13,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fifo.generator import FifoGenerator
+from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
 from fifo.parallel import RankGroup
 from fifo.prompts import PromptJob
+from fifo.state import FifoState
 from tests.test_parallel import T2V, LatentRecorder, _scaled, model_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,6 +32,10 @@ CASES = {
     ),
 }
 JOB = PromptJob("a red fox", line=1)
+HOOK_STATE = {
+    "anchors": {"frames": torch.arange(48.0).reshape(3, 4, 2, 2), "stride": 2, "seen": 5},
+    "reflect": {"scores": [0.5, 0.25], "evaluated": 9, "fired": 2, "replaced": 1},
+}
 
 
 class Fired(LatentRecorder):
@@ -40,11 +46,13 @@ class Fired(LatentRecorder):
         self.fired = state.hook_state["reflect"]["fired"]
 
 
-def run_case(name: str, out: Path, group: RankGroup | None) -> torch.Tensor:
+def run_case(name: str, out: Path, group: RankGroup | None, keep: list | None = None) -> torch.Tensor:
     mode, tricks = CASES[name]
     generator = FifoGenerator(
         model_of(T2V), parse_mode(mode, tricks=tricks), GenerationSettings(**SMALL), "m", group=group
     )
+    if keep is not None:
+        keep.append(generator)
     recorder = Fired()
     generator.sampler.hooks += (recorder,)
     with torch.inference_mode():
@@ -59,9 +67,14 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
         timeout=datetime.timedelta(minutes=5),
     )  # fmt: skip
     group = RankGroup(rank, world, torch.device("cpu"), dist.new_group(backend="gloo"))
-    latents = {name: run_case(name, Path(out) / f"world{world}", group) for name in CASES}
+    generators: list = []
+    latents = {name: run_case(name, Path(out) / f"world{world}", group, generators) for name in CASES}
     if rank == 0:
         torch.save(latents, Path(out) / f"latents{world}.pt")
+    # A resumed state on rank 0 (its hook state restored from disk) reaches every rank whole.
+    resumed = FifoState(torch.zeros(1, 4, 6, 2, 2), NoiseSource.seeded(3, "cpu"), 7, hook_state=HOOK_STATE)
+    shared = generators[0]._share_state(resumed if rank == 0 else None)
+    torch.save(shared.hook_state, Path(out) / f"hook_state{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -74,3 +87,6 @@ def test_two_ranks_dequeue_what_one_process_dequeues(tmp_path) -> None:
         assert reference[0, 0, -1, 0, 0] > 0  # self-reflection fired (the last slot holds the count)
         assert latents[name].shape == reference.shape, name
         assert _scaled(latents[name], reference) <= 1e-5, (name, _scaled(latents[name], reference))
+    other = torch.load(tmp_path / "hook_state1.pt", weights_only=True)
+    assert other["reflect"] == HOOK_STATE["reflect"] and other["anchors"]["seen"] == 5
+    assert torch.equal(other["anchors"]["frames"], HOOK_STATE["anchors"]["frames"])
