@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import videocrafter_main
+from fifo.miga_cost import cost_lines
 from tests.conftest import REPO, write_png
 from tests.test_resume import outputs, stop_after
 
@@ -132,3 +133,23 @@ def test_the_benchmark_times_each_mechanism_against_fifo(tmp_path, capsys) -> No
     assert all(r["seconds_per_frame"] > 0 and r["iterations"] == 1 for r in rows)
     printed = capsys.readouterr().out
     assert "| anchors | t2v_anchors |" in printed and "| reflect | t2v_reflect |" in printed
+
+
+def test_dry_run_on_the_full_videocrafter2_config_prints_their_cost(tmp_path, capsys) -> None:
+    full = str(REPO / "configs" / "inference_t2v_512_v2.0.yaml")
+    args = ["--config", full, "--random_init", "--dry_run", "--device", "cuda", "--dtype", "fp16"]
+    args += ["-p", str(REPO / "prompts" / "demo.txt"), "--output_dir", str(tmp_path / "out")]
+    assert videocrafter_main.main([*args, "--mode", "t2v_reflect_anchors"]) == 0
+    captured = capsys.readouterr()
+    plan = json.loads(captured.out.strip().splitlines()[-1])
+    anchors, reflect = plan["miga"]["anchors"], plan["miga"]["reflect"]
+    assert plan["windows"] == 8 and anchors["plain_unet_frames_per_output_frame"] == 8 * 16
+    assert anchors["anchor_frames"] == 4 and anchors["extra_unet_frames_per_output_frame"] == 0
+    assert anchors["bank_latents"] == 16 and anchors["bank_bytes"] == 16 * 4 * 40 * 64 * 4
+    assert reflect["depth"] == 2 and reflect["extra_unet_frames_per_output_frame"] == 16
+    assert reflect["extra_unet_frames_when_fired"] == 3 * 4 * 16
+    lines = cost_lines(plan["miga"])  # what the dry run logs after the plan's other lines
+    assert lines[0].startswith("anchors: 4 clean frames") and lines[1].startswith(
+        "reflect: 16 extra U-Net frames"
+    )
+    assert not (tmp_path / "out").exists()
