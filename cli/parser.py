@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         p
     )  # --frame_stride, --seed_config, --seed_ckpt, --guidance_rescale (fifo/families.py)
     p.add_argument(
-        "--unconditional_guidance_scale", type=float, default=12.0, help="classifier-free guidance"
+        "--unconditional_guidance_scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance (default: 12.0) on the U-Nets, 5.0 on Wan2.1 (its own value)",
     )
     p.add_argument("--eta", "-e", type=float, default=1.0, help="DDIM eta (0: deterministic steps)")
     p.add_argument(

@@ -185,7 +185,9 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
         height=args.height if args.height is not None else facts.default_size[0],
         width=args.width if args.width is not None else facts.default_size[1],
         fps=args.fps,
-        guidance=args.unconditional_guidance_scale,
+        guidance=args.unconditional_guidance_scale
+        if args.unconditional_guidance_scale is not None
+        else facts.family.default_guidance,
         eta=args.eta,
         lookahead=args.lookahead_denoising,
         seed=args.seed,
