@@ -24,7 +24,8 @@ def dry_run(request: RunRequest) -> int:
     from fifo.generator import FifoGenerator
     from fifo.perf import FastPathPlan, plan_fast_path
     from fifo.plan import plan_run
-    from fifo.seeding import SEED_MODE, SeedClips, seed_settings
+    from fifo.seed_clips import SeedClips
+    from fifo.seed_model import SEED_MODE, seed_settings
     from infra.cuda_runtime import bind_device, cuda
     from lvdm.build import load_config
     from lvdm.checkpoint import CheckpointError
@@ -91,14 +92,15 @@ def _dry_run_wan(r: RunRequest) -> int:
     from fifo.plan import fake_tensors
     from fifo.wan_plan import plan_wan_run
     from infra.cuda_runtime import cuda
-    from lvdm.build import build_model
+    from lvdm.build import build_model, load_config
     from lvdm.checkpoint import CheckpointError
     from lvdm.wan.model import check_wan_folder
 
     start = time.perf_counter()
     try:
         if not r.random_init:
-            check_wan_folder(r.ckpt_path, r.config)
+            params = load_config(r.config)["model"].get("params") or {}
+            check_wan_folder(r.ckpt_path, r.config, params)
             logger.info("checkpoint %s: a diffusers folder of the config's model", r.ckpt_path)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -15,7 +15,7 @@ import videocrafter_main
 from fifo.generator import FifoGenerator
 from fifo.options import GenerationSettings, parse_mode
 from fifo.prompts import PromptJob
-from fifo.run import NonFiniteError
+from fifo.state import NonFiniteError
 from lvdm.build import load_model
 from tests.conftest import REPO
 

@@ -239,9 +239,12 @@ def _move(module: nn.Module, device: torch.device) -> None:
                 sub._buffers[name] = buffer.to(device)
 
 
-def check_wan_folder(folder: str | Path, config_path: str | Path | None = None) -> None:
-    """A diffusers-format Wan2.1 folder: its parts are there and, given a config, the transformer's
-    and the autoencoder's ``config.json`` agree with the config's sub-configs.
+def check_wan_folder(
+    folder: str | Path, config_path: str | Path | None = None, params: dict | None = None
+) -> None:
+    """A diffusers-format Wan2.1 folder: its parts are there and, given a config (its path, and the
+    ``model.params`` read from it, :func:`lvdm.build.load_config`), the transformer's and the
+    autoencoder's ``config.json`` agree with the config's sub-configs.
 
     Raises:
         lvdm.checkpoint.CheckpointError: naming what is missing or which setting differs.
@@ -257,11 +260,8 @@ def check_wan_folder(folder: str | Path, config_path: str | Path | None = None) 
             f"--ckpt_path {folder} is not a diffusers-format Wan2.1 folder (missing: {', '.join(missing)}); "
             "fetch one with: python scripts/download_checkpoints.py --which wan2.1_t2v_1.3b"
         )
-    if config_path is None:
+    if config_path is None or params is None:
         return
-    from lvdm.build import load_config
-
-    params = load_config(config_path)["model"].get("params") or {}
     for part in ("transformer", "vae"):
         try:
             stored = json.loads((folder / part / "config.json").read_text())
