@@ -132,7 +132,8 @@ WAN_TRICK_REASONS = {
     "sacfa": "it chooses the U-Net's attention layers by resolution level, and a diffusion transformer's "
     "blocks all work at one resolution",
     "srg": "it reads the subject's masks from the U-Net's cross-attention maps",
-    "tailcoh": "its filtered tail is set for the DDIM noise levels of the U-Nets' queue, not yet for the flow's",
+    "tailcoh": "the flow's tail slot is at σ = 1 (pure noise, no signal left), so the previous tail's low "
+    "frequencies carry nothing into the new one and the coherent tail would equal fresh noise",
 }
 
 
