@@ -85,8 +85,13 @@ def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def _attend_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Plain softmax(q kᵀ / sqrt(d)) v, as the published code computes it; the reference for tests."""
+    """Plain softmax(q kᵀ / sqrt(d)) v, as the published code computes it; the reference for tests.
+    In fp16/bf16 the scores are fp32 from the query scaled first, as the fused kernels compute
+    them (a half-precision q·kᵀ overflows before the scale)."""
     scale = q.shape[-1] ** -0.5
+    if q.dtype in (torch.float16, torch.bfloat16):
+        weights = torch.einsum("bhid,bhjd->bhij", q.float() * scale, k.float())
+        return torch.einsum("bhij,bhjd->bhid", weights.softmax(dim=-1).to(v.dtype), v)
     weights = torch.einsum("bhid,bhjd->bhij", q, k) * scale
     return torch.einsum("bhij,bhjd->bhid", weights.softmax(dim=-1), v)
 
