@@ -45,7 +45,7 @@ from fifo.resume import (
 from fifo.run import FifoSampler, FifoState, check_finite, to_uint8_frames
 from fifo.schedule import DDIMSchedule
 from fifo.seeding import SeedClips
-from fifo.sinks import FrameSink, PngSink, VideoSink
+from fifo.sinks import FrameSink, FrameWriter, PngSink, VideoSink
 from fifo.tricks.install import install_tricks
 from infra.progress import progress as progress_bar
 from infra.video_io import VideoWriter, stale_temporary_files
@@ -436,6 +436,12 @@ class FifoGenerator:
             for index, frame in enumerate(saved_frames):  # the frames before the interruption
                 for sink in sinks:
                     sink.write(index, frame)
+            # The frames go to the sinks and the saved state on a writer thread (GIF palettes and
+            # PNGs overlap with the next frame's compute); a state is saved once they are written.
+            consumers = [sink.write for sink in sinks] + ([saver.write_frame] if saver is not None else [])
+            frames_out = stack.enter_context(FrameWriter(consumers))
+            if saver is not None:
+                saver.before_save = frames_out.drain
             progress = stack.enter_context(
                 progress_bar(
                     total=total,
@@ -447,10 +453,7 @@ class FifoGenerator:
             )
             for output in self.sampler.steps(state, conditioning):
                 if output.frame is not None:
-                    for sink in sinks:
-                        sink.write(output.frame_index, output.frame)
-                    if saver is not None:
-                        saver.write_frame(output.frame_index, output.frame)
+                    frames_out.write(output.frame_index, output.frame)
                 progress.update(1)
                 progress.set_postfix_str(
                     f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
@@ -463,7 +466,7 @@ class FifoGenerator:
                 if stop and state.iteration < total:
                     partial = None
                     if saver is not None:
-                        saver.save(state)
+                        saver.save(state)  # after the frames so far are written
                         partial = video.finish_as(partial_video_path(video_path))
                     raise RunInterrupted(state.frames_emitted, partial)
         if store is not None:  # complete: no state, no partial video of an earlier interruption
