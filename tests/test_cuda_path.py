@@ -186,3 +186,24 @@ def test_clip_normalisation_constants_stay_fp32_in_a_half_precision_model() -> N
     assert embedder.mean.dtype == torch.float32 and embedder.std.dtype == torch.float32
     assert embedder.mean.tolist() == list(torch.tensor(CLIP_MEAN).tolist())
     assert embedder.std.tolist() == list(torch.tensor(CLIP_STD).tolist())
+
+
+def test_xformers_that_fails_its_first_call_is_a_usage_error_before_loading(
+    tmp_path, capsys, monkeypatch, no_model
+) -> None:
+    """An importable xformers whose build does not match this torch/CUDA used to pass the input
+    checks and fail after the checkpoint loaded; one tiny call now finds it first."""
+    import sys
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine (the real runtime)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(attention, "xformers_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "xformers", type(sys)("xformers"))
+    monkeypatch.setitem(sys.modules, "xformers.ops", None)  # its kernels' module cannot load
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    argv = ["--config", T2V, "--random_init", "-p", str(prompts), "--output_dir", str(tmp_path / "o"),
+            "--attention", "xformers", "--device", "cuda:0"]  # fmt: skip
+    assert videocrafter_main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--attention xformers: its kernel fails on cuda:0" in err and "--attention sdpa" in err

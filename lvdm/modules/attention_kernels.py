@@ -96,6 +96,20 @@ def _attend_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.einsum("bhij,bhjd->bhid", weights.softmax(dim=-1), v)
 
 
+def xformers_failure(device: str | torch.device) -> str | None:
+    """One tiny xformers attention call on ``device`` (a CUDA GPU that is here): None when it
+    runs, else what failed. An xformers build that does not match this PyTorch or CUDA imports
+    (with a warning) and fails only at its first call: this finds it before a model is loaded."""
+    try:
+        import xformers.ops  # optional dependency, CUDA only
+
+        q = torch.zeros(1, 8, 2, 64, device=device, dtype=torch.float16)  # (batch, seq, heads, dim)
+        xformers.ops.memory_efficient_attention(q, q, q).sum().item()  # .item(): the kernel ran
+    except Exception as err:  # any failure of the probe is the answer, reported to the user
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def _attend_xformers(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     import xformers.ops  # optional dependency, CUDA only
 
