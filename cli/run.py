@@ -114,14 +114,17 @@ def run(request: RunRequest) -> int:
     """Generate the videos of ``request``; SIGINT/SIGTERM stop it cleanly (see :class:`StopRequest`)."""
     stop = StopRequest()
     with stop.installed():
-        return _run(request, stop)
+        try:
+            return _run(request, stop)
+        finally:
+            end_process_group()  # every exit, an error's too, leaves the process group cleanly
 
 
 def _run(request: RunRequest, stop: StopRequest) -> int:
     import torch
 
     from fifo.outputs import create_folder
-    from fifo.parallel import shares_text
+    from fifo.parallel import PeerFailed, shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
     from fifo.run import NonFiniteError
@@ -189,6 +192,9 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
                 )
             except NonFiniteError as err:
                 print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
+                return 1
+            except PeerFailed as err:
+                print(f"error: rank {r.rank}: {err}", file=sys.stderr)
                 return 1
             except RunInterrupted as stopped:
                 if group is None or group.is_writer:

@@ -26,7 +26,7 @@ from fifo.families import check_model_fits, frame_value, image_latent
 from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions, Precision
-from fifo.parallel import DistributedWindows, RankGroup, local_windows
+from fifo.parallel import FAILED, GO, STOP, DistributedWindows, PeerFailed, RankGroup, local_windows
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
 from fifo.prompts import PromptJob
@@ -340,6 +340,18 @@ class FifoGenerator:
         )
         return state, frames
 
+    def _agree(self, failure: Exception | None, stop: bool = False) -> bool:
+        """Several ranks: every rank's outcome of the same stretch of work, agreed on at once.
+        Raises ``failure`` (this rank's), or :class:`PeerFailed` when another rank failed, so that
+        no rank waits in a collective for one that has stopped. Returns whether any rank asks
+        to stop."""
+        status = self.group.agree(FAILED if failure is not None else (STOP if stop else GO))
+        if failure is not None:
+            raise failure
+        if status == FAILED:
+            raise PeerFailed("another rank of this job failed (its error is above); this rank stopped too")
+        return status == STOP
+
     def _share_state(self, state: FifoState | None) -> FifoState:
         """Several ranks: rank 0's state (fresh or resumed) on every rank."""
         group = self.group
@@ -404,17 +416,25 @@ class FifoGenerator:
                 fingerprint = resume_fingerprint(job, self.mode, s, self.model_id, self.device, video_path)
                 store = StateStore(state_folder(video_path), fingerprint)
 
-        conditioning, image_tokens = self.conditioning(job, image=writer)
         state, cached, saved_frames = None, False, []
-        if writer:
-            resumed = self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
-            if resumed is not None:
-                state, saved_frames = resumed
-            else:
-                state, cached = self._start_state(
-                    job, conditioning, image_tokens, cache_dir or output_root / "latents", exp_dir
+        try:
+            conditioning, image_tokens = self.conditioning(job, image=writer)
+            if writer:
+                resumed = (
+                    self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
                 )
+                if resumed is not None:
+                    state, saved_frames = resumed
+                else:
+                    state, cached = self._start_state(
+                        job, conditioning, image_tokens, cache_dir or output_root / "latents", exp_dir
+                    )
+        except Exception as err:
+            if self.group is None:
+                raise
+            self._agree(err)  # the other ranks stop too; raises err
         if self.group is not None:
+            self._agree(None)
             state = self._share_state(state)
 
         sinks: list[FrameSink] = []
@@ -451,18 +471,27 @@ class FifoGenerator:
                     disable=not (s.progress and writer),
                 )
             )
-            for output in self.sampler.steps(state, conditioning):
-                if output.frame is not None:
-                    frames_out.write(output.frame_index, output.frame)
-                progress.update(1)
-                progress.set_postfix_str(
-                    f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
-                )
-                if saver is not None:
-                    saver.after_step(state)
+            steps = self.sampler.steps(state, conditioning)
+            while True:
+                try:
+                    output = next(steps, None)
+                    if output is None:
+                        break
+                    if output.frame is not None:
+                        frames_out.write(output.frame_index, output.frame)
+                    progress.update(1)
+                    progress.set_postfix_str(
+                        f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
+                    )
+                    if saver is not None:
+                        saver.after_step(state)
+                except Exception as err:
+                    if self.group is None or isinstance(err, PeerFailed):
+                        raise
+                    self._agree(err)  # the other ranks learn it at the end of this iteration
                 stop = durability is not None and durability.stop_requested()
                 if self.group is not None:
-                    stop = self.group.any(stop)  # every rank stops after the same iteration
+                    stop = self._agree(None, stop)  # every rank stops after the same iteration
                 if stop and state.iteration < total:
                     partial = None
                     if saver is not None:
