@@ -20,10 +20,10 @@ import cli.request
 import cli.run
 import videocrafter_main
 from fifo.generator import FifoGenerator
+from fifo.hooks import StepHook
 from fifo.options import GenerationSettings, parse_mode
 from fifo.parallel import LaunchEnv, RankGroup, split_windows
 from fifo.prompts import PromptJob, Scene
-from fifo.run import StepHook
 from infra.cuda_runtime import emulated
 from lvdm.build import load_model
 from tests.conftest import REPO, torchrun, write_png
@@ -193,15 +193,15 @@ def test_a_rank_failing_mid_run_stops_every_rank_at_once(tmp_path) -> None:
     wrapper.write_text(
         "import os, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "import fifo.run, videocrafter_main\n"
+        "import fifo.sampler, videocrafter_main\n"
         "if os.environ['RANK'] == '0':\n"
-        "    real, calls = fifo.run.FifoSampler.decode, []\n"
+        "    real, calls = fifo.sampler.FifoSampler.decode, []\n"
         "    def decode(self, z):\n"
         "        calls.append(1)\n"
         "        if len(calls) == 2:  # the base clip decoded, then the first output frame\n"
         "            raise OSError(28, 'No space left on device')\n"
         "        return real(self, z)\n"
-        "    fifo.run.FifoSampler.decode = decode\n"
+        "    fifo.sampler.FifoSampler.decode = decode\n"
         "sys.exit(videocrafter_main.main())\n"
     )
     proc = torchrun(

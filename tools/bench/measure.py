@@ -110,7 +110,7 @@ def time_paths(
 def run_fifo(bench: Bench, path: str, iterations: int, video_dir: Path | None) -> dict[str, Any]:
     """A FIFO run of ``iterations`` on ``path`` as the pipeline does it; output frames decoded
     and streamed to a GIF in ``video_dir`` (None: no decode). Returns frames and seconds."""
-    from fifo.run import to_uint8_frames
+    from fifo.state import to_uint8_frames
     from infra.video_io import VideoWriter
 
     geo = bench.geometry
@@ -367,7 +367,7 @@ def writer_seconds_per_frame(bench: Bench, repeats: int = 3) -> float:
     the decoded frame (the queue's output slot) copied to the host, GIF-quantised and streamed
     into a video, and kept as the saved state's PNG. The best of ``repeats`` frames, seconds."""
     from fifo.resume import StateStore
-    from fifo.run import to_uint8_frames
+    from fifo.state import to_uint8_frames
     from infra.video_io import VideoWriter
 
     clean = bench.queue[:, :, bench.geometry.output_slot : bench.geometry.output_slot + 1]
