@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import sys
 
-from cli.main import main
-from cli.parser import build_parser
+try:
+    from cli.main import main
+    from cli.parser import build_parser
+except KeyboardInterrupt:  # Ctrl-C while the libraries load (seconds): a line, not a traceback
+    if __name__ != "__main__":
+        raise
+    print("stopped by SIGINT while starting; nothing was written", file=sys.stderr)
+    sys.exit(130)
 
 # The entry point's interface: its parser (for tools that read every command line's --help)
 # and main.

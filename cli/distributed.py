@@ -63,9 +63,10 @@ def window_group(request: RunRequest):  # noqa: ANN201 -- a fifo.parallel.RankGr
     import torch.distributed as dist
 
     from fifo.parallel import DEFAULT_TIMEOUT, RankGroup
+    from infra.cuda_runtime import cuda
 
     device = torch.device(request.device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = cuda().data_backend() if device.type == "cuda" else "gloo"
     return RankGroup(
         request.rank, request.world, device, dist.new_group(backend=backend, timeout=DEFAULT_TIMEOUT)
     )

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from cli import LOGGER_NAME
+from cli.models import run_models
 from cli.request import RunRequest
 from fifo.options import GenerationSettings
 
@@ -23,41 +24,21 @@ def dry_run(request: RunRequest) -> int:
 
     from fifo.generator import FifoGenerator
     from fifo.perf import FastPathPlan, plan_fast_path
-    from fifo.plan import fake_tensors, plan_run
+    from fifo.plan import plan_run
     from fifo.seeding import SEED_MODE, SeedClips, seed_settings
-    from lvdm.build import build_model, check_checkpoint
-    from lvdm.checkpoint import CheckpointError, read_state_dict_meta
+    from infra.cuda_runtime import bind_device, cuda
+    from lvdm.checkpoint import CheckpointError
 
     r = request
     start = time.perf_counter()
+    if cuda().is_available():
+        bind_device(r.device)  # as a run binds it (the GPU here, or --plan_for's)
     try:
-        # Keys, shapes and dtypes only (a safetensors header, or a memory-mapped zip whose tensor
-        # data is never read): a 10 GB checkpoint is checked in seconds, as a real run would check it.
-        shapes = None if r.random_init else read_state_dict_meta(r.ckpt_path)
-        fake = fake_tensors()
-        with fake, torch.device(r.device):
-            model = build_model(r.config)
-            model.set_precision(r.settings.dtype.torch_dtype)
-            # The seeded modes' text model, in the same fake mode: its frames flow into this model.
-            seed_model = None if r.seed_model is None else build_model(r.seed_model.config)
-            if seed_model is not None:
-                seed_model.set_precision(r.settings.dtype.torch_dtype)
-        if shapes is not None:
-            check_checkpoint(model, shapes, r.ckpt_path, r.config)
-            logger.info("checkpoint %s: %d tensors fit the model", r.ckpt_path, len(shapes))
-        if seed_model is not None and r.seed_model.ckpt_path is not None:
-            seed_path = r.seed_model.ckpt_path
-            check_checkpoint(seed_model, read_state_dict_meta(seed_path), seed_path, r.seed_model.config)
-            logger.info("seed checkpoint %s fits %s", seed_path, r.seed_model.config)
+        # The models as a run makes them (cli.models), on fake tensors, the checkpoints checked.
+        model, seed_model = run_models(r, fake=True)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # On CUDA, SDPA runs fused kernels; on fake tensors without a GPU it would fall back to the
-    # math kernel and count the whole attention matrix: plan with the memory-efficient kernel.
-    attention = "efficient" if r.device.startswith("cuda") and r.attention != "math" else r.attention
-    model.unet.set_attn_processor(attention)
-    if seed_model is not None:
-        seed_model.unet.set_attn_processor(attention)
     seconds_to_model = time.perf_counter() - start
     # The dry run computes in one thread: the CPU plan's parallel slices do not change memory or FLOPs.
     cpu_plan = FastPathPlan(shards=1, unet=plan_fast_path(r.device).unet) if r.settings.batched else None
@@ -72,15 +53,17 @@ def dry_run(request: RunRequest) -> int:
         return FifoGenerator(model, r.mode, settings, "dry-run", plan=cpu_plan, seed_clips=seed_clips)
 
     budget = r.max_memory
-    if budget is None and r.device.startswith("cuda") and torch.cuda.is_available():
-        budget = torch.cuda.get_device_properties(torch.device(r.device)).total_memory
+    if budget is None and r.device.startswith("cuda") and cuda().is_available():
+        budget, _ = cuda().mem_get_info(torch.device(r.device))  # free before the weights load
+    if r.plan_for is not None:
+        logger.info("plan: for %s", cuda().spec(torch.device(r.device)).describe())
     plan = plan_run(build_generator, model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds_to_model)
     plan.attention = (
         r.attention if plan.attention == r.attention else f"{r.attention} (planned as {plan.attention})"
     )
     for line in plan.lines():
         logger.info("plan: %s", line)
-    if not plan.fits:
+    if plan.fits is False:
         print(f"error: {memory_advice(plan, r.settings)}", file=sys.stderr)
         print(json.dumps(plan.json()))
         return 2
@@ -91,19 +74,25 @@ def dry_run(request: RunRequest) -> int:
 def memory_advice(plan, settings: GenerationSettings) -> str:
     """Why a plan does not fit, and which of --window_batch / --dtype / --sequential would."""
     gib = 2**30
-    need = f"the run needs {plan.peak_memory_bytes / gib:.2f} GiB of device memory at its peak"
-    have = f"{plan.budget_bytes / gib:.2f} GiB are available (--max_memory, or the GPU's total)"
+    activations = plan.peak_memory_bytes - plan.weights_bytes
+    usable = plan.usable_bytes()
+    need = (
+        f"the run needs {activations / gib:.2f} GiB of device memory beyond its weights "
+        f"({plan.weights_bytes / gib:.2f} GiB) at its peak"
+    )
+    have = (
+        f"{max(0, usable) / gib:.2f} GiB are usable of the {plan.budget_bytes / gib:.2f} GiB free (--max_memory, or the "
+        "GPU's free memory; a run keeps 15 % of what is free after the weights and 512 MiB for workspaces)"
+    )
     options = []
-    fixed = plan.peak_memory_bytes - plan.window_batch * plan.per_window_bytes
-    fitting = (plan.budget_bytes - fixed) // plan.per_window_bytes if plan.per_window_bytes else 0
+    fixed = activations - plan.window_batch * plan.per_window_bytes
+    fitting = (usable - fixed) // plan.per_window_bytes if plan.per_window_bytes else 0
     if settings.batched and 1 <= fitting < plan.window_batch:
         options.append(f"--window_batch {fitting}")
-    if settings.dtype.value == "fp32" and plan.peak_memory_bytes / 2 <= plan.budget_bytes:
-        options.append("--dtype fp16 (or bf16): weights and activations take half")
-    if (
-        settings.batched
-        and fixed + plan.per_window_bytes // 2 <= plan.budget_bytes < fixed + plan.per_window_bytes
-    ):
+    half = plan.usable_bytes(plan.weights_bytes // 2)
+    if settings.dtype.value == "fp32" and activations / 2 <= half:
+        options.append("--dtype fp16 (or bf16 from sm_80 on): weights and activations take half")
+    if settings.batched and fixed + plan.per_window_bytes // 2 <= usable < fixed + plan.per_window_bytes:
         options.append("--sequential: one window and one guidance branch per call")
     if options:
         return f"{need}, but {have}. It would fit with " + ", or ".join(options) + "."

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 from pathlib import Path
 
 from fifo.families import add_family_arguments
 from fifo.noise import NoiseOrder
-from fifo.options import MAIN_OPTIONS, SUB_OPTIONS, Precision, TailFilter, TrickArguments
+from fifo.options import (
+    MAIN_OPTIONS,
+    MAX_NEW_VIDEO_LENGTH,
+    SUB_OPTIONS,
+    Precision,
+    TailFilter,
+    TrickArguments,
+)
 from infra.cli_help import RawDescriptionDefaultsHelpFormatter
+from infra.cuda_runtime import GPUS
 
 # The top of ``--help``: what the program does and a published command line.
 DESCRIPTION = """Long video generation with FIFO diagonal denoising on VideoCrafter.
@@ -57,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--new_video_length",
         "-l",
-        type=int,
         default=None,
-        help="output frames (default: 100; a story sets its own)",
+        metavar="FRAMES",
+        help=f"output frames (default: 100; a story sets its own): at most {MAX_NEW_VIDEO_LENGTH}, or inf for a "
+        "video that runs until stopped (SIGINT/SIGTERM save the state and a playable video; --resume continues)",
     )
     p.add_argument(
         "--num_inference_steps",
@@ -119,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow_full_on_cpu",
         action="store_true",
-        help="run a full-size model (hundreds of millions of parameters) on a CPU anyway: hours per video",
+        help="with --random_init, build a full-size model (0.5 B parameters or more; VideoCrafter2 t2v has 1.85 B: "
+        "U-Net, autoencoder and text encoder) on a CPU anyway: hours per video",
     )
     p.add_argument(
         "--dtype",
@@ -167,12 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
         "without computing it; works for a GPU this machine does not have",
     )
     p.add_argument(
+        "--plan_for",
+        default=None,
+        metavar="GPU",
+        type=str.lower,
+        choices=sorted(GPUS),
+        help="with --dry_run: plan for this GPU (its memory and compute capability) instead of the one "
+        "here: does the run fit, in which --dtype, with which window batch. One of "
+        + ", ".join(f"{k} ({s.total_memory // 2**30} GiB, {s.sm})" for k, s in GPUS.items())
+        + "; for another card use --device cuda --max_memory SIZE",
+    )
+    p.add_argument(
         "--max_memory",
         type=parse_memory,
         default=None,
         metavar="SIZE",
-        help="device memory the run may use, e.g. 24GiB (default: the GPU's total); a dry run or a run "
-        "whose plan needs more stops with the settings that would fit",
+        help="with --dry_run: the device memory to plan for, e.g. 24GiB (default: the free memory of this "
+        "GPU or of --plan_for's). A dry run whose plan needs more stops with the settings that would fit. "
+        "A real run does not read it: its window batch follows the GPU's free memory",
     )
     add_ouroboros_arguments(p)
     return p
@@ -249,3 +272,28 @@ def parse_memory(text: str) -> int:
     if match is None or unit not in _MEMORY_UNITS or float(match.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a memory size: use e.g. 24GiB, 16GB or 512MiB")
     return int(float(match.group(1)) * _MEMORY_UNITS[unit])
+
+
+def parse_length(text: str | None) -> int | float | None:
+    """-l as given → frames: '100' → 100, 'inf' → ``math.inf`` (an endless video), None → None.
+
+    Raises:
+        ValueError: not a whole number in [1, MAX_NEW_VIDEO_LENGTH] nor inf; the message says so.
+    """
+    if text is None:
+        return None
+    if text.strip().lower() in ("inf", "infinity"):
+        return math.inf
+    try:
+        frames = int(text)
+    except ValueError:
+        raise ValueError(
+            f"-l/--new_video_length {text} is not a number of frames: give a whole number, or -l inf to run "
+            "until stopped"
+        ) from None
+    if not 1 <= frames <= MAX_NEW_VIDEO_LENGTH:
+        raise ValueError(
+            f"-l/--new_video_length {frames}: the length must lie in [1, {MAX_NEW_VIDEO_LENGTH}] (the largest "
+            "accepted); for a video that runs until you stop it, pass -l inf"
+        )
+    return frames

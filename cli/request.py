@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
-from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, trick_arguments
+from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, parse_length, trick_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import GenerationSettings, ModeOptions, Precision, parse_mode
 from fifo.seeding import SeedModelSpec
+from infra.errors import UserError
 
 if TYPE_CHECKING:
     from fifo.outputs import OutputLayout
@@ -26,7 +27,7 @@ logger = logging.getLogger(LOGGER_NAME)
 FULL_SIZE_PARAMETERS = 500_000_000
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A mistake in the command line or its inputs: printed as ``error: ...``, exit code 2."""
 
 
@@ -55,6 +56,7 @@ class RunRequest:
     done: frozenset[int] = frozenset()  # indices (in this rank's jobs) of videos already complete
     compile_unet: bool = False  # --compile: the U-Net through torch.compile (fifo/compile.py)
     seed_model: SeedModelSpec | None = None  # the text model of the seeded modes (fifo/seeding.py)
+    plan_for: str | None = None  # --plan_for: the GPU a dry run plans for (infra.cuda_runtime.GPUS)
 
     @property
     def model_id(self) -> str:
@@ -97,8 +99,9 @@ def resolve_seed_model(args: argparse.Namespace, mode: ModeOptions, facts, setti
     ckpt = args.seed_ckpt
     if args.random_init:
         if ckpt is not None:
-            logger.info(
-                "--random_init: the seed model gets random weights too; --seed_ckpt %s is not read", ckpt
+            raise UsageError(
+                f"--random_init and --seed_ckpt {ckpt} contradict each other: --random_init gives the seed "
+                "model random weights too, so the checkpoint would not be read; drop one of them"
             )
         return SeedModelSpec(config, None)
     if ckpt is None and config == DEFAULT_SEED_CONFIG:
@@ -119,6 +122,10 @@ def resolve_seed_model(args: argparse.Namespace, mode: ModeOptions, facts, setti
 def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
     """(rank, world size, launched by torchrun). torchrun's environment wins over --rank."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if args.rank != 0 or args.num_processes != 1:
+            logger.info(
+                "under torchrun, RANK and WORLD_SIZE set the shard; --rank and --num_processes are ignored"
+            )
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), True
     return args.rank, args.num_processes, False
 
@@ -128,24 +135,27 @@ def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False)
     a device it does not need to have)."""
     import torch
 
+    from infra.cuda_runtime import cuda
+
+    runtime = cuda()
     if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
+        requested = "cuda" if runtime.is_available() else "cpu"
     try:
         device = torch.device(requested)
     except RuntimeError as err:
         raise UsageError(f"--device {requested}: not a device; use cuda, cuda:N or cpu") from err
-    if device.type == "cuda" and dry_run and not torch.cuda.is_available():
+    if device.type == "cuda" and dry_run and not runtime.is_available():
         return "cuda" if device.index is None else str(device)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        if not runtime.is_available():
             raise UsageError(
                 f"--device {requested}: this machine has no CUDA GPU that PyTorch can use "
                 "(torch.cuda.is_available() is False); run on a GPU machine or pass --device cpu"
             )
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        if device.index is not None and device.index >= runtime.device_count():
             raise UsageError(
-                f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here (cuda:0 ... "
-                f"cuda:{torch.cuda.device_count() - 1})"
+                f"--device {requested}: only {runtime.device_count()} GPU(s) here (cuda:0 ... "
+                f"cuda:{runtime.device_count() - 1})"
             )
         if torchrun:
             # One GPU per process of a node: torchrun's LOCAL_RANK picks it.
@@ -164,10 +174,14 @@ def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False)
 
 def settings_from_args(args: argparse.Namespace, facts, device: str) -> GenerationSettings:
     """The run's settings; what the user left out comes from the model config ``facts``."""
+    try:
+        length = parse_length(args.new_video_length)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     return GenerationSettings(
-        video_length=args.video_length or facts.temporal_length,
+        video_length=args.video_length if args.video_length is not None else facts.temporal_length,
         num_partitions=args.num_partitions,
-        new_video_length=args.new_video_length if args.new_video_length is not None else 100,
+        new_video_length=length if length is not None else 100,
         height=args.height if args.height is not None else facts.default_size[0],
         width=args.width if args.width is not None else facts.default_size[1],
         fps=args.fps,
@@ -205,9 +219,39 @@ def _check_cpu_size(args: argparse.Namespace, device: str, cfg: dict, config: st
     parameters = count_parameters(cfg, resolve_config_path(config).parent)
     if parameters >= FULL_SIZE_PARAMETERS:
         raise UsageError(
-            f"--random_init with {flag} {config} builds the full-size model ({parameters / 1e9:.1f} B "
-            f"parameters) on a CPU: hours per video. For a demo or a test use {flag} {tiny}; "
+            f"--random_init with {flag} {config} builds the full-size model ({parameters / 1e9:.2f} B "
+            f"parameters: U-Net, autoencoder and text encoder) on a CPU: hours per video. "
+            f"For a demo or a test use {flag} {tiny}; "
             "to run it anyway pass --allow_full_on_cpu."
+        )
+
+
+def _check_plan_flags(args: argparse.Namespace) -> None:
+    """--plan_for plans a dry run on a GPU; --max_memory is read by dry runs only."""
+    if args.plan_for is not None and not args.dry_run:
+        raise UsageError(f"--plan_for {args.plan_for} plans a dry run: add --dry_run")
+    if args.plan_for is not None and args.device is not None and not args.device.startswith("cuda"):
+        raise UsageError(f"--plan_for {args.plan_for} plans for a GPU: drop --device {args.device}")
+    if args.max_memory is not None and not args.dry_run:
+        logger.warning(
+            "--max_memory is read by --dry_run only: this run sizes its window batch from the GPU's free memory"
+        )
+
+
+def check_gpu_dtype(device: str, precision: Precision) -> None:
+    """bf16 on a GPU below sm_80 (T4, V100, RTX 20xx): no fused attention kernel takes it there,
+    so attention would run as the math kernel and hold whole attention matrices. Refused before
+    anything loads."""
+    from infra.cuda_runtime import cuda
+
+    if precision is not Precision.BF16 or not device.startswith("cuda") or not cuda().is_available():
+        return
+    gpu = cuda().spec(device)
+    if not gpu.fused_bf16_attention:
+        raise UsageError(
+            f"--dtype bf16 on {gpu.describe()}: below sm_80 no fused attention kernel takes bf16, so "
+            "attention would fall back to PyTorch's math kernel and its memory grows with the square of "
+            "the tokens. Use --dtype fp16 (this GPU's fast half precision, the default on CUDA) or fp32"
         )
 
 
@@ -226,10 +270,34 @@ def _check_attention(backend: str, device: str) -> None:
         )
 
 
+def _check_flow_flags(args: argparse.Namespace, family: str) -> None:
+    """The flags that drive the U-Net's machinery, refused on a flow-matching model with the reason."""
+    refused = {
+        "--compile": (args.compile, "it compiles the U-Net (fifo/compile.py), which this model has not"),
+        "--attention xformers": (
+            args.attention == "xformers",
+            "the transformer runs diffusers' own attention; leave --attention out",
+        ),
+        "--dry_run": (
+            args.dry_run,
+            "its planner builds the U-Net's windows on fake tensors, not yet this model's",
+        ),
+        "--seed_config": (
+            args.seed_config is not None,
+            "it seeds image models, and this model samples its own",
+        ),
+    }
+    for flag, (given, reason) in refused.items():
+        if given:
+            raise UsageError(f"{flag} does not apply to {args.config} ({family}): {reason}")
+    if args.eta != build_parser().get_default("eta"):
+        logger.info("--eta does not apply to %s: its flow steps are deterministic Euler steps", family)
+
+
 def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -> frozenset[int]:
     """For --resume: the jobs whose video is complete (skipped), and a usage error when a saved
-    state was made with other arguments (naming what differs). A damaged state is left to the run,
-    which reports it and starts afresh."""
+    state was made with other arguments (naming what differs) or is damaged (a
+    :class:`~fifo.resume.StateError` saying what the user can do; nothing is deleted)."""
     from fifo.resume import StateError, StateStore, fingerprint_differences, resume_fingerprint, state_folder
 
     done = set()
@@ -242,8 +310,8 @@ def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -
             continue
         try:
             saved = store.read_fingerprint()
-        except StateError:
-            continue
+        except StateError as err:
+            raise store.damaged(err, video) from None
         differences = fingerprint_differences(
             saved, resume_fingerprint(job, mode, settings, model_id, device, video)
         )
@@ -255,6 +323,47 @@ def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -
                 "--overwrite) to start afresh."
             )
     return frozenset(done)
+
+
+def check_contradictions(args: argparse.Namespace) -> None:
+    """Two flags that ask for opposite things: an error naming both, never one of them silently
+    dropped. A flag that only does not apply here is said in one log line instead.
+
+    Raises:
+        UsageError: naming both flags and how to choose.
+    """
+    if args.random_init and args.ckpt_path:
+        raise UsageError(
+            f"--random_init and --ckpt_path {args.ckpt_path} contradict each other: --random_init builds the "
+            "model with random weights and would not read the checkpoint; drop --random_init to use the "
+            "checkpoint, or --ckpt_path for a test or demo on random weights"
+        )
+    if args.resume and args.overwrite:
+        raise UsageError(
+            "--resume and --overwrite contradict each other: --resume continues the saved state, --overwrite "
+            "deletes it and starts afresh; pass one of them"
+        )
+    if args.sequential and args.window_batch is not None:
+        raise UsageError(
+            f"--sequential and --window_batch {args.window_batch} contradict each other: the sequential path "
+            "runs one window per U-Net call; drop --sequential to batch windows"
+        )
+    if args.allow_full_on_cpu and not args.random_init:
+        logger.info("--allow_full_on_cpu applies to --random_init only (a checkpoint's model runs as asked)")
+
+
+def log_unused(args: argparse.Namespace, mode: ModeOptions, facts) -> None:
+    """One log line for each value given that this run does not read (``facts``: the model's)."""
+    given = {name: getattr(args, name) for name in ("qcache_weight", "fps", "save_state_every")}
+    given = {k: v for k, v in given.items() if v != build_parser().get_default(k)}
+    if "qcache_weight" in given and mode.qcache is None:
+        logger.info(
+            "--qcache_weight %g is ignored: no Q-cache (TTqcache, STqcache) in --mode", args.qcache_weight
+        )
+    if "fps" in given and facts.family.takes_frame_stride:
+        logger.info("--fps %d is ignored: %s is conditioned on --frame_stride instead", args.fps, args.config)
+    if "save_state_every" in given and args.dry_run:
+        logger.info("--save_state_every does not apply to --dry_run, which saves nothing")
 
 
 def build_request(args: argparse.Namespace) -> RunRequest:
@@ -274,12 +383,14 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         raise UsageError("--rank must be in [0, --num_processes)")
     if not (args.random_init or args.ckpt_path):
         raise UsageError("--ckpt_path is required (or --random_init for tests and demos)")
+    check_contradictions(args)
     jobs = parse_prompt_file(args.prompt_file, image_mode=mode.main.takes_input_image)
     if mode.subject is not None:
         from fifo.tricks.subject import check_subject_in_prompts
 
         check_subject_in_prompts(mode.subject.phrase, jobs)
     rank, world, torchrun = distributed_rank(args)
+    _check_plan_flags(args)
     device = resolve_device(args.device, torchrun, args.dry_run)
     cfg = load_config(args.config)
     facts = config_facts(cfg)
@@ -289,7 +400,11 @@ def build_request(args: argparse.Namespace) -> RunRequest:
             "--dtype fp16 on a CPU: PyTorch's CPU kernels do not all run (or run fast) in fp16; "
             "use --dtype bf16 or fp32 there"
         )
+    check_gpu_dtype(device, settings.dtype)
+    if facts.family.flow_matching:
+        _check_flow_flags(args, facts.family.name)
     seed_model = resolve_seed_model(args, mode, facts, settings)
+    log_unused(args, mode, facts)
     check_model_fits(facts, mode, settings, args.config, None if seed_model is None else seed_model.config)
     _check_cpu_size(args, device, cfg)
     if seed_model is not None:
@@ -297,7 +412,13 @@ def build_request(args: argparse.Namespace) -> RunRequest:
     _check_attention(args.attention, device)
 
     defaults = settings_from_args(build_parser().parse_args(["-p", args.prompt_file]), facts, device)
-    experiment = safe_name(args.experiment) if args.experiment else experiment_name(mode, settings, defaults)
+    # A story sets its own length: -l does not shape its video, so it does not name it either.
+    named = (
+        replace(settings, new_video_length=defaults.new_video_length)
+        if all(j.is_story for j in jobs)
+        else settings
+    )
+    experiment = safe_name(args.experiment) if args.experiment else experiment_name(mode, named, defaults)
     root = Path(args.output_dir) if args.output_dir else DEFAULT_OUTPUT_ROOT
     # Published layout: results/videocraft_v2_fifo/latents; with --output_dir, inside it.
     cache_dir = root / "latents" if args.output_dir else DEFAULT_CACHE_DIR
@@ -328,7 +449,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
     stories = [job for job in my_jobs if job.is_story]
     if stories and args.new_video_length is not None:
         logger.warning(
-            "-l/--new_video_length %d does not apply to the story in %s: a story's length is the sum of "
+            "-l/--new_video_length %s does not apply to the story in %s: a story's length is the sum of "
             "its scenes' frames (%s)",
             args.new_video_length,
             args.prompt_file,
@@ -356,4 +477,5 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         done=done,
         compile_unet=args.compile,
         seed_model=seed_model,
+        plan_for=args.plan_for,
     )

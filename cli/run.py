@@ -14,10 +14,14 @@ from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
 from cli.distributed import end_process_group, summarize_ranks, window_group
+from cli.models import run_models
 from cli.request import RunRequest
+from infra.cuda_runtime import bind_device
+from infra.errors import UserError
 
 if TYPE_CHECKING:
     from fifo.seeding import SeedClips
+    from lvdm.models.ddpm3d import LatentDiffusion
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -65,27 +69,42 @@ class StopRequest:
                 signal.signal(sig, handler)
 
 
-def resume_command() -> str:
-    """The command line of this run with --resume (to print when it stops)."""
-    argv = [sys.executable.rsplit("/", 1)[-1], *sys.argv]
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return " ".join(shlex.quote(a) for a in argv)
+def resume_command(argv: list[str] | None = None) -> str:
+    """The user's command line (``argv``, default ``sys.argv``) with ``--resume``, to print when a
+    run stops: each flag once, with the value the run used (argparse keeps a repeated flag's last),
+    and without ``--overwrite``, which would contradict ``--resume``."""
+    from cli.parser import build_parser
+
+    program, *args = sys.argv if argv is None else argv
+    actions = build_parser()._option_string_actions  # flag spelling (-l, --new_video_length) → action
+    segments: list[tuple[str | None, list[str]]] = []  # (the flag's dest, its tokens)
+    index = 0
+    while index < len(args):
+        token = args[index]
+        action = actions.get(token.split("=", 1)[0]) if token.startswith("-") else None
+        taken = 1 if action is None or "=" in token or action.nargs == 0 else 2
+        segments.append((None if action is None else action.dest, args[index : index + taken]))
+        index += taken
+    last = {dest: k for k, (dest, _) in enumerate(segments) if dest is not None}
+    kept = [
+        token
+        for k, (dest, tokens) in enumerate(segments)
+        if dest is None or (last[dest] == k and dest != "overwrite")
+        for token in tokens
+    ]
+    if "resume" not in last:
+        kept.append("--resume")
+    return " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], program, *kept])
 
 
-def load_seed_clips(r: RunRequest) -> SeedClips:
-    """The seeded modes' text model (``--seed_config``) loaded next to the main one, as a
+def seed_clips_of(r: RunRequest, model: LatentDiffusion) -> SeedClips:
+    """The seeded modes' text model (``--seed_config``), loaded next to the main one, as a
     base-clip source (``fifo.seeding``)."""
     from fifo.generator import FifoGenerator
     from fifo.seeding import SEED_MODE, SeedClips, seed_settings
-    from lvdm.build import load_model, model_identity
+    from lvdm.build import model_identity
 
     spec = r.seed_model
-    dtype = r.settings.dtype.torch_dtype
-    model = load_model(
-        spec.config, spec.ckpt_path, r.random_init, device=r.device, seed=r.settings.seed, dtype=dtype
-    )
-    model.unet.set_attn_processor(r.attention)
     model_id = model_identity(spec.config, spec.ckpt_path, r.random_init, r.settings.seed)
     logger.info("base clips of mode %s: sampled by %s", r.mode.main.value, spec.config)
     return SeedClips(FifoGenerator(model, SEED_MODE, seed_settings(r.settings), model_id))
@@ -101,19 +120,15 @@ def run(request: RunRequest) -> int:
 def _run(request: RunRequest, stop: StopRequest) -> int:
     import torch
 
-    from fifo.generator import FifoGenerator
-    from fifo.outputs import OutputError, create_folder
+    from fifo.outputs import create_folder
     from fifo.parallel import shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
     from fifo.run import NonFiniteError
-    from lvdm.build import load_model
-    from lvdm.checkpoint import CheckpointError
+    from fifo.wan_generator import generator_class
 
     r = request
-    device = torch.device(r.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # this rank's GPU for everything CUDA does implicitly (NCCL too)
+    device = bind_device(r.device)  # on CUDA: this rank's GPU made current (NCCL too), cuDNN autotuned
     if device.type == "cpu":
         tune_cpu_allocator()  # large tensors reuse heap memory instead of fresh page-faulting mmaps
     several = r.torchrun and r.world > 1
@@ -122,22 +137,13 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     my_jobs = r.jobs if r.parallel == "windows" else r.jobs[r.rank :: r.world]
     done = r.done if group is None else group.broadcast_object(r.done)
     try:
-        model = load_model(
-            r.config,
-            r.ckpt_path,
-            r.random_init,
-            device=r.device,
-            seed=r.settings.seed,
-            dtype=r.settings.dtype.torch_dtype,
-        )
-        model.unet.set_attn_processor(r.attention)
-        seed_clips = None
-        if r.seed_model is not None and (group is None or group.is_writer):
-            seed_clips = load_seed_clips(r)  # only the writer samples base clips
+        # Only the writer samples base clips: the seeded modes' text model is loaded there.
+        model, seed_model = run_models(r, fake=False, seed=group is None or group.is_writer)
+        seed_clips = None if seed_model is None else seed_clips_of(r, seed_model)
         # The automatic window batch's measurement is kept with the base-clip cache: the next
         # process of a sweep (or a --resume) skips it.
         memory_store = r.layout.cache_dir / "window_memory"
-        generator = FifoGenerator(
+        generator = generator_class(model)(
             model,
             r.mode,
             r.settings,
@@ -153,7 +159,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
             compile_unet(model.unet, r.layout.cache_dir / "compiled")  # kept for the next run of a sweep
         if group is None or group.is_writer:
             create_folder(r.layout.root)
-    except (CheckpointError, OutputError, ValueError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from fifo.guidance import GuidedDenoiser
 from fifo.noise import NoiseSource
 from fifo.schedule import DDIMSchedule
+from infra.progress import progress as progress_bar
 from lvdm.family import Prediction
 
 
@@ -102,7 +102,7 @@ def sample_ddim(
     x = x_T
     timesteps = schedule.timestep_values.tolist()  # host values: the device is never waited for
     indices = list(range(schedule.num_steps - 1, -1, -1))[:max_steps]
-    for index in tqdm(indices, desc="base clip (DDIM)", disable=not progress):
+    for index in progress_bar(indices, desc="base clip (DDIM)", disable=not progress):
         t = torch.full((x.shape[0],), timesteps[index], device=x.device, dtype=torch.long)
         eps = denoise(x, t, cond, uncond)
         if noise is None and schedule.eta > 0:

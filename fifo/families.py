@@ -20,6 +20,7 @@ from torch import Tensor
 
 from fifo.options import GenerationSettings, MainMode, ModeOptions
 from fifo.seeding import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG, SEED_MODE, seed_settings
+from infra.errors import SettingsError
 from lvdm.family import IMAGE_TOKENS_PER_FRAME, ModelFamily
 
 if TYPE_CHECKING:
@@ -44,18 +45,25 @@ def check_model_fits(
     :mod:`fifo.seeding`), or is None when the model samples its own.
 
     Raises:
-        ValueError: the mode needs the image-to-video model, or the size does not fit the U-Net.
+        SettingsError: the mode needs the image-to-video model, or the size does not fit the U-Net.
     """
     if mode.uses_image_model and not facts.has_image_embedder:
-        raise ValueError(
+        raise SettingsError(
             f"mode {mode.main.value!r} needs the image-to-video model (a CLIP image embedder), but "
             f"{source} has none: {I2V_CONFIG_HINT}"
         )
     if mode.srg is not None:
         mode.srg.guided_windows(settings.geometry)  # raises for --srg_windows beyond the windows
+    if mode.subject is not None and facts.attention_levels is not None:
+        missing = [level for level in mode.subject.levels if level not in facts.attention_levels]
+        if missing:
+            raise SettingsError(
+                f"--subject_levels: level(s) {missing} have no spatial transformers in the U-Net of {source} "
+                f"(levels with attention: {', '.join(map(str, facts.attention_levels))})"
+            )
     h, w = settings.height, settings.width
     if h % facts.size_multiple or w % facts.size_multiple:
-        raise ValueError(
+        raise SettingsError(
             f"--height and --width must be multiples of {facts.size_multiple} for this model "
             f"(autoencoder ×{facts.vae_scale}, U-Net ×{facts.unet_factor}), got {h}x{w}"
         )
@@ -76,29 +84,32 @@ def check_family_mode(
     (``seed_model``: as in :func:`check_model_fits`).
 
     Raises:
-        ValueError: the message is shown to the user as it is.
+        SettingsError: the message is shown to the user as it is.
     """
     family = facts.family
+    if family.flow_matching:
+        check_flow_mode(family, mode, settings, source)
+        return
     if family.needs_input_image and mode.main is MainMode.T2V:
-        raise ValueError(
+        raise SettingsError(
             f"mode 't2v' cannot run on {source} ({family.name}): it conditions every frame on an input "
             "image's latent; use --mode i2v with 'image_path;prompt' lines (prompts/example_i2v.txt), "
             "or a text-to-video config for t2v"
         )
     if family.needs_input_image and mode.main.seeds_image and seed_model is None:
-        raise ValueError(
+        raise SettingsError(
             f"mode {mode.main.value!r} on {source} ({family.name}) needs a text-to-video model to "
             "sample its base clip (it cannot sample one from text alone): give --seed_config (e.g. "
             f"{DEFAULT_SEED_CONFIG}) and its --seed_ckpt"
         )
     if family.zero_terminal_snr and mode.tail is not None:
-        raise ValueError(
+        raise SettingsError(
             f"sub-option 'tailcoh' cannot apply to {source} ({family.name}): its tail slot is at ᾱ = 0 "
             "(zero terminal SNR), so the previous tail's low frequencies carry nothing into the new "
             "one and the coherent tail would equal fresh noise; leave tailcoh out of --mode"
         )
     if settings.frame_stride is not None and not family.takes_frame_stride:
-        raise ValueError(
+        raise SettingsError(
             f"--frame_stride conditions frame-stride models ({DYNAMICRAFTER_CONFIG_HINT}); "
             f"{source} ({family.name}) is conditioned on --fps instead"
         )
@@ -107,11 +118,54 @@ def check_family_mode(
         # published U-Net's fallback), which the model was not trained for.
         frames = family.image_tokens // IMAGE_TOKENS_PER_FRAME
         if settings.video_length != frames:
-            raise ValueError(
+            raise SettingsError(
                 f"--video_length must be {frames} for {source}: its image tokens are "
                 f"{IMAGE_TOKENS_PER_FRAME} per frame of a {frames}-frame clip (the Resampler's "
                 f"video_length), got {settings.video_length}"
             )
+
+
+WAN_TRICK_REASONS = {
+    "qcache": "its caches sit on the U-Net's temporal transformers, which a diffusion transformer has no "
+    "counterpart of (every block attends over all frames and positions at once)",
+    "sacfa": "it chooses the U-Net's attention layers by resolution level, and a diffusion transformer's "
+    "blocks all work at one resolution",
+    "srg": "it reads the subject's masks from the U-Net's cross-attention maps",
+    "tailcoh": "its filtered tail is set for the DDIM noise levels of the U-Nets' queue, not yet for the flow's",
+}
+
+
+def check_flow_mode(
+    family: ModelFamily, mode: ModeOptions, settings: GenerationSettings, source: str
+) -> None:
+    """What a flow-matching family (Wan2.1 text-to-video) runs: plain ``t2v`` (with ``unilatent``),
+    stories, partitions and lookahead; the U-Net's tricks are refused with the reason.
+
+    Raises:
+        SettingsError: the message is shown to the user as it is.
+    """
+    if mode.main is not MainMode.T2V:
+        raise SettingsError(
+            f"mode {mode.main.value!r} cannot run on {source} ({family.name}): it is a text-to-video model "
+            "sampled from text alone; use --mode t2v"
+        )
+    tricks = {
+        "qcache": mode.qcache is not None,
+        "sacfa": mode.sacfa,
+        "srg": mode.srg is not None,
+        "tailcoh": mode.tail is not None,
+    }
+    for name, on in tricks.items():
+        if on:
+            raise SettingsError(
+                f"sub-option {name!r} cannot apply to {source} ({family.name}): {WAN_TRICK_REASONS[name]}; "
+                f"leave it out of --mode"
+            )
+    if settings.rng.value != "default":
+        raise SettingsError(
+            f"--rng {settings.rng.value} reproduces the random draws of the published VideoCrafter code, "
+            f"which has no {family.name} sampler; leave --rng out"
+        )
 
 
 def frame_value(family: ModelFamily, settings: GenerationSettings) -> int:
@@ -165,16 +219,16 @@ def check_seed_model(
     """Check ``--seed_config``: the text-to-video model that samples a seeded mode's base clips.
 
     Raises:
-        ValueError: the mode takes no base clip from another model, the seed model is not a
+        SettingsError: the mode takes no base clip from another model, the seed model is not a
             text-to-video model, or the size does not fit it.
     """
     if not mode.main.seeds_image:
-        raise ValueError(
+        raise SettingsError(
             f"--seed_config applies to the modes seeded by a base clip (t2v_seed, t2v_seed_ar), not to "
             f"{mode.main.value!r}; leave it out"
         )
     if facts.family.needs_input_image or facts.has_image_embedder:
-        raise ValueError(
+        raise SettingsError(
             f"--seed_config {source}: the base clip must come from a text-to-video model, but this one "
             f"({facts.family.name}) takes an image; use e.g. {DEFAULT_SEED_CONFIG}"
         )

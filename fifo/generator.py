@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from fifo.conditioning import VideoConditioning, load_image, with_image_tokens
 from fifo.ddim import sample_ddim
@@ -48,6 +47,7 @@ from fifo.schedule import DDIMSchedule
 from fifo.seeding import SeedClips
 from fifo.sinks import FrameSink, PngSink, VideoSink
 from fifo.tricks.install import install_tricks
+from infra.progress import progress as progress_bar
 from infra.video_io import VideoWriter, stale_temporary_files
 from lvdm.build import model_facts
 from lvdm.models.ddpm3d import LatentDiffusion
@@ -322,12 +322,12 @@ class FifoGenerator:
         _, fifo_noise = self.noise_sources()
         try:
             fingerprint, state, frames = store.load(fifo_noise, self.device)
-        except StateError as err:
-            logger.warning("--resume: ignoring a damaged state (%s); starting from the beginning", err)
-            return None
+        except StateError as err:  # never started over silently: the saved frames would be lost
+            suffix = ".mp4" if self.settings.use_mp4 else ".gif"
+            raise store.damaged(err, exp_dir.with_name(exp_dir.name + suffix)) from None
         differences = fingerprint_differences(fingerprint, store.fingerprint)
         if differences:
-            raise ValueError(
+            raise StateError(
                 f"--resume: the saved state in {store.folder} was made with other settings:\n  "
                 + "\n  ".join(differences)
                 + "\nRun with the same arguments, or without --resume (use --overwrite) to start afresh."
@@ -437,7 +437,7 @@ class FifoGenerator:
                 for sink in sinks:
                     sink.write(index, frame)
             progress = stack.enter_context(
-                tqdm(
+                progress_bar(
                     total=total,
                     initial=state.iteration,
                     desc="FIFO",

@@ -22,6 +22,7 @@ import torch
 
 from fifo.geometry import FifoGeometry
 from fifo.noise import NoiseOrder
+from infra.errors import SettingsError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ class MainMode(_Choice):
         return self is MainMode.T2V_SEED_AR
 
 
+# The longest finite video -l accepts: a million frames is more than a day of video at 10 fps and
+# weeks of sampling. A longer number is a typo more often than a plan; -l inf runs until stopped.
+MAX_NEW_VIDEO_LENGTH = 1_000_000
+
 MAIN_OPTIONS: dict[str, str] = {
     "t2v": "text-to-video (VideoCrafter2 text-to-video model)",
     "i2v": "image-to-video (VideoCrafter1 image-to-video model, an image per prompt)",
@@ -85,7 +90,7 @@ SUB_OPTIONS: dict[str, str] = {
 }
 
 
-class ModeError(ValueError):
+class ModeError(UserError, ValueError):
     """An invalid ``--mode`` string. The message lists the valid parts."""
 
 
@@ -210,7 +215,7 @@ class SrgOptions:
         """How many windows of ``geometry`` are guided (front first).
 
         Raises:
-            ValueError: ``--srg_windows`` beyond the queue's windows.
+            SettingsError: ``--srg_windows`` beyond the queue's windows.
         """
         total = len(geometry.windows())
         if self.windows is None:
@@ -219,7 +224,7 @@ class SrgOptions:
             # half is left out, where the subject masks are least reliable.
             return max(1, total // 2)
         if self.windows > total:
-            raise ValueError(
+            raise SettingsError(
                 f"--srg_windows ({self.windows}) exceeds the {total} FIFO windows of these settings"
             )
         return self.windows
@@ -517,12 +522,13 @@ class GenerationSettings:
     continued over the prompts of the process, in the published code's order and shapes.
 
     Raises:
-        ValueError: a setting out of range; the message names its command-line flag.
+        SettingsError: a setting out of range; the message names its command-line flag.
     """
 
     video_length: int = 16
     num_partitions: int = 4
-    new_video_length: int = 100
+    # Output frames; ``math.inf``: until the run is stopped (``-l inf``).
+    new_video_length: int | float = 100
     height: int = 320
     width: int = 512
     fps: int = 8
@@ -549,7 +555,11 @@ class GenerationSettings:
         object.__setattr__(self, "rng", NoiseOrder(self.rng))
         self.geometry  # noqa: B018 -- checks --video_length and --num_partitions
         checks = [
-            (self.new_video_length >= 1, "--new_video_length must be ≥ 1"),
+            (
+                self.new_video_length == math.inf or 1 <= self.new_video_length <= MAX_NEW_VIDEO_LENGTH,
+                f"-l/--new_video_length must be a number of frames in [1, {MAX_NEW_VIDEO_LENGTH}] "
+                "(the largest accepted), or inf for a video that runs until it is stopped",
+            ),
             (self.height > 0 and self.width > 0, "--height and --width must be positive"),
             (0 <= self.guidance < math.inf, "--unconditional_guidance_scale must be a finite number ≥ 0"),
             (0 <= self.seed < 2**63, "--seed must be a whole number in [0, 2**63)"),
@@ -561,7 +571,7 @@ class GenerationSettings:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise SettingsError(message)
 
     @property
     def geometry(self) -> FifoGeometry:

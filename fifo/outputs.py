@@ -20,9 +20,10 @@ from pathlib import Path
 from fifo.noise import NoiseOrder
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.prompts import PromptJob, safe_name
+from infra.errors import UserError
 
 
-class OutputError(ValueError):
+class OutputError(UserError, ValueError):
     """An output folder that cannot be used, or outputs that would be overwritten."""
 
 
@@ -139,14 +140,37 @@ def create_folder(path: Path, flag: str = "--output_dir") -> None:
 def check_not_overwriting(layout: OutputLayout, jobs: list[PromptJob], overwrite: bool) -> None:
     """Refuse to overwrite earlier outputs unless ``overwrite``.
 
+    An interrupted run's saved state (``<video>.state/``) is named first, with ``--resume``: the
+    frames it holds are never thrown away unless ``--overwrite`` says so.
+
     Raises:
-        OutputError: listing the existing outputs and the two ways out.
+        OutputError: listing the existing outputs (or saved states) and the ways out.
     """
+    if overwrite:
+        return
+    from fifo.resume import state_folder
+
+    saved = [state_folder(layout.video_path(job)) for job in jobs]
+    saved = [folder for folder in saved if (folder / "state.pt").is_file()]
+    if saved:
+        shown = "\n  ".join(f"{folder} ({_saved_frames(folder)} frame(s) so far)" for folder in saved[:5])
+        more = f"\n  ... and {len(saved) - 5} more" if len(saved) > 5 else ""
+        raise OutputError(
+            f"an interrupted run of this command is saved in:\n  {shown}{more}\n"
+            "Add --resume to continue it. (--overwrite deletes the saved frames and starts afresh; "
+            "--experiment NAME writes a new run beside it.)"
+        )
     existing = layout.existing_outputs(jobs)
-    if existing and not overwrite:
+    if existing:
         shown = "\n  ".join(str(p) for p in existing[:5])
         more = f"\n  ... and {len(existing) - 5} more" if len(existing) > 5 else ""
         raise OutputError(
             f"these outputs exist already:\n  {shown}{more}\n"
             "Pass --overwrite to replace them, or --experiment NAME to write the run under another name."
         )
+
+
+def _saved_frames(state: Path) -> int:
+    """How many output frames an interrupted run kept in its state folder ``state``."""
+    frames = state / "frames"
+    return sum(1 for _ in frames.glob("*.png")) if frames.is_dir() else 0

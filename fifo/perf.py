@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infra.cuda_runtime import cuda
 from infra.memory import current_rss_bytes, total_ram_bytes
 from lvdm.modules.attention import SpatialTransformer, TemporalTransformer
 from lvdm.modules.networks.openaimodel3d import TemporalConv
@@ -308,6 +309,20 @@ def tune_cpu_allocator(mmap_threshold: int = 2**30) -> bool:
     return False
 
 
+def usable_cuda_bytes(free_bytes: int) -> int:
+    """Of ``free_bytes`` of free GPU memory, what a run plans to fill with activations:
+    ``CUDA_FREE_FRACTION`` of it less ``CUDA_RESERVE_BYTES`` (cuDNN/cuBLAS workspaces, which
+    the allocator does not show, and fragmentation). One rule for the automatic window batch of
+    a run and for a dry run's plan."""
+    return int(CUDA_FREE_FRACTION * free_bytes) - CUDA_RESERVE_BYTES
+
+
+def cuda_windows_that_fit(memory: WindowMemory, free_bytes: int) -> int:
+    """How many windows of one batched call fit in ``free_bytes`` of free GPU memory (the weights
+    already loaded) by :func:`usable_cuda_bytes`; below 1 when not even one does."""
+    return int((usable_cuda_bytes(free_bytes) - memory.fixed_bytes) // memory.per_window_bytes)
+
+
 def auto_window_batch(n_windows: int, memory: WindowMemory, device: str | torch.device) -> int | None:
     """Windows per U-Net call for the batched FIFO path, from the measured memory per window.
 
@@ -328,10 +343,11 @@ def auto_window_batch(n_windows: int, memory: WindowMemory, device: str | torch.
     device = torch.device(device)
     per_window = memory.per_window_bytes
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        budget = CUDA_FREE_FRACTION * (free + cached) - CUDA_RESERVE_BYTES - memory.fixed_bytes
-        fits = int(budget // per_window)
+        runtime = cuda()
+        free, _ = runtime.mem_get_info(device)
+        free += runtime.memory_reserved(device) - runtime.memory_allocated(device)  # cached by PyTorch
+        budget = usable_cuda_bytes(free) - memory.fixed_bytes
+        fits = cuda_windows_that_fit(memory, free)
         chosen = min(n_windows, max(1, fits))
         if fits < 1:
             logger.warning(

@@ -35,6 +35,7 @@ from fifo.conditioning import with_image_tokens
 from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
+from fifo.perf import cuda_windows_that_fit, usable_cuda_bytes
 from fifo.prompts import PromptJob
 from infra.memory import LiveTensorBytes
 
@@ -241,22 +242,50 @@ class RunPlan:
     per_window_bytes: int
     seconds_to_first_step: float
     stage_shapes: dict[str, list[int]]
-    budget_bytes: int | None = None
+    budget_bytes: int | None = None  # device memory free before the weights load (or --max_memory)
+
+    def usable_bytes(self, weights_bytes: int | None = None) -> int | None:
+        """What the run may fill beyond weights of ``weights_bytes`` (default: its own), or None
+        without a budget. On CUDA by the rule of a real run's automatic window batch
+        (:func:`fifo.perf.usable_cuda_bytes` of the memory free after the weights); elsewhere the
+        budget less the weights."""
+        if self.budget_bytes is None:
+            return None
+        free = self.budget_bytes - (self.weights_bytes if weights_bytes is None else weights_bytes)
+        return usable_cuda_bytes(free) if self.device.startswith("cuda") else free
 
     @property
-    def fits(self) -> bool:
-        return self.budget_bytes is None or self.peak_memory_bytes <= self.budget_bytes
+    def fits(self) -> bool | None:
+        """Whether the peak beyond the weights stays within :meth:`usable_bytes`; None when there
+        was no budget to check it against."""
+        usable = self.usable_bytes()
+        return None if usable is None else self.peak_memory_bytes - self.weights_bytes <= usable
 
     def json(self) -> dict[str, Any]:
         """The plan as one JSON object (the dry run's last line)."""
         out = asdict(self)
+        out["usable_bytes"] = self.usable_bytes()
         out["fits"] = self.fits
         return out
 
     def lines(self) -> list[str]:
         """The plan for people."""
         gib = 2**30
-        budget = "" if self.budget_bytes is None else f" of {self.budget_bytes / gib:.2f} GiB"
+        usable = self.usable_bytes()
+        if usable is None:
+            budget = " (no memory budget: not checked)"
+        else:
+            verdict = "fits" if self.fits else "does NOT fit"
+            budget = (
+                f" of {self.budget_bytes / gib:.2f} GiB free: {verdict} (beyond the weights a run fills "
+                f"{usable / gib:.2f} GiB"
+                + (
+                    ", keeping 15 % of the free memory and 512 MiB for workspaces"
+                    if self.device.startswith("cuda")
+                    else ""
+                )
+                + ")"
+            )
         return [
             f"device {self.device}, {self.dtype} weights, attention {self.attention}",
             f"{self.windows} FIFO windows, {self.window_batch} per U-Net call: "
@@ -349,9 +378,13 @@ def plan_run(
         weights += weight_bytes(seed_clips.generator.model)
     per_window = window_memory(model, geometry.video_length, latent_hw, guided, n_windows)
     if settings.batched and settings.window_batch is None and budget_bytes is not None:
-        # As many windows per call as fit next to the weights (at least one).
-        room = budget_bytes - weights - per_window.fixed_bytes
-        fitting = max(1, min(n_windows, room // per_window.per_window_bytes))
+        # As many windows per call as fit next to the weights (at least one), on CUDA by the rule
+        # of a real run's automatic window batch.
+        if device.startswith("cuda"):
+            fitting = cuda_windows_that_fit(per_window, budget_bytes - weights)
+        else:
+            fitting = (budget_bytes - weights - per_window.fixed_bytes) // per_window.per_window_bytes
+        fitting = max(1, min(n_windows, fitting))
         if fitting != window_batch:
             window_batch = fitting
             with fake, torch.no_grad():

@@ -26,12 +26,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from infra.errors import UserError
+
 _STORY_LINE = re.compile(r"^\s*(\d+)\s*\|(.*)$")
 # What an image path before the first ";" looks like: an i2v line given to a text mode.
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(UserError, ValueError):
     """A prompt file that cannot be used; the message names file and line."""
 
 

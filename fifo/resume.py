@@ -35,6 +35,7 @@ from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.prompts import PromptJob
 from fifo.run import FifoState
+from infra.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def resume_fingerprint(
     }
 
 
-class StateError(RuntimeError):
+class StateError(UserError, RuntimeError):
     """A saved state that cannot be used (damaged, or of another format)."""
 
 
@@ -138,6 +139,15 @@ class RunInterrupted(Exception):
     def __init__(self, frames: int, partial_video: Path | None) -> None:
         super().__init__(f"stopped after {frames} frame(s)")
         self.frames, self.partial_video = frames, partial_video
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why a state file cannot be read, in words (a truncated file makes torch report an OSError
+    or a zip error that names no file)."""
+    if isinstance(err, FileNotFoundError):
+        return f"a file of the state is missing: {err.filename or err}"
+    size = path.stat().st_size if path.is_file() else 0
+    return f"state.pt is truncated or corrupt ({size} bytes; {type(err).__name__}: {err})"
 
 
 def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -244,8 +254,8 @@ class StateStore:
                     frames.append(np.asarray(image.convert("RGB")).copy())
         except StateError:
             raise
-        except Exception as err:  # a damaged state is reported and ignored, never fatal
-            raise StateError(f"{self.folder} cannot be read ({type(err).__name__}: {err})") from err
+        except Exception as err:  # a damaged state is reported (see damaged()), never a traceback
+            raise StateError(_unreadable(self.state_file, err)) from err
         return payload["fingerprint"], state, frames
 
     def read_fingerprint(self) -> dict[str, Any]:
@@ -254,7 +264,22 @@ class StateStore:
             payload = torch.load(self.state_file, map_location="cpu", weights_only=True)
             return dict(payload["fingerprint"])
         except Exception as err:
-            raise StateError(f"{self.folder} cannot be read ({type(err).__name__}: {err})") from err
+            raise StateError(_unreadable(self.state_file, err)) from err
+
+    def damaged(self, reason: StateError, video_path: Path) -> StateError:
+        """The error for a state that cannot be resumed (``reason``): what is damaged, what is kept,
+        and the user's two ways on. Nothing is deleted."""
+        frames = sorted((self.folder / "frames").glob("*.png"))
+        kept = f"its {len(frames)} saved frame(s) are PNG files in {self.folder / 'frames'}"
+        partial = partial_video_path(video_path)
+        if partial.is_file():
+            kept += f", and {partial} plays the frames up to the last stop"
+        return StateError(
+            f"--resume: the saved state {self.state_file} is damaged ({reason}), so the run cannot "
+            f"continue from it. Nothing was deleted: {kept}. To start afresh, run the command with "
+            "--overwrite instead of --resume (this deletes them); to keep them, copy them elsewhere first "
+            "or use --experiment NAME for the new run."
+        )
 
     def remove(self) -> None:
         """Delete the folder (the video is complete)."""

@@ -64,6 +64,20 @@ class DDIMSchedule:
     def num_steps(self) -> int:
         return len(self.timestep_values)
 
+    def step(
+        self, x: Tensor, output: Tensor, index: int | Tensor, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One DDIM step per frame (``fifo.ddim.ddim_step``) → (x_prev, pred_x0); the FIFO core
+        calls every schedule this way (:class:`fifo.flow.FlowSchedule` is the flow's)."""
+        from fifo.ddim import ddim_step  # fifo.ddim imports this module
+
+        return ddim_step(x, output, self, index, noise)
+
+    def noised(self, z0: Tensor, eps: Tensor, index: int) -> Tensor:
+        """A clean latent brought to step index ``index``'s level: sqrt(ᾱ)·x₀ + sqrt(1 − ᾱ)·ε."""
+        a = float(self.alpha_values[index])
+        return a**0.5 * z0 + (1.0 - a) ** 0.5 * eps
+
     @classmethod
     def create(
         cls,

@@ -9,21 +9,28 @@ the same result.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Union
 
 import torch
 from torch import Tensor
 
-from fifo.ddim import ddim_step
 from fifo.geometry import FifoGeometry
 from fifo.guidance import GuidedDenoiser
 from fifo.noise import NoiseSource
 from fifo.schedule import DDIMSchedule
 
+if TYPE_CHECKING:
+    from fifo.flow import FlowSchedule
+
+Schedule = Union[DDIMSchedule, "FlowSchedule"]
+"""What the FIFO core asks of a schedule: ``step(x, output, index, noise)`` per frame,
+``noised(z0, eps, index)``, ``timesteps`` (steps,), ``eta``: DDIM or the flow's Euler steps."""
+
 
 def initial_queue(
     base_latents: Tensor,
     geometry: FifoGeometry,
-    schedule: DDIMSchedule,
+    schedule: Schedule,
     unilatent: bool,
     noise: NoiseSource,
 ) -> Tensor:
@@ -31,7 +38,6 @@ def initial_queue(
 
     One draw per slot, in slot order.
     """
-    alphas = schedule.alpha_values
     slots = []
     for s in range(geometry.queue_length):
         if s < geometry.lead:
@@ -40,14 +46,12 @@ def initial_queue(
             i = s - geometry.lead
             frame = geometry.base_frame_for_step(i, unilatent)
         z0 = base_latents[:, :, frame : frame + 1]
-        eps = noise.queue_slot(z0)
-        a = float(alphas[i])
-        slots.append(a**0.5 * z0 + (1.0 - a) ** 0.5 * eps)
+        slots.append(schedule.noised(z0, noise.queue_slot(z0), i))
     return torch.cat(slots, dim=2)
 
 
 def iteration_noise(
-    noise: NoiseSource, geometry: FifoGeometry, queue: Tensor, schedule: DDIMSchedule
+    noise: NoiseSource, geometry: FifoGeometry, queue: Tensor, schedule: Schedule
 ) -> Tensor | None:
     """The DDIM noise of one iteration's windows, (W, c, f, h, w), or None when eta is 0."""
     b, c, _, h, w = queue.shape
@@ -60,14 +64,14 @@ def denoise_windows(
     denoise: GuidedDenoiser,
     queue: Tensor,
     geometry: FifoGeometry,
-    schedule: DDIMSchedule,
+    schedule: Schedule,
     contexts: Tensor,
     uncond: Tensor | None,
     noise: Tensor | None = None,
     window_batch: int | None = None,
     indices: Sequence[int] | None = None,
 ) -> Tensor:
-    """One DDIM step of the windows ``indices`` of an iteration: the frames they write back.
+    """One step (DDIM or the flow's) of the windows ``indices`` of an iteration: the frames they write back.
 
     Args:
         denoise: the guided denoiser (one window per row).
@@ -105,7 +109,7 @@ def denoise_windows(
         n = inputs[sl].shape[0]
         unc = None if uncond is None else uncond.expand(n, -1, -1)
         eps = denoise(inputs[sl], t[sl], contexts[sl], unc)
-        x_prev, _ = ddim_step(inputs[sl], eps, schedule, index[sl], None if noise is None else noise[sl])
+        x_prev, _ = schedule.step(inputs[sl], eps, index[sl], None if noise is None else noise[sl])
         written.append(x_prev[:, :, keep:])
     return torch.cat(written)
 
@@ -128,7 +132,7 @@ def fifo_step(
     denoise: GuidedDenoiser,
     queue: Tensor,
     geometry: FifoGeometry,
-    schedule: DDIMSchedule,
+    schedule: Schedule,
     contexts: Tensor,
     uncond: Tensor | None,
     noise: Tensor | None = None,

@@ -13,6 +13,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from infra.cuda_runtime import cuda
+
 
 def total_ram_bytes() -> int:
     """Physical memory of the machine (``os.sysconf``), or 0 where it is not known."""
@@ -50,8 +52,8 @@ def peak_memory_reset(device: str | torch.device) -> bool:
     """
     device = torch.device(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        cuda().synchronize(device)
+        cuda().reset_peak_memory_stats(device)
         return True
     return _reset_rss_peak()
 
@@ -79,8 +81,8 @@ def peak_memory_bytes(device: str | torch.device) -> int:
     """
     device = torch.device(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device))
+        cuda().synchronize(device)
+        return cuda().max_memory_allocated(device)
     hwm = _vm_hwm_bytes()
     if hwm is not None:
         return hwm

@@ -33,6 +33,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import GifImagePlugin, Image, ImageSequence, UnidentifiedImageError
 
+from infra.errors import MissingInputError, SettingsError, UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -53,7 +55,7 @@ VIDEO_SUFFIXES = (".gif", ".mp4")
 _PARTIAL_MARK = ".partial-"
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(UserError, RuntimeError):
     """A video that cannot be read; the message names the file and the problem."""
 
 
@@ -198,19 +200,24 @@ def find_videos(
     Folders are searched (recursively by default) for ``.gif``/``.mp4``; hidden files and
     temporary files of an unfinished :class:`VideoWriter` are skipped, and so is ``origin.*`` (the
     short base clip the generator saves) unless ``include_origin``. Files named explicitly are
-    always kept.
+    always kept, if they are of a type this module reads.
 
     Raises:
-        FileNotFoundError: a path that does not exist.
+        MissingInputError: a path that does not exist.
+        SettingsError: a file named explicitly that is not a ``.gif`` or ``.mp4``.
     """
     found: list[Path] = []
     for entry in paths:
         entry = Path(entry)
         if entry.is_file():
+            if entry.suffix.lower() not in VIDEO_SUFFIXES:
+                raise SettingsError(
+                    f"{entry}: unsupported video type {entry.suffix!r}; give {' or '.join(VIDEO_SUFFIXES)} files"
+                )
             found.append(entry)
             continue
         if not entry.is_dir():
-            raise FileNotFoundError(f"no such file or folder: {entry}")
+            raise MissingInputError(f"no such file or folder: {entry}")
         candidates = entry.rglob("*") if recursive else entry.glob("*")
         for path in candidates:
             if not path.is_file() or path.suffix.lower() not in VIDEO_SUFFIXES:
@@ -303,7 +310,7 @@ class VideoWriter:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in VIDEO_SUFFIXES:
-            raise ValueError(
+            raise SettingsError(
                 f"cannot write {self.path}: unsupported video type {self.path.suffix!r}; use .gif or .mp4"
             )
         if not fps or fps <= 0:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
@@ -22,6 +23,7 @@ from lvdm.models.ddpm3d import LatentDiffusion
 from lvdm.modules.encoders.condition import register_openclip_configs
 from lvdm.modules.networks.openaimodel3d import Downsample
 from lvdm.utils import ConfigError, instantiate_from_config
+from lvdm.wan import is_wan_config
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,14 @@ def load_config(path: str | Path) -> dict:
         raise ConfigError(f"config not found: {path} (configs live in {REPO_ROOT / 'configs'})")
     try:
         cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except (OmegaConfBaseException, ValueError, OSError) as err:
+    except yaml.MarkedYAMLError as err:  # a syntax error: say where, in one line
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(
+            f"{where}: not valid YAML ({err.problem or err.context}); indent with spaces, not tabs, "
+            "and close every [ and {"
+        ) from None
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as err:
         raise ConfigError(f"{path} is not a readable YAML config: {err}") from err
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "target" not in cfg["model"]:
         raise ConfigError(
@@ -65,11 +74,15 @@ class ConfigFacts:
     vae_scale: int = 8  # pixels per latent cell
     unet_factor: int = 8  # the U-Net halves the latent this many times over (2**downsamples)
     family: ModelFamily = ModelFamily("VideoCrafter text-to-video")  # what differs between members
+    # U-Net levels (0 = full latent size) with spatial transformers; None: not known.
+    attention_levels: tuple[int, ...] | None = None
 
 
 def config_facts(cfg: dict) -> ConfigFacts:
     """Read the facts from a loaded config (see :func:`load_config`)."""
     params = cfg["model"].get("params") or {}
+    if is_wan_config(cfg):
+        return wan_config_facts(params)
     unet = (params.get("unet_config") or {}).get("params") or {}
     ddconfig = ((params.get("first_stage_config") or {}).get("params") or {}).get("ddconfig") or {}
     vae = 2 ** (len(ddconfig.get("ch_mult", [1, 2, 4, 4])) - 1)
@@ -84,11 +97,50 @@ def config_facts(cfg: dict) -> ConfigFacts:
         vae_scale=vae,
         unet_factor=unet_factor,
         family=family_from_params(params),
+        attention_levels=_attention_levels(unet),
+    )
+
+
+def _attention_levels(unet: dict) -> tuple[int, ...] | None:
+    """The levels whose downsampling factor ``2**level`` is one of ``attention_resolutions``."""
+    resolutions, mult = unet.get("attention_resolutions"), unet.get("channel_mult")
+    if resolutions is None or mult is None:
+        return None
+    return tuple(level for level in range(len(mult)) if 2**level in {int(r) for r in resolutions})
+
+
+def wan_config_facts(params: dict) -> ConfigFacts:
+    """The facts of a Wan2.1 config (:mod:`lvdm.wan`): sides a multiple of the autoencoder's 8
+    times the transformer's 2×2 patch; windows of ``temporal_length`` latent frames."""
+    from lvdm.wan.model import WAN_FAMILY
+
+    transformer = params.get("transformer") or {}
+    vae = 2 ** (len((params.get("vae") or {}).get("dim_mult", [1, 2, 4, 4])) - 1)
+    patch = int(list(transformer.get("patch_size", (1, 2, 2)))[1])
+    size = params.get("default_size", [480, 832])
+    return ConfigFacts(
+        has_image_embedder=False,
+        temporal_length=int(params.get("temporal_length", 20)),
+        default_size=(int(size[0]), int(size[1])),
+        size_multiple=vae * patch,
+        vae_scale=vae,
+        unet_factor=patch,
+        family=WAN_FAMILY,
     )
 
 
 def model_facts(model: LatentDiffusion) -> ConfigFacts:
     """The same facts, read from a built model."""
+    if getattr(model, "family", None) is not None and model.family.flow_matching:
+        return ConfigFacts(
+            has_image_embedder=False,
+            temporal_length=model.temporal_length,
+            default_size=model.default_size,
+            size_multiple=model.vae_scale * model.patch_size[1],
+            vae_scale=model.vae_scale,
+            unet_factor=model.patch_size[1],
+            family=model.family,
+        )
     unet = model.unet
     # The U-Net halves the latent at every Downsample and doubles it back: each latent side
     # must divide by 2**downsamples, or the skip connections do not line up.
@@ -123,6 +175,8 @@ def build_model(config_path: str | Path) -> LatentDiffusion:
     register_openclip_configs(REPO_ROOT / "configs" / "openclip")
     register_openclip_configs(config_path.parent)
     model = instantiate_from_config(cfg["model"])
+    if is_wan_config(cfg):
+        return model
     if not isinstance(model, LatentDiffusion):
         raise ConfigError(
             f"{config_path}: model target must be a LatentDiffusion, got {type(model).__name__}"
@@ -146,6 +200,8 @@ def load_model(
     ``dtype`` is given), to the dtype the model was built with for the rest, onto ``device``.
     Errors (config or checkpoint) are raised before anything is moved to the device.
     """
+    if is_wan_config(load_config(config_path)):
+        return _load_wan_model(config_path, ckpt_path, random_init, device, seed, dtype)
     if random_init:
         torch.manual_seed(seed)  # random_init weights are reproducible
         model = build_model(config_path)
@@ -174,6 +230,31 @@ def load_model(
         time.perf_counter() - start,
     )
     return model
+
+
+def _load_wan_model(
+    config_path: str | Path,
+    ckpt_path: str | Path | None,
+    random_init: bool,
+    device: str | torch.device,
+    seed: int,
+    dtype: torch.dtype | None,
+) -> torch.nn.Module:
+    """A Wan2.1 model (:mod:`lvdm.wan`): random weights from the config's sub-configs, or the
+    diffusers-format folder ``ckpt_path``."""
+    from lvdm.wan.model import load_wan
+
+    params = load_config(config_path)["model"].get("params") or {}
+    if random_init:
+        torch.manual_seed(seed)  # random_init weights are reproducible
+        model = build_model(config_path)
+        logger.warning("--random_init: running on random weights; outputs are noise-like by design")
+        if dtype is not None:
+            model.set_precision(dtype)
+        return model.eval().requires_grad_(False).to(device)
+    if ckpt_path is None:
+        raise CheckpointError("no --ckpt_path given (use --random_init only for tests and demos)")
+    return load_wan(ckpt_path, params, device, dtype)
 
 
 def check_checkpoint(

@@ -29,6 +29,7 @@ from typing import IO
 import torch
 from torch import Tensor, nn
 
+from infra.errors import UserError
 from infra.key_mismatch import KeyMismatch
 from lvdm.safe_pickle import PickledCodeError, restricted_pickle_module, safe_globals_for_torch
 
@@ -77,7 +78,7 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used; the message names the problem and the fix."""
 
 

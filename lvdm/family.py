@@ -28,6 +28,7 @@ class Prediction(str, Enum):
 
     EPS = "eps"  # the noise ε (VideoCrafter)
     V = "v"  # v = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·x₀ (DynamiCrafter)
+    FLOW = "flow"  # the flow's velocity ε − x₀ on x_σ = (1 − σ)·x₀ + σ·ε (Wan2.1, flow matching)
 
 
 class Conditioning(str, Enum):
@@ -78,6 +79,8 @@ class ModelFamily:
         use_scale: VideoCrafter's ``use_scale`` arithmetic in the base sampler.
         perframe_ae: the autoencoder runs one frame at a time (ours always does).
         timestep_spacing: the DDIM timesteps (trailing for zero-terminal-SNR models).
+        video_frames_per_latent: video frames of one latent frame after the first (4 for
+            Wan's causal autoencoder, whose first latent frame is one video frame; 1 here).
     """
 
     name: str
@@ -92,6 +95,12 @@ class ModelFamily:
     use_scale: bool = False
     perframe_ae: bool = False
     timestep_spacing: TimestepSpacing = TimestepSpacing.LINSPACE
+    video_frames_per_latent: int = 1
+
+    @property
+    def flow_matching(self) -> bool:
+        """Whether the model is sampled along a flow (``fifo.flow.FlowSchedule``), not by DDIM."""
+        return self.prediction is Prediction.FLOW
 
     @property
     def has_image_tokens(self) -> bool:

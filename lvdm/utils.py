@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from infra.errors import UserError
+
 KNOWN_TARGETS = (
     "lvdm.models.ddpm3d.LatentDiffusion",
     "lvdm.models.ddpm3d.LatentVisualDiffusion",
@@ -16,10 +18,11 @@ KNOWN_TARGETS = (
     "lvdm.modules.encoders.condition.FrozenOpenCLIPEmbedder",
     "lvdm.modules.encoders.condition.FrozenOpenCLIPImageEmbedderV2",
     "lvdm.modules.encoders.resampler.Resampler",
+    "lvdm.wan.model.WanModel",
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be built; the message names the entry and the fix."""
 
 

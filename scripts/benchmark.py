@@ -70,6 +70,7 @@ import torch  # noqa: E402
 
 from fifo.options import Precision  # noqa: E402
 from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
+from infra.cuda_runtime import cuda  # noqa: E402
 from lvdm.build import config_facts, load_config  # noqa: E402
 from lvdm.modules.attention_kernels import cpu_has_native_bf16  # noqa: E402
 from tools.bench.measure import PROBE_MARK, fresh_process_probe, probe  # noqa: E402, F401 -- tests use them
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="machine-readable results: to PATH, or to stdout (instead of the table) without PATH",
     )
     p.add_argument(
-        "--allow-cpu-full",
+        "--allow_cpu_full",
+        "--allow-cpu-full",  # the hyphenated spelling, accepted as an alias
         dest="allow_cpu_full",
         action="store_true",
         help="run --preset full on a CPU anyway (~6 GB of weights, minutes per U-Net call)",
@@ -231,9 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Fill in the device-dependent defaults and check the combinations; errors exit with 2."""
     if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.device = "cuda" if cuda().is_available() else "cpu"
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not cuda().is_available():
         parser.error("--device cuda: CUDA is not available here")
     if args.preset is None:
         args.preset = "full" if device.type == "cuda" else "medium"
@@ -242,7 +244,7 @@ def resolve_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
         parser.error(
             f"--preset {args.preset} is the real VideoCrafter2 U-Net (1.4B parameters) at 320x512: "
             "meant for a GPU. On a CPU one iteration takes many minutes; use --preset medium, or "
-            "pass --allow-cpu-full to run it anyway."
+            "pass --allow_cpu_full to run it anyway."
         )
     dtype_given = args.dtype is not None
     if args.dtype is None:

@@ -2,7 +2,8 @@
 
     python scripts/check_reference.py tests/fixtures/reference/tiny_t2v
 
-Exits 1 if any case's error exceeds 1e-4 (see tools/reference/__init__.py for how errors are scaled).
+Exits 1 if any case's error exceeds 1e-4 (see tools/reference/__init__.py for how errors are scaled),
+2 for a folder that is not a fixture (or whose config or weights do not load).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from infra.errors import UserError  # noqa: E402
 from tools.reference import TOLERANCE, ReferenceSuite  # noqa: E402
 
 
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         suite = ReferenceSuite(args.fixture_dir)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except UserError as err:  # a folder that is not a fixture, a config or weights that do not load
         print(f"error: {err}", file=sys.stderr)
         return 2
     failed = 0

@@ -1,11 +1,12 @@
 """Put videos side by side: a labelled grid video and/or a PNG contact sheet.
 
-    python scripts/compare.py a/t2v.gif a/t2v_TTqcache_attn1_w0.9.gif --out compare.mp4
+    python scripts/compare.py a/t2v.gif a/t2v_TTqcache_attn1_w0.9.gif
     python scripts/compare.py --prompt_dir results/videocraft_v2_fifo/random_noise/<prompt> \\
         --out compare.gif --sheet sheet.png --every 8
 
-Tip: write the outputs outside the results tree (the default is the current folder); a
-compare.gif inside a prompt folder would be scored as an experiment by scripts/evaluate.py.
+Paths are relative to the current folder. Without --out and --sheet the grid goes to
+results/compare/compare.mp4; keep outputs out of the prompt folders (a compare.gif inside one
+would be scored as an experiment by scripts/evaluate.py). Exit code 2: a usage error.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
-from infra.video_io import VIDEO_SUFFIXES, VideoReadError, find_videos, probe_video, read_video  # noqa: E402
+from infra.errors import MissingInputError, SettingsError, UserError  # noqa: E402
+from infra.video_io import VIDEO_SUFFIXES, find_videos, probe_video, read_video  # noqa: E402
 from tools.comparison import default_labels, make_contact_sheet, save_contact_sheet, write_grid  # noqa: E402
 
-DEFAULT_OUT = "compare.mp4"
+# Outputs go under results/ unless told otherwise, beside (not inside) the generated videos' tree:
+# a compare video in a prompt folder would be scored as an experiment by scripts/evaluate.py.
+DEFAULT_OUT = str(Path("results") / "compare" / "compare.mp4")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,15 +103,15 @@ def collect(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
     if args.prompt_dir:
         folder = Path(args.prompt_dir)
         if not folder.is_dir():
-            raise FileNotFoundError(f"--prompt_dir {folder} is not a folder")
+            raise MissingInputError(f"--prompt_dir {folder} is not a folder")
         found = find_videos([folder], include_origin=args.include_origin, recursive=False)
         if not found:
             hint = "" if args.include_origin else " (origin.* is skipped unless --include_origin)"
-            raise FileNotFoundError(f"no .gif or .mp4 videos in {folder}{hint}")
+            raise MissingInputError(f"no .gif or .mp4 videos in {folder}{hint}")
         paths += found
     labels = args.labels or default_labels(paths)
     if len(labels) != len(paths):
-        raise ValueError(
+        raise SettingsError(
             f"got {len(labels)} labels for {len(paths)} videos; give one --labels entry per video"
         )
     return paths, labels
@@ -130,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                 videos, labels, args.every, args.thumb_height, label_position=args.sheet_labels, pad=args.pad
             )
             written.append(save_contact_sheet(args.sheet, sheet))
-    except (FileNotFoundError, VideoReadError, ValueError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     for path in written:
         print(path)
     return 0

@@ -4,7 +4,7 @@
     python scripts/download_checkpoints.py --which t2v     # VideoCrafter2 text-to-video only
     python scripts/download_checkpoints.py --which dynamicrafter_512   # one of the models below
     python scripts/download_checkpoints.py --which all     # every model below
-    python scripts/download_checkpoints.py --verify-only   # check what is already there
+    python scripts/download_checkpoints.py --verify_only   # check what is already there
 
 Files land where the configs expect them:
 
@@ -15,6 +15,12 @@ Files land where the configs expect them:
     videocrafter_models/dynamicrafter_256_v1/model.ckpt    DynamiCrafter 256x256
     videocrafter_models/dynamicrafter_512_v1/model.ckpt    DynamiCrafter 320x512
     videocrafter_models/dynamicrafter_1024_v1/model.ckpt   DynamiCrafter 576x1024
+    videocrafter_models/wan2.1_t2v_1.3b/    Wan2.1 text-to-video 1.3B, a diffusers-format folder
+    videocrafter_models/wan2.1_t2v_14b/     Wan2.1 text-to-video 14B, a diffusers-format folder
+
+A diffusers-format folder (--ckpt_path of configs/wan2.1_t2v_*.yaml) is every file of the Hub
+repository's model_index.json, transformer/, vae/, text_encoder/, tokenizer/ and scheduler/, each
+fetched and verified as a checkpoint is.
 
 Downloads resume: huggingface_hub keeps the partial file in <folder>/.cache/huggingface/download/
 and continues it on the next run. A file is accepted only when its size and sha256 match the
@@ -63,10 +69,18 @@ class Checkpoint:
     repo_id: str
     filename: str
     folder: str  # under --root
+    # A diffusers-format folder: these sub-folders of the repository (and ``filename``, its
+    # model_index.json), listed on the Hub when downloading. Empty: the one file ``filename``.
+    parts: tuple[str, ...] = ()
 
     @property
     def page_url(self) -> str:
+        if self.parts:
+            return f"https://huggingface.co/{self.repo_id}/tree/main"
         return f"https://huggingface.co/{self.repo_id}/blob/main/{self.filename}"
+
+
+DIFFUSERS_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 CHECKPOINTS = {
@@ -94,11 +108,26 @@ CHECKPOINTS = {
         "model.ckpt",
         "dynamicrafter_1024_v1",
     ),
+    "wan2.1_t2v_1.3b": Checkpoint(
+        "Wan2.1 text-to-video 1.3B (diffusers)",
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        "model_index.json",
+        "wan2.1_t2v_1.3b",
+        DIFFUSERS_PARTS,
+    ),
+    "wan2.1_t2v_14b": Checkpoint(
+        "Wan2.1 text-to-video 14B (diffusers)",
+        "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+        "model_index.json",
+        "wan2.1_t2v_14b",
+        DIFFUSERS_PARTS,
+    ),
 }
 # Groups of --which: the default keeps what the script always fetched (the two VideoCrafter models).
 GROUPS = {
     "videocrafter": ("t2v", "i2v"),
     "dynamicrafter": ("dynamicrafter_256", "dynamicrafter_512", "dynamicrafter_1024"),
+    "wan": ("wan2.1_t2v_1.3b", "wan2.1_t2v_14b"),
     "all": tuple(CHECKPOINTS),
 }
 CHOICES = (*CHECKPOINTS, *GROUPS)
@@ -136,8 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="videocrafter",
         help=(
             "t2v = VideoCrafter2 text-to-video, i2v = VideoCrafter1 image-to-video, t2v_v1_512/t2v_v1_1024 = "
-            "VideoCrafter1 text-to-video, dynamicrafter_256/512/1024 = DynamiCrafter image-to-video; "
-            "videocrafter = t2v + i2v, dynamicrafter = the three DynamiCrafter models, all = every one"
+            "VideoCrafter1 text-to-video, dynamicrafter_256/512/1024 = DynamiCrafter image-to-video, "
+            "wan2.1_t2v_1.3b/14b = Wan2.1 text-to-video (diffusers folders); videocrafter = t2v + i2v, "
+            "dynamicrafter = the three DynamiCrafter models, wan = both Wan models, all = every one"
         ),
     )
     parser.add_argument(
@@ -151,7 +181,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--force", action="store_true", help="download again even if a verified file is present"
     )
     group.add_argument(
-        "--verify-only",
+        "--verify_only",
+        "--verify-only",  # the hyphenated spelling, accepted as an alias
         dest="verify_only",
         action="store_true",
         help="download nothing; check the files that are there (exit status 1 if any is missing or wrong)",
@@ -165,15 +196,48 @@ def selected(which: str) -> list[Checkpoint]:
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, Path]]:
-    """``(repo_id, filename, destination)`` for every checkpoint selected by ``args``."""
+    """``(repo_id, filename, destination)`` for every checkpoint selected by ``args`` (a
+    diffusers folder by its model_index.json; :func:`folder_files` lists the rest)."""
     return [(c.repo_id, c.filename, Path(args.root) / c.folder / c.filename) for c in selected(args.which)]
 
 
-def manual_instructions(root: Path = Path("videocrafter_models")) -> str:
-    """Where to get the files by hand and where to put them."""
+def folder_files(checkpoint: Checkpoint, revision: str | None) -> list[str]:
+    """The files of a diffusers folder on the Hub: its model_index.json and every file of its parts.
+
+    Raises:
+        NetworkError: the Hub cannot be reached.
+        RuntimeError: any other Hub error.
+    """
+    from huggingface_hub import HfApi
+
+    try:
+        names = HfApi().list_repo_files(checkpoint.repo_id, revision=revision)
+    except (HfHubHTTPError, OSError, ConnectionError, TimeoutError) as err:
+        raise _hub_error(err, checkpoint.repo_id, checkpoint.filename) from err
+    except Exception as err:  # httpx2 transport errors are not OSErrors
+        if _is_network_error(err):
+            raise _hub_error(err, checkpoint.repo_id, checkpoint.filename) from err
+        raise
+    keep = [n for n in names if n.split("/", 1)[0] in checkpoint.parts and "/" in n]
+    return [checkpoint.filename, *sorted(keep)]
+
+
+def files_to_fetch(args: argparse.Namespace) -> list[tuple[str, str, Path]]:
+    """:func:`plan` with each diffusers folder's files listed (asks the Hub for those)."""
+    out = []
+    for c in selected(args.which):
+        names = folder_files(c, args.revision) if c.parts else [c.filename]
+        out += [(c.repo_id, name, Path(args.root) / c.folder / name) for name in names]
+    return out
+
+
+def manual_instructions(root: Path = Path("videocrafter_models"), which: str = "all") -> str:
+    """Where to get the files of ``--which`` by hand and where to put them."""
     lines = ["Download them by hand from the Hub and place them like this:"]
-    for c in CHECKPOINTS.values():
-        lines.append(f"  {c.name}: {c.page_url}\n    -> {root / c.folder / c.filename}")
+    for c in selected(which):
+        where = root / c.folder / ("" if c.parts else c.filename)
+        what = f" (model_index.json and {', '.join(c.parts)}/)" if c.parts else ""
+        lines.append(f"  {c.name}: {c.page_url}{what}\n    -> {where}")
     return "\n".join(lines)
 
 
@@ -333,7 +397,7 @@ def process(
             logger.warning("%s", err)
             return True, f"present, NOT verified (Hub unreachable): {destination}"
         raise
-    if not args.verify_only:  # --verify-only writes nothing
+    if not args.verify_only:  # --verify_only writes nothing
         record_remote_file(destination, repo_id, filename, args.revision, expected)
     if exists and not args.force:
         verify_file(destination, expected, progress)
@@ -351,7 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("huggingface_hub").propagate = False
     results = []
     offline = False
-    for repo_id, filename, destination in plan(args):
+    try:
+        files = files_to_fetch(args)
+    except (NetworkError, RuntimeError) as err:
+        print(f"FAILED: {err}")
+        files, results, offline = [], [False], isinstance(err, NetworkError)
+    for repo_id, filename, destination in files:
         try:
             ok, message = process(repo_id, filename, destination, args)
         except VerificationError as err:
@@ -363,7 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(ok)
         print(message)
     if offline:
-        print("\nNo connection to https://huggingface.co. " + manual_instructions(args.root), file=sys.stderr)
+        print(
+            "\nNo connection to https://huggingface.co. " + manual_instructions(args.root, args.which),
+            file=sys.stderr,
+        )
     return 0 if all(results) else 1
 
 

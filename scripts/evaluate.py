@@ -9,8 +9,11 @@ Writes metrics.csv, metrics.json (per video), summary.csv (mean per experiment) 
 consistency.png (per-frame curves); see tools/vbench/ and tools/evaluation.py for the metrics.
 Prints the per-video table, then the per-experiment means.
 
-Exit status: 0 done, 1 no videos or an unreadable video or checkpoint, 2 bad arguments or a
-feature-model weights file missing (the message says which file to put where).
+Paths are relative to the current folder; the outputs go to the first input folder (or, for
+video files, results/evaluation/) unless --out says otherwise.
+Exit status: 0 done, 2 a usage error: bad arguments, no videos, an unreadable video or checkpoint,
+or a feature-model weights file missing (the message says which file to put where). Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
-from infra.video_io import VideoReadError  # noqa: E402
-from lvdm.checkpoint import CheckpointError  # noqa: E402
+from infra.errors import UserError  # noqa: E402
 from tools.evaluation import format_table, run_evaluation  # noqa: E402
 from tools.extras import eval_extra_problem  # noqa: E402
 from tools.vbench import DIMENSIONS, FeatureWeightsError  # noqa: E402
@@ -58,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         default=None,
-        help="output folder; when not given, the first RESULT_DIR or the current folder",
+        help="output folder (default: the first RESULT_DIR, or results/evaluation for video files)",
     )
     parser.add_argument(
         "--dimensions",
@@ -112,9 +114,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--long",
         action="store_true",
-        help="VBench-Long's protocol: split each video at scene cuts, then into 2-second clips, score every "
-        "clip, average the clips (subject/background consistency: 0.7/0.3 and 0.8/0.2 with the clip-to-clip "
-        "score of the clips' first frames); also writes clip_scores.csv and clip_scores.png",
+        help="VBench-Long's protocol, with its defaults: cut each video into 2-second clips (int(fps) * 2 "
+        "frames), write each clip as H.264 and read it back (CRF 23), score every clip as VBench scores a "
+        "video and average the clips; subject/background consistency are the in-clip scores (the "
+        "clip-to-clip score is written to metrics.json, not mixed in); also writes clip_scores.csv and "
+        "clip_scores.png. See docs/evaluation.md",
+    )
+    parser.add_argument(
+        "--long_scene_split",
+        action="store_true",
+        help="with --long: first split each video at scene cuts (PySceneDetect's ContentDetector, "
+        "threshold 35: VBench-Long's --use_semantic_splitting) and score each scene as its own video",
+    )
+    parser.add_argument(
+        "--long_decoded_clips",
+        action="store_true",
+        help="with --long: score the decoded frames of each clip directly, without VBench-Long's H.264 "
+        "round trip (lossless, but the numbers then differ from VBench-Long's)",
     )
     parser.add_argument(
         "--amt_weights",
@@ -183,6 +199,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "amt_weights",
         "raft_weights",
     )
+    long_only = [flag for flag in ("long_scene_split", "long_decoded_clips") if getattr(args, flag)]
+    if long_only and not args.long:
+        parser.error(f"--{long_only[0]} is an option of --long: add --long, or drop it")
     given = [f"--{name}" for name in weight_flags if getattr(args, name)]
     if args.random_feature_models and given:
         parser.error(f"--random_feature_models builds models without weights: drop {'/'.join(given)}")
@@ -215,17 +234,18 @@ def main(argv: list[str] | None = None) -> int:
             aesthetic_weights=args.aesthetic_weights,
             clip_l14_weights=args.clip_l14_weights,
             musiq_weights=args.musiq_weights,
-            long_protocol=LongProtocol() if args.long else None,
+            long_protocol=(
+                LongProtocol(scene_split=args.long_scene_split, reencode=not args.long_decoded_clips)
+                if args.long
+                else None
+            ),
             amt_weights=args.amt_weights,
             raft_weights=args.raft_weights,
             static_filter=args.static_filter,
         )
-    except FeatureWeightsError as err:
+    except (UserError, FeatureWeightsError) as err:  # the user's inputs: exit 2, as every command line
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, VideoReadError, CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     print(format_table(rows))
     print()
     for name, path in outputs.items():

@@ -265,7 +265,7 @@ def test_story_prompt_file(tmp_path: Path, work: Path) -> None:
     )  # fmt: skip
     assert rc == 0
     folder = out / safe_name("a cat sleeps")
-    name = "t2v_f2_n1_l50"  # -l does not apply to a story, but it is in the name as given
+    name = "t2v_f2_n1"  # -l does not apply to a story, so it is not in the name
     assert read_video(folder / f"{name}.gif").shape == (6, SIZE, SIZE, 3)  # sum of the scene lengths
     assert len(list((folder / name / "fifo").glob("*.png"))) == 6
 

@@ -112,4 +112,4 @@ def test_script_prompt_dir(tmp_path: Path) -> None:
     assert Image.open(sheet).size[1] == 2 * 128 + 2  # two rows of 128-pixel thumbnails
     assert script.main(["--prompt_dir", str(prompt), "--include_origin", "--out", str(out), "--quiet"]) == 0
     assert read_video(out).shape[0] == 4  # origin is the shortest
-    assert script.main(["--prompt_dir", str(prompt), "--labels", "x", "--out", str(out), "--quiet"]) == 1
+    assert script.main(["--prompt_dir", str(prompt), "--labels", "x", "--out", str(out), "--quiet"]) == 2

@@ -73,10 +73,45 @@ def test_plan(dl: ModuleType) -> None:
         "Doubiiu/DynamiCrafter_512",
         "Doubiiu/DynamiCrafter_1024",
     ]
-    assert len(dl.plan(dl.parse_args(["--which", "all"]))) == len(dl.CHECKPOINTS) == 7
+    assert len(dl.plan(dl.parse_args(["--which", "all"]))) == len(dl.CHECKPOINTS) == 9
     assert dl.plan(dl.parse_args(["--which", "t2v", "--root", "/data/m"]))[0][2] == Path(
         "/data/m/base_512_v2/model.ckpt"
     )
+
+
+def test_wan_folders_are_listed_on_the_hub(dl: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A diffusers folder is its model_index.json and the files of its parts, each fetched and
+    verified like a checkpoint, under the folder the Wan configs' --ckpt_path names."""
+    import huggingface_hub
+
+    listed = ["README.md", "model_index.json", "assets/x.png", "vae/config.json", "transformer/a.safetensors"]
+    listed += [
+        "text_encoder/model-00001-of-00005.safetensors",
+        "tokenizer/tokenizer.json",
+        "scheduler/x.json",
+    ]
+
+    class Api:
+        def list_repo_files(self, repo_id: str, revision: str | None = None) -> list[str]:
+            assert repo_id == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+            return listed
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    files = dl.files_to_fetch(dl.parse_args(["--which", "wan2.1_t2v_1.3b", "--root", "/m"]))
+    assert [f[1] for f in files] == [
+        "model_index.json",
+        "scheduler/x.json",
+        "text_encoder/model-00001-of-00005.safetensors",
+        "tokenizer/tokenizer.json",
+        "transformer/a.safetensors",
+        "vae/config.json",
+    ]
+    assert files[4][2] == Path("/m/wan2.1_t2v_1.3b/transformer/a.safetensors")
+    assert "Wan-AI/Wan2.1-T2V-14B-Diffusers" in dl.manual_instructions()
+    assert [c.repo_id for c in dl.selected("wan")] == [
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    ]
 
 
 def test_verify_file(dl: ModuleType, tmp_path: Path) -> None:

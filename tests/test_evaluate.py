@@ -14,7 +14,14 @@ from safetensors.torch import load_file, save_file
 from infra.video_io import write_video
 from lvdm.checkpoint import CheckpointError
 from tests.conftest import load_script
-from tools.evaluation import load_clip_embedder, pixel_metrics, run_evaluation, video_key
+from tools.evaluation import (
+    VideoMetrics,
+    load_clip_embedder,
+    pixel_metrics,
+    run_evaluation,
+    summarize,
+    video_key,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"
@@ -192,4 +199,36 @@ def test_script_prints_table(results: Path, tmp_path: Path, capsys: pytest.Captu
     printed = capsys.readouterr().out
     assert "steady" in printed and "shuffled" in printed and "metrics.csv" in printed
     assert "temporal_flickering" in printed and "mean per experiment" in printed
-    assert script.main([str(tmp_path / "nothing_here"), "--quiet"]) == 1
+    assert script.main([str(tmp_path / "nothing_here"), "--quiet"]) == 2
+
+
+def _row(frames: int, value: float, clips: list[dict[str, object]] | None = None) -> VideoMetrics:
+    return VideoMetrics(
+        prompt="p",
+        experiment="e",
+        path=f"{frames}.mp4",
+        frames=frames,
+        flicker=0.0,
+        drift_mean=0.0,
+        drift_final=0.0,
+        subject_consistency=value,
+        background_consistency=value,
+        temporal_flickering=value,
+        clips=clips,
+    )
+
+
+def test_experiment_values_aggregate_as_vbench_does() -> None:
+    # A 3-frame video at 90 (2 pairs) and an 11-frame one at 60 (10 pairs). VBench pools the frame
+    # pairs of subject and background consistency: (2 * 90 + 10 * 60) / 12 = 65; temporal flickering
+    # is the plain mean over videos, 75.
+    (entry,) = summarize([_row(3, 90.0), _row(11, 60.0)]).values()
+    assert entry["subject_consistency"] == pytest.approx(65.0)
+    assert entry["background_consistency"] == pytest.approx(65.0)
+    assert entry["temporal_flickering"] == pytest.approx(75.0)
+    # Under --long every video is a mean over its clips, and VBench-Long averages the videos.
+    (entry,) = summarize([_row(3, 90.0, clips=[]), _row(11, 60.0, clips=[])]).values()
+    assert entry["subject_consistency"] == pytest.approx(75.0)
+    # A single-frame video (NaN) has no pair and does not count.
+    (entry,) = summarize([_row(1, float("nan")), _row(11, 60.0)]).values()
+    assert entry["subject_consistency"] == pytest.approx(60.0)

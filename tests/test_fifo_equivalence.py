@@ -405,7 +405,7 @@ def test_benchmark_refuses_full_on_cpu(bench_script, capsys) -> None:
     with pytest.raises(SystemExit) as err:
         _resolve(bench_script, ["--preset", "full", "--device", "cpu"])
     assert err.value.code == 2
-    assert "--allow-cpu-full" in capsys.readouterr().err
+    assert "--allow_cpu_full" in capsys.readouterr().err
     args = _resolve(bench_script, ["--preset", "full", "--device", "cpu", "--allow-cpu-full"])
     assert (args.height, args.width, args.video_length) == (320, 512, 16)
 

@@ -87,5 +87,5 @@ def test_readme_commands_install_what_they_run(command: str) -> None:
     line = next(
         line for line in readme.splitlines() if line.startswith("python3 -m venv") and command in line
     )
-    target = '".[eval,dev]"' if "pytest" in command else "."
+    target = '".[eval,wan,dev]"' if "pytest" in command else "."
     assert f"pip install -c constraints.txt -e {target} && {command}" in line

@@ -24,6 +24,7 @@ from fifo.options import GenerationSettings, parse_mode
 from fifo.parallel import LaunchEnv, RankGroup, split_windows
 from fifo.prompts import PromptJob, Scene
 from fifo.run import StepHook
+from infra.cuda_runtime import emulated
 from lvdm.build import load_model
 from tests.conftest import REPO, torchrun, write_png
 
@@ -218,9 +219,6 @@ def test_window_group_backend_follows_the_device(monkeypatch) -> None:
 
 
 def test_run_sets_this_rank_s_gpu_before_anything_else(monkeypatch) -> None:
-    calls = []
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(device))
-
     class Stop(Exception):
         pass
 
@@ -236,6 +234,6 @@ def test_run_sets_this_rank_s_gpu_before_anything_else(monkeypatch) -> None:
         random_init=True, device="cuda:1", attention="sdpa", layout=None, overwrite=False, rank=1,
         world=2, torchrun=True, parallel="windows",
     )  # fmt: skip
-    with pytest.raises(Stop):
+    with emulated("a100-80gb", count=2) as gpu, pytest.raises(Stop):
         cli.run._run(request, cli.run.StopRequest())
-    assert calls == [torch.device("cuda", 1)]
+    assert [(c.name, c.device) for c in gpu.calls] == [("set_device", 1), ("set_cudnn_benchmark", None)]

@@ -11,6 +11,8 @@ command line, its JSON line and its errors.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -23,8 +25,10 @@ import videocrafter_main
 from fifo.generator import FifoGenerator
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
+from fifo.perf import CUDA_FREE_FRACTION, CUDA_RESERVE_BYTES, usable_cuda_bytes
 from fifo.plan import RunPlan, fake_tensors, plan_run, run_stages
 from fifo.prompts import PromptJob
+from infra.cuda_runtime import CONTEXT_BYTES, GPUS, emulated
 from infra.memory import current_rss_bytes
 from lvdm.build import build_model, load_model
 from tests.conftest import REPO, write_png
@@ -159,6 +163,8 @@ def test_full_size_dry_run_on_fake_cuda(
     )
     assert p.weights_bytes < p.peak_memory_bytes < 80 * GIB
     assert p.tflop_per_frame > 10 * windows  # ~12 TFLOP per window and branch at fp16 (~25 per window)
+    # No budget (no GPU here, no --max_memory): nothing was checked, and the plan says so.
+    assert p.fits is None and p.json()["fits"] is None and "not checked" in p.lines()[2]
 
 
 def test_memory_lower_in_fp16_and_growing_with_the_window_batch(fake_models) -> None:
@@ -271,7 +277,7 @@ def _dry_run(*args: str) -> subprocess.CompletedProcess:
 def test_dry_run_command_prints_the_plan_and_its_json(tmp_path) -> None:
     proc = _dry_run(
         "--config", str(T2V_FULL), "--dtype", "fp16", "-p", "prompts/demo.txt", "--mode", "t2v_TTqcache_attn1_unilatent",
-        "--output_dir", str(tmp_path / "out"),
+        "--output_dir", str(tmp_path / "out"), "--plan_for", "a100-80gb",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -285,6 +291,7 @@ def test_dry_run_command_prints_the_plan_and_its_json(tmp_path) -> None:
         "tflop_per_frame",
     } <= set(plan)
     assert plan["device"] == "cuda" and plan["dtype"] == "fp16" and plan["unet_calls_per_frame"] == 1
+    assert plan["fits"] is True and plan["window_batch"] == plan["windows"]  # an 80 GB card takes all
     assert "plan: peak device memory" in proc.stderr
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
@@ -296,14 +303,16 @@ def test_dry_run_that_does_not_fit(tmp_path, capsys) -> None:
     )  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2
-    assert "error: the run needs" in err and "2.00 GiB are available" in err and "weights alone" in err
+    assert "error: the run needs" in err and "of the 2.00 GiB free" in err and "weights alone" in err
 
 
 def test_dry_run_that_fits_with_fewer_windows_says_which(fake_models) -> None:
     job = PromptJob("a red panda", line=1)
     full = plan(fake_models, T2V_FULL, "t2v", job, dtype="fp16", num_partitions=2)
-    tight = replace(full, budget_bytes=full.peak_memory_bytes - full.per_window_bytes)
-    assert not tight.fits
+    # A budget whose usable part (what a real run's automatic window batch fills) is one window short.
+    short = full.peak_memory_bytes - full.weights_bytes - full.per_window_bytes + CUDA_RESERVE_BYTES
+    tight = replace(full, budget_bytes=full.weights_bytes + math.ceil(short / CUDA_FREE_FRACTION) + 64)
+    assert tight.fits is False
     advice = cli.dry_run.memory_advice(tight, GenerationSettings(dtype="fp16", num_partitions=2))
     assert f"--window_batch {full.window_batch - 1}" in advice
 
@@ -339,3 +348,53 @@ def test_dry_run_bad_input_is_the_real_runs_error_before_anything_is_built(
          "--mode", "t2v_seed", "--output_dir", str(tmp_path / "o")]
     )  # fmt: skip
     assert rc == 2 and "image-to-video model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --plan_for GPU
+T2V_1024 = REPO / "configs" / "inference_t2v_1024_v1.0.yaml"
+
+
+def test_plan_for_a_4090_keeps_the_headroom_of_a_real_run(tmp_path, capsys, caplog) -> None:
+    """VideoCrafter1 t2v at 576x1024 in fp16: 4 windows per call take 22.9 of the card's 24 GiB,
+    which a real run's automatic batch (15 % of the free memory and 512 MiB kept) would never
+    choose; the plan picks what the real run would, and says that it fits."""
+    with caplog.at_level(logging.INFO, logger="videocrafter_main"):
+        rc = videocrafter_main.main(
+            ["--config", str(T2V_1024), "--random_init", "--dry_run", "--plan_for", "RTX4090", "-p",
+             str(REPO / "prompts" / "demo.txt"), "--output_dir", str(tmp_path / "out")]
+        )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err[-2000:]
+    plan = json.loads(out.strip().splitlines()[-1])
+    free = GPUS["rtx4090"].total_memory - CONTEXT_BYTES
+    assert plan["device"] == "cuda" and plan["dtype"] == "fp16" and plan["budget_bytes"] == free
+    usable = usable_cuda_bytes(free - plan["weights_bytes"])
+    activations = plan["peak_memory_bytes"] - plan["weights_bytes"]
+    assert plan["usable_bytes"] == usable and activations <= usable and plan["fits"] is True
+    assert activations + plan["per_window_bytes"] > usable  # one window more would not fit
+    assert plan["window_batch"] == 3 and plan["windows"] == 8
+    assert "for NVIDIA GeForce RTX 4090 (24 GiB, sm_89)" in caplog.text and "GiB free: fits" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("gpu", ["t4", "v100"])
+def test_bf16_below_sm80_is_refused_before_anything_loads(gpu, tmp_path, capsys, no_model) -> None:
+    args = ["--config", str(REPO / "configs" / "tiny_t2v.yaml"), "--random_init", "--dtype", "bf16",
+            "-p", str(REPO / "prompts" / "demo.txt"), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert videocrafter_main.main([*args, "--dry_run", "--plan_for", gpu]) == 2
+    err = capsys.readouterr().err
+    assert f"--dtype bf16 on {GPUS[gpu].name}" in err and "below sm_80" in err and "--dtype fp16" in err
+    with emulated(gpu):  # a real run on that GPU: refused the same way
+        assert videocrafter_main.main(args) == 2
+    assert "below sm_80" in capsys.readouterr().err
+    with emulated("a100-40gb"), pytest.raises(AssertionError, match="a model was loaded"):
+        videocrafter_main.main(args)  # from sm_80 on bf16 runs (here: up to the model load)
+
+
+def test_plan_for_needs_a_dry_run_on_a_gpu(tmp_path, capsys, no_model) -> None:
+    args = ["--config", str(REPO / "configs" / "tiny_t2v.yaml"), "--random_init",
+            "-p", str(REPO / "prompts" / "demo.txt"), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert videocrafter_main.main([*args, "--plan_for", "l4"]) == 2
+    assert "--plan_for l4 plans a dry run: add --dry_run" in capsys.readouterr().err
+    assert videocrafter_main.main([*args, "--plan_for", "l4", "--dry_run", "--device", "cpu"]) == 2
+    assert "drop --device cpu" in capsys.readouterr().err

@@ -141,9 +141,7 @@ def test_killed_before_the_first_state_starts_again(tmp_path, caplog) -> None:
     assert outputs(out) == outputs(tmp_path / "whole")
 
 
-def test_damaged_state_is_reported_and_ignored(tmp_path, monkeypatch, caplog) -> None:
-    import logging
-
+def test_damaged_state_is_refused_and_nothing_is_deleted(tmp_path, monkeypatch, capsys) -> None:
     prompts = prompt_file(tmp_path, "a red fox in the snow\n")
     args = ["--config", T2V, "-p", str(prompts), *SMALL, "--save_state_every", "1"]
     assert videocrafter_main.main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
@@ -153,9 +151,22 @@ def test_damaged_state_is_reported_and_ignored(tmp_path, monkeypatch, caplog) ->
         videocrafter_main.main([*args, "--output_dir", str(out)])
     (state,) = out.rglob("state.pt")
     state.write_bytes(state.read_bytes()[:100])  # truncated
-    caplog.set_level(logging.WARNING)
-    assert videocrafter_main.main([*args, "--output_dir", str(out), "--resume"]) == 0
-    assert any("ignoring a damaged state" in r.getMessage() for r in caplog.records)
+    before = outputs(out)
+    capsys.readouterr()
+    assert videocrafter_main.main([*args, "--output_dir", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: the saved state "), err
+    for words in ("state.pt is truncated or corrupt", "Nothing was deleted", "saved frame(s) are PNG files",
+                  ".partial.gif plays the frames", "--overwrite instead of --resume"):  # fmt: skip
+        assert words in err, err
+    assert "Traceback" not in err and "Errno" not in err.split("(", 1)[0]
+    assert outputs(out) == before  # the saved frames and the partial video are kept
+    # Without --resume the saved run is named, not thrown away; --overwrite starts afresh.
+    assert videocrafter_main.main([*args, "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "an interrupted run of this command is saved in" in err and "Add --resume" in err, err
+    assert outputs(out) == before
+    assert videocrafter_main.main([*args, "--output_dir", str(out), "--overwrite"]) == 0
     assert outputs(out) == outputs(tmp_path / "whole")
 
 

@@ -128,19 +128,20 @@ def test_temporal_flickering_formula() -> None:
 
 def _vbench_reference(frames: np.ndarray, kind: str) -> torch.Tensor:
     """VBench's transform chain, spelled out with torchvision's transforms (vbench/utils.py):
-    frames as a float tensor (t, c, h, w) in [0, 255], Resize(224) (+ CenterCrop for CLIP), /255, Normalize."""
+    frames as a float tensor (t, c, h, w) in [0, 255], Resize(224, antialias=False) (+ CenterCrop for
+    CLIP), /255, Normalize. tests/test_vbench_preprocessing.py compares more frames."""
     from torchvision import transforms as T
 
     pixels = torch.tensor(frames, dtype=torch.float32).permute(0, 3, 1, 2)
     if kind == "dino":
         chain = [
-            T.Resize(224),
+            T.Resize(224, antialias=False),
             T.Lambda(lambda x: x / 255.0),
             T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
         ]
     else:
         chain = [
-            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC),
+            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC, antialias=False),
             T.CenterCrop(224),
             T.Lambda(lambda x: x / 255.0),
             T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from infra.errors import SettingsError
 from infra.video_io import VideoWriter
 
 logger = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ def iter_grid_frames(
 ) -> Iterator[np.ndarray]:
     """Yield the grid frames one at a time (``(H, W, 3)`` uint8); see :func:`make_grid`."""
     if len(labels) != len(videos):
-        raise ValueError(f"got {len(labels)} labels for {len(videos)} videos; give one label per video")
+        raise SettingsError(f"got {len(labels)} labels for {len(videos)} videos; give one label per video")
     videos = _common_height(align_lengths(videos, pad), tile_height)
     layout = GridLayout.build([v.shape[1:3] for v in videos], labels, cols, gap)
     for k in range(len(videos[0])):
@@ -340,7 +341,7 @@ def make_contact_sheet(
         ``(H, W, 3)`` uint8. Each thumbnail shows its frame index in the corner.
     """
     if len(labels) != len(videos):
-        raise ValueError(f"got {len(labels)} labels for {len(videos)} videos; give one label per video")
+        raise SettingsError(f"got {len(labels)} labels for {len(videos)} videos; give one label per video")
     if label_position not in ("left", "top"):
         raise ValueError(f"label_position must be 'left' or 'top', got {label_position!r}")
     videos = align_lengths(videos, pad)

@@ -31,13 +31,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from infra.csv_table import write_csv_table
+from infra.errors import MissingInputError
+from infra.progress import progress as progress_bar
 from infra.video_io import find_videos, probe_video, read_video
 from tools.clip_scorer import ClipScorer, load_clip_embedder
 from tools.consistency_plot import plot_consistency
-from tools.vbench import DIMENSIONS, DYNAMIC, FLICKER, VBenchScorer
+from tools.vbench import BACKGROUND, DIMENSIONS, DYNAMIC, FLICKER, SUBJECT, VBenchScorer
+from tools.vbench.common import DimensionScores
 from tools.vbench.long import ClipRow, LongProtocol, plot_clip_scores, score_long, write_clip_csv
 
 logger = logging.getLogger(__name__)
@@ -69,13 +71,14 @@ CSV_FIELDS = ("prompt", "experiment", "path", "frames", *METRIC_FIELDS)
 SUMMARY_FIELDS = ("experiment", "videos", "frames", *METRIC_FIELDS)
 
 
-@dataclass
-class VideoMetrics:
+@dataclass(kw_only=True)
+class VideoMetrics(DimensionScores):
     """Scores of one video; a metric is ``None`` when it was not computed.
 
-    VBench's dimensions are in percent; ``clip_*`` need a CLIP checkpoint. Curves have one value
-    per frame (``(t,)``), except ``clip_consecutive_curve`` and the VBench consistency curves
-    (``(t - 1,)``: frames ``1 .. t - 1``, in percent).
+    VBench's dimensions (:class:`~tools.vbench.common.DimensionScores`) are in percent; ``clip_*``
+    need a CLIP checkpoint. Curves have one value per frame (``(t,)``), except
+    ``clip_consecutive_curve`` and the VBench consistency curves (``(t - 1,)``: frames
+    ``1 .. t - 1``, in percent).
     """
 
     prompt: str
@@ -85,13 +88,6 @@ class VideoMetrics:
     flicker: float
     drift_mean: float
     drift_final: float
-    subject_consistency: float | None = None
-    background_consistency: float | None = None
-    temporal_flickering: float | None = None
-    aesthetic_quality: float | None = None
-    imaging_quality: float | None = None
-    motion_smoothness: float | None = None
-    dynamic_degree: float | None = None
     static_video: bool | None = None  # the static filter's verdict (metrics.json only)
     clip_consecutive: float | None = None
     clip_to_first: float | None = None
@@ -192,6 +188,8 @@ def evaluate_video(
         metrics.clips = [asdict(row) for row in result.clips]
         metrics.long_protocol = {
             "scenes": result.scenes,
+            # Subject/background consistency: the score is the in-clip part (VBench-Long's default);
+            # the clip-to-clip part is information only.
             "in_clip": result.in_clip,
             "clip_to_clip": result.clip_to_clip,
         }
@@ -199,12 +197,8 @@ def evaluate_video(
         # The frame rate sets dynamic_degree's frame sampling.
         scores = vbench.score(frames, probe_video(path).fps if DYNAMIC in vbench.dimensions else 0.0)
     if vbench is not None:
-        for name in (
-            *DIMENSIONS,
-            "static_video",
-            "subject_consistency_curve",
-            "background_consistency_curve",
-        ):
+        metrics.set_dimensions(scores)
+        for name in ("static_video", "subject_consistency_curve", "background_consistency_curve"):
             setattr(metrics, name, getattr(scores, name))
     return metrics
 
@@ -224,13 +218,36 @@ def evaluate_videos(
     """Metrics of several videos (a progress bar over them), sorted by experiment then prompt."""
     rows = [
         evaluate_video(path, clip, vbench, long_protocol)
-        for path in tqdm(videos, desc="evaluating", unit="video", disable=not progress)
+        for path in progress_bar(videos, desc="evaluating", unit="video", disable=not progress)
     ]
     return sort_metrics(rows)
 
 
+# VBench's subject and background consistency of a set of videos pool their frame pairs
+# (vbench/subject_consistency.py and background_consistency.py: the sum over every pair of every
+# video over the number of pairs); its other dimensions are the plain mean over videos.
+POOLED_DIMENSIONS = (SUBJECT, BACKGROUND)
+
+
+def _experiment_value(members: Sequence[VideoMetrics], name: str) -> float | None:
+    """The experiment's value of one metric: VBench's pooled frame pairs for :data:`POOLED_DIMENSIONS`
+    of whole videos, else the mean over the videos (NaN ignored); ``None`` when none has it."""
+    present = [m for m in members if getattr(m, name) is not None and not math.isnan(getattr(m, name))]
+    if not present:
+        return None
+    values = np.array([getattr(m, name) for m in present], dtype=np.float64)
+    if name in POOLED_DIMENSIONS and all(m.clips is None for m in present):
+        # Under --long, VBench-Long averages videos instead (each a mean over its clips).
+        pairs = np.array([m.frames - 1 for m in present], dtype=np.float64)
+        return float((values * pairs).sum() / pairs.sum())
+    return float(values.mean())
+
+
 def summarize(rows: Sequence[VideoMetrics]) -> dict[str, dict[str, float | int | None]]:
-    """Per-experiment means of :data:`METRIC_FIELDS` (NaN values ignored), plus ``videos`` and ``frames``."""
+    """Per experiment: ``videos``, the mean ``frames`` and each of :data:`METRIC_FIELDS` over its
+    videos as VBench aggregates it (:func:`_experiment_value`: the mean over videos, NaN ignored;
+    subject and background consistency of whole videos pooled over frame pairs, as VBench does,
+    which equals the mean when the videos have equal lengths)."""
     groups: dict[str, list[VideoMetrics]] = defaultdict(list)
     for row in rows:
         groups[row.experiment].append(row)
@@ -242,9 +259,7 @@ def summarize(rows: Sequence[VideoMetrics]) -> dict[str, dict[str, float | int |
             "frames": float(np.mean([m.frames for m in members])),
         }
         for name in METRIC_FIELDS:
-            values = [getattr(m, name) for m in members if getattr(m, name) is not None]
-            values = [v for v in values if not math.isnan(v)]
-            entry[name] = float(np.mean(values)) if values else None
+            entry[name] = _experiment_value(members, name)
         summary[experiment] = entry
     return summary
 
@@ -400,17 +415,17 @@ def run_evaluation(
         ``(rows, {"csv": ..., "json": ..., "summary": ..., "png": ...})``.
 
     Raises:
-        FileNotFoundError: an input that does not exist, or no video found.
+        MissingInputError: an input that does not exist, or no video found.
         tools.vbench.FeatureWeightsError: a DINO/CLIP weights file missing or unfit.
     """
     if not inputs:
-        raise ValueError("give at least one result folder or video file")
+        raise MissingInputError("give at least one result folder or video file")
     videos = find_videos(inputs, include_origin=include_origin)
     if not videos:
         hint = "" if include_origin else " (origin.* files are skipped unless --include_origin)"
-        raise FileNotFoundError(f"no .gif or .mp4 videos found under {', '.join(map(str, inputs))}{hint}")
+        raise MissingInputError(f"no .gif or .mp4 videos found under {', '.join(map(str, inputs))}{hint}")
     if out_dir is None:
-        out_dir = inputs[0] if Path(inputs[0]).is_dir() else Path.cwd()
+        out_dir = inputs[0] if Path(inputs[0]).is_dir() else Path("results") / "evaluation"
     out_dir = Path(out_dir)
     logger.info("scoring %d video(s); outputs go to %s", len(videos), out_dir)
 

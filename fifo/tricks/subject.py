@@ -37,6 +37,7 @@ from torch.utils.hooks import RemovableHandle
 
 from fifo.options import SubjectOptions
 from fifo.prompts import PromptJob
+from infra.errors import SettingsError
 from lvdm.modules.attention import (
     AttnProcessor,
     CrossAttention,
@@ -68,11 +69,11 @@ def check_subject_in_prompts(phrase: str, jobs: Sequence[PromptJob]) -> None:
     A story scene without it is allowed (no subject while it runs; logged when it runs).
 
     Raises:
-        ValueError: a prompt (every scene of a story) without the subject's words.
+        SettingsError: a prompt (every scene of a story) without the subject's words.
     """
     for job in jobs:
         if not any(mentions(prompt, phrase) for prompt in job.prompts):
-            raise ValueError(
+            raise SettingsError(
                 f"--subject {phrase!r} does not occur in the prompt of line {job.line} ({job.prompt!r}): "
                 "give words that stand in the prompt"
             )
@@ -331,13 +332,13 @@ def spatial_attention(unet: nn.Module, side: str, level: int, name: str) -> dict
 
 
 def check_levels(unet: nn.Module, levels: Sequence[int]) -> None:
-    """Raise ValueError (naming ``--subject_levels``) for a level without spatial transformers."""
+    """Raise SettingsError (naming ``--subject_levels``) for a level without spatial transformers."""
     have = sorted(
         {lvl for lvl, _ in unet.encoder_attention_blocks} & {lvl for lvl, _ in unet.decoder_attention_blocks}
     )
     missing = [lvl for lvl in levels if lvl not in have]
     if missing:
-        raise ValueError(
+        raise SettingsError(
             f"--subject_levels: level(s) {missing} have no spatial transformers in this U-Net "
             f"(levels with attention: {', '.join(map(str, have))})"
         )

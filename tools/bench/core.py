@@ -43,6 +43,7 @@ from fifo.perf import (
 from fifo.plan import WindowMemory, window_memory
 from fifo.schedule import DDIMSchedule
 from fifo.step import fifo_step, initial_queue
+from infra.cuda_runtime import cuda
 from lvdm.build import load_model
 from lvdm.models.ddpm3d import LatentDiffusion
 from tools.bench.options import BenchOptions
@@ -222,7 +223,7 @@ def setup(opts: BenchOptions, model: LatentDiffusion | None = None) -> Bench:
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA), so that a wall-clock reading covers it."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        cuda().synchronize(device)
 
 
 @contextlib.contextmanager
@@ -242,8 +243,8 @@ def device_description(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         return {
             "type": "cuda",
-            "name": torch.cuda.get_device_name(device),
-            "count": torch.cuda.device_count(),
+            "name": cuda().spec(device).name,
+            "count": cuda().device_count(),
         }
     name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from fifo.guidance import CFGDenoiser
 from fifo.step import fifo_step, iteration_noise, shift_queue
+from infra.cuda_runtime import cuda
 from infra.memory import current_rss_bytes, peak_memory_bytes, peak_memory_reset
 from tools.bench.core import COMPILED, PATHS, REPO, Bench, setup, sync, timer
 from tools.bench.options import BenchOptions
@@ -135,8 +136,8 @@ def run_fifo(bench: Bench, path: str, iterations: int, video_dir: Path | None) -
 def current_memory(device: torch.device) -> int:
     """Memory held now: RSS on CPU, allocated tensors on CUDA."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.memory_allocated(device))
+        cuda().synchronize(device)
+        return cuda().memory_allocated(device)
     return current_rss_bytes()
 
 
@@ -299,7 +300,7 @@ def time_in_processes(opts: BenchOptions, rows: Sequence[TimedRow]) -> dict[str,
 def path_memory(bench: Bench, timing: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Peak memory of each path: from the timed run on CUDA, fresh processes on CPU."""
     if bench.device.type == "cuda":
-        base = int(torch.cuda.memory_allocated(bench.device))
+        base = cuda().memory_allocated(bench.device)
         return {
             p: {"peak_memory_bytes": timing["cuda_peaks"][p], "baseline_memory_bytes": base} for p in PATHS
         }
@@ -315,7 +316,7 @@ def length_memory(bench: Bench) -> list[dict[str, Any]]:
     results = []
     for length in bench.opts.lengths:
         if bench.device.type == "cuda":
-            base = int(torch.cuda.memory_allocated(bench.device))
+            base = cuda().memory_allocated(bench.device)
             peak_memory_reset(bench.device)
             with tempfile.TemporaryDirectory() as tmp:
                 run = run_fifo(bench, "fast", bench.geometry.num_iterations(length), Path(tmp))

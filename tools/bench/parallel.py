@@ -13,6 +13,7 @@ from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.parallel import LaunchEnv
 from fifo.perf import ShardedDenoiser, apply_execution, plan_fast_path
 from fifo.step import iteration_noise, shift_queue
+from infra.cuda_runtime import bind_device, cuda
 from tools.bench.core import setup, sync
 from tools.bench.options import BenchOptions
 
@@ -36,10 +37,9 @@ def parallel_windows_benchmark(opts: BenchOptions) -> int:
         )
     device = torch.device(opts.device)
     if device.type == "cuda":
-        device = torch.device("cuda", launch.local_rank)
-        torch.cuda.set_device(device)
+        device = bind_device(torch.device("cuda", launch.local_rank))
     opts = replace(opts, device=str(device), threads=1)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(cuda().data_backend() if device.type == "cuda" else "gloo")
     group = RankGroup(launch.rank, launch.world, device)
     if launch.rank != 0:
         logging.getLogger().setLevel(logging.WARNING)

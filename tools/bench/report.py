@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from infra.cuda_runtime import cuda
 from lvdm.build import load_model
 from lvdm.models.ddpm3d import LatentDiffusion
 from tools.bench.core import COMPILED, REPO, Bench, device_description, load_warning, setup, sync
@@ -153,7 +154,7 @@ def measure_paths(bench: Bench, paths: tuple[str, ...], budget: Budget, names: d
         if path != COMPILED:  # one eager call; the compiled one runs the same kernels' choice
             values["sdpa_kernels"] = sdpa_kernels(bench, path)
         if bench.device.type == "cuda":
-            held = int(torch.cuda.memory_allocated(bench.device))  # weights, embeddings, queue
+            held = cuda().memory_allocated(bench.device)  # weights, embeddings, queue
             values["peak_memory_bytes"] = timing["cuda_peaks"][path]
             values["activation_bytes"] = max(0, timing["cuda_peaks"][path] - held)
             if path == "fast":
@@ -194,7 +195,7 @@ def startup(opts: BenchOptions, model: LatentDiffusion, folder: Path) -> dict[st
 
 def parallel_windows(opts: BenchOptions, budget: Budget) -> dict[str, Any]:
     """``--parallel windows`` over every GPU against one, in a torchrun child (several GPUs only)."""
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = cuda().device_count() if cuda().is_available() else 0
     empty = dict.fromkeys(PARALLEL_FIELDS)
     if gpus < 2:
         return {

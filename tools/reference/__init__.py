@@ -35,6 +35,7 @@ from fifo.options import parse_mode
 from fifo.run import FifoSampler
 from fifo.schedule import DDIMSchedule
 from fifo.tricks.qcache import set_qcache
+from infra.errors import MissingInputError
 from lvdm.build import build_model
 from lvdm.checkpoint import load_weights
 from lvdm.models.ddpm3d import LatentDiffusion
@@ -86,12 +87,14 @@ def _params(tensors: dict[str, Tensor], prefix: str = "param.") -> dict[str, Ten
 
 
 class ReferenceSuite:
-    """The fixture folder and the model built from its config, loaded with its state_dict."""
+    """The fixture folder and the model built from its config, with the fixture's weights."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         if not (self.folder / "config.yaml").is_file():
-            raise FileNotFoundError(f"{self.folder} is not a reference fixture folder (no config.yaml)")
+            raise MissingInputError(f"{self.folder} is not a reference fixture folder (no config.yaml)")
+        if not (self.folder / "meta.json").is_file():
+            raise MissingInputError(f"{self.folder}: the reference fixture has no meta.json")
         self.meta = json.loads((self.folder / "meta.json").read_text())
         self.model: LatentDiffusion = build_model(self.folder / "config.yaml").eval()
         stored = self.folder / "state_dict.safetensors"
@@ -105,8 +108,9 @@ class ReferenceSuite:
     def _load_fixture_weights(self) -> str:
         """Load the scheme's weights (buffers as this model computes them); their parameters' sha256."""
         if "weights" not in self.meta:
-            raise FileNotFoundError(
-                f"{self.folder} has neither state_dict.safetensors nor meta.json['weights']"
+            raise MissingInputError(
+                f"{self.folder}: the reference fixture has neither state_dict.safetensors nor "
+                "meta.json['weights'] (the scheme its weights are computed with)"
             )
         weights = module_fixture_weights(self.model)
         load_weights(self.model, weights, "fixture weights")

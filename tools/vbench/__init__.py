@@ -17,20 +17,22 @@ Matched to VBench's code (``vbench/subject_consistency.py``, ``background_consis
 
 - every frame is scored (no frame sampling);
 - the frames are float32 pixels in ``[0, 255]`` when they are resized (not uint8: no rounding);
-- DINO: the short side resized to 224 (bilinear, antialiased, aspect ratio kept, no crop), then
+- DINO: the short side resized to 224 (bilinear, no antialiasing, aspect ratio kept, no crop), then
   ``/255`` and ImageNet mean/std; the ViT sees a non-square image and interpolates its position
   embedding as DINO's own ``interpolate_pos_encoding`` does (:func:`dino_position_embedding`);
-- CLIP: the short side resized to 224 (bicubic, antialiased), a 224 centre crop, ``/255`` and
+- CLIP: the short side resized to 224 (bicubic, no antialiasing), a 224 centre crop, ``/255`` and
   CLIP's mean/std; on CUDA the model runs in float16, as OpenAI's ``clip.load`` (which VBench
   uses) builds it there, and in float32 on the CPU;
 - temporal flickering: the mean over consecutive pairs of the per-pair mean absolute difference.
 
-Deviations, also listed in the README: the models come from ``timm`` (``vit_base_patch16_224.dino``,
+A single-frame video scores NaN, as VBench's formulas give (a mean over no frame pairs).
+
+Deviations, also listed in ``docs/evaluation.md``: the models come from ``timm`` (``vit_base_patch16_224.dino``,
 the same DINO weights) and ``open_clip`` (``ViT-B-32`` with the ``openai`` weights and QuickGELU,
 the same network) rather than ``torch.hub`` and OpenAI's ``clip`` package; frames go through the
 models in batches (VBench: DINO one frame at a time); cosines are taken in float64; an ``.mp4`` is
 decoded by ffmpeg through imageio rather than decord/OpenCV; temporal flickering's static-video
-filter is an option (``static_filter``), off by default; a single-frame video scores NaN.
+filter is an option (``static_filter``), off by default.
 
 Two motion dimensions: ``motion_smoothness`` (AMT-S predicts the odd frames from the even ones,
 :mod:`.amt` and :mod:`.motion`) and ``dynamic_degree`` (RAFT flow, 1 or 0 per video; :mod:`.flow`,
@@ -38,9 +40,11 @@ which also holds the static filter).
 
 Two quality dimensions per frame: ``aesthetic_quality`` (LAION's aesthetic head on CLIP ViT-L/14,
 :mod:`.aesthetic`) and ``imaging_quality`` (pyiqa's MUSIQ with SPAQ weights, :mod:`.imaging`); and
-VBench-Long's clip protocol for long videos (:mod:`.long`).
+VBench-Long's clip protocol for long videos (:mod:`.long`, with :mod:`.encode` for its H.264
+round trip of every clip).
 
-Modules: :mod:`.common` (dimension names, constants, :class:`FeatureWeightsError`), :mod:`.video`
+Modules: :mod:`.common` (dimension names, constants, :class:`DimensionScores`, the one type
+that declares the seven dimensions, :class:`FeatureWeightsError`), :mod:`.video`
 (VBench's frame preprocessing), :mod:`.weights` (Hub cache, local files, offline errors),
 :mod:`.consistency` (DINO/CLIP models and the consistency score), :mod:`.flicker`,
 :mod:`.scorer` (:class:`VBenchScorer`, one video at a time), :mod:`.strict` (strict loading of the
@@ -64,6 +68,7 @@ from tools.vbench.common import (
     INPUT_SIZE,
     MOTION,
     SUBJECT,
+    DimensionScores,
     FeatureWeightsError,
 )
 from tools.vbench.consistency import (
@@ -100,6 +105,7 @@ __all__ = [
     "SUBJECT",
     "AestheticPredictor",
     "ClipImageFeatures",
+    "DimensionScores",
     "DinoFeatures",
     "FeatureWeightsError",
     "FlowScorer",

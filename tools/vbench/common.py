@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -25,6 +26,40 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Random-initialised models are seeded, so that two test runs see the same (meaningless) scores.
 RANDOM_INIT_SEED = 0
+
+
+@dataclass(kw_only=True)
+class DimensionScores:
+    """VBench's seven dimensions of one video (or one clip), the one place they are declared.
+
+    Each is in percent (VBench's score x 100, as the papers print it), ``None`` when not computed
+    and NaN where VBench's formula is undefined (a single frame). ``dynamic_degree`` is VBench's
+    per-video verdict, 1.0 (moving) or 0.0, not a percentage. The per-video scores
+    (:class:`tools.vbench.scorer.VBenchScores`), the per-clip rows of ``--long``
+    (:class:`tools.vbench.long.ClipRow`) and the evaluation's rows
+    (:class:`tools.evaluation.VideoMetrics`) extend it. Field order is :data:`DIMENSIONS`.
+    """
+
+    subject_consistency: float | None = None
+    background_consistency: float | None = None
+    temporal_flickering: float | None = None
+    aesthetic_quality: float | None = None
+    imaging_quality: float | None = None
+    motion_smoothness: float | None = None
+    dynamic_degree: float | None = None
+
+    def dimension_values(self) -> dict[str, float | None]:
+        """``{dimension: value}`` in :data:`DIMENSIONS` order."""
+        return {name: getattr(self, name) for name in DIMENSIONS}
+
+    def set_dimensions(self, source: DimensionScores, names: tuple[str, ...] = DIMENSIONS) -> None:
+        """Copy the dimensions ``names`` of ``source`` into this object."""
+        for name in names:
+            setattr(self, name, getattr(source, name))
+
+
+if tuple(f.name for f in fields(DimensionScores)) != DIMENSIONS:  # pragma: no cover - a typo guard
+    raise ImportError("DimensionScores must declare exactly DIMENSIONS, in that order")
 
 
 class FeatureWeightsError(RuntimeError):

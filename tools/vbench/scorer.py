@@ -12,7 +12,17 @@ import torch
 from torch import nn
 
 from tools.vbench.aesthetic import CLIP_L14_HUB_REPO, LAION_HEAD_URL, aesthetic_quality_score
-from tools.vbench.common import AESTHETIC, BACKGROUND, DIMENSIONS, DYNAMIC, FLICKER, IMAGING, MOTION, SUBJECT
+from tools.vbench.common import (
+    AESTHETIC,
+    BACKGROUND,
+    DIMENSIONS,
+    DYNAMIC,
+    FLICKER,
+    IMAGING,
+    MOTION,
+    SUBJECT,
+    DimensionScores,
+)
 from tools.vbench.consistency import consistency_curve
 from tools.vbench.flicker import temporal_flickering_score
 from tools.vbench.flow import TORCHVISION_RAFT_URL, FlowScorer
@@ -22,23 +32,16 @@ from tools.vbench.video import clip_preprocess, dino_preprocess
 from tools.vbench.weights import CLIP_HUB_REPO, DINO_HUB_REPO
 
 
-@dataclass
-class VBenchScores:
-    """One video's VBench dimensions in percent (``None``: not computed; NaN: a single frame).
+@dataclass(kw_only=True)
+class VBenchScores(DimensionScores):
+    """One video's VBench dimensions (:class:`~tools.vbench.common.DimensionScores`) and what comes
+    with them.
 
-    ``dynamic_degree`` is VBench's per-video verdict, 1.0 (moving) or 0.0, not a percentage.
     ``static_video`` is the static filter's verdict (``None`` when the filter is off); a video it
     finds moving has ``temporal_flickering`` ``None``. Curves hold frame ``i``'s consistency for
     ``i = 1 .. t - 1`` (``(t - 1,)``), in percent.
     """
 
-    subject_consistency: float | None = None
-    background_consistency: float | None = None
-    temporal_flickering: float | None = None
-    aesthetic_quality: float | None = None
-    imaging_quality: float | None = None
-    motion_smoothness: float | None = None
-    dynamic_degree: float | None = None
     static_video: bool | None = None
     subject_consistency_curve: list[float] | None = None
     background_consistency_curve: list[float] | None = None

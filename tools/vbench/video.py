@@ -1,4 +1,12 @@
-"""VBench's frame preprocessing for its feature models (vbench/utils.py's transforms)."""
+"""VBench's frame preprocessing for its feature models (``vbench/utils.py``: ``dino_transform`` and
+``clip_transform``).
+
+Both of VBench's transforms resize with ``antialias=False`` (since its commit of 2024-11-29): the
+bilinear (DINO) and bicubic (CLIP) kernels keep their fixed width whether the frame shrinks or
+grows, so a downscaled frame is sampled, not low-pass filtered. The same flag is used here;
+``tests/test_vbench_preprocessing.py`` builds VBench's transforms from torchvision's classes with
+those parameters and compares the tensors.
+"""
 
 from __future__ import annotations
 
@@ -21,14 +29,14 @@ def _float_pixels(frames: torch.Tensor) -> torch.Tensor:
 def dino_preprocess(frames: torch.Tensor) -> torch.Tensor:
     """VBench's DINO input: ``(t, h, w, 3)`` uint8 -> ``(t, 3, 224, w')`` float32.
 
-    The short side becomes 224 (bilinear, antialiased; the long side ``int(224 * long / short)``,
+    The short side becomes 224 (bilinear, no antialiasing; the long side ``int(224 * long / short)``,
     e.g. 320x512 -> 224x358), no crop, then ``/255`` and ImageNet mean/std.
     """
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
     pixels = TF.resize(
-        _float_pixels(frames), [INPUT_SIZE], interpolation=InterpolationMode.BILINEAR, antialias=True
+        _float_pixels(frames), [INPUT_SIZE], interpolation=InterpolationMode.BILINEAR, antialias=False
     )
     return TF.normalize(pixels / 255.0, IMAGENET_MEAN, IMAGENET_STD)
 
@@ -36,14 +44,14 @@ def dino_preprocess(frames: torch.Tensor) -> torch.Tensor:
 def clip_preprocess(frames: torch.Tensor) -> torch.Tensor:
     """VBench's CLIP input: ``(t, h, w, 3)`` uint8 -> ``(t, 3, 224, 224)`` float32.
 
-    The short side becomes 224 (bicubic, antialiased; float pixels may overshoot ``[0, 255]`` a
+    The short side becomes 224 (bicubic, no antialiasing; float pixels may overshoot ``[0, 255]`` a
     little, as in VBench), a 224x224 centre crop, then ``/255`` and CLIP's mean/std.
     """
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
     pixels = TF.resize(
-        _float_pixels(frames), [INPUT_SIZE], interpolation=InterpolationMode.BICUBIC, antialias=True
+        _float_pixels(frames), [INPUT_SIZE], interpolation=InterpolationMode.BICUBIC, antialias=False
     )
     pixels = TF.center_crop(pixels, [INPUT_SIZE, INPUT_SIZE])
     return TF.normalize(pixels / 255.0, CLIP_MEAN, CLIP_STD)

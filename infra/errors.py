@@ -1,0 +1,25 @@
+"""The project's error types for a user's mistake.
+
+Every command line catches :class:`UserError` alone: it prints ``error: <message>`` and exits with
+code 2, without a traceback. Any other exception is a bug and keeps its traceback (a ``ValueError``
+raised inside the generator is not the user's doing, even though a bad value raised it).
+
+Each subclass below also derives from the built-in type it replaced (``ValueError`` or
+``RuntimeError``), so code that caught the built-in keeps working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the command line, its inputs or the files it reads; the message names the
+    problem and the fix. Printed as ``error: ...``, exit code 2."""
+
+
+class SettingsError(UserError, ValueError):
+    """A value, or a combination of values, that cannot work (a mode part that does not fit the
+    model, a size the U-Net cannot take, a length out of range, a file type nothing writes)."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or folder the user named that does not exist, or holds nothing to work on."""
