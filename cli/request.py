@@ -14,7 +14,7 @@ from cli import LOGGER_NAME
 from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, parse_length, trick_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import GenerationSettings, ModeOptions, Precision, parse_mode
-from fifo.seeding import SeedModelSpec
+from fifo.seed_model import SeedModelSpec
 from infra.errors import UserError
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class RunRequest:
     save_state_every: int | None = None
     done: frozenset[int] = frozenset()  # indices (in this rank's jobs) of videos already complete
     compile_unet: bool = False  # --compile: the U-Net through torch.compile (fifo/compile.py)
-    seed_model: SeedModelSpec | None = None  # the text model of the seeded modes (fifo/seeding.py)
+    seed_model: SeedModelSpec | None = None  # the text model of the seeded modes (fifo/seed_model.py)
     plan_for: str | None = None  # --plan_for: the GPU a dry run plans for (infra.cuda_runtime.GPUS)
 
     @property
@@ -83,7 +83,7 @@ def resolve_seed_model(args: argparse.Namespace, mode: ModeOptions, facts, setti
     """The text model that samples the seeded modes' base clips (``--seed_config``): given, or
     VideoCrafter2 by default for a family that cannot sample one (DynamiCrafter), else None."""
     from fifo.families import check_seed_model
-    from fifo.seeding import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
+    from fifo.seed_model import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
     from lvdm.build import config_facts, load_config
 
     config = args.seed_config
@@ -185,7 +185,9 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
         height=args.height if args.height is not None else facts.default_size[0],
         width=args.width if args.width is not None else facts.default_size[1],
         fps=args.fps,
-        guidance=args.unconditional_guidance_scale,
+        guidance=args.unconditional_guidance_scale
+        if args.unconditional_guidance_scale is not None
+        else facts.family.default_guidance,
         eta=args.eta,
         lookahead=args.lookahead_denoising,
         seed=args.seed,
@@ -277,10 +279,6 @@ def _check_flow_flags(args: argparse.Namespace, family: str) -> None:
         "--attention xformers": (
             args.attention == "xformers",
             "the transformer runs diffusers' own attention; leave --attention out",
-        ),
-        "--dry_run": (
-            args.dry_run,
-            "its planner builds the U-Net's windows on fake tensors, not yet this model's",
         ),
         "--seed_config": (
             args.seed_config is not None,

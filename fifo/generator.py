@@ -4,7 +4,7 @@
 attention processors, tail sampler and step hooks, the fast path, the guided denoiser) and then generates one video per
 :class:`~fifo.prompts.PromptJob`. :meth:`FifoGenerator.run` is a short composition of stages
 that can also run alone: :meth:`~FifoGenerator.conditioning`, :meth:`~FifoGenerator.base_clip`,
-then the state/step loop of :class:`~fifo.run.FifoSampler` with the sinks around it.
+then the state/step loop of :class:`~fifo.sampler.FifoSampler` with the sinks around it.
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from fifo.conditioning import VideoConditioning, load_image, with_image_tokens
+from fifo.conditioning import VideoConditioning, with_image_tokens
 from fifo.ddim import sample_ddim
-from fifo.families import check_model_fits, frame_value, image_latent
-from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.families import check_model_fits, frame_value
+from fifo.guidance import CFGDenoiser, ModelDenoiser, image_latent
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions, Precision
-from fifo.parallel import DistributedWindows, RankGroup, local_windows
+from fifo.parallel import DistributedWindows, RankGroup
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
 from fifo.prompts import PromptJob
@@ -42,11 +43,13 @@ from fifo.resume import (
     resume_fingerprint,
     state_folder,
 )
-from fifo.run import FifoSampler, FifoState, check_finite, to_uint8_frames
+from fifo.sampler import FifoSampler
 from fifo.schedule import DDIMSchedule
-from fifo.seeding import SeedClips
 from fifo.sinks import FrameSink, PngSink, VideoSink
+from fifo.state import FifoState, check_finite, to_uint8_frames
+from fifo.step import fifo_step
 from fifo.tricks.install import install_tricks
+from infra.image_io import load_image
 from infra.progress import progress as progress_bar
 from infra.video_io import VideoWriter, stale_temporary_files
 from lvdm.build import model_facts
@@ -63,6 +66,20 @@ class GenerationResult:
     frames: int
     seconds: float
     base_clip_cached: bool
+
+
+class BaseClipSource(Protocol):
+    """Where a run's base clips come from when another model samples them
+    (:class:`fifo.seed_clips.SeedClips`)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def video(self, job: PromptJob, cache_dir: Path, noise: NoiseSource) -> tuple[Tensor, bool]:
+        """The job's base clip, decoded: (1, 3, f, H, W) in ~[-1, 1], and whether it was cached."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
@@ -87,7 +104,7 @@ class FifoGenerator:
         memory_store: a folder that keeps the window-memory measurement behind the automatic
             window batch between processes (:func:`fifo.plan.window_memory`), or None.
         seed_clips: where the seeded modes' base clips come from when another (text-to-video)
-            model samples them (:mod:`fifo.seeding`; DynamiCrafter), or None: this model's own.
+            model samples them (:mod:`fifo.seed_clips`; DynamiCrafter), or None: this model's own.
         seed_model: names that text model where this process has no ``seed_clips`` (the ranks of
             ``--parallel windows`` other than the writer, which receive the state from it).
     """
@@ -101,7 +118,7 @@ class FifoGenerator:
         plan: FastPathPlan | None = None,
         group: RankGroup | None = None,
         memory_store: Path | None = None,
-        seed_clips: SeedClips | None = None,
+        seed_clips: BaseClipSource | None = None,
         seed_model: str | None = None,
     ) -> None:
         if seed_model is None and seed_clips is not None:
@@ -138,7 +155,7 @@ class FifoGenerator:
             )
             self.window_batch = auto_window_batch(n_windows, memory, self.device)
         # Logged when the first video starts: a generator that only samples base clips (the seeded
-        # modes' text model, fifo/seeding.py) or plans a run never runs FIFO windows.
+        # modes' text model, fifo/seed_clips.py) or plans a run never runs FIFO windows.
         if settings.batched:
             per_call = "all" if self.window_batch is None else min(self.window_batch, n_windows)
             self._path_description: str | None = (
@@ -184,7 +201,7 @@ class FifoGenerator:
             self.geometry,
             self.uncond_context,
             self.window_batch,
-            windows_step=local_windows if group is None else DistributedWindows(group),
+            windows_step=fifo_step if group is None else DistributedWindows(group),
             group=group,
             tail_sampler=self.tricks.tail_sampler,
             hooks=self.tricks.hooks,
@@ -316,14 +333,13 @@ class FifoGenerator:
         if not store.exists():
             logger.info("--resume: no saved state in %s, starting from the beginning", store.folder)
             return None
-        if not (exp_dir / "origin.gif").is_file():
-            logger.warning("--resume: %s is missing; starting from the beginning", exp_dir / "origin.gif")
-            return None
+        suffix = ".mp4" if self.settings.use_mp4 else ".gif"
         _, fifo_noise = self.noise_sources()
         try:
+            if not (exp_dir / "origin.gif").is_file():  # the base clip written with the state
+                raise StateError(f"{exp_dir / 'origin.gif'}, the base clip of the saved run, is missing")
             fingerprint, state, frames = store.load(fifo_noise, self.device)
         except StateError as err:  # never started over silently: the saved frames would be lost
-            suffix = ".mp4" if self.settings.use_mp4 else ".gif"
             raise store.damaged(err, exp_dir.with_name(exp_dir.name + suffix)) from None
         differences = fingerprint_differences(fingerprint, store.fingerprint)
         if differences:

@@ -149,21 +149,6 @@ class DistributedWindows:
         return write_back(queue, geometry, every, [i for share in shares for i in share])
 
 
-def local_windows(
-    denoise: GuidedDenoiser,
-    queue: Tensor,
-    geometry: FifoGeometry,
-    schedule: DDIMSchedule,
-    contexts: Tensor,
-    uncond: Tensor | None,
-    noise: Tensor | None,
-    window_batch: int | None,
-) -> Tensor:
-    """One FIFO iteration with every window in this process (the default)."""
-    written = denoise_windows(denoise, queue, geometry, schedule, contexts, uncond, noise, window_batch)
-    return write_back(queue, geometry, written)
-
-
 def shares_text(n_windows: int, ranks: int) -> str:
     """How the windows are split, for the log: e.g. '3+3+2'."""
     return "+".join(str(len(s)) for s in split_windows(n_windows, ranks))
@@ -174,7 +159,6 @@ __all__: Sequence[str] = (
     "DistributedWindows",
     "LaunchEnv",
     "RankGroup",
-    "local_windows",
     "shares_text",
     "split_windows",
 )

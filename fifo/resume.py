@@ -3,7 +3,7 @@
 Next to a video being generated, ``<video>.state/`` holds what a resumed run needs to write the
 identical file:
 
-- ``state.pt``: the :class:`~fifo.run.FifoState` at an iteration boundary (queue, noise stream,
+- ``state.pt``: the :class:`~fifo.state.FifoState` at an iteration boundary (queue, noise stream,
   iteration, image tokens, frames emitted, the tricks' state) and a fingerprint of everything that
   must match to resume (the base clip's cache key, the full mode, the queue layout, the length,
   the output format, the random scheme). Written atomically (temporary file, then rename).
@@ -34,7 +34,7 @@ from PIL import Image
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.prompts import PromptJob
-from fifo.run import FifoState
+from fifo.state import FifoState
 from infra.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class StateStore:
             "iteration": state.iteration,
             "image_tokens": None if state.image_tokens is None else state.image_tokens.detach().cpu(),
             "frames_emitted": state.frames_emitted,
-            "extras": _to_cpu(state.extras),
+            "extras": _to_cpu(state.hook_state),
             "image_latent": None if state.image_latent is None else state.image_latent.detach().cpu(),
         }
         tmp = self.state_file.with_suffix(".pt.tmp")
@@ -242,7 +242,7 @@ class StateStore:
                 iteration=int(payload["iteration"]),
                 image_tokens=None if payload["image_tokens"] is None else payload["image_tokens"].to(device),
                 frames_emitted=int(payload["frames_emitted"]),
-                extras=_to_device(payload["extras"], device),
+                hook_state=_to_device(payload["extras"], device),
                 # States saved before the seeded modes ran on DynamiCrafter have no image latent.
                 image_latent=None
                 if payload.get("image_latent") is None
@@ -275,7 +275,7 @@ class StateStore:
         if partial.is_file():
             kept += f", and {partial} plays the frames up to the last stop"
         return StateError(
-            f"--resume: the saved state {self.state_file} is damaged ({reason}), so the run cannot "
+            f"--resume: the saved state {self.state_file} cannot be resumed ({reason}), so the run cannot "
             f"continue from it. Nothing was deleted: {kept}. To start afresh, run the command with "
             "--overwrite instead of --resume (this deletes them); to keep them, copy them elsewhere first "
             "or use --experiment NAME for the new run."

@@ -27,7 +27,7 @@ from fifo.generator import FifoGenerator, GenerationResult, _atomic_save
 from fifo.guidance import CFGDenoiser
 from fifo.noise import NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions
-from fifo.parallel import DistributedWindows, RankGroup, local_windows
+from fifo.parallel import DistributedWindows, RankGroup
 from fifo.prompts import PromptJob
 from fifo.resume import (
     Durability,
@@ -41,8 +41,9 @@ from fifo.resume import (
     resume_fingerprint,
     state_folder,
 )
-from fifo.run import FifoState, check_finite, to_uint8_frames
 from fifo.sinks import FrameSink, PngSink, VideoSink
+from fifo.state import FifoState, check_finite, to_uint8_frames
+from fifo.step import fifo_step
 from fifo.wan import WanSampler, latent_conditioning
 from infra.progress import progress as progress_bar
 from infra.video_io import VideoWriter, stale_temporary_files
@@ -109,7 +110,7 @@ class WanGenerator:
             self.geometry,
             self.uncond,
             window_batch,
-            windows_step=local_windows if group is None else DistributedWindows(group),
+            windows_step=fifo_step if group is None else DistributedWindows(group),
             group=group,
         )
 
@@ -166,14 +167,16 @@ class WanGenerator:
 
     def _resumed_state(self, store: StateStore, exp_dir: Path):
         """The saved state and frames of an interrupted run, or None (none saved)."""
-        if not store.exists() or not (exp_dir / "origin.gif").is_file():
+        if not store.exists():
             logger.info("--resume: no saved state in %s, starting from the beginning", store.folder)
             return None
+        suffix = ".mp4" if self.settings.use_mp4 else ".gif"
         _, fifo_noise = self.noise_sources()
         try:
+            if not (exp_dir / "origin.gif").is_file():  # the base clip written with the state
+                raise StateError(f"{exp_dir / 'origin.gif'}, the base clip of the saved run, is missing")
             fingerprint, state, frames = store.load(fifo_noise, self.device)
         except StateError as err:  # never started over silently: the saved frames would be lost
-            suffix = ".mp4" if self.settings.use_mp4 else ".gif"
             raise store.damaged(err, exp_dir.with_name(exp_dir.name + suffix)) from None
         differences = fingerprint_differences(fingerprint, store.fingerprint)
         if differences:

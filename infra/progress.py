@@ -23,7 +23,8 @@ PLAIN_EVERY_SECONDS = 5.0
 
 
 class PlainProgress:
-    """tqdm's interface, written as a log line at most every ``every`` seconds (and at the end)."""
+    """tqdm's interface, written as a log line at most every ``every`` seconds (default
+    :data:`PLAIN_EVERY_SECONDS`) and at the end."""
 
     def __init__(
         self,
@@ -33,14 +34,15 @@ class PlainProgress:
         initial: int = 0,
         desc: str = "",
         unit: str = "it",
-        every: float = PLAIN_EVERY_SECONDS,
+        every: float | None = None,
     ) -> None:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.total, self.n, self.desc, self.unit = iterable, total, initial, desc, unit
-        self.every, self.postfix = every, ""
+        self.every, self.postfix = PLAIN_EVERY_SECONDS if every is None else every, ""
         self._start = self._last = time.monotonic()
-        self._start_n, self._logged_n, self._closed = initial, None, False
+        self._start_n, self._closed, self._due = initial, False, False
+        self._logged: tuple[int, str] | None = None  # (count, postfix) of the last line
 
     def line(self) -> str:
         """The progress as one line, e.g. ``FIFO: 12/40 it (30%), 2.10 it/s, frames 3/10``."""
@@ -56,19 +58,24 @@ class PlainProgress:
         return ", ".join([*parts, self.postfix] if self.postfix else parts)
 
     def _log(self) -> None:
-        self._last, self._logged_n = time.monotonic(), self.n
+        self._last, self._logged, self._due = time.monotonic(), (self.n, self.postfix), False
         logger.info("%s", self.line())
 
     def update(self, n: int = 1) -> None:
-        self.n += n
-        if time.monotonic() - self._last >= self.every:
+        if self._due:  # no postfix came after the last due update: log it as it was
             self._log()
+        self.n += n
+        # Due now; logged when the caller sets the postfix that goes with this step (or at the next
+        # update, or at the end), so that a line never pairs a count with the step before's postfix.
+        self._due = time.monotonic() - self._last >= self.every
 
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:
         self.postfix = text
+        if self._due:
+            self._log()
 
     def close(self) -> None:
-        if not self._closed and self._logged_n != self.n and self.n != self._start_n:
+        if not self._closed and self.n != self._start_n and self._logged != (self.n, self.postfix):
             self._log()
         self._closed = True
 

@@ -76,6 +76,8 @@ class ConfigFacts:
     family: ModelFamily = ModelFamily("VideoCrafter text-to-video")  # what differs between members
     # U-Net levels (0 = full latent size) with spatial transformers; None: not known.
     attention_levels: tuple[int, ...] | None = None
+    # The training noise schedule's length: the most DDIM steps a schedule can take.
+    timesteps: int = 1000
 
 
 def config_facts(cfg: dict) -> ConfigFacts:
@@ -98,6 +100,7 @@ def config_facts(cfg: dict) -> ConfigFacts:
         unet_factor=unet_factor,
         family=family_from_params(params),
         attention_levels=_attention_levels(unet),
+        timesteps=int(params.get("timesteps") or 1000),
     )
 
 
@@ -154,6 +157,7 @@ def model_facts(model: LatentDiffusion) -> ConfigFacts:
         size_multiple=vae * unet_factor,
         vae_scale=vae,
         unet_factor=unet_factor,
+        timesteps=int(model.num_timesteps),
     )
 
 
@@ -251,7 +255,10 @@ def _load_wan_model(
         logger.warning("--random_init: running on random weights; outputs are noise-like by design")
         if dtype is not None:
             model.set_precision(dtype)
-        return model.eval().requires_grad_(False).to(device)
+        model = model.eval().requires_grad_(False).to(device)
+        if torch.device(device).type == "cuda":
+            model.offload_text_encoder()  # as load_wan does: the device holds what denoises
+        return model
     if ckpt_path is None:
         raise CheckpointError("no --ckpt_path given (use --random_init only for tests and demos)")
     return load_wan(ckpt_path, params, device, dtype)

@@ -145,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Draw the example images used by prompts/example_i2v.txt.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, a read-only folder: the user's to fix
+        print(f"error: --out {args.out}: cannot create the folder ({err.strerror or err}); choose another --out",
+              file=sys.stderr)  # fmt: skip
+        return 2
     for name, draw in SCENES.items():
         path = args.out / name
         image = draw()

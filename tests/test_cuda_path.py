@@ -15,7 +15,7 @@ import videocrafter_main
 from fifo.generator import FifoGenerator
 from fifo.options import GenerationSettings, parse_mode
 from fifo.prompts import PromptJob
-from fifo.run import NonFiniteError
+from fifo.state import NonFiniteError
 from lvdm.build import load_model
 from tests.conftest import REPO
 
@@ -126,7 +126,11 @@ def test_xformers_on_cpu_or_not_installed_is_a_usage_error(tmp_path, capsys, mon
 # --------------------------------------------------------------------------- the published path, the cache key
 def test_sequential_is_fp32_unless_asked(monkeypatch) -> None:
     parser = cli.parser.build_parser()
-    facts = type("Facts", (), {"temporal_length": 16, "default_size": (320, 512)})()
+    from lvdm.family import ModelFamily
+
+    facts = type(
+        "Facts", (), {"temporal_length": 16, "default_size": (320, 512), "family": ModelFamily("x")}
+    )()
     for argv, expected in (
         ([], "fp16"),
         (["--sequential"], "fp32"),

@@ -20,10 +20,10 @@ import cli.request
 import cli.run
 import videocrafter_main
 from fifo.generator import FifoGenerator
+from fifo.hooks import StepHook
 from fifo.options import GenerationSettings, parse_mode
 from fifo.parallel import LaunchEnv, RankGroup, split_windows
 from fifo.prompts import PromptJob, Scene
-from fifo.run import StepHook
 from infra.cuda_runtime import emulated
 from lvdm.build import load_model
 from tests.conftest import REPO, torchrun, write_png

@@ -87,7 +87,7 @@ CASES = {
 }
 
 
-# The Ouroboros tricks keep state across iterations (SRG's feature bank in FifoState.extras, the
+# The Ouroboros tricks keep state across iterations (SRG's feature bank in FifoState.hook_state, the
 # coherent tail reads the queue): resumed mid-run only, to keep the suite short.
 TRICKS_CASE = (
     T2V,
@@ -168,6 +168,25 @@ def test_damaged_state_is_refused_and_nothing_is_deleted(tmp_path, monkeypatch, 
     assert outputs(out) == before
     assert videocrafter_main.main([*args, "--output_dir", str(out), "--overwrite"]) == 0
     assert outputs(out) == outputs(tmp_path / "whole")
+
+
+def test_a_state_without_its_base_clip_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    prompts = prompt_file(tmp_path, "a red fox in the snow\n")
+    out = tmp_path / "o"
+    args = ["--config", T2V, "-p", str(prompts), *SMALL, "--save_state_every", "1", "--output_dir", str(out)]
+    with monkeypatch.context() as patch:
+        stop_after(6, patch)
+        videocrafter_main.main(args)
+    (origin,) = out.rglob("origin.gif")
+    origin.unlink()
+    before = outputs(out)
+    capsys.readouterr()
+    assert videocrafter_main.main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "origin.gif, the base clip of the saved run, is missing" in err and "Nothing was deleted" in err, (
+        err
+    )
+    assert outputs(out) == before
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,9 @@ def test_benchmark_flags_use_underscores_with_the_hyphen_alias() -> None:
     hyphenated = {f for f in flags if "-" in f[2:]}
     assert all("--" + f[2:].replace("-", "_") in flags for f in hyphenated), hyphenated  # an alias only
     assert "--allow_cpu_full" in parser.format_help()
+    with pytest.raises(SystemExit) as usage:  # a usage error: exit 2, as the main command
+        bench.resolve_args(parser.parse_args(["--device", "cpu", "--iterations", "0"]), parser)
+    assert usage.value.code == 2
 
 
 # --------------------------------------------------------------------------- download_checkpoints.py
@@ -158,3 +161,11 @@ def test_check_reference_usage_errors_exit_2(tmp_path, work, capsys) -> None:
     (work / "fixture").mkdir()
     (work / "fixture" / "config.yaml").write_text("model: {target: x}\n")
     _usage_error(capsys, check.main(["fixture"]), "has no meta.json")
+
+
+# --------------------------------------------------------------------------- make_example_images.py
+def test_make_example_images_usage_error_exits_2(work, capsys) -> None:
+    make = load_script("scripts/make_example_images.py")
+    (work / "taken").write_text("a file, not a folder")
+    _usage_error(capsys, make.main(["--out", "taken/images"]), "--out taken/images", "choose another --out")
+    assert sorted(p.name for p in work.iterdir()) == ["taken"]

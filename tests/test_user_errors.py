@@ -257,3 +257,27 @@ def test_progress_off_a_terminal_is_plain_lines(caplog) -> None:
     caplog.clear()
     assert list(progress(range(3), desc="x", stream=io.StringIO())) == [0, 1, 2]
     assert [r.getMessage().split(",")[0] for r in caplog.records] == ["x: 3/3 it (100%)"]  # the end
+
+
+def test_more_ddim_steps_than_the_model_has_timesteps(tmp_path, work, capsys, no_model) -> None:
+    out, args = base(tmp_path, "--random_init")
+    args = [*args[: args.index("-n")], *args[args.index("-n") + 2 :]]
+    usage_error(
+        capsys, work, out, [*args, "-n", "501"],
+        "--video_length 2 × --num_partitions 501 = 1002 DDIM steps", "1000 timesteps", "lower --num_partitions",
+    )  # fmt: skip
+
+
+def test_a_run_logged_to_a_file_has_no_escape_sequences(tmp_path, work, capsys, caplog, monkeypatch) -> None:
+    import infra.progress
+
+    monkeypatch.setattr(infra.progress, "PLAIN_EVERY_SECONDS", 0.0)
+    caplog.set_level(logging.INFO)
+    out, args = base(tmp_path, "--random_init")
+    args = [a for a in args if a != "--no_progress"]
+    assert videocrafter_main.main([str(a) for a in args]) == 0
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\r" not in err
+    said = [r.getMessage() for r in caplog.records if r.name == "infra.progress"]
+    assert any(m.startswith("base clip (DDIM): ") for m in said), said
+    assert any(m.startswith("FIFO: ") and "frames 2/2" in m for m in said), said

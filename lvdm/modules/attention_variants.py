@@ -8,15 +8,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 
 from lvdm.family import IMAGE_TOKENS_PER_FRAME
-
-if TYPE_CHECKING:
-    from lvdm.modules.attention import CrossAttention
 
 
 class RelativePosition(nn.Module):
@@ -40,8 +35,9 @@ class RelativePosition(nn.Module):
         ]
 
 
-def attend_relative(attn: CrossAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Attention with relative-position terms on the scores and on the values, q (b, heads, n, d):
+def attend_relative(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attention with relative-position terms on the scores and on the values, q (b, heads, n, d),
+    for a ``CrossAttention`` layer ``attn`` that holds the two :class:`RelativePosition` tables:
     softmax((q·k + q·E_k[i, j]) / sqrt(d)) then + Σ_j p_ij E_v[i, j]. Explicit (the fused kernels
     take no value term); the temporal sequences it serves are a clip's frames, short."""
     n, m = q.shape[2], k.shape[2]

@@ -109,7 +109,7 @@ def time_paths(
 def run_fifo(bench: Bench, path: str, iterations: int, video_dir: Path | None) -> dict[str, Any]:
     """A FIFO run of ``iterations`` on ``path`` as the pipeline does it; output frames decoded
     and streamed to a GIF in ``video_dir`` (None: no decode). Returns frames and seconds."""
-    from fifo.run import to_uint8_frames
+    from fifo.state import to_uint8_frames
     from infra.video_io import VideoWriter
 
     geo = bench.geometry

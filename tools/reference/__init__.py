@@ -32,7 +32,7 @@ from fifo.geometry import FifoGeometry
 from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseOrder, NoiseSource, NoiseStreamError, RecordedStream
 from fifo.options import parse_mode
-from fifo.run import FifoSampler
+from fifo.sampler import FifoSampler
 from fifo.schedule import DDIMSchedule
 from fifo.tricks.qcache import set_qcache
 from infra.errors import MissingInputError
