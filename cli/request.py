@@ -270,6 +270,17 @@ def _check_attention(backend: str, device: str) -> None:
             "--attention xformers: the xformers package is not installed (pip install xformers, matching "
             "your torch and CUDA); --attention sdpa (the default) uses PyTorch's fused kernels instead"
         )
+    from infra.cuda_runtime import cuda
+    from lvdm.modules.attention_kernels import xformers_failure
+
+    if cuda().emulated or not cuda().is_available():
+        return  # a dry run for a GPU that is not here: its xformers is checked where it runs
+    failure = xformers_failure(device)
+    if failure is not None:
+        raise UsageError(
+            f"--attention xformers: its kernel fails on {device} ({failure}); install the xformers build that "
+            "matches your torch and CUDA, or use --attention sdpa (the default: PyTorch's fused kernels)"
+        )
 
 
 def _check_flow_flags(args: argparse.Namespace, family: str) -> None:
