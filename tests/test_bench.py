@@ -210,6 +210,11 @@ def test_report_rehearsal_on_cpu(bench_script, tmp_path: Path, capsys, one_threa
     assert doc["parallel_windows"]["status"] == "not applicable"
     md = (out / "report.md").read_text()
     assert "| sequential | fp32 |" in md and "not applicable" in md and "Start-up" in md
+    # The first row: the user's command itself, a few frames written to a video file.
+    job = doc["main_job"]
+    assert set(job) == set(report.MAIN_JOB_FIELDS) and job["status"] == "measured", job["reason"]
+    assert job["frames"] == report.MAIN_JOB_FRAMES and job["video_bytes"] > 0 and job["seconds"] > 0
+    assert "videocrafter_main.py --config" in job["command"] and "Main job (the command line" in md
 
 
 def test_report_budget_stop_keeps_what_was_measured(
