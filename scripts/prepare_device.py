@@ -6,7 +6,7 @@ command that installs them there without touching its PyTorch.
     python scripts/prepare_device.py --python 3.11 --platform manylinux_2_28_aarch64 --dry_run
 
 A GPU node often has a PyTorch built for its CUDA driver and no access to a package index.
-This script takes the project's runtime requirements (``requirements.txt`` less PyTorch and its
+This script takes the project's pinned packages (``constraints.txt`` less PyTorch and its
 CUDA libraries, which stay the node's own, and the test and lint tools), follows their
 dependencies as installed here, drops what the node has already (the node's ``pip freeze``, given
 with ``--freeze``), and downloads the rest as binary wheels for the node's Python and platform at
@@ -33,9 +33,19 @@ from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
 
 logger = logging.getLogger("prepare_device")
 
-# The node's own PyTorch build and the CUDA libraries it came with stay as they are; test and lint
-# tools do not run there.
-NODE_OWN = {"torch", "torchvision", "torchaudio", "triton", "pytest", "pytest-xdist", "ruff"}
+# The node's own PyTorch build and the CUDA libraries it came with stay as they are; test, lint and
+# manual tools do not run there.
+NODE_OWN = {
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "triton",
+    "pytest",
+    "pytest-xdist",
+    "ruff",
+    "mkdocs",
+    "mkdocs-material",
+}
 NODE_OWN_PREFIXES = ("nvidia-",)  # nvidia-cublas-cu12, nvidia-cudnn-cu12, ... (torch's CUDA wheels)
 DEFAULT_PLATFORMS = (
     "manylinux_2_28_x86_64",
@@ -100,7 +110,9 @@ def missing_closure(names: list[str], present: set[str], python: str = "3.12") -
             found[name] = metadata.version(name)
             requires = metadata.requires(name) or []
         except metadata.PackageNotFoundError:
-            logger.warning("%s is required but not installed here: install requirements.txt first", name)
+            logger.warning(
+                "%s is required but not installed here: install the packages of constraints.txt first", name
+            )
             continue
         for req in requires:
             spec, _, marker = req.partition(";")
@@ -164,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(
                 f"--freeze {args.freeze}: cannot read it ({err.strerror}); on the node: pip freeze > FILE"
             )
-    missing = missing_closure(requirement_names(REPO / "requirements.txt"), present, args.python)
+    missing = missing_closure(requirement_names(REPO / "constraints.txt"), present, args.python)
     logger.info(
         "the node lacks %d package(s): %s", len(missing), ", ".join(f"{k}=={v}" for k, v in missing.items())
     )
