@@ -2,7 +2,7 @@
 count of both paths, ``--compile`` (``fifo/compile.py``) and the device preparation script.
 
 All on the tiny model on one CPU thread: the report's rehearsal is the GPU run's command with
-``--preset tiny`` (rows that need CUDA say so), so a typo cannot waste a lent GPU's minutes.
+``--preset tiny`` (rows that need CUDA say so), so a typo shows before GPU time is spent.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def test_compiled_unet_gives_the_eager_latents(tmp_path: Path, monkeypatch, one_
 
     Traced by Dynamo and AOT autograd as ``--compile`` traces it, run with the ``aot_eager``
     backend: Inductor's code generation and C++ builds take minutes of CPU for the tiny model on
-    this 2-core machine (measured: README, "Performance"), over this suite's budget; what this
+    a small CPU (docs/performance.md), over this suite's budget; what this
     project's code decides (what is traced, the guards, the shapes) is the same."""
     from fifo.guidance import CFGDenoiser, ModelDenoiser
     from lvdm.build import load_model
