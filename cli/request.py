@@ -364,6 +364,13 @@ def log_unused(args: argparse.Namespace, mode: ModeOptions, facts) -> None:
         logger.info("--fps %d is ignored: %s is conditioned on --frame_stride instead", args.fps, args.config)
     if "save_state_every" in given and args.dry_run:
         logger.info("--save_state_every does not apply to --dry_run, which saves nothing")
+    if args.compile and args.dry_run:
+        logger.info("--compile does not apply to --dry_run: the plan runs the U-Net as it is, uncompiled")
+    if args.parallel == "windows" and args.num_processes > 1 and "RANK" not in os.environ:
+        logger.info(
+            "--parallel windows splits each video's windows over torchrun's processes; --rank and "
+            "--num_processes are ignored (every prompt runs here)"
+        )
 
 
 def build_request(args: argparse.Namespace) -> RunRequest:

@@ -150,6 +150,26 @@ def test_flags_that_contradict_each_other(tmp_path, work, capsys, no_model, extr
     usage_error(capsys, work, out, args, "contradict each other", *words)
 
 
+def test_dry_run_flags_that_do_not_apply_are_said(tmp_path, work, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    extra = [
+        "--dry_run",
+        "--compile",
+        "--save_state_every",
+        "3",
+        "--parallel",
+        "windows",
+        "--num_processes",
+        "2",
+    ]
+    _, args = base(tmp_path, "--random_init", *extra)
+    build_request(build_parser().parse_args([str(a) for a in args]))
+    said = " | ".join(r.getMessage() for r in caplog.records)
+    for words in ("--compile does not apply to --dry_run", "--save_state_every does not apply to --dry_run",
+                  "--rank and --num_processes are ignored (every prompt runs here)"):  # fmt: skip
+        assert words in said, said
+
+
 def test_flags_that_do_not_apply_are_said_in_one_line(tmp_path, work, caplog, monkeypatch) -> None:
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("RANK", "0")
