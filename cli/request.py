@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -452,6 +453,13 @@ def build_request(args: argparse.Namespace) -> RunRequest:
             "(as the published code forces)",
             args.num_inference_steps,
             settings.geometry.steps,
+        )
+    endless = [i for i, job in enumerate(my_jobs) if not job.is_story]
+    if settings.new_video_length == math.inf and endless and endless[0] < len(my_jobs) - 1:
+        raise UsageError(
+            f"-l inf makes the video of {args.prompt_file} line {my_jobs[endless[0]].line} endless, so the "
+            f"{len(my_jobs) - 1 - endless[0]} video(s) after it would never be made; run -l inf on a prompt "
+            "file of one prompt, or give a number of frames"
         )
     stories = [job for job in my_jobs if job.is_story]
     if stories and args.new_video_length is not None:

@@ -301,3 +301,10 @@ def test_a_run_logged_to_a_file_has_no_escape_sequences(tmp_path, work, capsys, 
     said = [r.getMessage() for r in caplog.records if r.name == "infra.progress"]
     assert any(m.startswith("base clip (DDIM): ") for m in said), said
     assert any(m.startswith("FIFO: ") and "frames 2/2" in m for m in said), said
+
+
+def test_an_endless_video_before_other_prompts_is_refused(tmp_path, work, capsys, no_model) -> None:
+    out = tmp_path / "out"
+    pfile = prompt_file(tmp_path, "a boat on a lake\na cat on a wall\n")
+    args = ["--config", T2V, "--random_init", "-p", pfile, "--output_dir", out, *SMALL, "-l", "inf"]
+    usage_error(capsys, work, out, args, "line 1 endless", "1 video(s) after it would never be made")
