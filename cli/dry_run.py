@@ -17,7 +17,6 @@ logger = logging.getLogger(LOGGER_NAME)
 def dry_run(request: RunRequest) -> int:
     """Plan the run (``--dry_run``): the model built on fake tensors on the target device, each stage
     of the first prompt run once; print the plan, then the same as one JSON line."""
-    import json
     import time
 
     import torch
@@ -25,14 +24,19 @@ def dry_run(request: RunRequest) -> int:
     from fifo.generator import FifoGenerator
     from fifo.perf import FastPathPlan, plan_fast_path
     from fifo.plan import plan_run
-    from fifo.seeding import SEED_MODE, SeedClips, seed_settings
+    from fifo.seed_clips import SeedClips
+    from fifo.seed_model import SEED_MODE, seed_settings
     from infra.cuda_runtime import bind_device, cuda
+    from lvdm.build import load_config
     from lvdm.checkpoint import CheckpointError
+    from lvdm.wan import is_wan_config
 
     r = request
     start = time.perf_counter()
     if cuda().is_available():
         bind_device(r.device)  # as a run binds it (the GPU here, or --plan_for's)
+    if is_wan_config(load_config(r.config)):
+        return _dry_run_wan(r)
     try:
         # The models as a run makes them (cli.models), on fake tensors, the checkpoints checked.
         model, seed_model = run_models(r, fake=True)
@@ -61,14 +65,59 @@ def dry_run(request: RunRequest) -> int:
     plan.attention = (
         r.attention if plan.attention == r.attention else f"{r.attention} (planned as {plan.attention})"
     )
+    return _report(plan, r.settings)
+
+
+def _report(plan, settings: GenerationSettings) -> int:
+    """Print the plan (lines, then one JSON line); exit 2 with the advice when it does not fit."""
+    import json
+
     for line in plan.lines():
         logger.info("plan: %s", line)
     if plan.fits is False:
-        print(f"error: {memory_advice(plan, r.settings)}", file=sys.stderr)
+        print(f"error: {memory_advice(plan, settings)}", file=sys.stderr)
         print(json.dumps(plan.json()))
         return 2
     print(json.dumps(plan.json()))
     return 0
+
+
+def _dry_run_wan(r: RunRequest) -> int:
+    """The dry run of a Wan2.1 model (``fifo.wan_plan``): built on fake tensors from its config's
+    sub-configs; a given diffusers folder is checked against them."""
+    import time
+
+    import torch
+
+    from fifo.plan import fake_tensors
+    from fifo.wan_plan import plan_wan_run
+    from infra.cuda_runtime import cuda
+    from lvdm.build import build_model, load_config
+    from lvdm.checkpoint import CheckpointError
+    from lvdm.wan.model import check_wan_folder
+
+    start = time.perf_counter()
+    try:
+        if not r.random_init:
+            params = load_config(r.config)["model"].get("params") or {}
+            check_wan_folder(r.ckpt_path, r.config, params)
+            logger.info("checkpoint %s: a diffusers folder of the config's model", r.ckpt_path)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with fake_tensors(), torch.device(r.device):
+        model = build_model(r.config)
+        model.set_precision(r.settings.dtype.torch_dtype)
+        if r.device.startswith("cuda"):
+            model.offload_text_encoder()  # as a CUDA run loads it (lvdm.wan.model.load_wan)
+    budget = r.max_memory
+    if budget is None and r.device.startswith("cuda") and cuda().is_available():
+        budget, _ = cuda().mem_get_info(torch.device(r.device))  # free before the weights load
+    if r.plan_for is not None:
+        logger.info("plan: for %s", cuda().spec(torch.device(r.device)).describe())
+    seconds = time.perf_counter() - start
+    plan = plan_wan_run(model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds)
+    return _report(plan, r.settings)
 
 
 def memory_advice(plan, settings: GenerationSettings) -> str:

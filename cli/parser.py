@@ -8,7 +8,6 @@ import math
 import re
 from pathlib import Path
 
-from fifo.families import add_family_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import (
     MAIN_OPTIONS,
@@ -18,6 +17,7 @@ from fifo.options import (
     TailFilter,
     TrickArguments,
 )
+from fifo.seed_model import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
 from infra.cli_help import RawDescriptionDefaultsHelpFormatter
 from infra.cuda_runtime import GPUS
 
@@ -80,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="default: the config's latent size × 8 (320)")
     p.add_argument("--width", type=int, default=None, help="default: the config's latent size × 8 (512)")
     p.add_argument("--fps", type=int, default=8, help="frame-rate conditioning of the model")
-    add_family_arguments(
-        p
-    )  # --frame_stride, --seed_config, --seed_ckpt, --guidance_rescale (fifo/families.py)
+    add_family_arguments(p)
     p.add_argument(
-        "--unconditional_guidance_scale", type=float, default=12.0, help="classifier-free guidance"
+        "--unconditional_guidance_scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance (default: 12.0) on the U-Nets, 5.0 on Wan2.1 (its own value)",
     )
     p.add_argument("--eta", "-e", type=float, default=1.0, help="DDIM eta (0: deterministic steps)")
     p.add_argument(
@@ -199,6 +200,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_ouroboros_arguments(p)
     return p
+
+
+def add_family_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line options added with the family (``--frame_stride``, ``--seed_config``,
+    ``--seed_ckpt``, ``--guidance_rescale``)."""
+    parser.add_argument(
+        "--frame_stride",
+        type=int,
+        default=None,
+        help="frame-stride conditioning of DynamiCrafter models (default: the config's default_fs, "
+        "24 for dynamicrafter_512_v1.0); the other models take --fps",
+    )
+    parser.add_argument(
+        "--seed_config",
+        default=None,
+        help="t2v_seed / t2v_seed_ar: the text-to-video model (config) whose base clip seeds the run "
+        f"(default on DynamiCrafter, which cannot sample one from text: {DEFAULT_SEED_CONFIG}; "
+        "default elsewhere: the model's own base clip)",
+    )
+    parser.add_argument(
+        "--seed_ckpt",
+        default=None,
+        help=f"the --seed_config model's checkpoint (default for {DEFAULT_SEED_CONFIG}: "
+        f"{DEFAULT_SEED_CKPT}); --random_init gives it random weights too",
+    )
+    parser.add_argument(
+        "--guidance_rescale",
+        type=float,
+        default=0.0,
+        help="guidance rescale weight in [0, 1] (DynamiCrafter's own scripts use 0.7 for 512/1024); "
+        "0 = plain classifier-free guidance",
+    )
 
 
 def add_ouroboros_arguments(p: argparse.ArgumentParser) -> None:

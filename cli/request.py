@@ -15,7 +15,7 @@ from cli import LOGGER_NAME
 from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, parse_length, trick_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import GenerationSettings, ModeOptions, Precision, parse_mode
-from fifo.seeding import SeedModelSpec
+from fifo.seed_model import SeedModelSpec
 from infra.errors import UserError
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class RunRequest:
     save_state_every: int | None = None
     done: frozenset[int] = frozenset()  # indices (in this rank's jobs) of videos already complete
     compile_unet: bool = False  # --compile: the U-Net through torch.compile (fifo/compile.py)
-    seed_model: SeedModelSpec | None = None  # the text model of the seeded modes (fifo/seeding.py)
+    seed_model: SeedModelSpec | None = None  # the text model of the seeded modes (fifo/seed_model.py)
     plan_for: str | None = None  # --plan_for: the GPU a dry run plans for (infra.cuda_runtime.GPUS)
 
     @property
@@ -84,7 +84,7 @@ def resolve_seed_model(args: argparse.Namespace, mode: ModeOptions, facts, setti
     """The text model that samples the seeded modes' base clips (``--seed_config``): given, or
     VideoCrafter2 by default for a family that cannot sample one (DynamiCrafter), else None."""
     from fifo.families import check_seed_model
-    from fifo.seeding import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
+    from fifo.seed_model import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
     from lvdm.build import config_facts, load_config
 
     config = args.seed_config
@@ -186,7 +186,9 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
         height=args.height if args.height is not None else facts.default_size[0],
         width=args.width if args.width is not None else facts.default_size[1],
         fps=args.fps,
-        guidance=args.unconditional_guidance_scale,
+        guidance=args.unconditional_guidance_scale
+        if args.unconditional_guidance_scale is not None
+        else facts.family.default_guidance,
         eta=args.eta,
         lookahead=args.lookahead_denoising,
         seed=args.seed,
@@ -269,6 +271,17 @@ def _check_attention(backend: str, device: str) -> None:
             "--attention xformers: the xformers package is not installed (pip install xformers, matching "
             "your torch and CUDA); --attention sdpa (the default) uses PyTorch's fused kernels instead"
         )
+    from infra.cuda_runtime import cuda
+    from lvdm.modules.attention_kernels import xformers_failure
+
+    if cuda().emulated or not cuda().is_available():
+        return  # a dry run for a GPU that is not here: its xformers is checked where it runs
+    failure = xformers_failure(device)
+    if failure is not None:
+        raise UsageError(
+            f"--attention xformers: its kernel fails on {device} ({failure}); install the xformers build that "
+            "matches your torch and CUDA, or use --attention sdpa (the default: PyTorch's fused kernels)"
+        )
 
 
 def _check_flow_flags(args: argparse.Namespace, family: str) -> None:
@@ -278,10 +291,6 @@ def _check_flow_flags(args: argparse.Namespace, family: str) -> None:
         "--attention xformers": (
             args.attention == "xformers",
             "the transformer runs diffusers' own attention; leave --attention out",
-        ),
-        "--dry_run": (
-            args.dry_run,
-            "its planner builds the U-Net's windows on fake tensors, not yet this model's",
         ),
         "--seed_config": (
             args.seed_config is not None,

@@ -20,7 +20,7 @@ from infra.cuda_runtime import bind_device
 from infra.errors import UserError
 
 if TYPE_CHECKING:
-    from fifo.seeding import SeedClips
+    from fifo.seed_clips import SeedClips
     from lvdm.models.ddpm3d import LatentDiffusion
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -99,9 +99,10 @@ def resume_command(argv: list[str] | None = None) -> str:
 
 def seed_clips_of(r: RunRequest, model: LatentDiffusion) -> SeedClips:
     """The seeded modes' text model (``--seed_config``), loaded next to the main one, as a
-    base-clip source (``fifo.seeding``)."""
+    base-clip source (``fifo.seed_clips``)."""
     from fifo.generator import FifoGenerator
-    from fifo.seeding import SEED_MODE, SeedClips, seed_settings
+    from fifo.seed_clips import SeedClips
+    from fifo.seed_model import SEED_MODE, seed_settings
     from lvdm.build import model_identity
 
     spec = r.seed_model
@@ -114,17 +115,20 @@ def run(request: RunRequest) -> int:
     """Generate the videos of ``request``; SIGINT/SIGTERM stop it cleanly (see :class:`StopRequest`)."""
     stop = StopRequest()
     with stop.installed():
-        return _run(request, stop)
+        try:
+            return _run(request, stop)
+        finally:
+            end_process_group()  # every exit, an error's too, leaves the process group cleanly
 
 
 def _run(request: RunRequest, stop: StopRequest) -> int:
     import torch
 
     from fifo.outputs import create_folder
-    from fifo.parallel import shares_text
+    from fifo.parallel import PeerFailed, shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
-    from fifo.run import NonFiniteError
+    from fifo.state import NonFiniteError
     from fifo.wan_generator import generator_class
 
     r = request
@@ -189,6 +193,9 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
                 )
             except NonFiniteError as err:
                 print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
+                return 1
+            except PeerFailed as err:
+                print(f"error: rank {r.rank}: {err}", file=sys.stderr)
                 return 1
             except UserError as err:  # found only now (a saved state that cannot be resumed): exit 2
                 print(f"error: {err}", file=sys.stderr)

@@ -5,7 +5,6 @@
 - :func:`check_family_mode`: a mode or setting that a family cannot run is refused before the
   model is loaded, with the reason.
 - :func:`frame_value`: the value of the U-Net's extra embedding (``--fps`` or ``--frame_stride``).
-- :func:`image_latent`: the hybrid families' per-video condition, the input image's latent.
 
 The FIFO loop, the tricks, resume and ``--parallel windows`` never look at the family: the
 DDIM schedule carries the step's part and the denoiser the conditioning's.
@@ -13,19 +12,15 @@ DDIM schedule carries the step's part and the denoiser the conditioning's.
 
 from __future__ import annotations
 
-import argparse
 from typing import TYPE_CHECKING
 
-from torch import Tensor
-
 from fifo.options import GenerationSettings, MainMode, ModeOptions
-from fifo.seeding import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG, SEED_MODE, seed_settings
+from fifo.seed_model import DEFAULT_SEED_CONFIG, SEED_MODE, seed_settings
 from infra.errors import SettingsError
 from lvdm.family import IMAGE_TOKENS_PER_FRAME, ModelFamily
 
 if TYPE_CHECKING:
     from lvdm.build import ConfigFacts
-    from lvdm.models.ddpm3d import LatentDiffusion
 
 I2V_CONFIG_HINT = "use --config configs/inference_i2v_512_v1.0.yaml (or configs/tiny_i2v.yaml)"
 
@@ -42,7 +37,7 @@ def check_model_fits(
     ``facts`` come from the config before the model is built (the CLI) or from the built model
     (:class:`FifoGenerator`); ``source`` names it in the message. ``seed_model`` names the
     text-to-video model that samples the base clips of the seeded modes (``--seed_config``,
-    :mod:`fifo.seeding`), or is None when the model samples its own.
+    :mod:`fifo.seed_model`), or is None when the model samples its own.
 
     Raises:
         SettingsError: the mode needs the image-to-video model, or the size does not fit the U-Net.
@@ -177,46 +172,6 @@ def check_flow_mode(
 def frame_value(family: ModelFamily, settings: GenerationSettings) -> int:
     """What the U-Net's frame-rate / frame-stride embedding is fed for these settings."""
     return family.frame_value(settings.fps, settings.frame_stride)
-
-
-def image_latent(model: LatentDiffusion, images: Tensor) -> Tensor | None:
-    """The hybrid condition of a video: images (1, 3, H, W) in [-1, 1] → (1, c, 1, h, w), or None
-    for families that take none."""
-    if not model.family.needs_input_image:
-        return None
-    return model.get_image_latent(images.to(model.device))
-
-
-def add_family_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command-line options added with the family (``--frame_stride``, ``--seed_config``,
-    ``--seed_ckpt``, ``--guidance_rescale``)."""
-    parser.add_argument(
-        "--frame_stride",
-        type=int,
-        default=None,
-        help="frame-stride conditioning of DynamiCrafter models (default: the config's default_fs, "
-        "24 for dynamicrafter_512_v1.0); the other models take --fps",
-    )
-    parser.add_argument(
-        "--seed_config",
-        default=None,
-        help="t2v_seed / t2v_seed_ar: the text-to-video model (config) whose base clip seeds the run "
-        f"(default on DynamiCrafter, which cannot sample one from text: {DEFAULT_SEED_CONFIG}; "
-        "default elsewhere: the model's own base clip)",
-    )
-    parser.add_argument(
-        "--seed_ckpt",
-        default=None,
-        help=f"the --seed_config model's checkpoint (default for {DEFAULT_SEED_CONFIG}: "
-        f"{DEFAULT_SEED_CKPT}); --random_init gives it random weights too",
-    )
-    parser.add_argument(
-        "--guidance_rescale",
-        type=float,
-        default=0.0,
-        help="guidance rescale weight in [0, 1] (DynamiCrafter's own scripts use 0.7 for 512/1024); "
-        "0 = plain classifier-free guidance",
-    )
 
 
 def check_seed_model(

@@ -33,9 +33,9 @@ def flow_sigmas(num_steps: int, shift: float, num_train_timesteps: int = TRAIN_T
     (``shift``, no dynamic shifting) sets them: the training grid's shifted lowest level in
     float32, an even spread between it and 1, shifted."""
     grid = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1]
-    train = torch.from_numpy(grid.copy()) / num_train_timesteps
-    train = shift * train / (1 + (shift - 1) * train)  # float32, as the scheduler's own table
-    sigma_max, sigma_min = train[0].item(), train[-1].item()
+    train = grid / np.float32(num_train_timesteps)
+    train = np.float32(shift) * train / (1 + np.float32(shift - 1) * train)  # the scheduler's float32 table
+    sigma_max, sigma_min = float(train[0]), float(train[-1])
     spread = np.linspace(sigma_max * num_train_timesteps, sigma_min * num_train_timesteps, num_steps)
     return shifted(spread / num_train_timesteps, shift).astype(np.float32)
 
@@ -69,12 +69,21 @@ class FlowSchedule:
         """The schedule of ``num_steps`` Euler steps with ``shift``."""
         if num_steps < 1:
             raise ValueError(f"flow steps must be ≥ 1, got {num_steps}")
-        down = torch.from_numpy(flow_sigmas(num_steps, shift))  # noisiest first
-        timesteps = down * TRAIN_TIMESTEPS  # float32, as the scheduler computes them
-        sigmas = down.flip(0)
-        prev = torch.cat([torch.zeros(1), sigmas[:-1]])
-        t = timesteps.flip(0).contiguous()
-        return cls(sigmas.contiguous(), prev, t, sigmas.numpy().copy(), t.numpy().copy(), float(shift), 0.0)
+        # All on the host in numpy (float32 as the scheduler), so that it also builds inside a
+        # fake-tensor mode (a planned run).
+        down = flow_sigmas(num_steps, shift)  # noisiest first
+        sigmas = np.ascontiguousarray(down[::-1])
+        prev = np.concatenate([np.zeros(1, dtype=np.float32), sigmas[:-1]])
+        t = (sigmas * np.float32(TRAIN_TIMESTEPS)).astype(np.float32)  # σ·1000 in float32, as the scheduler
+        return cls(
+            torch.from_numpy(sigmas.copy()),
+            torch.from_numpy(prev),
+            torch.from_numpy(t.copy()),
+            sigmas,
+            t,
+            float(shift),
+            0.0,
+        )
 
     def to(self, device: torch.device | str) -> FlowSchedule:
         """The same schedule with its tensors on ``device``."""

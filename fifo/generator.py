@@ -4,7 +4,7 @@
 attention processors, tail sampler and step hooks, the fast path, the guided denoiser) and then generates one video per
 :class:`~fifo.prompts.PromptJob`. :meth:`FifoGenerator.run` is a short composition of stages
 that can also run alone: :meth:`~FifoGenerator.conditioning`, :meth:`~FifoGenerator.base_clip`,
-then the state/step loop of :class:`~fifo.run.FifoSampler` with the sinks around it.
+then the state/step loop of :class:`~fifo.sampler.FifoSampler` with the sinks around it.
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from fifo.conditioning import VideoConditioning, load_image, with_image_tokens
+from fifo.conditioning import VideoConditioning, with_image_tokens
 from fifo.ddim import sample_ddim
-from fifo.families import check_model_fits, frame_value, image_latent
-from fifo.guidance import CFGDenoiser, ModelDenoiser
+from fifo.families import check_model_fits, frame_value
+from fifo.guidance import CFGDenoiser, ModelDenoiser, image_latent
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions, Precision
-from fifo.parallel import DistributedWindows, RankGroup, local_windows
+from fifo.parallel import FAILED, GO, STOP, DistributedWindows, PeerFailed, RankGroup
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
 from fifo.prompts import PromptJob
@@ -42,11 +43,13 @@ from fifo.resume import (
     resume_fingerprint,
     state_folder,
 )
-from fifo.run import FifoSampler, FifoState, check_finite, to_uint8_frames
+from fifo.sampler import FifoSampler
 from fifo.schedule import DDIMSchedule
-from fifo.seeding import SeedClips
-from fifo.sinks import FrameSink, PngSink, VideoSink
+from fifo.sinks import FrameSink, FrameWriter, PngSink, VideoSink
+from fifo.state import FifoState, check_finite, to_uint8_frames
+from fifo.step import fifo_step
 from fifo.tricks.install import install_tricks
+from infra.image_io import load_image
 from infra.progress import progress as progress_bar
 from infra.video_io import VideoWriter, stale_temporary_files
 from lvdm.build import model_facts
@@ -63,6 +66,20 @@ class GenerationResult:
     frames: int
     seconds: float
     base_clip_cached: bool
+
+
+class BaseClipSource(Protocol):
+    """Where a run's base clips come from when another model samples them
+    (:class:`fifo.seed_clips.SeedClips`)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def video(self, job: PromptJob, cache_dir: Path, noise: NoiseSource) -> tuple[Tensor, bool]:
+        """The job's base clip, decoded: (1, 3, f, H, W) in ~[-1, 1], and whether it was cached."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
@@ -87,7 +104,7 @@ class FifoGenerator:
         memory_store: a folder that keeps the window-memory measurement behind the automatic
             window batch between processes (:func:`fifo.plan.window_memory`), or None.
         seed_clips: where the seeded modes' base clips come from when another (text-to-video)
-            model samples them (:mod:`fifo.seeding`; DynamiCrafter), or None: this model's own.
+            model samples them (:mod:`fifo.seed_clips`; DynamiCrafter), or None: this model's own.
         seed_model: names that text model where this process has no ``seed_clips`` (the ranks of
             ``--parallel windows`` other than the writer, which receive the state from it).
     """
@@ -101,7 +118,7 @@ class FifoGenerator:
         plan: FastPathPlan | None = None,
         group: RankGroup | None = None,
         memory_store: Path | None = None,
-        seed_clips: SeedClips | None = None,
+        seed_clips: BaseClipSource | None = None,
         seed_model: str | None = None,
     ) -> None:
         if seed_model is None and seed_clips is not None:
@@ -138,7 +155,7 @@ class FifoGenerator:
             )
             self.window_batch = auto_window_batch(n_windows, memory, self.device)
         # Logged when the first video starts: a generator that only samples base clips (the seeded
-        # modes' text model, fifo/seeding.py) or plans a run never runs FIFO windows.
+        # modes' text model, fifo/seed_clips.py) or plans a run never runs FIFO windows.
         if settings.batched:
             per_call = "all" if self.window_batch is None else min(self.window_batch, n_windows)
             self._path_description: str | None = (
@@ -184,7 +201,7 @@ class FifoGenerator:
             self.geometry,
             self.uncond_context,
             self.window_batch,
-            windows_step=local_windows if group is None else DistributedWindows(group),
+            windows_step=fifo_step if group is None else DistributedWindows(group),
             group=group,
             tail_sampler=self.tricks.tail_sampler,
             hooks=self.tricks.hooks,
@@ -339,6 +356,18 @@ class FifoGenerator:
         )
         return state, frames
 
+    def _agree(self, failure: Exception | None, stop: bool = False) -> bool:
+        """Several ranks: every rank's outcome of the same stretch of work, agreed on at once.
+        Raises ``failure`` (this rank's), or :class:`PeerFailed` when another rank failed, so that
+        no rank waits in a collective for one that has stopped. Returns whether any rank asks
+        to stop."""
+        status = self.group.agree(FAILED if failure is not None else (STOP if stop else GO))
+        if failure is not None:
+            raise failure
+        if status == FAILED:
+            raise PeerFailed("another rank of this job failed (its error is above); this rank stopped too")
+        return status == STOP
+
     def _share_state(self, state: FifoState | None) -> FifoState:
         """Several ranks: rank 0's state (fresh or resumed) on every rank."""
         group = self.group
@@ -403,17 +432,25 @@ class FifoGenerator:
                 fingerprint = resume_fingerprint(job, self.mode, s, self.model_id, self.device, video_path)
                 store = StateStore(state_folder(video_path), fingerprint)
 
-        conditioning, image_tokens = self.conditioning(job, image=writer)
         state, cached, saved_frames = None, False, []
-        if writer:
-            resumed = self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
-            if resumed is not None:
-                state, saved_frames = resumed
-            else:
-                state, cached = self._start_state(
-                    job, conditioning, image_tokens, cache_dir or output_root / "latents", exp_dir
+        try:
+            conditioning, image_tokens = self.conditioning(job, image=writer)
+            if writer:
+                resumed = (
+                    self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
                 )
+                if resumed is not None:
+                    state, saved_frames = resumed
+                else:
+                    state, cached = self._start_state(
+                        job, conditioning, image_tokens, cache_dir or output_root / "latents", exp_dir
+                    )
+        except Exception as err:
+            if self.group is None:
+                raise
+            self._agree(err)  # the other ranks stop too; raises err
         if self.group is not None:
+            self._agree(None)
             state = self._share_state(state)
 
         sinks: list[FrameSink] = []
@@ -435,6 +472,12 @@ class FifoGenerator:
             for index, frame in enumerate(saved_frames):  # the frames before the interruption
                 for sink in sinks:
                     sink.write(index, frame)
+            # The frames go to the sinks and the saved state on a writer thread (GIF palettes and
+            # PNGs overlap with the next frame's compute); a state is saved once they are written.
+            consumers = [sink.write for sink in sinks] + ([saver.write_frame] if saver is not None else [])
+            frames_out = stack.enter_context(FrameWriter(consumers))
+            if saver is not None:
+                saver.before_save = frames_out.drain
             progress = stack.enter_context(
                 progress_bar(
                     total=total,
@@ -444,25 +487,31 @@ class FifoGenerator:
                     disable=not (s.progress and writer),
                 )
             )
-            for output in self.sampler.steps(state, conditioning):
-                if output.frame is not None:
-                    for sink in sinks:
-                        sink.write(output.frame_index, output.frame)
+            steps = self.sampler.steps(state, conditioning)
+            while True:
+                try:
+                    output = next(steps, None)
+                    if output is None:
+                        break
+                    if output.frame is not None:
+                        frames_out.write(output.frame_index, output.frame)
+                    progress.update(1)
+                    progress.set_postfix_str(
+                        f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
+                    )
                     if saver is not None:
-                        saver.write_frame(output.frame_index, output.frame)
-                progress.update(1)
-                progress.set_postfix_str(
-                    f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
-                )
-                if saver is not None:
-                    saver.after_step(state)
+                        saver.after_step(state)
+                except Exception as err:
+                    if self.group is None or isinstance(err, PeerFailed):
+                        raise
+                    self._agree(err)  # the other ranks learn it at the end of this iteration
                 stop = durability is not None and durability.stop_requested()
                 if self.group is not None:
-                    stop = self.group.any(stop)  # every rank stops after the same iteration
+                    stop = self._agree(None, stop)  # every rank stops after the same iteration
                 if stop and state.iteration < total:
                     partial = None
                     if saver is not None:
-                        saver.save(state)
+                        saver.save(state)  # after the frames so far are written
                         partial = video.finish_as(partial_video_path(video_path))
                     raise RunInterrupted(state.frames_emitted, partial)
         if store is not None:  # complete: no state, no partial video of an earlier interruption

@@ -85,3 +85,12 @@ def rescale_guidance(guided: Tensor, cond: Tensor, weight: float) -> Tensor:
     dims = list(range(1, guided.dim()))
     matched = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
     return weight * matched + (1.0 - weight) * guided
+
+
+def image_latent(model: nn.Module, images: Tensor) -> Tensor | None:
+    """The hybrid families' condition of a video: images (1, 3, H, W) in [-1, 1] → the latent
+    (1, c, 1, h, w) that :class:`ModelDenoiser` concatenates to every frame, or None for a family
+    that takes none."""
+    if not model.family.needs_input_image:
+        return None
+    return model.get_image_latent(images.to(model.device))

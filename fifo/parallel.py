@@ -32,6 +32,15 @@ from fifo.step import denoise_windows, write_back
 
 logger = logging.getLogger(__name__)
 
+# What a rank tells the others at the end of a stretch of work (RankGroup.agree): go on, stop
+# cleanly (a signal: state saved), or it failed (its error is its own to report).
+GO, STOP, FAILED = 0, 1, 2
+
+
+class PeerFailed(RuntimeError):
+    """Another rank of the job failed: this one stops as well instead of waiting for it."""
+
+
 # Collectives of a run wait at most this long for the other ranks (one iteration of the full
 # model is seconds; a rank that died makes the others fail after this, never hang).
 DEFAULT_TIMEOUT = timedelta(minutes=10)
@@ -105,6 +114,12 @@ class RankGroup:
         dist.broadcast_object_list(box, src=0, group=self.group, device=self.device)
         return box[0]
 
+    def agree(self, status: int) -> int:
+        """The largest of every rank's ``status`` (:data:`GO` < :data:`STOP` < :data:`FAILED`)."""
+        value = torch.tensor([status], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        return int(value.item())
+
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is True on any rank."""
         value = torch.tensor([1 if flag else 0], device=self.device)
@@ -149,21 +164,6 @@ class DistributedWindows:
         return write_back(queue, geometry, every, [i for share in shares for i in share])
 
 
-def local_windows(
-    denoise: GuidedDenoiser,
-    queue: Tensor,
-    geometry: FifoGeometry,
-    schedule: DDIMSchedule,
-    contexts: Tensor,
-    uncond: Tensor | None,
-    noise: Tensor | None,
-    window_batch: int | None,
-) -> Tensor:
-    """One FIFO iteration with every window in this process (the default)."""
-    written = denoise_windows(denoise, queue, geometry, schedule, contexts, uncond, noise, window_batch)
-    return write_back(queue, geometry, written)
-
-
 def shares_text(n_windows: int, ranks: int) -> str:
     """How the windows are split, for the log: e.g. '3+3+2'."""
     return "+".join(str(len(s)) for s in split_windows(n_windows, ranks))
@@ -174,7 +174,6 @@ __all__: Sequence[str] = (
     "DistributedWindows",
     "LaunchEnv",
     "RankGroup",
-    "local_windows",
     "shares_text",
     "split_windows",
 )

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +28,6 @@ from infra.cuda_runtime import cuda
 from infra.memory import current_rss_bytes, total_ram_bytes
 from lvdm.modules.attention import SpatialTransformer, TemporalTransformer
 from lvdm.modules.networks.openaimodel3d import TemporalConv
-
-if TYPE_CHECKING:
-    from fifo.plan import WindowMemory
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +311,22 @@ def usable_cuda_bytes(free_bytes: int) -> int:
     the allocator does not show, and fragmentation). One rule for the automatic window batch of
     a run and for a dry run's plan."""
     return int(CUDA_FREE_FRACTION * free_bytes) - CUDA_RESERVE_BYTES
+
+
+@dataclass(frozen=True)
+class WindowMemory:
+    """Activation memory of a batched U-Net call: ``fixed_bytes + windows · per_window_bytes``.
+
+    The line goes through calls of one window and of all windows, both measured. Between them
+    it errs on the safe side: transformer chunks (the CPU plan) make memory grow less than
+    linearly with the windows of a call.
+    """
+
+    fixed_bytes: int
+    per_window_bytes: int
+
+    def for_windows(self, windows: int) -> int:
+        return self.fixed_bytes + windows * self.per_window_bytes
 
 
 def cuda_windows_that_fit(memory: WindowMemory, free_bytes: int) -> int:

@@ -35,7 +35,7 @@ from fifo.conditioning import with_image_tokens
 from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
-from fifo.perf import cuda_windows_that_fit, usable_cuda_bytes
+from fifo.perf import WindowMemory, cuda_windows_that_fit, usable_cuda_bytes
 from fifo.prompts import PromptJob
 from infra.memory import LiveTensorBytes
 
@@ -76,22 +76,6 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------- per window
-@dataclass(frozen=True)
-class WindowMemory:
-    """Activation memory of a batched U-Net call: ``fixed_bytes + windows · per_window_bytes``.
-
-    The line goes through calls of one window and of all windows, both measured. Between them
-    it errs on the safe side: transformer chunks (the CPU plan) make memory grow less than
-    linearly with the windows of a call.
-    """
-
-    fixed_bytes: int
-    per_window_bytes: int
-
-    def for_windows(self, windows: int) -> int:
-        return self.fixed_bytes + windows * self.per_window_bytes
-
-
 def _measure_window_memory(
     model: nn.Module, frames: int, latent_hw: tuple[int, int], guidance: bool, most_windows: int
 ) -> WindowMemory:
@@ -312,7 +296,7 @@ def run_stages(
     conditioning, image_tokens = generator.conditioning(job)
     out: dict[str, Tensor] = {"text": conditioning.texts}
     seed_clips = getattr(generator, "seed_clips", None)
-    if seed_clips is not None:  # the text model's base clip, encoded by this model (fifo.seeding)
+    if seed_clips is not None:  # the text model's base clip, encoded by this model (fifo.seed_clips)
         frames = seed_clips.first_step(job, noise)
         base = generator.model.encode_first_stage_2DAE(frames)
         frame = frames[:, :, :1]

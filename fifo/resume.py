@@ -3,7 +3,7 @@
 Next to a video being generated, ``<video>.state/`` holds what a resumed run needs to write the
 identical file:
 
-- ``state.pt``: the :class:`~fifo.run.FifoState` at an iteration boundary (queue, noise stream,
+- ``state.pt``: the :class:`~fifo.state.FifoState` at an iteration boundary (queue, noise stream,
   iteration, image tokens, frames emitted, the tricks' state) and a fingerprint of everything that
   must match to resume (the base clip's cache key, the full mode, the queue layout, the length,
   the output format, the random scheme). Written atomically (temporary file, then rename).
@@ -34,7 +34,7 @@ from PIL import Image
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.prompts import PromptJob
-from fifo.run import FifoState
+from fifo.state import FifoState
 from infra.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,9 @@ class StateStore:
         path = self.frame_path(index)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".png.tmp")
-        Image.fromarray(frame).save(tmp, format="PNG")
+        # Fast compression: kept only until the video is complete, on the writer thread of a run
+        # whose GPU makes a frame in a fraction of a second (lossless all the same).
+        Image.fromarray(frame).save(tmp, format="PNG", compress_level=1)
         tmp.replace(path)
 
     def save(self, state: FifoState) -> None:
@@ -215,7 +217,7 @@ class StateStore:
             "iteration": state.iteration,
             "image_tokens": None if state.image_tokens is None else state.image_tokens.detach().cpu(),
             "frames_emitted": state.frames_emitted,
-            "extras": _to_cpu(state.extras),
+            "extras": _to_cpu(state.hook_state),
             "image_latent": None if state.image_latent is None else state.image_latent.detach().cpu(),
         }
         tmp = self.state_file.with_suffix(".pt.tmp")
@@ -242,7 +244,7 @@ class StateStore:
                 iteration=int(payload["iteration"]),
                 image_tokens=None if payload["image_tokens"] is None else payload["image_tokens"].to(device),
                 frames_emitted=int(payload["frames_emitted"]),
-                extras=_to_device(payload["extras"], device),
+                hook_state=_to_device(payload["extras"], device),
                 # States saved before the seeded modes ran on DynamiCrafter have no image latent.
                 image_latent=None
                 if payload.get("image_latent") is None
@@ -304,6 +306,9 @@ class StateSaver:
 
     def __init__(self, store: StateStore, every_frames: int | None, every_seconds: float) -> None:
         self.store, self.every_frames, self.every_seconds = store, every_frames, every_seconds
+        # Called before each save: the frames are written on another thread (fifo.sinks.FrameWriter)
+        # and a saved state must never count a frame that is not on disk yet.
+        self.before_save: Callable[[], None] | None = None
         self._last_time = time.monotonic()
         self._last_frames = -1
 
@@ -321,6 +326,8 @@ class StateSaver:
             self.save(state)
 
     def save(self, state: FifoState) -> None:
+        if self.before_save is not None:
+            self.before_save()
         started = time.monotonic()
         self.store.save(state)
         self._last_time, self._last_frames = time.monotonic(), state.frames_emitted

@@ -3,7 +3,7 @@ autoencoder as a stream.
 
 What is the same as on the U-Nets: the queue layout (:class:`~fifo.geometry.FifoGeometry`:
 partitions, lookahead), its build from the base clip (:func:`~fifo.step.initial_queue`), one
-step of every window per iteration (:func:`~fifo.parallel.local_windows` over
+step of every window per iteration (:func:`~fifo.step.fifo_step` over
 :func:`~fifo.step.denoise_windows`), the shift, stories (per-window text), the noise source,
 the sinks and the saved state. What differs is the model's part:
 
@@ -11,7 +11,7 @@ the sinks and the saved state. What differs is the model's part:
   window's frames advanced one Euler step, the transformer fed one timestep per frame (per token);
 - a queue unit (one latent frame) is four video frames, the stream's first one: the dequeued
   latents are decoded in order by :class:`~lvdm.wan.stream.StreamDecoder`, whose temporal
-  cache travels in the state (``FifoState.extras["decoder"]``), so a resumed run decodes on
+  cache travels in the state (``FifoState.hook_state["decoder"]``), so a resumed run decodes on
   exactly where it stopped;
 - lengths are in video frames (``-l``, scene lengths) and converted to latent frames here.
 """
@@ -29,14 +29,14 @@ from fifo.conditioning import VideoConditioning
 from fifo.flow import FlowSchedule
 from fifo.geometry import FifoGeometry
 from fifo.guidance import GuidedDenoiser
+from fifo.hooks import FrameShare, WindowsStep
 from fifo.noise import NoiseSource
 from fifo.options import ModeOptions
-from fifo.parallel import RankGroup, local_windows
-from fifo.run import FifoState, WindowsStep, check_finite, to_uint8_frames
-from fifo.step import initial_queue, shift_queue
+from fifo.state import FifoState, check_finite, to_uint8_frames
+from fifo.step import fifo_step, initial_queue, shift_queue
 from lvdm.wan.stream import DecoderCache, StreamDecoder
 
-DECODER = "decoder"  # the key of the decoder's cache in FifoState.extras
+DECODER = "decoder"  # the key of the decoder's cache in FifoState.hook_state
 
 
 def latent_frames(video_frames: int, per_latent: int = 4) -> int:
@@ -83,7 +83,7 @@ class WanSampler:
         geometry: the queue layout.
         uncond: (1, m, d) the unconditional text tokens, or None for no guidance.
         window_batch: windows per call (None: all).
-        windows_step: runs one iteration's windows (:func:`fifo.parallel.local_windows`, or
+        windows_step: runs one iteration's windows (:func:`fifo.step.fifo_step`, or
             :class:`fifo.parallel.DistributedWindows` over ranks).
         group: the ranks sharing the video (None: one process); only its writer decodes.
     """
@@ -97,8 +97,8 @@ class WanSampler:
         geometry: FifoGeometry,
         uncond: Tensor | None,
         window_batch: int | None,
-        windows_step: WindowsStep = local_windows,
-        group: RankGroup | None = None,
+        windows_step: WindowsStep = fifo_step,
+        group: FrameShare | None = None,
     ) -> None:
         self.mode, self.denoise, self.schedule, self.geometry = mode, denoise, schedule, geometry
         self.uncond, self.window_batch = uncond, window_batch
@@ -116,7 +116,7 @@ class WanSampler:
     def initial_state(self, base_latents: Tensor, noise: NoiseSource) -> FifoState:
         """The base clip (1, c, f, h, w) noised into the queue, and a fresh decoder cache."""
         queue = initial_queue(base_latents, self.geometry, self.schedule, self.mode.unilatent, noise)
-        return FifoState(queue=queue, noise=noise, extras={DECODER: self.decoder.start().state_dict()})
+        return FifoState(queue=queue, noise=noise, hook_state={DECODER: self.decoder.start().state_dict()})
 
     def step(self, state: FifoState, conditioning: VideoConditioning, video_frames: int) -> WanStepOutput:
         """Advance ``state`` by one iteration (in place): every window one flow step, the dequeue
@@ -131,10 +131,10 @@ class WanSampler:
         clean = queue[:, :, geo.output_slot : geo.output_slot + 1]
         output = WanStepOutput(it, clean, first_index=state.frames_emitted)
         if it >= geo.discarded_frames() and self.is_writer:
-            cache = DecoderCache.from_state_dict(state.extras[DECODER])
+            cache = DecoderCache.from_state_dict(state.hook_state[DECODER])
             video = self.decoder.decode(clean, cache)
             check_finite(video, "the decoded frames", it)
-            state.extras[DECODER] = cache.state_dict()
+            state.hook_state[DECODER] = cache.state_dict()
             frames = list(to_uint8_frames(video))[: max(0, video_frames - state.frames_emitted)]
             output.frames = frames
             state.frames_emitted += len(frames)

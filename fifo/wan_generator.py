@@ -27,7 +27,7 @@ from fifo.generator import FifoGenerator, GenerationResult, _atomic_save
 from fifo.guidance import CFGDenoiser
 from fifo.noise import NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions
-from fifo.parallel import DistributedWindows, RankGroup, local_windows
+from fifo.parallel import DistributedWindows, RankGroup
 from fifo.prompts import PromptJob
 from fifo.resume import (
     Durability,
@@ -41,8 +41,9 @@ from fifo.resume import (
     resume_fingerprint,
     state_folder,
 )
-from fifo.run import FifoState, check_finite, to_uint8_frames
 from fifo.sinks import FrameSink, PngSink, VideoSink
+from fifo.state import FifoState, check_finite, to_uint8_frames
+from fifo.step import fifo_step
 from fifo.wan import WanSampler, latent_conditioning
 from infra.progress import progress as progress_bar
 from infra.video_io import VideoWriter, stale_temporary_files
@@ -109,7 +110,7 @@ class WanGenerator:
             self.geometry,
             self.uncond,
             window_batch,
-            windows_step=local_windows if group is None else DistributedWindows(group),
+            windows_step=fifo_step if group is None else DistributedWindows(group),
             group=group,
         )
 

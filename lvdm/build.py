@@ -255,7 +255,10 @@ def _load_wan_model(
         logger.warning("--random_init: running on random weights; outputs are noise-like by design")
         if dtype is not None:
             model.set_precision(dtype)
-        return model.eval().requires_grad_(False).to(device)
+        model = model.eval().requires_grad_(False).to(device)
+        if torch.device(device).type == "cuda":
+            model.offload_text_encoder()  # as load_wan does: the device holds what denoises
+        return model
     if ckpt_path is None:
         raise CheckpointError("no --ckpt_path given (use --random_init only for tests and demos)")
     return load_wan(ckpt_path, params, device, dtype)

@@ -140,6 +140,11 @@ def test_paths_timed_alone_in_fresh_processes(bench_script, capsys, monkeypatch)
     # The same input in every process: the paths agree as they do in one process (tiny: ~1e-3 of the
     # scale, where guidance 12 amplifies fp32 rounding at the 1x1 level).
     assert 0 < r["max_abs_diff"] < 0.05
+    # The frame writer's cost per frame, next to the U-Net's, and how much of it overlaps.
+    from tools.bench.table import format_table
+
+    assert r["writer_seconds_per_frame"] > 0 and 0 < r["writer_overlap"] <= 1
+    assert "frame writer (GIF palette and frame, state PNG; its own thread)" in format_table(r)
 
 
 def test_the_rows_of_each_setting(tiny_bench) -> None:

@@ -22,7 +22,7 @@ from fifo.geometry import FifoGeometry
 from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseOrder, NoiseSource, RecordedStream
 from fifo.options import parse_mode
-from fifo.run import FifoSampler
+from fifo.sampler import FifoSampler
 from fifo.schedule import DDIMSchedule
 from lvdm.build import build_model
 from tests.conftest import REPO

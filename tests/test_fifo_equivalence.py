@@ -534,7 +534,7 @@ def test_published_order_same_stream_on_both_paths(model, embeddings, plain_atte
     dequeue the same latents."""
     from fifo.conditioning import VideoConditioning
     from fifo.noise import NoiseOrder
-    from fifo.run import FifoSampler
+    from fifo.sampler import FifoSampler
 
     geo = FifoGeometry(4, 2, lookahead=True)
     cond, uncond = embeddings

@@ -179,3 +179,192 @@ def test_the_entry_point_hands_over_to_the_cli_package() -> None:
     source = (REPO / "videocrafter_main.py").read_text(encoding="utf-8")
     assert len(source.splitlines()) < 100
     assert "from cli.main import main" in source
+
+
+# ------------------------------------------------------------------ modules inside the packages
+
+
+def module_name(root: Path, path: Path) -> str:
+    """``fifo/tricks/srg.py`` → ``fifo.tricks.srg``; a package's ``__init__.py`` is the package."""
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@functools.cache
+def module_graph(root: Path) -> dict[str, set[str]]:
+    """Every project module → the project modules it imports (lazily and under ``TYPE_CHECKING``
+    too). ``from a.b import c`` depends on ``a.b``, and on ``a.b.c`` when that is a module;
+    relative imports are resolved."""
+    modules = {module_name(root, path): path for files in project_packages(root).values() for path in files}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*parts, base] if base else parts)
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for target in targets:
+                resolved = resolve(target)
+                if resolved is not None and resolved != name:
+                    graph[name].add(resolved)
+    return graph
+
+
+def module_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The cycles of a module graph (one per strongly connected set of more than one module)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    return cycles
+
+
+def read_fifo_layers(text: str) -> dict[str, int]:
+    """The layers of ARCHITECTURE.md's block under "## Layers inside fifo/", as for the packages:
+    ``{module: N}`` (``tricks/`` stands for every module of ``fifo.tricks``)."""
+    section = text.split("\n## Layers inside fifo/", 1)[1]
+    block = section.split("```", 2)[1]
+    layers: dict[str, int] = {}
+    for line in block.splitlines():
+        match = re.match(r"\s*(\d+)\s+(.*)", line)
+        if match is None:
+            continue
+        for token in match.group(2).split():
+            if token.endswith("/") or token.endswith(".py"):
+                layers["fifo." + token.removesuffix("/").removesuffix(".py")] = int(match.group(1))
+    return layers
+
+
+def fifo_layer(module: str, layers: dict[str, int]) -> int | None:
+    while module and module not in layers:
+        module = module.rpartition(".")[0]
+    return layers.get(module)
+
+
+# What the core of the method must not touch: files, other processes, caches.
+FILE_RANK_CACHE = (
+    "os",
+    "io",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "json",
+    "pickle",
+    "PIL",
+    "imageio",
+    "torch.distributed",
+    "infra.video_io",
+    "infra.image_io",
+    "infra.csv_table",
+    "infra.memory",
+    "infra.cuda_runtime",
+)
+
+
+def direct_imports(path: Path) -> set[str]:
+    """Every module a file names in an import (dotted, as written; relative imports skipped)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.fixture(scope="module")
+def fifo_layers() -> dict[str, int]:
+    return read_fifo_layers(ARCHITECTURE.read_text(encoding="utf-8"))
+
+
+def test_no_cycle_between_modules() -> None:
+    """No module reaches itself through imports, inside a package or across packages."""
+    cycles = module_cycles(module_graph(REPO))
+    assert not cycles, "\n".join(" ↔ ".join(cycle) for cycle in cycles)
+
+
+def test_fifo_modules_import_down_their_layers(fifo_layers) -> None:
+    graph = module_graph(REPO)
+    fifo = sorted(name for name in graph if name.startswith("fifo.") and name != "fifo.tricks")
+    problems = [
+        f"{m} is not in docs/ARCHITECTURE.md's layers inside fifo/"
+        for m in fifo
+        if fifo_layer(m, fifo_layers) is None
+    ]
+    for module in fifo:
+        for target in sorted(graph[module]):
+            mine, theirs = fifo_layer(module, fifo_layers), fifo_layer(target, fifo_layers)
+            if target.startswith("fifo.") and None not in (mine, theirs) and theirs > mine:
+                problems.append(f"{module} (layer {mine}) imports {target} (layer {theirs})")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_core_imports_no_file_rank_or_cache_code(fifo_layers) -> None:
+    """The FIFO loop and everything it reaches in fifo/ open no file, talk to no process, keep no cache."""
+    graph = module_graph(REPO)
+    core = {m for m in graph if m.startswith("fifo.") and fifo_layer(m, fifo_layers) == CORE_LAYER}
+    assert {"fifo.sampler", "fifo.state", "fifo.hooks", "fifo.step", "fifo.guidance"} <= core
+    reached, todo = set(), list(core)
+    while todo:
+        module = todo.pop()
+        if module in reached:
+            continue
+        reached.add(module)
+        todo.extend(t for t in graph[module] if t.startswith("fifo."))
+    problems = []
+    for module in sorted(reached):
+        path = REPO / Path(*module.split(".")).with_suffix(".py")
+        for name in sorted(direct_imports(path)):
+            if any(name == bad or name.startswith(bad + ".") for bad in FILE_RANK_CACHE):
+                problems.append(f"{module} (reached from the core) imports {name}")
+    assert not problems, "\n".join(problems)
+
+
+CORE_LAYER = 2
+
+
+def test_the_module_checks_catch_a_cycle_and_a_file_import(tmp_path: Path) -> None:
+    """The same checks on a made-up checkout: a lazy cycle through a relative import is found."""
+    (tmp_path / "fifo").mkdir()
+    (tmp_path / "fifo" / "__init__.py").write_text("")
+    (tmp_path / "fifo" / "sampler.py").write_text("def f():\n    from .generator import g\n")
+    (tmp_path / "fifo" / "generator.py").write_text("from fifo.sampler import f\nimport pathlib\n")
+    (tmp_path / "fifo" / "state.py").write_text("import os.path\n")
+    assert module_cycles(module_graph(tmp_path)) == [["fifo.generator", "fifo.sampler"]]
+    assert "os.path" in direct_imports(tmp_path / "fifo" / "state.py")

@@ -87,7 +87,7 @@ CASES = {
 }
 
 
-# The Ouroboros tricks keep state across iterations (SRG's feature bank in FifoState.extras, the
+# The Ouroboros tricks keep state across iterations (SRG's feature bank in FifoState.hook_state, the
 # coherent tail reads the queue): resumed mid-run only, to keep the suite short.
 TRICKS_CASE = (
     T2V,

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from fifo.conditioning import VideoConditioning, load_image
+from fifo.conditioning import VideoConditioning
 from fifo.generator import FifoGenerator
 from fifo.geometry import FifoGeometry
 from fifo.options import GenerationSettings, QCacheOptions, parse_mode
 from fifo.prompts import PromptJob, Scene
 from fifo.tricks.qcache import set_qcache
+from infra.image_io import load_image
 from infra.video_io import read_video
 from lvdm.build import load_model
 from tests.conftest import write_png

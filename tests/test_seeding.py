@@ -1,5 +1,5 @@
 """t2v_seed / t2v_seed_ar on DynamiCrafter, whose base clip comes from a text-to-video model
-(``--seed_config``, :mod:`fifo.seeding`): refusals before any model is loaded, the base clip equal
+(``--seed_config``, :mod:`fifo.seed_clips`): refusals before any model is loaded, the base clip equal
 to the text model's own ``t2v`` base clip, the image latent of the first frame carried by the state
 through a stop and ``--resume`` and to the other rank of ``--parallel windows``, and the dry run's
 plan holding both models' weights."""

@@ -13,8 +13,9 @@ from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import TrickArguments, parse_mode
 from fifo.plan import window_memory
-from fifo.run import FifoSampler, FifoState
+from fifo.sampler import FifoSampler
 from fifo.schedule import DDIMSchedule
+from fifo.state import FifoState
 from fifo.tricks.install import Tricks, install_tricks
 from fifo.tricks.srg import SelfRecurrentGuidance, subject_distance
 from lvdm.build import load_model
@@ -142,7 +143,7 @@ def test_the_bank_is_a_moving_average_of_the_dequeued_frames_in_plain_state(mode
             return all(isinstance(k, str) and plain(v) for k, v in value.items())
         return value is None or isinstance(value, (torch.Tensor, int, float, str))
 
-    assert plain(run.state.extras)
+    assert plain(run.state.hook_state)
 
 
 def _run_steps(run: Run, iterations: int) -> list[torch.Tensor]:
@@ -153,7 +154,7 @@ def _run_steps(run: Run, iterations: int) -> list[torch.Tensor]:
 def test_whole_steps_under_inference_mode_guide_once_the_bank_exists(model) -> None:
     guided = make_run(model, weight=1.0)
     latents = _run_steps(guided, 4)
-    extras = guided.state.extras["srg"]
+    extras = guided.state.hook_state["srg"]
     assert extras["frames"] == 4 and extras["bank"]
     assert all(t.is_inference() and not t.requires_grad for t in latents)
     # Weight 0 computes the term and applies none: the plain model's latents, bit for bit.

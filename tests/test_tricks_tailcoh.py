@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from fifo.hooks import gaussian_tail
 from fifo.noise import NoiseOrder, NoiseSource
 from fifo.options import ModeError, TailCoherenceOptions, TailFilter, TrickArguments, parse_mode
-from fifo.run import gaussian_tail
 from fifo.schedule import DDIMSchedule
 from fifo.tricks.tailcoh import FFT_DIMS, CoherentTail, coherent_tail, high_band_gain, lowpass_mask
 

@@ -376,8 +376,8 @@ def test_cli_writes_vbench_columns(
 
         return build
 
-    monkeypatch.setattr(vbench, "build_dino", reuse(dino, "dino"))
-    monkeypatch.setattr(vbench, "build_clip", reuse(clip, "clip"))
+    monkeypatch.setattr(vbench.scorer, "build_dino", reuse(dino, "dino"))
+    monkeypatch.setattr(vbench.scorer, "build_clip", reuse(clip, "clip"))
     out = tmp_path / "report"
     argv = [str(results), "--out", str(out), "--random_feature_models", "--quiet", "--batch_size", "4"]
     argv += ["--dimensions", *DIMENSIONS]

@@ -345,9 +345,9 @@ def test_cli_rejects_motion_weights_with_random_models(capsys: pytest.CaptureFix
     assert exit_info.value.code == 2 and "--raft_weights" in capsys.readouterr().err
 
 
-def test_builders_are_looked_up_on_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_builders_are_looked_up_where_the_scorer_imports_them(monkeypatch: pytest.MonkeyPatch) -> None:
     built = []
-    monkeypatch.setattr(vbench, "build_amt", lambda *args: built.append("amt") or _CopyFirst())
-    monkeypatch.setattr(vbench, "build_raft", lambda *args: built.append("raft") or _DifferenceFlow())
+    monkeypatch.setattr(vbench.scorer, "build_amt", lambda *args: built.append("amt") or _CopyFirst())
+    monkeypatch.setattr(vbench.scorer, "build_raft", lambda *args: built.append("raft") or _DifferenceFlow())
     scorer = VBenchScorer.create((MOTION, DYNAMIC), random_init=True, device="cpu")
     assert built == ["amt", "raft"] and scorer.score(_pattern(5)).dynamic_degree == 0.0

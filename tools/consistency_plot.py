@@ -8,12 +8,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from tools.evaluation import VideoMetrics
+
+class CurveRow(Protocol):
+    """What a row of the plot needs (``tools.evaluation.VideoMetrics`` is one): the experiment it
+    belongs to, and the curves the panels read by name (``clip_curve``, ``drift_curve``, ...)."""
+
+    experiment: str
+
 
 __all__ = ["plot_consistency"]
 
@@ -65,7 +70,7 @@ _DRIFT_PANEL = _Panel(
 )
 
 
-def plot_consistency(rows: Sequence[VideoMetrics], path: str | os.PathLike) -> Path:
+def plot_consistency(rows: Sequence[CurveRow], path: str | os.PathLike) -> Path:
     """Per-frame consistency, one curve per experiment (averaged over its prompts), one panel per measure.
 
     Panels: VBench's subject and background consistency of each frame (when every video has them:

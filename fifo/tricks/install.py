@@ -2,7 +2,7 @@
 
 :func:`install_tricks` puts every trick of a :class:`~fifo.options.ModeOptions` in place and
 returns :class:`Tricks`: the tail sampler and the step hooks for
-:class:`~fifo.run.FifoSampler`, and the subject store that :meth:`Tricks.for_video` points at
+:class:`~fifo.sampler.FifoSampler`, and the subject store that :meth:`Tricks.for_video` points at
 each video's prompts. With no trick on, the U-Net keeps plain attention, the tail is Gaussian
 and there are no hooks: the published computation.
 """
@@ -18,8 +18,8 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from fifo.geometry import FifoGeometry
 from fifo.guidance import BranchDenoiser
+from fifo.hooks import StepHook, TailSampler, gaussian_tail
 from fifo.options import ModeOptions
-from fifo.run import StepHook, TailSampler, gaussian_tail
 from fifo.schedule import DDIMSchedule
 from fifo.tricks.qcache import set_qcache
 from fifo.tricks.sacfa import set_sacfa

@@ -17,7 +17,7 @@ that same pass, enter the bank (:meth:`after_dequeue`): ``bank ← m·bank + (1 
 
 Features: at each decoder spatial self-attention (``attn1``) at the subject levels, a frame's
 keys averaged over its subject mask, one (heads·d,) vector per layer ("site"); the demo keeps
-the same layers' keys. The bank is kept in ``FifoState.extras["srg"]`` (tensors and plain
+the same layers' keys. The bank is kept in ``FifoState.hook_state["srg"]`` (tensors and plain
 values), so that it is saved and restored with the state.
 
 Cost and memory: one more forward and one backward pass of one window (f frames, one guidance
@@ -36,9 +36,10 @@ from torch._subclasses.fake_tensor import is_fake
 
 from fifo.geometry import FifoGeometry, Window
 from fifo.guidance import BranchDenoiser
+from fifo.hooks import LoopView, StepHook
 from fifo.options import SrgOptions
-from fifo.run import FifoSampler, FifoState, StepHook
 from fifo.schedule import DDIMSchedule
+from fifo.state import FifoState
 from fifo.tricks.subject import Attend, SubjectStore, remove_trick_processors, spatial_attention
 from lvdm.modules.attention import AttnProcessor, CrossAttention, add_processor
 
@@ -136,22 +137,20 @@ class SelfRecurrentGuidance(StepHook):
         self.guided = [(len(windows) - 1 - i, windows[-1 - i]) for i in range(count)]
 
     def state(self, state: FifoState) -> dict[str, Any]:
-        """This hook's part of ``state.extras``: the bank (site → (heads·d,)), its frame count, the pending features."""
-        return state.extras.setdefault(self.name, {"bank": {}, "frames": 0, "pending": None})
+        """This hook's part of ``state.hook_state``: the bank (site → (heads·d,)), its frame count, the pending features."""
+        return state.hook_state.setdefault(self.name, {"bank": {}, "frames": 0, "pending": None})
 
-    def after_windows(
-        self, sampler: FifoSampler, state: FifoState, queue: Tensor, contexts: Tensor
-    ) -> Tensor:
-        extras = self.state(state)
+    def after_windows(self, loop: LoopView, state: FifoState, queue: Tensor, contexts: Tensor) -> Tensor:
+        bank_state = self.state(state)
         for number, (index, window) in enumerate(self.guided):
             # A planned run (fake tensors) plans the guided pass with its backward, bank or not.
-            guide = (bool(extras["bank"]) or is_fake(state.queue)) and self.options.weight > 0
+            guide = (bool(bank_state["bank"]) or is_fake(state.queue)) and self.options.weight > 0
             features, present, grad = self.guidance_gradient(
-                state.queue, window, contexts[index : index + 1], extras["bank"], guide
+                state.queue, window, contexts[index : index + 1], bank_state["bank"], guide
             )
             if number == 0:  # the front window holds the frame dequeued next
                 out = self.geometry.output_slot - window.start
-                extras["pending"] = (
+                bank_state["pending"] = (
                     {s: f[out].detach().clone() for s, f in features.items()}
                     if is_fake(present) or present[out]
                     else None
@@ -161,16 +160,16 @@ class SelfRecurrentGuidance(StepHook):
                 queue[:, :, window.write_start : window.end] -= self.update(window, grad).to(queue.dtype)
         return queue
 
-    def after_dequeue(self, sampler: FifoSampler, state: FifoState, latent: Tensor) -> None:
-        extras = self.state(state)
-        pending, extras["pending"] = extras["pending"], None
+    def after_dequeue(self, loop: LoopView, state: FifoState, latent: Tensor) -> None:
+        bank_state = self.state(state)
+        pending, bank_state["pending"] = bank_state["pending"], None
         if pending is None:
             return
         m = self.options.momentum
-        bank = extras["bank"]
+        bank = bank_state["bank"]
         for site, feature in pending.items():
             bank[site] = feature if site not in bank else m * bank[site] + (1.0 - m) * feature
-        extras["frames"] += 1
+        bank_state["frames"] += 1
 
     # ------------------------------------------------------------------ the guided pass
     def guidance_gradient(

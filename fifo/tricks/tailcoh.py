@@ -117,7 +117,7 @@ def coherent_tail(
 
 
 class CoherentTail:
-    """A :class:`~fifo.run.TailSampler`: the coherent tail of ``options`` for a DDIM ``schedule``.
+    """A :class:`~fifo.hooks.TailSampler`: the coherent tail of ``options`` for a DDIM ``schedule``.
 
     Draws its noise through ``NoiseSource.tail`` exactly as the Gaussian tail does.
     """

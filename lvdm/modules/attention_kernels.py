@@ -85,10 +85,29 @@ def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def _attend_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Plain softmax(q kᵀ / sqrt(d)) v, as the published code computes it; the reference for tests."""
+    """Plain softmax(q kᵀ / sqrt(d)) v, as the published code computes it; the reference for tests.
+    In fp16/bf16 the scores are fp32 from the query scaled first, as the fused kernels compute
+    them (a half-precision q·kᵀ overflows before the scale)."""
     scale = q.shape[-1] ** -0.5
+    if q.dtype in (torch.float16, torch.bfloat16):
+        weights = torch.einsum("bhid,bhjd->bhij", q.float() * scale, k.float())
+        return torch.einsum("bhij,bhjd->bhid", weights.softmax(dim=-1).to(v.dtype), v)
     weights = torch.einsum("bhid,bhjd->bhij", q, k) * scale
     return torch.einsum("bhij,bhjd->bhid", weights.softmax(dim=-1), v)
+
+
+def xformers_failure(device: str | torch.device) -> str | None:
+    """One tiny xformers attention call on ``device`` (a CUDA GPU that is here): None when it
+    runs, else what failed. An xformers build that does not match this PyTorch or CUDA imports
+    (with a warning) and fails only at its first call: this finds it before a model is loaded."""
+    try:
+        import xformers.ops  # optional dependency, CUDA only
+
+        q = torch.zeros(1, 8, 2, 64, device=device, dtype=torch.float16)  # (batch, seq, heads, dim)
+        xformers.ops.memory_efficient_attention(q, q, q).sum().item()  # .item(): the kernel ran
+    except Exception as err:  # any failure of the probe is the answer, reported to the user
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _attend_xformers(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

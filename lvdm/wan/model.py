@@ -29,6 +29,7 @@ WAN_FAMILY = ModelFamily(
     prediction=Prediction.FLOW,
     frame_conditioning=FrameConditioning.NONE,
     video_frames_per_latent=4,
+    default_guidance=5.0,
 )
 
 # The folders of a diffusers-format model (model_index.json's components).
@@ -118,6 +119,7 @@ class WanModel(nn.Module):
         self.temporal_scale = int(self.vae.config.scale_factor_temporal)
         self.channels = int(self.transformer.config.in_channels)
         self.patch_size = tuple(self.transformer.config.patch_size)
+        self.text_encoder_offloaded = False
 
     @property
     def device(self) -> torch.device:
@@ -125,21 +127,40 @@ class WanModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        """The transformer's compute dtype (its patch embedding's; some parts stay float32)."""
+        return self.transformer.patch_embedding.weight.dtype
 
     def set_precision(self, dtype: torch.dtype) -> None:
         """The transformer and the text encoder compute in ``dtype``, but for the transformer's
         parts that diffusers keeps in float32 (``_keep_in_fp32_modules``: timestep embedding,
         norms, modulation tables), as ``from_pretrained(torch_dtype=...)`` leaves them; the
         autoencoder stays in float32 (decoded frames are the output)."""
-        if self.dtype == dtype:
-            return
-        nn.Module.to(self.transformer, dtype)  # diffusers' own .to warns about the float32 parts
         keep = set(getattr(self.transformer, "_keep_in_fp32_modules", None) or ())
-        for name, param in self.transformer.named_parameters():
-            if keep & set(name.split(".")):
-                param.data = param.data.float()
-        self.text_encoder.to(dtype)
+        # Parameters are replaced, not converted in place: this also works on fake tensors.
+        for part, kept in ((self.transformer, keep), (self.text_encoder, set())):
+            for module_name, module in part.named_modules():
+                target = torch.float32 if kept & set(module_name.split(".")) else dtype
+                for name, param in list(module._parameters.items()):
+                    if param is None or not param.is_floating_point():
+                        continue
+                    want = torch.float32 if name in kept else target
+                    if param.dtype != want:
+                        module._parameters[name] = nn.Parameter(param.detach().to(want), requires_grad=False)
+                for name, buffer in list(module._buffers.items()):
+                    if buffer is not None and buffer.is_floating_point() and buffer.dtype != target:
+                        module._buffers[name] = buffer.to(target)
+
+    def offload_text_encoder(self) -> None:
+        """Keep the text encoder (UMT5-XXL: 11 GiB in bf16, used once per video) in host memory and
+        bring it to the device only while it encodes (:meth:`encode_text`), as diffusers' model
+        offloading does; the device then holds the transformer and the autoencoder."""
+        self.text_encoder_offloaded = True
+        _move(self.text_encoder, torch.device("cpu"))
+
+    def resident_weight_bytes(self) -> int:
+        """Bytes of the weights that stay on the device (all but an offloaded text encoder)."""
+        parts = [self.transformer, self.vae] + ([] if self.text_encoder_offloaded else [self.text_encoder])
+        return sum(t.numel() * t.element_size() for p in parts for t in (*p.parameters(), *p.buffers()))
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -154,11 +175,18 @@ class WanModel(nn.Module):
             truncation=True,
             add_special_tokens=True,
             return_attention_mask=True,
-            return_tensors="pt",
         )
-        ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
-        hidden = self.text_encoder(ids, mask).last_hidden_state
-        keep = mask.gt(0).sum(dim=1).tolist()
+        # Lengths from the tokenizer's own lists: no device value is read (fake tensors in a plan).
+        keep = [sum(1 for v in row if v > 0) for row in tokens["attention_mask"]]
+        ids = torch.tensor(tokens["input_ids"], dtype=torch.long, device=self.device)
+        mask = torch.tensor(tokens["attention_mask"], dtype=torch.long, device=self.device)
+        if self.text_encoder_offloaded:
+            _move(self.text_encoder, self.device)
+        try:
+            hidden = self.text_encoder(ids, mask).last_hidden_state
+        finally:
+            if self.text_encoder_offloaded:
+                _move(self.text_encoder, torch.device("cpu"))
         rows = [torch.cat([h[:n], h.new_zeros(length - n, h.shape[1])]) for h, n in zip(hidden, keep)]
         return torch.stack(rows).to(self.dtype)
 
@@ -199,6 +227,55 @@ class WanModel(nn.Module):
         return z / inv_std + mean
 
 
+def _move(module: nn.Module, device: torch.device) -> None:
+    """Every parameter and buffer of ``module`` to ``device``, replaced rather than converted in
+    place (so that it also works on fake tensors)."""
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None and param.device != device:
+                sub._parameters[name] = nn.Parameter(param.detach().to(device), requires_grad=False)
+        for name, buffer in list(sub._buffers.items()):
+            if buffer is not None and buffer.device != device:
+                sub._buffers[name] = buffer.to(device)
+
+
+def check_wan_folder(
+    folder: str | Path, config_path: str | Path | None = None, params: dict | None = None
+) -> None:
+    """A diffusers-format Wan2.1 folder: its parts are there and, given a config (its path, and the
+    ``model.params`` read from it, :func:`lvdm.build.load_config`), the transformer's and the
+    autoencoder's ``config.json`` agree with the config's sub-configs.
+
+    Raises:
+        lvdm.checkpoint.CheckpointError: naming what is missing or which setting differs.
+    """
+    import json
+
+    from lvdm.checkpoint import CheckpointError
+
+    folder = Path(folder)
+    missing = [p for p in ("model_index.json", *PARTS) if not (folder / p).exists()]
+    if missing:
+        raise CheckpointError(
+            f"--ckpt_path {folder} is not a diffusers-format Wan2.1 folder (missing: {', '.join(missing)}); "
+            "fetch one with: python scripts/download_checkpoints.py --which wan2.1_t2v_1.3b"
+        )
+    if config_path is None or params is None:
+        return
+    for part in ("transformer", "vae"):
+        try:
+            stored = json.loads((folder / part / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"--ckpt_path {folder}: {part}/config.json cannot be read ({err})") from err
+        for key, value in (params.get(part) or {}).items():
+            have = stored.get(key)
+            if key in stored and (list(have) if isinstance(have, (list, tuple)) else have) != value:
+                raise CheckpointError(
+                    f"--ckpt_path {folder} holds another model than {config_path}: {part} {key} is "
+                    f"{have!r} there, {value!r} in the config; use the config of that model"
+                )
+
+
 def load_wan(
     folder: str | Path, params: dict, device: str | torch.device, dtype: torch.dtype | None
 ) -> WanModel:
@@ -215,12 +292,7 @@ def load_wan(
     from lvdm.checkpoint import CheckpointError
 
     folder = Path(folder)
-    missing = [p for p in ("model_index.json", *PARTS) if not (folder / p).exists()]
-    if missing:
-        raise CheckpointError(
-            f"--ckpt_path {folder} is not a diffusers-format Wan2.1 folder (missing: {', '.join(missing)}); "
-            "fetch one with: python scripts/download_checkpoints.py --which wan2.1_t2v_1.3b"
-        )
+    check_wan_folder(folder)
     weights = dtype or torch.float32
     try:
         parts = {
@@ -236,5 +308,7 @@ def load_wan(
         for k, v in params.items()
         if k in ("flow_shift", "max_sequence_length", "temporal_length", "default_size")
     }
-    model = WanModel(parts=parts, **keep)
-    return model.eval().requires_grad_(False).to(device)
+    model = WanModel(parts=parts, **keep).eval().requires_grad_(False).to(device)
+    if torch.device(device).type == "cuda":
+        model.offload_text_encoder()
+    return model

@@ -5,7 +5,7 @@ the last input frames it saw (its "feature cache"). Kept between calls, that cac
 latent frames come one by one, as FIFO dequeues them: the first latent frame gives one video
 frame, every later one four, and the result equals decoding the whole stream at once. The
 memory is the cache's, constant however long the video. :class:`DecoderCache` is that cache as
-plain tensors, so that a saved FIFO state carries it (``FifoState.extras``).
+plain tensors, so that a saved FIFO state carries it (``FifoState.hook_state``).
 """
 
 from __future__ import annotations

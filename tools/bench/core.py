@@ -35,12 +35,13 @@ from fifo.perf import (
     FastPathPlan,
     ShardedDenoiser,
     UNetExecution,
+    WindowMemory,
     apply_execution,
     auto_window_batch,
     plan_fast_path,
     tune_cpu_allocator,
 )
-from fifo.plan import WindowMemory, window_memory
+from fifo.plan import window_memory
 from fifo.schedule import DDIMSchedule
 from fifo.step import fifo_step, initial_queue
 from infra.cuda_runtime import cuda

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import statistics
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def time_paths(
 def run_fifo(bench: Bench, path: str, iterations: int, video_dir: Path | None) -> dict[str, Any]:
     """A FIFO run of ``iterations`` on ``path`` as the pipeline does it; output frames decoded
     and streamed to a GIF in ``video_dir`` (None: no decode). Returns frames and seconds."""
-    from fifo.run import to_uint8_frames
+    from fifo.state import to_uint8_frames
     from infra.video_io import VideoWriter
 
     geo = bench.geometry
@@ -359,3 +360,25 @@ def sampler_overhead(bench: Bench, repeats: int = 5) -> dict[str, float]:
                 )
         out[path] = statistics.median(times[1:])
     return out
+
+
+def writer_seconds_per_frame(bench: Bench, repeats: int = 3) -> float:
+    """What the frame writer thread spends on one output frame as a run's default sinks take it:
+    the decoded frame (the queue's output slot) copied to the host, GIF-quantised and streamed
+    into a video, and kept as the saved state's PNG. The best of ``repeats`` frames, seconds."""
+    from fifo.resume import StateStore
+    from fifo.state import to_uint8_frames
+    from infra.video_io import VideoWriter
+
+    clean = bench.queue[:, :, bench.geometry.output_slot : bench.geometry.output_slot + 1]
+    frame = to_uint8_frames(bench.decode(clean))[0]
+    best = math.inf
+    with tempfile.TemporaryDirectory() as tmp:
+        store = StateStore(Path(tmp) / "state", {})
+        with VideoWriter(Path(tmp) / "frames.gif", fps=8) as video:
+            for index in range(repeats):
+                start = time.perf_counter()
+                video.write(frame)
+                store.write_frame(index, frame)
+                best = min(best, time.perf_counter() - start)
+    return best

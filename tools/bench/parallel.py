@@ -12,7 +12,7 @@ import torch
 from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.parallel import LaunchEnv
 from fifo.perf import ShardedDenoiser, apply_execution, plan_fast_path
-from fifo.step import iteration_noise, shift_queue
+from fifo.step import fifo_step, iteration_noise, shift_queue
 from infra.cuda_runtime import bind_device, cuda
 from tools.bench.core import setup, sync
 from tools.bench.options import BenchOptions
@@ -28,7 +28,7 @@ def parallel_windows_benchmark(opts: BenchOptions) -> int:
     """
     import torch.distributed as dist
 
-    from fifo.parallel import DistributedWindows, RankGroup, local_windows, shares_text
+    from fifo.parallel import DistributedWindows, RankGroup, shares_text
 
     launch = LaunchEnv.from_environment()
     if launch is None:
@@ -67,7 +67,7 @@ def parallel_windows_benchmark(opts: BenchOptions) -> int:
                         torch.set_num_threads(
                             launch.world if device.type == "cpu" else torch.get_num_threads()
                         )
-                        outputs[path] = local_windows(alone, queue, *common, noise, bench.window_batch)
+                        outputs[path] = fifo_step(alone, queue, *common, noise, bench.window_batch)
                         torch.set_num_threads(1)
                 else:
                     outputs[path] = split(denoise, queue, *common, noise, bench.window_batch)

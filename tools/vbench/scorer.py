@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.vbench.aesthetic import CLIP_L14_HUB_REPO, LAION_HEAD_URL, aesthetic_quality_score
+from tools.vbench.aesthetic import CLIP_L14_HUB_REPO, LAION_HEAD_URL, aesthetic_quality_score, build_aesthetic
 from tools.vbench.common import (
     AESTHETIC,
     BACKGROUND,
@@ -23,11 +23,17 @@ from tools.vbench.common import (
     SUBJECT,
     DimensionScores,
 )
-from tools.vbench.consistency import consistency_curve
+from tools.vbench.consistency import build_clip, build_dino, consistency_curve
 from tools.vbench.flicker import temporal_flickering_score
-from tools.vbench.flow import TORCHVISION_RAFT_URL, FlowScorer
-from tools.vbench.imaging import MUSIQ_HUB_REPO, MUSIQ_SPAQ_FILE, imaging_preprocess, imaging_quality_score
-from tools.vbench.motion import AMT_HUB_REPO, MotionScorer
+from tools.vbench.flow import TORCHVISION_RAFT_URL, FlowScorer, build_raft
+from tools.vbench.imaging import (
+    MUSIQ_HUB_REPO,
+    MUSIQ_SPAQ_FILE,
+    build_musiq,
+    imaging_preprocess,
+    imaging_quality_score,
+)
+from tools.vbench.motion import AMT_HUB_REPO, MotionScorer, build_amt
 from tools.vbench.video import clip_preprocess, dino_preprocess
 from tools.vbench.weights import CLIP_HUB_REPO, DINO_HUB_REPO
 
@@ -136,28 +142,18 @@ class VBenchScorer:
 
         ``device`` defaults to CUDA when available.
         """
-        # The builders are looked up on the package (tools.vbench), where callers and tests that
-        # substitute a builder put it; imported here, as the package imports this module.
-        from tools import vbench
-
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # Random models (tests only) are small towers: see tools.vbench.consistency.SMALL_TOWER.
         small = {"small": True} if random_init else {}
-        dino = (
-            vbench.build_dino(dino_weights, random_init, device, **small) if SUBJECT in dimensions else None
-        )
-        clip = (
-            vbench.build_clip(clip_weights, random_init, device, **small)
-            if BACKGROUND in dimensions
-            else None
-        )
+        dino = build_dino(dino_weights, random_init, device, **small) if SUBJECT in dimensions else None
+        clip = build_clip(clip_weights, random_init, device, **small) if BACKGROUND in dimensions else None
         aesthetic = None
         if AESTHETIC in dimensions:
-            aesthetic = vbench.build_aesthetic(aesthetic_weights, clip_l14_weights, random_init, device)
-        musiq = vbench.build_musiq(musiq_weights, random_init, device) if IMAGING in dimensions else None
-        amt = vbench.build_amt(amt_weights, random_init, device) if MOTION in dimensions else None
+            aesthetic = build_aesthetic(aesthetic_weights, clip_l14_weights, random_init, device)
+        musiq = build_musiq(musiq_weights, random_init, device) if IMAGING in dimensions else None
+        amt = build_amt(amt_weights, random_init, device) if MOTION in dimensions else None
         needs_raft = DYNAMIC in dimensions or (static_filter and FLICKER in dimensions)
-        raft = vbench.build_raft(raft_weights, random_init, device) if needs_raft else None
+        raft = build_raft(raft_weights, random_init, device) if needs_raft else None
         scorer = cls(
             dimensions,
             dino,

@@ -1,153 +1,30 @@
-"""A FIFO run as an explicit state and a step that advances it by one iteration.
+"""The FIFO loop: a step that advances a :class:`~fifo.state.FifoState` by one iteration.
 
-:class:`FifoState` is everything that changes from one iteration to the next: the queue, the
-noise source's stream, the iteration counter, the current image tokens (re-seeded every frame
-in ``t2v_seed_ar``) and how many output frames came out. :meth:`FifoSampler.step` runs one
+:meth:`FifoSampler.step` runs one
 iteration (every window's DDIM step, the dequeue, the shift) and returns what came out: an
 output frame, or nothing during the queue's warm-up. Whatever consumes the frames (video and
 PNG writers, progress, a state saver, another rank) sits around the loop, not inside it.
+
+This is the core of the method: it imports no file, process-group or cache code. What it
+plugs into (tail samplers, step hooks, the windows' step, the processes sharing a video) is
+declared in :mod:`fifo.hooks`.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterator, Sequence
 
-import numpy as np
-import torch
 from torch import Tensor, nn
-from torch._subclasses.fake_tensor import maybe_get_fake_mode
 
 from fifo.conditioning import VideoConditioning
-from fifo.families import image_latent
 from fifo.geometry import FifoGeometry
-from fifo.guidance import GuidedDenoiser, ModelDenoiser
+from fifo.guidance import GuidedDenoiser, ModelDenoiser, image_latent
+from fifo.hooks import FrameShare, StepHook, TailSampler, WindowsStep, gaussian_tail
 from fifo.noise import NoiseSource
 from fifo.options import ModeOptions
-from fifo.parallel import RankGroup, local_windows
 from fifo.schedule import DDIMSchedule
-from fifo.step import initial_queue, iteration_noise, shift_queue
-
-
-class NonFiniteError(RuntimeError):
-    """NaN or infinite values in a stage of the run: stopping beats writing garbage frames."""
-
-
-def check_finite(tensor: Tensor, stage: str, iteration: int | None = None) -> None:
-    """Raise :class:`NonFiniteError` naming the stage (and iteration) if ``tensor`` has NaN or inf.
-
-    One reduction and one host sync per call; fake tensors (a planned run) hold no values and pass.
-    """
-    if maybe_get_fake_mode(tensor) is not None or bool(torch.isfinite(tensor).all()):
-        return
-    where = stage if iteration is None else f"{stage} at FIFO iteration {iteration}"
-    hint = (
-        " Half precision overflows first: try --dtype bf16 or --dtype fp32."
-        if tensor.dtype in (torch.float16, torch.bfloat16) or stage != "the decoded frame"
-        else ""
-    )
-    raise NonFiniteError(
-        f"non-finite values (NaN or inf) in {where}; the run stopped, nothing more was written.{hint}"
-    )
-
-
-def to_uint8_frames(video: Tensor) -> np.ndarray:
-    """(1, 3, t, H, W) in [-1, 1] → (t, H, W, 3) uint8."""
-    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
-
-
-@dataclass
-class FifoState:
-    """A FIFO run at an iteration boundary.
-
-    Attributes:
-        queue: (1, c, L, h, w) latents at increasing noise levels.
-        noise: where the run's remaining random draws come from.
-        iteration: iterations done so far.
-        image_tokens: (1, 16, d) image tokens appended to every window's text (image modes),
-            or None.
-        image_latent: (1, c, 1, h, w), the hybrid families' image latent when the run made it from
-            its own frames (the seeded modes on DynamiCrafter, :mod:`fifo.seeding`), or None (it
-            comes from the input image, or the family takes none).
-        frames_emitted: output frames produced so far.
-        extras: the state of the tricks' step hooks, by hook name (tensors and plain values
-            only, so that it can be saved and restored with the rest).
-    """
-
-    queue: Tensor
-    noise: NoiseSource
-    iteration: int = 0
-    image_tokens: Tensor | None = None
-    frames_emitted: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
-    image_latent: Tensor | None = None
-
-
-class TailSampler(Protocol):
-    """What enters the queue at the tail after the shift: (1, c, 1, h, w).
-
-    ``queue`` is the queue before the shift (its last slot is the previous tail).
-    """
-
-    def __call__(self, queue: Tensor, noise: NoiseSource) -> Tensor: ...
-
-
-def gaussian_tail(queue: Tensor, noise: NoiseSource) -> Tensor:
-    """Fresh Gaussian noise, as published."""
-    return noise.tail(queue[:, :, :1])
-
-
-WindowsStep = Callable[..., Tensor]
-"""(denoise, queue, geometry, schedule, contexts, uncond, noise, window_batch) → the queue after
-one DDIM step of every window (:func:`fifo.parallel.local_windows`)."""
-
-
-class StepHook:
-    """A trick's part of every step. Override what the trick needs; the defaults do nothing.
-
-    Hooks run in the order they are given to :class:`FifoSampler`. A hook keeps whatever must
-    survive from one iteration to the next in ``state.extras[self.name]``.
-    """
-
-    name = "hook"
-
-    def after_windows(
-        self, sampler: FifoSampler, state: FifoState, queue: Tensor, contexts: Tensor
-    ) -> Tensor:
-        """The queue after every window's DDIM step, before the dequeue: return it (changed or not).
-
-        ``state.queue`` is still the queue before the step; ``contexts`` (W, m, d) is what each
-        window of the iteration was conditioned on, in ``geometry.windows()`` order.
-        """
-        return queue
-
-    def after_dequeue(self, sampler: FifoSampler, state: FifoState, latent: Tensor) -> None:
-        """Called with each iteration's dequeued latent (1, c, 1, h, w), before the shift."""
-
-
-@dataclass
-class StepOutput:
-    """What one iteration produced.
-
-    Attributes:
-        iteration: the iteration's number (0-based).
-        latent: (1, c, 1, h, w), the dequeued (clean) latent, also during the warm-up.
-        video: (1, 3, 1, H, W) in ~[-1, 1], the decoded output frame; None during the warm-up.
-        frame_index: the frame's index in the video, or None.
-    """
-
-    iteration: int
-    latent: Tensor
-    video: Tensor | None = None
-    frame_index: int | None = None
-
-    @functools.cached_property
-    def frame(self) -> np.ndarray | None:
-        """The output frame as (H, W, 3) uint8 (converted when first asked for), or None."""
-        return None if self.video is None else to_uint8_frames(self.video)[0]
+from fifo.state import FifoState, StepOutput, check_finite
+from fifo.step import fifo_step, initial_queue, iteration_noise, shift_queue
 
 
 class FifoSampler:
@@ -164,7 +41,7 @@ class FifoSampler:
         tail_sampler: what enters the queue at the tail (default: fresh Gaussian noise).
         hooks: the tricks' parts of every step (:class:`StepHook`), in order.
         windows_step: runs one iteration's windows (default: all in this process,
-            :func:`fifo.parallel.local_windows`; :class:`fifo.parallel.DistributedWindows` splits
+            :func:`fifo.step.fifo_step`; :class:`fifo.parallel.DistributedWindows` splits
             them over ranks).
         group: the ranks sharing this video (None: one process). Only its writer (rank 0)
             decodes and embeds frames; it broadcasts the re-seeded image tokens.
@@ -184,8 +61,8 @@ class FifoSampler:
         window_batch: int | None,
         tail_sampler: TailSampler = gaussian_tail,
         hooks: Sequence[StepHook] = (),
-        windows_step: WindowsStep = local_windows,
-        group: RankGroup | None = None,
+        windows_step: WindowsStep = fifo_step,
+        group: FrameShare | None = None,
         model_denoiser: ModelDenoiser | None = None,
     ) -> None:
         self.model, self.mode, self.denoise = model, mode, denoise

@@ -16,49 +16,25 @@ state, image latent included, from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from fifo.noise import NoiseSource
-from fifo.options import GenerationSettings, MainMode, ModeOptions
 from fifo.prompts import PromptJob
 
 if TYPE_CHECKING:
     from fifo.generator import FifoGenerator
-
-# What --seed_config defaults to: VideoCrafter2 text-to-video, the size and length of DynamiCrafter 512.
-DEFAULT_SEED_CONFIG = "configs/inference_t2v_512_v2.0.yaml"
-DEFAULT_SEED_CKPT = "videocrafter_models/base_512_v2/model.ckpt"
-
-
-@dataclass(frozen=True)
-class SeedModelSpec:
-    """Which text-to-video model samples the base clips (``--seed_config``, ``--seed_ckpt``)."""
-
-    config: str
-    ckpt_path: str | None
-
-
-def seed_settings(settings: GenerationSettings) -> GenerationSettings:
-    """The text model's settings for a run's settings: the same size, length, steps, guidance, seed
-    and dtype; its own frame-rate conditioning (``--fps``), no guidance rescale (a DynamiCrafter
-    setting), and one window per call (it samples base clips only, never FIFO windows)."""
-    return replace(settings, frame_stride=None, guidance_rescale=0.0, window_batch=1)
-
-
-SEED_MODE = ModeOptions(main=MainMode.T2V)
-"""The text model's mode: plain text-to-video (no image, no tricks)."""
 
 
 class SeedClips:
     """Base clips (decoded frames) from a text-to-video generator (see the module's docstring).
 
     Args:
-        generator: a :class:`~fifo.generator.FifoGenerator` of the text model in :data:`SEED_MODE`
-            and :func:`seed_settings` (only its base-clip stage is used).
+        generator: a :class:`~fifo.generator.FifoGenerator` of the text model in
+            :data:`fifo.seed_model.SEED_MODE` and :func:`fifo.seed_model.seed_settings` (only its
+            base-clip stage is used).
     """
 
     def __init__(self, generator: FifoGenerator) -> None:

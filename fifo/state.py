@@ -1,0 +1,98 @@
+"""What a FIFO run is between two iterations, and what one iteration gives.
+
+:class:`FifoState` is everything that changes from one iteration to the next: the queue, the
+noise source's stream, the iteration counter, the current image tokens (re-seeded every frame
+in ``t2v_seed_ar``), the run's own image latent, how many output frames came out, and the
+tricks' hook state. :class:`StepOutput` is what one iteration produced. Both are plain data:
+nothing here reads or writes files or talks to other processes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch._subclasses.fake_tensor import maybe_get_fake_mode
+
+from fifo.noise import NoiseSource
+
+
+class NonFiniteError(RuntimeError):
+    """NaN or infinite values in a stage of the run: stopping beats writing garbage frames."""
+
+
+def check_finite(tensor: Tensor, stage: str, iteration: int | None = None) -> None:
+    """Raise :class:`NonFiniteError` naming the stage (and iteration) if ``tensor`` has NaN or inf.
+
+    One reduction and one host sync per call; fake tensors (a planned run) hold no values and pass.
+    """
+    if maybe_get_fake_mode(tensor) is not None or bool(torch.isfinite(tensor).all()):
+        return
+    where = stage if iteration is None else f"{stage} at FIFO iteration {iteration}"
+    hint = (
+        " Half precision overflows first: try --dtype bf16 or --dtype fp32."
+        if tensor.dtype in (torch.float16, torch.bfloat16) or stage != "the decoded frame"
+        else ""
+    )
+    raise NonFiniteError(
+        f"non-finite values (NaN or inf) in {where}; the run stopped, nothing more was written.{hint}"
+    )
+
+
+def to_uint8_frames(video: Tensor) -> np.ndarray:
+    """(1, 3, t, H, W) in [-1, 1] → (t, H, W, 3) uint8."""
+    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+@dataclass
+class FifoState:
+    """A FIFO run at an iteration boundary.
+
+    Attributes:
+        queue: (1, c, L, h, w) latents at increasing noise levels.
+        noise: where the run's remaining random draws come from.
+        iteration: iterations done so far.
+        image_tokens: (1, 16, d) image tokens appended to every window's text (image modes),
+            or None.
+        image_latent: (1, c, 1, h, w), the hybrid families' image latent when the run made it from
+            its own frames (the seeded modes on DynamiCrafter, :mod:`fifo.seed_clips`), or None (it
+            comes from the input image, or the family takes none).
+        frames_emitted: output frames produced so far.
+        hook_state: the state of the tricks' step hooks, by hook name (tensors and plain values
+            only, so that it is saved, restored and shared with the rest).
+    """
+
+    queue: Tensor
+    noise: NoiseSource
+    iteration: int = 0
+    image_tokens: Tensor | None = None
+    frames_emitted: int = 0
+    hook_state: dict[str, Any] = field(default_factory=dict)
+    image_latent: Tensor | None = None
+
+
+@dataclass
+class StepOutput:
+    """What one iteration produced.
+
+    Attributes:
+        iteration: the iteration's number (0-based).
+        latent: (1, c, 1, h, w), the dequeued (clean) latent, also during the warm-up.
+        video: (1, 3, 1, H, W) in ~[-1, 1], the decoded output frame; None during the warm-up.
+        frame_index: the frame's index in the video, or None.
+    """
+
+    iteration: int
+    latent: Tensor
+    video: Tensor | None = None
+    frame_index: int | None = None
+
+    @functools.cached_property
+    def frame(self) -> np.ndarray | None:
+        """The output frame as (H, W, 3) uint8 (converted when first asked for), or None."""
+        return None if self.video is None else to_uint8_frames(self.video)[0]
