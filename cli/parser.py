@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check every input (the checkpoint's keys and shapes too, without reading its weights), then plan "
         "the run on fake tensors on the target device (memory, FLOPs, U-Net calls per frame) in seconds, "
-        "without computing it; works for a GPU this machine does not have",
+        "without computing it; also for a GPU that is not present",
     )
     p.add_argument(
         "--plan_for",
@@ -242,7 +242,7 @@ def add_ouroboros_arguments(p: argparse.ArgumentParser) -> None:
     """
     g = p.add_argument_group(
         "Ouroboros-Diffusion tricks",
-        "parameters of the tailcoh, sacfa and srg parts of --mode (see the README)",
+        "parameters of the tailcoh, sacfa and srg parts of --mode (see docs/usage.md)",
     )
     g.add_argument(
         "--tail_lowpass",

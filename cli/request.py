@@ -147,7 +147,7 @@ def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False)
     if device.type == "cuda":
         if not runtime.is_available():
             raise UsageError(
-                f"--device {requested}: this machine has no CUDA GPU that PyTorch can use "
+                f"--device {requested}: PyTorch finds no CUDA GPU it can use here "
                 "(torch.cuda.is_available() is False); run on a GPU machine or pass --device cpu"
             )
         if device.index is not None and device.index >= runtime.device_count():

@@ -104,7 +104,7 @@ def _scaled(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # Three ranks: uneven shares (2+1+1) and a rank without a window; two ranks run end to end under
-# torchrun below (and in the README's benchmark), so a second world size here would only cost time.
+# torchrun below (and in the benchmark command of docs/scaling.md), so a second world size here would only cost time.
 @pytest.mark.parametrize("world", [3])
 def test_ranks_dequeue_what_one_process_dequeues(tmp_path, single, world: int) -> None:
     out, expected = single

@@ -143,7 +143,7 @@ def test_command_line_writes_the_video(tmp_path) -> None:
     "extra, message",
     [
         (["--mode", "t2v_qcache"], "temporal transformers"),
-        (["--mode", "t2v_tailcoh"], "not yet for the flow's"),
+        (["--mode", "t2v_tailcoh"], "σ = 1"),
         (["--mode", "t2v_sacfa_srg", "--subject", "person"], "resolution"),
         (["--compile"], "--compile does not apply"),
         (["--attention", "xformers"], "diffusers' own attention"),

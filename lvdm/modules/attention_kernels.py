@@ -25,7 +25,7 @@ def xformers_available() -> bool:
 
 # bf16 attention on a CPU over at most this many keys (a clip's frames, the text tokens) runs as
 # matrix products (_attend_bf16_cpu); over more keys (the spatial self-attention) PyTorch's fused
-# kernel is as fast or faster (measured, see _attend_bf16_cpu).
+# kernel is as fast or faster (docs/performance.md).
 CPU_BF16_MATMUL_MAX_KEYS = 128
 # _attend_bf16_cpu computes its scores in slices of at most this many bytes, so that a long
 # batch never holds all of its q·kᵀ at once.
@@ -52,11 +52,10 @@ def cpu_has_native_bf16() -> bool:
 def _attend_bf16_cpu(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """bf16 attention on a CPU as fp32 scores, an fp32 softmax, and a bf16 product with the values.
 
-    PyTorch's fused CPU kernel runs bf16 slower than fp32. Over few keys this is 1.4-3x faster
-    than it (one thread, AVX-512 BF16 EPYC, head sizes 8 and 64: 16 keys 0.85 ms against 2.45,
-    77 keys 2.9 against 4.1) with the same accuracy: the scores stay fp32 as in the fused kernel
-    (rounding them to bf16 was faster still but 30x less accurate where the logits are large),
-    and only the probabilities are rounded to bf16 for the product with the values.
+    PyTorch's fused CPU kernel runs bf16 slower than fp32. Over few keys this is faster than it
+    (docs/performance.md) with the same accuracy: the scores stay fp32 as in the fused kernel
+    (rounding them to bf16 as well is faster still but far less accurate where the logits are
+    large), and only the probabilities are rounded to bf16 for the product with the values.
     """
     b, heads, n, d = q.shape
     m = k.shape[2]

@@ -237,10 +237,9 @@ def time_in_processes(opts: BenchOptions, rows: Sequence[TimedRow]) -> dict[str,
     """Each row timed alone in ``opts.processes`` fresh processes (rows in alternating order per
     round, so that drift in the machine's load hits them alike).
 
-    Why not one process: on a 2-core machine the published path's time is bimodal between
-    processes (measured: 3.0–3.2 s or 4.2–4.4 s per frame on the medium preset, about one process in
-    three slow, whichever path ran before, while the fast path stays within 2.3–2.5 s); pinning its
-    OpenMP threads (``OMP_PROC_BIND``) removes the slow mode, so it is the threads' placement,
+    Why not one process: on a CPU with few cores the published path's time can be bimodal between
+    processes, whichever path ran before, while the fast path's is not (docs/performance.md,
+    "Generation speed"); pinning its OpenMP threads (``OMP_PROC_BIND``) removes the slow mode, so it is the threads' placement,
     which a process keeps. A row's time is the best of its processes' medians (the placement that
     does not hold it back); every process's median is reported. A compiled row runs in one process:
     each process compiles again (minutes on a CPU, even from Inductor's cache), and its path runs in
