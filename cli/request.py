@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
+from cli.flag_rules import check_contradictions, log_unused
 from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, parse_length, trick_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import GenerationSettings, ModeOptions, Precision, parse_mode
 from fifo.seed_model import SeedModelSpec
-from infra.errors import UserError
+from infra.errors import UsageError
 
 if TYPE_CHECKING:
     from fifo.outputs import OutputLayout
@@ -25,10 +27,6 @@ logger = logging.getLogger(LOGGER_NAME)
 
 # A model this large (parameters) on a CPU takes hours per video: refused unless asked for.
 FULL_SIZE_PARAMETERS = 500_000_000
-
-
-class UsageError(UserError, ValueError):
-    """A mistake in the command line or its inputs: printed as ``error: ...``, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +147,7 @@ def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False)
     if device.type == "cuda":
         if not runtime.is_available():
             raise UsageError(
-                f"--device {requested}: this machine has no CUDA GPU that PyTorch can use "
+                f"--device {requested}: PyTorch finds no CUDA GPU it can use here "
                 "(torch.cuda.is_available() is False); run on a GPU machine or pass --device cpu"
             )
         if device.index is not None and device.index >= runtime.device_count():
@@ -185,7 +183,9 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
         height=args.height if args.height is not None else facts.default_size[0],
         width=args.width if args.width is not None else facts.default_size[1],
         fps=args.fps,
-        guidance=args.unconditional_guidance_scale,
+        guidance=args.unconditional_guidance_scale
+        if args.unconditional_guidance_scale is not None
+        else facts.family.default_guidance,
         eta=args.eta,
         lookahead=args.lookahead_denoising,
         seed=args.seed,
@@ -268,6 +268,17 @@ def _check_attention(backend: str, device: str) -> None:
             "--attention xformers: the xformers package is not installed (pip install xformers, matching "
             "your torch and CUDA); --attention sdpa (the default) uses PyTorch's fused kernels instead"
         )
+    from infra.cuda_runtime import cuda
+    from lvdm.modules.attention_kernels import xformers_failure
+
+    if cuda().emulated or not cuda().is_available():
+        return  # a dry run for a GPU that is not here: its xformers is checked where it runs
+    failure = xformers_failure(device)
+    if failure is not None:
+        raise UsageError(
+            f"--attention xformers: its kernel fails on {device} ({failure}); install the xformers build that "
+            "matches your torch and CUDA, or use --attention sdpa (the default: PyTorch's fused kernels)"
+        )
 
 
 def _check_flow_flags(args: argparse.Namespace, family: str) -> None:
@@ -319,47 +330,6 @@ def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -
                 "--overwrite) to start afresh."
             )
     return frozenset(done)
-
-
-def check_contradictions(args: argparse.Namespace) -> None:
-    """Two flags that ask for opposite things: an error naming both, never one of them silently
-    dropped. A flag that only does not apply here is said in one log line instead.
-
-    Raises:
-        UsageError: naming both flags and how to choose.
-    """
-    if args.random_init and args.ckpt_path:
-        raise UsageError(
-            f"--random_init and --ckpt_path {args.ckpt_path} contradict each other: --random_init builds the "
-            "model with random weights and would not read the checkpoint; drop --random_init to use the "
-            "checkpoint, or --ckpt_path for a test or demo on random weights"
-        )
-    if args.resume and args.overwrite:
-        raise UsageError(
-            "--resume and --overwrite contradict each other: --resume continues the saved state, --overwrite "
-            "deletes it and starts afresh; pass one of them"
-        )
-    if args.sequential and args.window_batch is not None:
-        raise UsageError(
-            f"--sequential and --window_batch {args.window_batch} contradict each other: the sequential path "
-            "runs one window per U-Net call; drop --sequential to batch windows"
-        )
-    if args.allow_full_on_cpu and not args.random_init:
-        logger.info("--allow_full_on_cpu applies to --random_init only (a checkpoint's model runs as asked)")
-
-
-def log_unused(args: argparse.Namespace, mode: ModeOptions, facts) -> None:
-    """One log line for each value given that this run does not read (``facts``: the model's)."""
-    given = {name: getattr(args, name) for name in ("qcache_weight", "fps", "save_state_every")}
-    given = {k: v for k, v in given.items() if v != build_parser().get_default(k)}
-    if "qcache_weight" in given and mode.qcache is None:
-        logger.info(
-            "--qcache_weight %g is ignored: no Q-cache (TTqcache, STqcache) in --mode", args.qcache_weight
-        )
-    if "fps" in given and facts.family.takes_frame_stride:
-        logger.info("--fps %d is ignored: %s is conditioned on --frame_stride instead", args.fps, args.config)
-    if "save_state_every" in given and args.dry_run:
-        logger.info("--save_state_every does not apply to --dry_run, which saves nothing")
 
 
 def build_request(args: argparse.Namespace) -> RunRequest:
@@ -441,6 +411,13 @@ def build_request(args: argparse.Namespace) -> RunRequest:
             "(as the published code forces)",
             args.num_inference_steps,
             settings.geometry.steps,
+        )
+    endless = [i for i, job in enumerate(my_jobs) if not job.is_story]
+    if settings.new_video_length == math.inf and endless and endless[0] < len(my_jobs) - 1:
+        raise UsageError(
+            f"-l inf makes the video of {args.prompt_file} line {my_jobs[endless[0]].line} endless, so the "
+            f"{len(my_jobs) - 1 - endless[0]} video(s) after it would never be made; run -l inf on a prompt "
+            "file of one prompt, or give a number of frames"
         )
     stories = [job for job in my_jobs if job.is_story]
     if stories and args.new_video_length is not None:

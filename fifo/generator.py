@@ -27,7 +27,7 @@ from fifo.families import check_model_fits, frame_value
 from fifo.guidance import CFGDenoiser, ModelDenoiser, image_latent
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions, Precision
-from fifo.parallel import DistributedWindows, RankGroup
+from fifo.parallel import FAILED, GO, STOP, DistributedWindows, PeerFailed, RankGroup
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
 from fifo.prompts import PromptJob
@@ -47,7 +47,7 @@ from fifo.resume import (
 )
 from fifo.sampler import FifoSampler
 from fifo.schedule import DDIMSchedule
-from fifo.sinks import FrameSink, PngSink, VideoSink
+from fifo.sinks import FrameSink, FrameWriter, PngSink, VideoSink
 from fifo.state import FifoState, check_finite, to_uint8_frames
 from fifo.step import fifo_step
 from fifo.tricks.install import install_tricks
@@ -166,8 +166,8 @@ class FifoGenerator:
             )
             if self.device.type == "cpu" and settings.dtype is Precision.FP32 and cpu_has_native_bf16():
                 self._path_description += (
-                    "; this CPU computes bf16 natively: --dtype bf16 runs larger models faster "
-                    "(1.2x on the medium benchmark), at bf16's precision (README, Performance)"
+                    "; this CPU computes bf16 natively: --dtype bf16 runs larger models faster, "
+                    "at bf16's precision (measurements: docs/performance.md)"
                 )
         else:
             self._path_description = (
@@ -358,6 +358,18 @@ class FifoGenerator:
         )
         return state, frames
 
+    def _agree(self, failure: Exception | None, stop: bool = False) -> bool:
+        """Several ranks: every rank's outcome of the same stretch of work, agreed on at once.
+        Raises ``failure`` (this rank's), or :class:`PeerFailed` when another rank failed, so that
+        no rank waits in a collective for one that has stopped. Returns whether any rank asks
+        to stop."""
+        status = self.group.agree(FAILED if failure is not None else (STOP if stop else GO))
+        if failure is not None:
+            raise failure
+        if status == FAILED:
+            raise PeerFailed("another rank of this job failed (its error is above); this rank stopped too")
+        return status == STOP
+
     def _share_state(self, state: FifoState | None) -> FifoState:
         """Several ranks: rank 0's state (fresh or resumed) on every rank."""
         group = self.group
@@ -427,17 +439,25 @@ class FifoGenerator:
                 fingerprint = resume_fingerprint(job, self.mode, s, self.model_id, self.device, video_path)
                 store = StateStore(state_folder(video_path), fingerprint)
 
-        conditioning, image_tokens = self.conditioning(job, image=writer)
         state, cached, saved_frames = None, False, []
-        if writer:
-            resumed = self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
-            if resumed is not None:
-                state, saved_frames = resumed
-            else:
-                state, cached = self._start_state(
-                    job, conditioning, image_tokens, cache_dir or output_root / "latents", exp_dir
+        try:
+            conditioning, image_tokens = self.conditioning(job, image=writer)
+            if writer:
+                resumed = (
+                    self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
                 )
+                if resumed is not None:
+                    state, saved_frames = resumed
+                else:
+                    state, cached = self._start_state(
+                        job, conditioning, image_tokens, cache_dir or output_root / "latents", exp_dir
+                    )
+        except Exception as err:
+            if self.group is None:
+                raise
+            self._agree(err)  # the other ranks stop too; raises err
         if self.group is not None:
+            self._agree(None)
             state = self._share_state(state)
 
         sinks: list[FrameSink] = []
@@ -459,6 +479,12 @@ class FifoGenerator:
             for index, frame in enumerate(saved_frames):  # the frames before the interruption
                 for sink in sinks:
                     sink.write(index, frame)
+            # The frames go to the sinks and the saved state on a writer thread (GIF palettes and
+            # PNGs overlap with the next frame's compute); a state is saved once they are written.
+            consumers = [sink.write for sink in sinks] + ([saver.write_frame] if saver is not None else [])
+            frames_out = stack.enter_context(FrameWriter(consumers))
+            if saver is not None:
+                saver.before_save = frames_out.drain
             progress = stack.enter_context(
                 progress_bar(
                     total=total,
@@ -468,25 +494,31 @@ class FifoGenerator:
                     disable=not (s.progress and writer),
                 )
             )
-            for output in self.sampler.steps(state, conditioning):
-                if output.frame is not None:
-                    for sink in sinks:
-                        sink.write(output.frame_index, output.frame)
+            steps = self.sampler.steps(state, conditioning)
+            while True:
+                try:
+                    output = next(steps, None)
+                    if output is None:
+                        break
+                    if output.frame is not None:
+                        frames_out.write(output.frame_index, output.frame)
+                    progress.update(1)
+                    progress.set_postfix_str(
+                        f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
+                    )
                     if saver is not None:
-                        saver.write_frame(output.frame_index, output.frame)
-                progress.update(1)
-                progress.set_postfix_str(
-                    f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
-                )
-                if saver is not None:
-                    saver.after_step(state)
+                        saver.after_step(state)
+                except Exception as err:
+                    if self.group is None or isinstance(err, PeerFailed):
+                        raise
+                    self._agree(err)  # the other ranks learn it at the end of this iteration
                 stop = durability is not None and durability.stop_requested()
                 if self.group is not None:
-                    stop = self.group.any(stop)  # every rank stops after the same iteration
+                    stop = self._agree(None, stop)  # every rank stops after the same iteration
                 if stop and state.iteration < total:
                     partial = None
                     if saver is not None:
-                        saver.save(state)
+                        saver.save(state)  # after the frames so far are written
                         partial = video.finish_as(partial_video_path(video_path))
                     raise RunInterrupted(state.frames_emitted, partial)
         if store is not None:  # complete: no state, no partial video of an earlier interruption
