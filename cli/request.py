@@ -294,7 +294,7 @@ def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -
     """For --resume: the jobs whose video is complete (skipped), and a usage error when a saved
     state was made with other arguments (naming what differs) or is damaged (a
     :class:`~fifo.resume.StateError` saying what the user can do; nothing is deleted)."""
-    from fifo.resume import StateError, StateStore, fingerprint_differences, resume_fingerprint, state_folder
+    from fifo.resume import StateError, StateStore, resume_fingerprint, state_folder
 
     done = set()
     for index, job in enumerate(jobs):
@@ -308,16 +308,8 @@ def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -
             saved = store.read_fingerprint()
         except StateError as err:
             raise store.damaged(err, video) from None
-        differences = fingerprint_differences(
-            saved, resume_fingerprint(job, mode, settings, model_id, device, video)
-        )
-        if differences:
-            raise UsageError(
-                f"--resume: the state saved in {store.folder} was made with other arguments:\n  "
-                + "\n  ".join(differences)
-                + "\nRun the interrupted command again with --resume, or drop --resume (and pass "
-                "--overwrite) to start afresh."
-            )
+        current = StateStore(store.folder, resume_fingerprint(job, mode, settings, model_id, device, video))
+        current.check_fingerprint(saved)
     return frozenset(done)
 
 

@@ -27,7 +27,9 @@ from torch import Tensor
 
 from fifo.geometry import FifoGeometry
 from fifo.guidance import GuidedDenoiser
+from fifo.noise import NoiseSource
 from fifo.schedule import DDIMSchedule
+from fifo.state import FifoState
 from fifo.step import denoise_windows, write_back
 
 logger = logging.getLogger(__name__)
@@ -149,6 +151,21 @@ class DistributedWindows:
         return write_back(queue, geometry, every, [i for share in shares for i in share])
 
 
+def share_state(group: RankGroup, state: FifoState | None, noise: NoiseSource) -> FifoState:
+    """The writer's state (fresh or resumed) on every rank of ``group``.
+
+    The writer passes its ``state`` and gets it back; the others pass None and get its
+    :meth:`~fifo.state.FifoState.to_payload`, the same payload a saved state holds (queue, noise
+    stream, counters, image tokens and latent, and the tricks' hook state), drawing from
+    ``noise`` restored to the writer's point.
+    """
+    payload = group.broadcast_object(state.to_payload() if group.is_writer else None)
+    if group.is_writer:
+        assert state is not None
+        return state
+    return FifoState.from_payload(payload, noise, group.device)
+
+
 def shares_text(n_windows: int, ranks: int) -> str:
     """How the windows are split, for the log: e.g. '3+3+2'."""
     return "+".join(str(len(s)) for s in split_windows(n_windows, ranks))
@@ -159,6 +176,7 @@ __all__: Sequence[str] = (
     "DistributedWindows",
     "LaunchEnv",
     "RankGroup",
+    "share_state",
     "shares_text",
     "split_windows",
 )
