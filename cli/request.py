@@ -65,6 +65,17 @@ class RunRequest:
             self.config, self.ckpt_path, self.random_init, self.settings.seed, self.seed_model
         )
 
+    @property
+    def my_jobs(self) -> list[PromptJob]:
+        """The jobs of this rank (:func:`rank_jobs`)."""
+        return rank_jobs(self.jobs, self.parallel, self.rank, self.world)
+
+
+def rank_jobs(jobs: list[PromptJob], parallel: str, rank: int, world: int) -> list[PromptJob]:
+    """The jobs a rank runs: every one with ``--parallel windows`` (every rank takes part in every
+    video), else every ``world``-th from its ``rank`` (``--parallel prompts``)."""
+    return jobs if parallel == "windows" else jobs[rank::world]
+
 
 def run_model_id(
     config: str, ckpt_path: str | None, random_init: bool, seed: int, seed_model: SeedModelSpec | None
@@ -416,8 +427,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         check_writable_folder(cache_dir, flag="the cache folder")
     if args.parallel == "windows" and not torchrun:
         logger.info("--parallel windows without torchrun: one process computes every window")
-    # --parallel windows: every rank works on every video; rank 0 writes.
-    my_jobs = jobs if args.parallel == "windows" else jobs[rank::world]
+    my_jobs = rank_jobs(jobs, args.parallel, rank, world)
     if args.save_state_every is not None and args.save_state_every < 1:
         raise UsageError("--save_state_every must be ≥ 1 (output frames between saved states)")
     done: frozenset[int] = frozenset()
