@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=8, help="frame-rate conditioning of the model")
     add_family_arguments(p)
     p.add_argument(
-        "--unconditional_guidance_scale", type=float, default=12.0, help="classifier-free guidance"
+        "--unconditional_guidance_scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance (default: 12.0) on the U-Nets, 5.0 on Wan2.1 (its own value)",
     )
     p.add_argument("--eta", "-e", type=float, default=1.0, help="DDIM eta (0: deterministic steps)")
     p.add_argument(
@@ -173,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check every input (the checkpoint's keys and shapes too, without reading its weights), then plan "
         "the run on fake tensors on the target device (memory, FLOPs, U-Net calls per frame) in seconds, "
-        "without computing it; works for a GPU this machine does not have",
+        "without computing it; also for a GPU that is not present",
     )
     p.add_argument(
         "--plan_for",
@@ -239,7 +242,7 @@ def add_ouroboros_arguments(p: argparse.ArgumentParser) -> None:
     """
     g = p.add_argument_group(
         "Ouroboros-Diffusion tricks",
-        "parameters of the tailcoh, sacfa and srg parts of --mode (see the README)",
+        "parameters of the tailcoh, sacfa and srg parts of --mode (see docs/usage.md)",
     )
     g.add_argument(
         "--tail_lowpass",

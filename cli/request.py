@@ -160,7 +160,7 @@ def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False)
     if device.type == "cuda":
         if not runtime.is_available():
             raise UsageError(
-                f"--device {requested}: this machine has no CUDA GPU that PyTorch can use "
+                f"--device {requested}: PyTorch finds no CUDA GPU it can use here "
                 "(torch.cuda.is_available() is False); run on a GPU machine or pass --device cpu"
             )
         if device.index is not None and device.index >= runtime.device_count():
@@ -196,7 +196,9 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
         height=args.height if args.height is not None else facts.default_size[0],
         width=args.width if args.width is not None else facts.default_size[1],
         fps=args.fps,
-        guidance=args.unconditional_guidance_scale,
+        guidance=args.unconditional_guidance_scale
+        if args.unconditional_guidance_scale is not None
+        else facts.family.default_guidance,
         eta=args.eta,
         lookahead=args.lookahead_denoising,
         seed=args.seed,
@@ -278,6 +280,17 @@ def _check_attention(backend: str, device: str) -> None:
         raise UsageError(
             "--attention xformers: the xformers package is not installed (pip install xformers, matching "
             "your torch and CUDA); --attention sdpa (the default) uses PyTorch's fused kernels instead"
+        )
+    from infra.cuda_runtime import cuda
+    from lvdm.modules.attention_kernels import xformers_failure
+
+    if cuda().emulated or not cuda().is_available():
+        return  # a dry run for a GPU that is not here: its xformers is checked where it runs
+    failure = xformers_failure(device)
+    if failure is not None:
+        raise UsageError(
+            f"--attention xformers: its kernel fails on {device} ({failure}); install the xformers build that "
+            "matches your torch and CUDA, or use --attention sdpa (the default: PyTorch's fused kernels)"
         )
 
 

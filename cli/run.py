@@ -115,14 +115,17 @@ def run(request: RunRequest) -> int:
     """Generate the videos of ``request``; SIGINT/SIGTERM stop it cleanly (see :class:`StopRequest`)."""
     stop = StopRequest()
     with stop.installed():
-        return _run(request, stop)
+        try:
+            return _run(request, stop)
+        finally:
+            end_process_group()  # every exit, an error's too, leaves the process group cleanly
 
 
 def _run(request: RunRequest, stop: StopRequest) -> int:
     import torch
 
     from fifo.outputs import create_folder
-    from fifo.parallel import shares_text
+    from fifo.parallel import PeerFailed, shares_text
     from fifo.perf import tune_cpu_allocator
     from fifo.resume import Durability, RunInterrupted, state_folder
     from fifo.state import NonFiniteError
@@ -190,6 +193,9 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
                 )
             except NonFiniteError as err:
                 print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
+                return 1
+            except PeerFailed as err:
+                print(f"error: rank {r.rank}: {err}", file=sys.stderr)
                 return 1
             except UserError as err:  # found only now (a saved state that cannot be resumed): exit 2
                 print(f"error: {err}", file=sys.stderr)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,7 +27,8 @@ from fifo.families import check_model_fits, frame_value
 from fifo.guidance import CFGDenoiser, ModelDenoiser, image_latent
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions, Precision
-from fifo.parallel import DistributedWindows, RankGroup, share_state
+from fifo.outputs import VideoPaths
+from fifo.parallel import DistributedWindows, PeerFailed, RankGroup, share_state
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
 from fifo.prompts import PromptJob
@@ -44,7 +44,8 @@ from fifo.resume import (
 )
 from fifo.sampler import FifoSampler
 from fifo.schedule import DDIMSchedule
-from fifo.sinks import FrameSink, PngSink, VideoSink
+from fifo.seed_model import BaseClipSource
+from fifo.sinks import FrameSink, FrameWriter, PngSink, VideoSink
 from fifo.state import FifoState, check_finite, to_uint8_frames
 from fifo.step import fifo_step
 from fifo.tricks.install import install_tricks
@@ -65,34 +66,6 @@ class GenerationResult:
     frames: int
     seconds: float
     base_clip_cached: bool
-
-
-class BaseClipSource(Protocol):
-    """Where a run's base clips come from when another model samples them
-    (:class:`fifo.seed_clips.SeedClips`)."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    def video(self, job: PromptJob, cache_dir: Path, noise: NoiseSource) -> tuple[Tensor, bool]:
-        """The job's base clip, decoded: (1, 3, f, H, W) in ~[-1, 1], and whether it was cached."""
-        ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class VideoPaths:
-    """Where one video's files go: ``<output root>/<prompt folder>/<experiment>.gif`` (or .mp4),
-    and beside it the folder ``<experiment>/`` (the base clip ``origin.gif``, the PNG frames)."""
-
-    video: Path
-    folder: Path
-
-    @classmethod
-    def of(cls, job: PromptJob, output_root: Path, experiment: str, mp4: bool) -> VideoPaths:
-        prompt_dir = output_root / job.folder_name
-        return cls(prompt_dir / f"{experiment}{'.mp4' if mp4 else '.gif'}", prompt_dir / experiment)
 
 
 class FifoGenerator:
@@ -365,7 +338,12 @@ class FifoGenerator:
         self._log_path_once()
         paths = VideoPaths.of(job, output_root, experiment, self.settings.use_mp4)
         store = self.state_store(job, paths, durability)
-        conditioning, image_tokens = self.conditioning(job, image=self.is_writer)
+        try:
+            conditioning, image_tokens = self.conditioning(job, image=self.is_writer)
+        except Exception as err:
+            if self.group is None:
+                raise
+            self.group.settle(err)  # the other ranks stop too; raises err
         state, saved_frames, cached = self.first_state(
             job, conditioning, image_tokens, store, durability, cache_dir or output_root / "latents", paths
         )
@@ -431,16 +409,24 @@ class FifoGenerator:
         run), and whether the base clip came from the cache: the writer resumes or starts the run;
         with several ranks, every rank then gets the writer's state."""
         state, saved_frames, cached = None, [], False
-        if self.is_writer:
-            resumed = None
-            if store is not None and durability.resume:
-                base_clip = paths.folder / "origin.gif"
-                resumed = store.resume(self.noise_sources()[1], self.device, base_clip, paths.video)
-            if resumed is not None:
-                state, saved_frames = resumed
-            else:
-                state, cached = self._start_state(job, conditioning, image_tokens, cache_dir, paths.folder)
+        try:
+            if self.is_writer:
+                resumed = None
+                if store is not None and durability.resume:
+                    base_clip = paths.folder / "origin.gif"
+                    resumed = store.resume(self.noise_sources()[1], self.device, base_clip, paths.video)
+                if resumed is not None:
+                    state, saved_frames = resumed
+                else:
+                    state, cached = self._start_state(
+                        job, conditioning, image_tokens, cache_dir, paths.folder
+                    )
+        except Exception as err:
+            if self.group is None:
+                raise
+            self.group.settle(err)  # the other ranks stop too; raises err
         if self.group is not None:
+            self.group.settle(None)
             state = share_state(self.group, state, self.noise_sources()[1])
         return state, saved_frames, cached
 
@@ -470,28 +456,42 @@ class FifoGenerator:
         """
         total = self.sampler.num_iterations(conditioning)
         disable = not (self.settings.progress and self.is_writer)
-        with progress_bar(
-            total=total, initial=state.iteration, desc="FIFO", unit="it", disable=disable
-        ) as progress:
-            for output in self.sampler.steps(state, conditioning):
-                if output.frame is not None:
-                    for sink in sinks:
-                        sink.write(output.frame_index, output.frame)
+        with contextlib.ExitStack() as stack:
+            # The frames go to the sinks and the saved state on a writer thread (GIF palettes and
+            # PNGs overlap with the next frame's compute); a state is saved once they are written.
+            consumers = [sink.write for sink in sinks] + ([saver.write_frame] if saver is not None else [])
+            frames_out = stack.enter_context(FrameWriter(consumers))
+            if saver is not None:
+                saver.before_save = frames_out.drain
+            progress = stack.enter_context(
+                progress_bar(total=total, initial=state.iteration, desc="FIFO", unit="it", disable=disable)
+            )
+            steps = self.sampler.steps(state, conditioning)
+            while True:
+                output = None
+                try:
+                    output = next(steps, None)
+                    if output is None:
+                        break
+                    if output.frame is not None:
+                        frames_out.write(output.frame_index, output.frame)
+                    progress.update(1)
+                    progress.set_postfix_str(
+                        f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
+                    )
                     if saver is not None:
-                        saver.write_frame(output.frame_index, output.frame)
-                progress.update(1)
-                progress.set_postfix_str(
-                    f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
-                )
-                if saver is not None:
-                    saver.after_step(state)
+                        saver.after_step(state)
+                except Exception as err:
+                    if self.group is None or isinstance(err, PeerFailed):
+                        raise
+                    self.group.settle(err)  # the other ranks learn it at the end of this iteration
                 stop = durability is not None and durability.stop_requested()
                 if self.group is not None:
-                    stop = self.group.any(stop)  # every rank stops after the same iteration
+                    stop = self.group.settle(None, stop)  # every rank stops after the same iteration
                 if stop and state.iteration < total:
                     partial = None
                     if saver is not None:
-                        saver.save(state)
+                        saver.save(state)  # after the frames so far are written
                         video = next(sink for sink in sinks if isinstance(sink, VideoSink))
                         partial = video.finish_as(partial_video_path(paths.video))
                     raise RunInterrupted(state.frames_emitted, partial)

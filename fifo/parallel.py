@@ -34,6 +34,15 @@ from fifo.step import denoise_windows, write_back
 
 logger = logging.getLogger(__name__)
 
+# What a rank tells the others at the end of a stretch of work (RankGroup.agree): go on, stop
+# cleanly (a signal: state saved), or it failed (its error is its own to report).
+GO, STOP, FAILED = 0, 1, 2
+
+
+class PeerFailed(RuntimeError):
+    """Another rank of the job failed: this one stops as well instead of waiting for it."""
+
+
 # Collectives of a run wait at most this long for the other ranks (one iteration of the full
 # model is seconds; a rank that died makes the others fail after this, never hang).
 DEFAULT_TIMEOUT = timedelta(minutes=10)
@@ -106,6 +115,23 @@ class RankGroup:
         box = [obj if self.is_writer else None]
         dist.broadcast_object_list(box, src=0, group=self.group, device=self.device)
         return box[0]
+
+    def agree(self, status: int) -> int:
+        """The largest of every rank's ``status`` (:data:`GO` < :data:`STOP` < :data:`FAILED`)."""
+        value = torch.tensor([status], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        return int(value.item())
+
+    def settle(self, failure: Exception | None, stop: bool = False) -> bool:
+        """Every rank's outcome of the same stretch of work, agreed on at once: raises ``failure``
+        (this rank's), or :class:`PeerFailed` when another rank failed, so that no rank waits in
+        a collective for one that has stopped. Returns whether any rank asks to stop."""
+        status = self.agree(FAILED if failure is not None else (STOP if stop else GO))
+        if failure is not None:
+            raise failure
+        if status == FAILED:
+            raise PeerFailed("another rank of this job failed (its error is above); this rank stopped too")
+        return status == STOP
 
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is True on any rank."""

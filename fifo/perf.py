@@ -283,8 +283,8 @@ def tune_cpu_allocator(mmap_threshold: int = 2**30) -> bool:
     By default glibc serves every allocation above ~32 MiB with a fresh ``mmap`` and returns it
     with ``munmap``; each new tensor of that size then page-faults on every 4 KiB page and the
     kernel zeroes it. The batched CPU path allocates such tensors thousands of times per
-    iteration (measured on the medium preset: ~600,000 page faults and 1.3-1.8 s of system
-    time per iteration, against ~0.01 s with this setting). Raising the mmap and trim
+    iteration, and the page faults cost whole seconds of system time per iteration on the
+    medium preset (docs/performance.md). Raising the mmap and trim
     thresholds keeps that memory in the heap for reuse; the cost is that the process's
     resident memory stays at its peak instead of shrinking between iterations.
 

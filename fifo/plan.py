@@ -3,7 +3,7 @@
 PyTorch's ``FakeTensorMode`` makes tensors that carry shape, dtype and device but no data: the
 generator's own code runs on them (text encoding, a base-clip DDIM step with guidance, one whole
 FIFO iteration as the generator runs it, the shift, a decode, the image embedding) in seconds,
-for a GPU this machine does not have, and any device or dtype mismatch raises as it would on
+also for a GPU that is not present, and any device or dtype mismatch raises as it would on
 the GPU. :class:`~infra.memory.LiveTensorBytes` counts the memory the stages hold at their peak
 and ``torch.utils.flop_counter.FlopCounterMode`` the FLOPs of an output frame.
 

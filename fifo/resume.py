@@ -184,7 +184,9 @@ class StateStore:
     def write_frame(self, index: int, frame: np.ndarray) -> None:
         """Keep output frame ``index`` (H, W, 3) uint8, losslessly."""
         with atomic_path(self.frame_path(index)) as tmp:
-            Image.fromarray(frame).save(tmp, format="PNG")
+            # Fast compression: kept only until the video is complete, on the writer thread of a
+            # run whose GPU makes a frame in a fraction of a second (lossless all the same).
+            Image.fromarray(frame).save(tmp, format="PNG", compress_level=1)
 
     def save(self, state: FifoState) -> None:
         """Save ``state`` (at an iteration boundary) atomically."""
@@ -304,6 +306,9 @@ class StateSaver:
 
     def __init__(self, store: StateStore, every_frames: int | None, every_seconds: float) -> None:
         self.store, self.every_frames, self.every_seconds = store, every_frames, every_seconds
+        # Called before each save: the frames are written on another thread (fifo.sinks.FrameWriter)
+        # and a saved state must never count a frame that is not on disk yet.
+        self.before_save: Callable[[], None] | None = None
         self._last_time = time.monotonic()
         self._last_frames = -1
 
@@ -321,6 +326,8 @@ class StateSaver:
             self.save(state)
 
     def save(self, state: FifoState) -> None:
+        if self.before_save is not None:
+            self.before_save()
         started = time.monotonic()
         self.store.save(state)
         self._last_time, self._last_frames = time.monotonic(), state.frames_emitted

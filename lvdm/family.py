@@ -81,6 +81,8 @@ class ModelFamily:
         timestep_spacing: the DDIM timesteps (trailing for zero-terminal-SNR models).
         video_frames_per_latent: video frames of one latent frame after the first (4 for
             Wan's causal autoencoder, whose first latent frame is one video frame; 1 here).
+        default_guidance: the classifier-free guidance scale when none is given (the FIFO
+            fork's 12 for the U-Nets; Wan's own 5).
     """
 
     name: str
@@ -96,6 +98,7 @@ class ModelFamily:
     perframe_ae: bool = False
     timestep_spacing: TimestepSpacing = TimestepSpacing.LINSPACE
     video_frames_per_latent: int = 1
+    default_guidance: float = 12.0
 
     @property
     def flow_matching(self) -> bool:

@@ -8,9 +8,9 @@
 One model with random weights, one seed. Every path starts from the same queue and the same DDIM
 noise and their first iterations' results are compared. On CPU (``--processes``, default 3) each
 path is timed alone in fresh processes, in alternating order, and its row keeps the best process's
-median: on a 2-core machine the published path's time is bimodal between processes (3.0–3.2 or
-4.2–4.4 s per frame on ``medium``) with the placement of its OpenMP threads, whatever ran before it
-(``tools/bench/measure.py``, ``time_in_processes``). On CUDA (``--processes 0``) every timed
+median: on a CPU with few cores the published path's time can be bimodal between processes with
+the placement of its OpenMP threads, whatever ran before it (``tools/bench/measure.py``,
+``time_in_processes``; measurements in docs/performance.md). On CUDA (``--processes 0``) every timed
 iteration runs all paths in this process, in alternating order (so that drift in the machine's
 load hits them alike). The paths:
 

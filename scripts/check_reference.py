@@ -1,9 +1,9 @@
 """Compare the project's numbers with a reference fixture folder, one line per case.
 
-    python scripts/check_reference.py ../shared/reference/tiny_t2v
+    python scripts/check_reference.py tests/fixtures/reference/tiny_t2v
 
-Exits 1 if any case's error exceeds 1e-4 (see tools/reference.py for how errors are scaled), 2 for a
-folder that is not a fixture (or whose config or weights do not load).
+Exits 1 if any case's error exceeds 1e-4 (see tools/reference/__init__.py for how errors are scaled),
+2 for a folder that is not a fixture (or whose config or weights do not load).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("fixture_dir", type=Path, help="folder in the format of shared/reference/tiny_t2v")
+    parser.add_argument(
+        "fixture_dir", type=Path, help="folder in the format of tests/fixtures/reference/tiny_t2v"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:

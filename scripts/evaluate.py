@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.cli_help import DefaultsHelpFormatter  # noqa: E402
 from infra.errors import UserError  # noqa: E402
 from tools.evaluation import format_table, run_evaluation  # noqa: E402
+from tools.extras import eval_extra_problem  # noqa: E402
 from tools.vbench import DIMENSIONS, FeatureWeightsError  # noqa: E402
 from tools.vbench.long import LongProtocol  # noqa: E402
 
@@ -209,6 +210,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if (problem := eval_extra_problem()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s"
     )

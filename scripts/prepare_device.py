@@ -4,7 +4,7 @@
     python scripts/prepare_device.py --dry_run            # only say what is missing
 
 The device machine has PyTorch and many packages but reaches no package registry. This script
-takes the project's runtime requirements (requirements.txt less torch/torchvision, which the
+takes the project's pinned packages (constraints.txt less torch/torchvision, which the
 machine brings, and the test and lint tools), follows their dependencies as installed here, drops
 those the machine already has (the package list of the device tool's KINDS.md, or ``--present``),
 and downloads the rest (but imageio-ffmpeg, which only MP4 output needs and whose 65 MiB wheel
@@ -84,7 +84,9 @@ def missing_closure(names: list[str], present: set[str]) -> dict[str, str]:
             found[name] = metadata.version(name)
             requires = metadata.requires(name) or []
         except metadata.PackageNotFoundError:
-            logger.warning("%s is required but not installed here: install requirements.txt first", name)
+            logger.warning(
+                "%s is required but not installed here: install the packages of constraints.txt first", name
+            )
             continue
         for req in requires:
             spec, _, marker = req.partition(";")
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         present = device_packages(args.kinds)
     else:
         p.error(f"{args.kinds} not found: pass --kinds PATH (the device tool's KINDS.md) or --present FILE")
-    missing = missing_closure(requirement_names(REPO / "requirements.txt"), present)
+    missing = missing_closure(requirement_names(REPO / "constraints.txt"), present)
     for name, why in NOT_FOR_THE_REPORT.items():
         if missing.pop(name, None) is not None:
             logger.info("not carried: %s (%s)", name, why)

@@ -1,7 +1,8 @@
-"""Shared test fixtures: the reference data beside the checkout, tiny models."""
+"""Shared test fixtures: the reference data in tests/fixtures/reference, tiny models."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -14,7 +15,7 @@ from types import ModuleType
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = REPO / "tests" / "fixtures" / "reference"
 
 
 def write_png(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
@@ -42,8 +43,18 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not (REFERENCE / "tiny_t2v" / "config.yaml").is_file():
-        pytest.fail(f"reference data not found at {REFERENCE}: clone the project next to shared/")
+        pytest.fail(f"reference data not found at {REFERENCE}: the checkout is incomplete")
     return REFERENCE
+
+
+@functools.cache
+def tiny_t2v_weights() -> dict:
+    """The whole state_dict of the reference tiny_t2v model: each key's value from the fixture
+    scheme (tools/reference/fixture_weights.py), buffers as our model computes them."""
+    from lvdm.build import build_model
+    from tools.reference.fixture_weights import module_fixture_weights
+
+    return module_fixture_weights(build_model(REFERENCE / "tiny_t2v" / "config.yaml"))
 
 
 @pytest.fixture(scope="session")

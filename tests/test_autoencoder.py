@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from lvdm.models.autoencoder import AutoencoderKL, DiagonalGaussian
+from tests.conftest import tiny_t2v_weights
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = REPO / "tests" / "fixtures" / "reference"
 PREFIX = "first_stage_model."
 SCALE_FACTOR = 0.18215
 
@@ -22,7 +23,7 @@ SCALE_FACTOR = 0.18215
 def reference() -> Path:
     # Missing reference data is an error, not a reason to skip: these tests are the proof of fidelity.
     if not REFERENCE.is_dir():
-        pytest.fail(f"reference data not found at {REFERENCE} (expected the shared/ folder next to the repo)")
+        pytest.fail(f"reference data not found at {REFERENCE}: the checkout is incomplete")
     return REFERENCE
 
 
@@ -33,7 +34,7 @@ def first_stage_params(config_name: str) -> dict:
 
 def test_tiny_decode_matches_reference(reference: Path) -> None:
     model = AutoencoderKL(**first_stage_params("tiny_t2v.yaml")).eval()
-    full = load_file(reference / "tiny_t2v" / "state_dict.safetensors")
+    full = tiny_t2v_weights()
     state = {k[len(PREFIX) :]: v for k, v in full.items() if k.startswith(PREFIX)}
     model.load_state_dict(state, strict=True)
 

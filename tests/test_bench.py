@@ -2,7 +2,7 @@
 count of both paths, ``--compile`` (``fifo/compile.py``) and the device preparation script.
 
 All on the tiny model on one CPU thread: the report's rehearsal is the GPU run's command with
-``--preset tiny`` (rows that need CUDA say so), so a typo cannot waste a lent GPU's minutes.
+``--preset tiny`` (rows that need CUDA say so), so a typo shows before GPU time is spent.
 """
 
 from __future__ import annotations
@@ -140,6 +140,11 @@ def test_paths_timed_alone_in_fresh_processes(bench_script, capsys, monkeypatch)
     # The same input in every process: the paths agree as they do in one process (tiny: ~1e-3 of the
     # scale, where guidance 12 amplifies fp32 rounding at the 1x1 level).
     assert 0 < r["max_abs_diff"] < 0.05
+    # The frame writer's cost per frame, next to the U-Net's, and how much of it overlaps.
+    from tools.bench.table import format_table
+
+    assert r["writer_seconds_per_frame"] > 0 and 0 < r["writer_overlap"] <= 1
+    assert "frame writer (GIF palette and frame, state PNG; its own thread)" in format_table(r)
 
 
 def test_the_rows_of_each_setting(tiny_bench) -> None:
@@ -242,7 +247,7 @@ def test_compiled_unet_gives_the_eager_latents(tmp_path: Path, monkeypatch, one_
 
     Traced by Dynamo and AOT autograd as ``--compile`` traces it, run with the ``aot_eager``
     backend: Inductor's code generation and C++ builds take minutes of CPU for the tiny model on
-    this 2-core machine (measured: README, "Performance"), over this suite's budget; what this
+    a small CPU (docs/performance.md), over this suite's budget; what this
     project's code decides (what is traced, the guards, the shapes) is the same."""
     from fifo.guidance import CFGDenoiser, ModelDenoiser
     from lvdm.build import load_model

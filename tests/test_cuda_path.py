@@ -126,7 +126,11 @@ def test_xformers_on_cpu_or_not_installed_is_a_usage_error(tmp_path, capsys, mon
 # --------------------------------------------------------------------------- the published path, the cache key
 def test_sequential_is_fp32_unless_asked(monkeypatch) -> None:
     parser = cli.parser.build_parser()
-    facts = type("Facts", (), {"temporal_length": 16, "default_size": (320, 512)})()
+    from lvdm.family import ModelFamily
+
+    facts = type(
+        "Facts", (), {"temporal_length": 16, "default_size": (320, 512), "family": ModelFamily("x")}
+    )()
     for argv, expected in (
         ([], "fp16"),
         (["--sequential"], "fp32"),
@@ -141,3 +145,69 @@ def test_base_clip_cache_key_holds_the_device(tmp_path: Path) -> None:
     settings = GenerationSettings(video_length=2, num_partitions=1, height=64, width=64, progress=False)
     key = FifoGenerator(model, parse_mode("t2v"), settings, "m").cache_key(PromptJob("a fox", line=1))
     assert key["device"] == "cpu"
+
+
+# --------------------------------------------------------------------------- half-precision scores
+def _large_logits(dtype: torch.dtype, d: int = 64):
+    """q, k, v of one head whose q·kᵀ (~1e5) is past fp16's 65504 while q·kᵀ/sqrt(d) is not."""
+    g = torch.Generator().manual_seed(0)
+    q = (40 + torch.rand(1, 2, 5, d, generator=g)).to(dtype)
+    k = (40 + torch.rand(1, 2, 7, d, generator=g)).to(dtype)
+    v = torch.randn(1, 2, 7, d, generator=g).to(dtype)
+    return q, k, v
+
+
+def test_math_attention_in_fp16_scores_in_fp32_scaled_first() -> None:
+    from lvdm.modules.attention_kernels import _attend_math
+
+    q, k, v = _large_logits(torch.float16)
+    out = _attend_math(q, k, v)
+    reference = _attend_math(q.float(), k.float(), v.float())
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), reference, atol=2e-3, rtol=2e-3)
+
+
+def test_relative_position_attention_in_fp16_scores_in_fp32_scaled_first() -> None:
+    from lvdm.modules.attention_variants import RelativePosition, attend_relative
+
+    class Layer:  # what attend_relative reads of a CrossAttention
+        relative_position_k = RelativePosition(64, 4)
+        relative_position_v = RelativePosition(64, 4)
+
+    q, k, v = _large_logits(torch.float16)
+    out = attend_relative(Layer(), q, k, v)
+    reference = attend_relative(Layer(), q.float(), k.float(), v.float())
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), reference, atol=2e-3, rtol=2e-3)
+
+
+def test_clip_normalisation_constants_stay_fp32_in_a_half_precision_model() -> None:
+    from lvdm.modules.encoders.condition import CLIP_MEAN, CLIP_STD
+
+    model = load_model(str(REPO / "configs" / "tiny_i2v.yaml"), None, random_init=True, dtype=torch.float16)
+    embedder = model.embedder
+    assert next(embedder.parameters()).dtype == torch.float16  # the tower is in half precision
+    assert embedder.mean.dtype == torch.float32 and embedder.std.dtype == torch.float32
+    assert embedder.mean.tolist() == list(torch.tensor(CLIP_MEAN).tolist())
+    assert embedder.std.tolist() == list(torch.tensor(CLIP_STD).tolist())
+
+
+def test_xformers_that_fails_its_first_call_is_a_usage_error_before_loading(
+    tmp_path, capsys, monkeypatch, no_model
+) -> None:
+    """An importable xformers whose build does not match this torch/CUDA used to pass the input
+    checks and fail after the checkpoint loaded; one tiny call now finds it first."""
+    import sys
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine (the real runtime)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(attention, "xformers_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "xformers", type(sys)("xformers"))
+    monkeypatch.setitem(sys.modules, "xformers.ops", None)  # its kernels' module cannot load
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    argv = ["--config", T2V, "--random_init", "-p", str(prompts), "--output_dir", str(tmp_path / "o"),
+            "--attention", "xformers", "--device", "cuda:0"]  # fmt: skip
+    assert videocrafter_main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--attention xformers: its kernel fails on cuda:0" in err and "--attention sdpa" in err

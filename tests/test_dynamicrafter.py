@@ -1,4 +1,4 @@
-"""DynamiCrafter and VideoCrafter1 text-to-video behind the model-family seam (issue 23).
+"""DynamiCrafter and VideoCrafter1 text-to-video behind the model-family seam.
 
 Unit checks of what differs (the family read from each config, the zero-terminal-SNR schedule
 and the v-prediction DDIM step at ᾱ = 0, per-frame image tokens, the hybrid concatenation,

@@ -17,8 +17,10 @@ from lvdm.modules.encoders.condition import (
     resize_antialias,
 )
 from lvdm.modules.encoders.resampler import Resampler
+from tests.conftest import tiny_t2v_weights
+from tools.reference.fixture_weights import module_fixture_weights
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reference"
 TINY = REFERENCE / "tiny_t2v"
 TOL = 1e-4
 
@@ -26,7 +28,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def reference() -> Path:
     if not TINY.is_dir():
-        pytest.fail(f"Reference fixtures not found at {REFERENCE} (expected shared/ next to the repository)")
+        pytest.fail(f"reference data not found at {REFERENCE}: the checkout is incomplete")
     return TINY
 
 
@@ -48,15 +50,15 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def image_case(reference: Path) -> tuple[FrozenOpenCLIPImageEmbedderV2, dict[str, torch.Tensor]]:
     data = load_file(reference / "image_embed.safetensors")
     embedder = FrozenOpenCLIPImageEmbedderV2(arch="fifo-tiny-clip")
-    embedder.load_state_dict(_strip(data, "param."), strict=True)
+    prefix = json.loads((reference / "meta.json").read_text())["image_embed"]["weights_prefix"]
+    embedder.load_state_dict(module_fixture_weights(embedder, prefix), strict=True)
     return embedder, data
 
 
 def test_text_embedder_matches_reference(reference: Path, meta: dict) -> None:
     encoder = FrozenOpenCLIPEmbedder(arch="fifo-tiny-clip", layer="penultimate")
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
-    state = load_file(reference / "state_dict.safetensors")
-    encoder.load_state_dict(_strip(state, "cond_stage_model."), strict=True)
+    encoder.load_state_dict(_strip(tiny_t2v_weights(), "cond_stage_model."), strict=True)
     with torch.no_grad():
         emb = encoder(meta["prompts"])
     assert _max_err(emb, load_file(reference / "text.safetensors")["text_emb"]) < TOL
@@ -65,7 +67,7 @@ def test_text_embedder_matches_reference(reference: Path, meta: dict) -> None:
 def test_sequence_first_blocks_give_the_same_output(reference: Path, meta: dict) -> None:
     """open_clip < 3 ran its blocks sequence-first: the encoders must follow the installed layout."""
     encoder = FrozenOpenCLIPEmbedder(arch="fifo-tiny-clip", layer="last")
-    encoder.load_state_dict(_strip(load_file(reference / "state_dict.safetensors"), "cond_stage_model."))
+    encoder.load_state_dict(_strip(tiny_t2v_weights(), "cond_stage_model."))
     with torch.no_grad():
         batch_first = encoder(meta["prompts"])
         encoder.model.transformer.batch_first = False
@@ -131,7 +133,9 @@ def test_resize_and_antialias() -> None:
 def test_resampler_matches_reference(reference: Path, meta: dict) -> None:
     data = load_file(reference / "resampler.safetensors")
     resampler = Resampler(**meta["resampler_kwargs"])
-    resampler.load_state_dict(_strip(data, "param."), strict=True)
+    resampler.load_state_dict(
+        module_fixture_weights(resampler, meta["resampler_weights_prefix"]), strict=True
+    )
     with torch.no_grad():
         out = resampler(data["input"])
     assert _max_err(out, data["output"]) < TOL

@@ -24,7 +24,7 @@ from tools.evaluation import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference"
+REFERENCE = ROOT / "tests" / "fixtures" / "reference"
 TINY_CLIP = "fifo-tiny-clip"
 
 
@@ -47,7 +47,7 @@ def _shuffled(t: int = 6) -> np.ndarray:
 @pytest.fixture(scope="module")
 def reference() -> Path:
     if not (REFERENCE / "tiny_t2v" / "image_embed.safetensors").is_file():
-        pytest.fail(f"Reference fixtures not found at {REFERENCE} (expected shared/ next to the repository)")
+        pytest.fail(f"reference data not found at {REFERENCE}: the checkout is incomplete")
     return REFERENCE / "tiny_t2v"
 
 
@@ -62,11 +62,29 @@ def results(tmp_path: Path) -> Path:
     return root
 
 
+def tower_weights() -> dict[str, torch.Tensor]:
+    """The tiny CLIP tower's weights of the reference fixture (keys without a prefix)."""
+    from lvdm.modules.encoders.condition import FrozenOpenCLIPImageEmbedderV2
+    from tools.reference.fixture_weights import module_fixture_weights
+
+    return module_fixture_weights(FrozenOpenCLIPImageEmbedderV2(arch=TINY_CLIP), "embedder.")
+
+
+@pytest.fixture
+def param_ckpt(tmp_path: Path, reference: Path) -> Path:
+    """A file with the tower under ``param.`` beside two other tensors: not a checkpoint layout."""
+    data = load_file(reference / "image_embed.safetensors")
+    state = {"param." + k: v for k, v in tower_weights().items()}
+    state.update(image=data["image"], tokens=data["tokens"])
+    path = tmp_path / "param_tower.safetensors"
+    save_file(state, str(path))
+    return path
+
+
 @pytest.fixture
 def clip_ckpt(tmp_path: Path, reference: Path) -> Path:
     """The tiny CLIP tower stored under ``embedder.`` like in the image-to-video checkpoint."""
-    data = load_file(reference / "image_embed.safetensors")
-    state = {"embedder." + k.removeprefix("param."): v for k, v in data.items() if k.startswith("param.")}
+    state = {"embedder." + k: v for k, v in tower_weights().items()}
     state["model.diffusion_model.dummy.weight"] = torch.zeros(2)  # other parts of a real checkpoint
     path = tmp_path / "i2v_like.safetensors"
     save_file(state, str(path))
@@ -91,24 +109,23 @@ def test_pixel_metrics_static_and_shuffled() -> None:
     assert flicker == pytest.approx(1.0) and drift.tolist() == pytest.approx([0.0, 1.0])
 
 
-def test_clip_embedder_loads_from_prefixed_checkpoint(clip_ckpt: Path, reference: Path) -> None:
-    data = load_file(reference / "image_embed.safetensors")
+def test_clip_embedder_loads_from_prefixed_checkpoint(clip_ckpt: Path) -> None:
     embedder = load_clip_embedder(clip_ckpt, TINY_CLIP)
     loaded = embedder.state_dict()
-    expected = {k.removeprefix("param."): v for k, v in data.items() if k.startswith("param.")}
+    expected = tower_weights()
     assert set(loaded) == set(expected)
     assert all(torch.equal(loaded[k], v) for k, v in expected.items())
     assert not embedder.training
 
 
-def test_clip_missing_prefix_is_a_clear_error(tmp_path: Path, reference: Path) -> None:
+def test_clip_missing_prefix_is_a_clear_error(tmp_path: Path, param_ckpt: Path) -> None:
     with pytest.raises(CheckpointError, match=r"'embedder\.'.*param\."):
-        load_clip_embedder(reference / "image_embed.safetensors", TINY_CLIP)
+        load_clip_embedder(param_ckpt, TINY_CLIP)
     with pytest.raises(CheckpointError, match="not found"):
         load_clip_embedder(tmp_path / "missing.ckpt", TINY_CLIP)
     # The tower under "param." but read with the wrong prefix: keys do not fit, a short summary says so.
     with pytest.raises(CheckpointError, match=r"(?s)do not fit.*38 missing.*40 unexpected.*--clip_arch"):
-        load_clip_embedder(reference / "image_embed.safetensors", TINY_CLIP, prefix="")
+        load_clip_embedder(param_ckpt, TINY_CLIP, prefix="")
 
 
 def test_evaluation_with_clip(results: Path, clip_ckpt: Path, tmp_path: Path) -> None:

@@ -35,8 +35,8 @@ def test_random_model_evaluation_of_64_frames_fits_the_budget(tmp_path: Path) ->
     out = tmp_path / "report"
     before = _children_cpu_s()
     # One thread: on a busy machine two threads spin waiting for each other, and the spinning counts
-    # as CPU time (33 CPU-s with two threads against 12.5 with one, measured on the same shared
-    # 2-core machine); one thread's CPU time is the wall time on one free core, which bounds it on two.
+    # as CPU time (docs/performance.md, "Evaluation time"); one thread's CPU time is the wall time
+    # on one free core, which bounds it on two.
     subprocess.run(
         [sys.executable, "scripts/evaluate.py", str(tmp_path / "videos"), "--out", str(out)]
         + ["--random_feature_models", "--quiet"],

@@ -1,6 +1,6 @@
 """The FIFO queue (fifo.geometry, fifo.step) against the facts of the published method.
 
-Facts (shared/reference/README.md, "How the published method works"): f = video_length,
+Facts (tests/fixtures/reference/README.md, "How the published method works"): f = video_length,
 n = num_partitions, steps = f·n. With lookahead, f/2 leading slots at noise index 0 from base
 frame 0, then slot i (schedule index i) seeded from base frame max(0, i − (steps − f)), or
 i // (steps / f) with unilatent. Windows noisiest first: [r·f/2, r·f/2 + f) writing their last

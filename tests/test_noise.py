@@ -13,6 +13,7 @@ from fifo.noise import NoiseOrder, NoiseSource, NoiseStreamError, RecordedStream
 from fifo.schedule import DDIMSchedule
 from fifo.step import initial_queue, iteration_noise, shift_queue
 from lvdm.models.utils_diffusion import linear_betas, schedule_buffers
+from tools.reference import fifo_run_noise
 
 
 def schedule(steps: int, eta: float) -> DDIMSchedule:
@@ -62,7 +63,7 @@ def test_published_order_draws_what_the_published_loop_draws(reference_dir) -> N
         )
         assert [list(shape) for shape, _ in recording.draws] == [d[3] for d in run["draws"]], run["name"]
         stream = torch.cat([numbers for _, numbers in recording.draws])
-        assert torch.equal(stream, data[f"fifo_run__{run['name']}__noise"]), run["name"]
+        assert torch.equal(stream, fifo_run_noise(data, run)), run["name"]
 
 
 def test_published_window_noise_layout() -> None:

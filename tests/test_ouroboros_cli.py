@@ -91,7 +91,7 @@ def test_every_new_part_with_every_base_runs_and_is_deterministic(
 @pytest.mark.parametrize(
     ("mode", "extra"),
     [
-        ("t2v_TTqcache_attn1_unilatent_tailcoh_sacfa_srg", []),  # the README's demo mode
+        ("t2v_TTqcache_attn1_unilatent_tailcoh_sacfa_srg", []),  # the manual's demo mode
         ("t2v_sacfa_srg", ["--sequential"]),  # one window and one guidance branch per call
         ("t2v_tailcoh_sacfa_srg", ["-ld", "--eta", "0.5"]),  # lookahead off
         ("t2v_srg", ["--srg_windows", "1", "--srg_weight", "3", "--srg_momentum", "0.5"]),

@@ -104,7 +104,7 @@ def _scaled(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # Three ranks: uneven shares (2+1+1) and a rank without a window; two ranks run end to end under
-# torchrun below (and in the README's benchmark), so a second world size here would only cost time.
+# torchrun below (and in the benchmark command of docs/scaling.md), so a second world size here would only cost time.
 @pytest.mark.parametrize("world", [3])
 def test_ranks_dequeue_what_one_process_dequeues(tmp_path, single, world: int) -> None:
     out, expected = single
@@ -181,6 +181,37 @@ def test_a_failing_rank_stops_every_rank(tmp_path) -> None:
     assert proc.returncode != 0
     assert "cannot read image" in proc.stderr and "rank 1 stopped the job" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rank_failing_mid_run_stops_every_rank_at_once(tmp_path) -> None:
+    """--parallel windows: rank 0 fails after the input checks (its disk is full when it decodes a
+    frame): rank 1, which waits for it in the next collective, stops at once with a message instead
+    of waiting out the collectives' timeout (minutes), and both leave the process group."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red fox\n")
+    wrapper = tmp_path / "rank0_fails.py"
+    wrapper.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "import fifo.sampler, videocrafter_main\n"
+        "if os.environ['RANK'] == '0':\n"
+        "    real, calls = fifo.sampler.FifoSampler.decode, []\n"
+        "    def decode(self, z):\n"
+        "        calls.append(1)\n"
+        "        if len(calls) == 2:  # the base clip decoded, then the first output frame\n"
+        "            raise OSError(28, 'No space left on device')\n"
+        "        return real(self, z)\n"
+        "    fifo.sampler.FifoSampler.decode = decode\n"
+        "sys.exit(videocrafter_main.main())\n"
+    )
+    proc = torchrun(
+        2, str(wrapper), "--config", T2V, "--random_init", "-p", str(prompts), "--video_length", "2",
+        "-n", "1", "-l", "2", "--height", "64", "--width", "64", "--parallel", "windows",
+        "--output_dir", str(tmp_path / "out"), "--no_progress", timeout=150,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "No space left on device" in proc.stderr
+    assert "error: rank 1: another rank of this job failed" in proc.stderr
 
 
 # --------------------------------------------------------------------------- GPU set-up, mocked

@@ -41,6 +41,7 @@ def results(suite):
 def test_every_file_of_the_fixture_is_checked(results) -> None:
     groups = {r.name.split()[0] for r in results}
     assert groups == {
+        "weights",
         "text",
         "unet",
         "trace",
@@ -54,6 +55,28 @@ def test_every_file_of_the_fixture_is_checked(results) -> None:
     assert sum(r.name.startswith("unet ") for r in results) == 7  # every run in meta.json
     fifo_runs = [r for r in results if r.name.startswith("fifo_run ")]
     assert [r.name.split()[1] for r in fifo_runs] == FIFO_RUNS
+
+
+def test_fixture_weights_hash_as_recorded(suite) -> None:
+    """The fixture stores no weights: our recomputation of them (from the key names of our model)
+    hashes to what the published model was given when the goldens were made."""
+    assert not (suite.folder / "state_dict.safetensors").exists()
+    recorded = suite.meta["weights"]["params_sha256"]
+    assert len(recorded) == 64 and suite.weights_sha256 == recorded
+    buffers = {name for name, _ in suite.model.named_buffers() if name in suite.model.state_dict()}
+    assert sorted(buffers) == sorted(suite.meta["weights"]["buffers_kept"])
+    assert len(suite.model.state_dict()) == suite.meta["weights"]["num_keys"]
+
+
+def test_stored_parameters_are_still_read(suite) -> None:
+    """Fixture folders that store the image tower or Resampler under ``param.`` (the older
+    format) load those; without them the scheme's weights under the given prefix are used."""
+    module = torch.nn.Linear(2, 3)
+    stored = {"param.weight": torch.ones(3, 2), "param.bias": torch.zeros(3), "image": torch.zeros(1)}
+    assert suite._module_weights(module, stored, "embedder.").keys() == {"weight", "bias"}
+    assert torch.equal(suite._module_weights(module, stored, "embedder.")["weight"], torch.ones(3, 2))
+    computed = suite._module_weights(module, {"image": torch.zeros(1)}, "embedder.")
+    assert computed.keys() == {"weight", "bias"} and not torch.equal(computed["weight"], torch.ones(3, 2))
 
 
 @pytest.mark.parametrize("name", FIFO_RUNS)

@@ -241,7 +241,7 @@ print("PEAK", rc, peak_memory_bytes("cpu"))
 def test_peak_memory_of_a_tiny_run_with_srg_stays_within_its_bound() -> None:
     """Stated bound: a tiny run (f = 4, n = 1, 3 frames, 64x64, fp32, one thread) with ``srg``
     peaks at most 64 MiB above the same run without it (peak RSS of two fresh processes, run side
-    by side; measured here: +28 MiB on ~810 MiB, identical processes vary by ~2 MiB)."""
+    by side; identical processes vary by a few MiB)."""
     import os
     import subprocess
     import sys

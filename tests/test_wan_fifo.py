@@ -143,7 +143,7 @@ def test_command_line_writes_the_video(tmp_path) -> None:
     "extra, message",
     [
         (["--mode", "t2v_qcache"], "temporal transformers"),
-        (["--mode", "t2v_tailcoh"], "not yet for the flow's"),
+        (["--mode", "t2v_tailcoh"], "σ = 1"),
         (["--mode", "t2v_sacfa_srg", "--subject", "person"], "resolution"),
         (["--compile"], "--compile does not apply"),
         (["--attention", "xformers"], "diffusers' own attention"),
@@ -172,3 +172,28 @@ def test_two_ranks_write_the_one_process_video(tmp_path) -> None:
     two = read_video_frames(tmp_path / "A" / FOLDER / "run.gif")
     assert one.shape == two.shape == (5, 64, 64, 3)
     assert np.abs(one.astype(int) - two.astype(int)).max() <= 1
+
+
+def test_guidance_defaults_to_wans_own(tmp_path) -> None:
+    """Without --unconditional_guidance_scale Wan samples at its own 5.0, the U-Nets at 12.0."""
+    from cli.parser import build_parser
+    from cli.request import build_request
+
+    def guidance(config: str, *extra: str) -> float:
+        args = build_parser().parse_args(
+            [
+                "--config",
+                config,
+                "--random_init",
+                "-p",
+                "prompts/demo.txt",
+                "--output_dir",
+                str(tmp_path),
+                *extra,
+            ]
+        )
+        return build_request(args).settings.guidance
+
+    assert guidance(CONFIG) == 5.0
+    assert guidance("configs/tiny_t2v.yaml") == 12.0
+    assert guidance(CONFIG, "--unconditional_guidance_scale", "7") == 7.0

@@ -110,3 +110,17 @@ def test_stream_decoder_is_the_whole_decode(model) -> None:
     stream = torch.cat(pieces, dim=2)
     assert stream.shape == (1, 3, 13, 64, 64)
     torch.testing.assert_close(stream, whole, rtol=0, atol=1e-5)
+
+
+def test_offloaded_text_encoder_gives_the_same_tokens(model) -> None:
+    """A text encoder kept in host memory (as on CUDA) encodes as the resident one; the device's
+    weights then leave it out."""
+    resident = model.encode_text(["a cat on a mat"])
+    before = model.resident_weight_bytes()
+    model.offload_text_encoder()
+    try:
+        assert torch.equal(model.encode_text(["a cat on a mat"]), resident)
+        encoder = sum(p.numel() * p.element_size() for p in model.text_encoder.parameters())
+        assert model.resident_weight_bytes() <= before - encoder
+    finally:
+        model.text_encoder_offloaded = False

@@ -7,7 +7,7 @@ other frames' subject masks are concatenated to the frame's own, so the subject'
 is shared across the window while the background stays each frame's own. The subject masks
 come from the encoder's cross-attention maps of the same pass (``fifo.tricks.subject``).
 
-Choices made here (see the README, "SACFA"):
+Choices made here (see docs/usage.md, "Ouroboros-Diffusion's tricks"):
 
 - A frame attends to the subject tokens of the *other* frames (its own are already among its
   keys); the demo concatenates the subject tokens of all frames, its own included.

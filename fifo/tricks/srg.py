@@ -206,9 +206,9 @@ class SelfRecurrentGuidance(StepHook):
             if loss is None:
                 grad = None
             elif is_fake(x) and x.device.type == "cuda" and not torch.cuda.is_available():
-                # A run planned for a GPU this machine lacks: autograd's engine needs a real CUDA
+                # A run planned for a GPU that is not present: autograd's engine needs a real CUDA
                 # context. The saved activations (the memory) are counted; the backward's FLOPs
-                # (about twice the guided forward's) are not: the README says so.
+                # (about twice the guided forward's) are not, as docs/scaling.md says.
                 grad = torch.zeros_like(guided)
             else:
                 grad = torch.autograd.grad(loss, guided)[0].detach()

@@ -243,10 +243,13 @@ class SubjectStore:
         for r, weights in enumerate(current.weights):
             if weights is None:
                 continue
-            # One clip at a time: its probabilities (t, heads, n, m) stay small.
-            probs = (torch.einsum("thnd,hmd->thnm", q[r * frames : (r + 1) * frames], k[r]) * scale).softmax(
-                -1
-            )
+            # One clip at a time: its probabilities (t, heads, n, m) stay small. In half
+            # precision the scores are fp32 from the query scaled first (fp16's q·kᵀ overflows).
+            clip = q[r * frames : (r + 1) * frames]
+            if clip.dtype in (torch.float16, torch.bfloat16):
+                probs = torch.einsum("thnd,hmd->thnm", clip.float() * scale, k[r].float()).softmax(-1)
+            else:
+                probs = (torch.einsum("thnd,hmd->thnm", clip, k[r]) * scale).softmax(-1)
             w = weights.to(probs.device, probs.dtype)
             maps[r] = ((probs * w).sum(-1) / w.sum()).mean(1).float()
         current.maps.setdefault(level, []).append(maps)

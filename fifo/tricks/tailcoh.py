@@ -9,7 +9,7 @@ where ẑ is the previous tail latent brought to the tail's noise level, η fres
 and F_low / F_high a 3D FFT low-pass filter and its complement (1 − F_low). The low frequencies
 (the coarse layout) carry over from frame to frame; the high ones stay random (motion, detail).
 
-Choices made here (see the README, "Coherent tail"):
+Choices made here (see docs/usage.md, "Ouroboros-Diffusion's tricks"):
 
 - ẑ: the previous tail (the last slot after this iteration's windows, one DDIM step less noisy
   than the tail) diffused forward to the tail's level in closed form,

@@ -184,14 +184,18 @@ class LatentDiffusion(nn.Module):
         U-Net's group norms still compute in float32 (``GroupNorm32``). The autoencoder stays in
         float32 (frames are decoded in float32, as published: one frame per iteration costs
         little), and so do the noise schedule's buffers. Parameters are replaced, not converted
-        in place, so this also works on meta and fake tensors.
+        in place, so this also works on meta and fake tensors. Buffers a module names in its
+        ``FP32_BUFFERS`` (the CLIP normalisation constants) stay float32.
         """
         for part in self.low_precision_parts():
             for module in part.modules():
                 for name, param in list(module._parameters.items()):
                     if param is not None and param.is_floating_point() and param.dtype != dtype:
                         module._parameters[name] = nn.Parameter(param.detach().to(dtype), requires_grad=False)
+                keep = getattr(module, "FP32_BUFFERS", ())  # constants that half precision would round
                 for name, buffer in list(module._buffers.items()):
+                    if name in keep:
+                        continue
                     if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
                         module._buffers[name] = buffer.to(dtype)
 

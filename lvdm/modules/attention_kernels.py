@@ -25,7 +25,7 @@ def xformers_available() -> bool:
 
 # bf16 attention on a CPU over at most this many keys (a clip's frames, the text tokens) runs as
 # matrix products (_attend_bf16_cpu); over more keys (the spatial self-attention) PyTorch's fused
-# kernel is as fast or faster (measured, see _attend_bf16_cpu).
+# kernel is as fast or faster (docs/performance.md).
 CPU_BF16_MATMUL_MAX_KEYS = 128
 # _attend_bf16_cpu computes its scores in slices of at most this many bytes, so that a long
 # batch never holds all of its q·kᵀ at once.
@@ -52,11 +52,10 @@ def cpu_has_native_bf16() -> bool:
 def _attend_bf16_cpu(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """bf16 attention on a CPU as fp32 scores, an fp32 softmax, and a bf16 product with the values.
 
-    PyTorch's fused CPU kernel runs bf16 slower than fp32. Over few keys this is 1.4-3x faster
-    than it (one thread, AVX-512 BF16 EPYC, head sizes 8 and 64: 16 keys 0.85 ms against 2.45,
-    77 keys 2.9 against 4.1) with the same accuracy: the scores stay fp32 as in the fused kernel
-    (rounding them to bf16 was faster still but 30x less accurate where the logits are large),
-    and only the probabilities are rounded to bf16 for the product with the values.
+    PyTorch's fused CPU kernel runs bf16 slower than fp32. Over few keys this is faster than it
+    (docs/performance.md) with the same accuracy: the scores stay fp32 as in the fused kernel
+    (rounding them to bf16 as well is faster still but far less accurate where the logits are
+    large), and only the probabilities are rounded to bf16 for the product with the values.
     """
     b, heads, n, d = q.shape
     m = k.shape[2]
@@ -85,10 +84,29 @@ def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def _attend_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Plain softmax(q kᵀ / sqrt(d)) v, as the published code computes it; the reference for tests."""
+    """Plain softmax(q kᵀ / sqrt(d)) v, as the published code computes it; the reference for tests.
+    In fp16/bf16 the scores are fp32 from the query scaled first, as the fused kernels compute
+    them (a half-precision q·kᵀ overflows before the scale)."""
     scale = q.shape[-1] ** -0.5
+    if q.dtype in (torch.float16, torch.bfloat16):
+        weights = torch.einsum("bhid,bhjd->bhij", q.float() * scale, k.float())
+        return torch.einsum("bhij,bhjd->bhid", weights.softmax(dim=-1).to(v.dtype), v)
     weights = torch.einsum("bhid,bhjd->bhij", q, k) * scale
     return torch.einsum("bhij,bhjd->bhid", weights.softmax(dim=-1), v)
+
+
+def xformers_failure(device: str | torch.device) -> str | None:
+    """One tiny xformers attention call on ``device`` (a CUDA GPU that is here): None when it
+    runs, else what failed. An xformers build that does not match this PyTorch or CUDA imports
+    (with a warning) and fails only at its first call: this finds it before a model is loaded."""
+    try:
+        import xformers.ops  # optional dependency, CUDA only
+
+        q = torch.zeros(1, 8, 2, 64, device=device, dtype=torch.float16)  # (batch, seq, heads, dim)
+        xformers.ops.memory_efficient_attention(q, q, q).sum().item()  # .item(): the kernel ran
+    except Exception as err:  # any failure of the probe is the answer, reported to the user
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _attend_xformers(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

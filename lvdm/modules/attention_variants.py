@@ -39,11 +39,22 @@ def attend_relative(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Attention with relative-position terms on the scores and on the values, q (b, heads, n, d),
     for a ``CrossAttention`` layer ``attn`` that holds the two :class:`RelativePosition` tables:
     softmax((q·k + q·E_k[i, j]) / sqrt(d)) then + Σ_j p_ij E_v[i, j]. Explicit (the fused kernels
-    take no value term); the temporal sequences it serves are a clip's frames, short."""
+    take no value term); the temporal sequences it serves are a clip's frames, short.
+
+    In fp16/bf16 the scores are computed in fp32 from the query scaled first, as the fused
+    kernels do: a half-precision q·kᵀ overflows (fp16 ends at 65504) before the scale brings it
+    down. fp32 inputs take the published order of operations."""
     n, m = q.shape[2], k.shape[2]
+    scale = q.shape[-1] ** -0.5
+    if q.dtype in (torch.float16, torch.bfloat16):
+        table_k = attn.relative_position_k(n, m).float()
+        table_v = attn.relative_position_v(n, m).to(q.dtype)
+        qs = q.float() * scale
+        scores = torch.einsum("bhid,bhjd->bhij", qs, k.float()) + torch.einsum("bhid,ijd->bhij", qs, table_k)
+        probs = scores.softmax(dim=-1).to(q.dtype)
+        return torch.einsum("bhij,bhjd->bhid", probs, v) + torch.einsum("bhij,ijd->bhid", probs, table_v)
     table_k = attn.relative_position_k(n, m).to(q.dtype)
     table_v = attn.relative_position_v(n, m).to(q.dtype)
-    scale = q.shape[-1] ** -0.5
     scores = (torch.einsum("bhid,bhjd->bhij", q, k) + torch.einsum("bhid,ijd->bhij", q, table_k)) * scale
     probs = scores.softmax(dim=-1)
     return torch.einsum("bhij,bhjd->bhid", probs, v) + torch.einsum("bhij,ijd->bhid", probs, table_v)

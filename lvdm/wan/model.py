@@ -29,6 +29,7 @@ WAN_FAMILY = ModelFamily(
     prediction=Prediction.FLOW,
     frame_conditioning=FrameConditioning.NONE,
     video_frames_per_latent=4,
+    default_guidance=5.0,
 )
 
 # The folders of a diffusers-format model (model_index.json's components).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import statistics
 import subprocess
 import sys
@@ -236,10 +237,9 @@ def time_in_processes(opts: BenchOptions, rows: Sequence[TimedRow]) -> dict[str,
     """Each row timed alone in ``opts.processes`` fresh processes (rows in alternating order per
     round, so that drift in the machine's load hits them alike).
 
-    Why not one process: on a 2-core machine the published path's time is bimodal between
-    processes (measured: 3.0–3.2 s or 4.2–4.4 s per frame on the medium preset, about one process in
-    three slow, whichever path ran before, while the fast path stays within 2.3–2.5 s); pinning its
-    OpenMP threads (``OMP_PROC_BIND``) removes the slow mode, so it is the threads' placement,
+    Why not one process: on a CPU with few cores the published path's time can be bimodal between
+    processes, whichever path ran before, while the fast path's is not (docs/performance.md,
+    "Generation speed"); pinning its OpenMP threads (``OMP_PROC_BIND``) removes the slow mode, so it is the threads' placement,
     which a process keeps. A row's time is the best of its processes' medians (the placement that
     does not hold it back); every process's median is reported. A compiled row runs in one process:
     each process compiles again (minutes on a CPU, even from Inductor's cache), and its path runs in
@@ -359,3 +359,25 @@ def sampler_overhead(bench: Bench, repeats: int = 5) -> dict[str, float]:
                 )
         out[path] = statistics.median(times[1:])
     return out
+
+
+def writer_seconds_per_frame(bench: Bench, repeats: int = 3) -> float:
+    """What the frame writer thread spends on one output frame as a run's default sinks take it:
+    the decoded frame (the queue's output slot) copied to the host, GIF-quantised and streamed
+    into a video, and kept as the saved state's PNG. The best of ``repeats`` frames, seconds."""
+    from fifo.resume import StateStore
+    from fifo.state import to_uint8_frames
+    from infra.video_io import VideoWriter
+
+    clean = bench.queue[:, :, bench.geometry.output_slot : bench.geometry.output_slot + 1]
+    frame = to_uint8_frames(bench.decode(clean))[0]
+    best = math.inf
+    with tempfile.TemporaryDirectory() as tmp:
+        store = StateStore(Path(tmp) / "state", {})
+        with VideoWriter(Path(tmp) / "frames.gif", fps=8) as video:
+            for index in range(repeats):
+                start = time.perf_counter()
+                video.write(frame)
+                store.write_frame(index, frame)
+                best = min(best, time.perf_counter() - start)
+    return best

@@ -1,4 +1,4 @@
-"""The one-command speed report (``scripts/benchmark.py --report OUT_DIR``), made for a lent GPU.
+"""The one-command speed report (``scripts/benchmark.py --report OUT_DIR``), made for a GPU run.
 
 Rows, cheapest and most telling first, each written to ``OUT_DIR/report.json`` and
 ``OUT_DIR/report.md`` as soon as it is measured (a run killed at its time limit keeps them):
@@ -337,7 +337,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The report as markdown, ready for the README."""
+    """The report as markdown, ready for docs/performance.md."""
     dev = doc["device"]
     s = doc["settings"]
     lines = [

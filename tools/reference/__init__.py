@@ -1,4 +1,9 @@
-"""Check the project's code against a reference fixture folder (format of shared/reference/tiny_t2v).
+"""Check the project's code against a reference fixture folder (format of tests/fixtures/reference/tiny_t2v).
+
+A folder holds its weights in one of two ways: a stored ``state_dict.safetensors`` (and the image
+tower's and Resampler's parameters under ``param.`` in their case files), or none at all, with
+``meta.json["weights"]`` naming the deterministic scheme of ``tools/reference/fixture_weights.py``
+and the sha256 of the parameters it gives (checked as the case ``weights``).
 
 Every case runs through the same code the generator uses: the config is built with
 ``lvdm.build``, weights are loaded strictly, the U-Net runs with Q-cache processors from a
@@ -36,6 +41,7 @@ from lvdm.checkpoint import load_weights
 from lvdm.models.ddpm3d import LatentDiffusion
 from lvdm.modules.encoders.condition import FrozenOpenCLIPImageEmbedderV2
 from lvdm.modules.encoders.resampler import Resampler
+from tools.reference.fixture_weights import module_fixture_weights, parameters_digest
 
 TOLERANCE = 1e-4
 
@@ -62,24 +68,66 @@ def compare(name: str, ours: Tensor, ref: Tensor, note: str = "") -> CaseResult:
     return CaseResult(name, err, err / scale, note)
 
 
+def fifo_run_noise(data: dict[str, Tensor], run: dict) -> Tensor:
+    """Every standard-normal number a recorded FIFO run drew, in draw order (1-D, float32).
+
+    Stored as ``fifo_run__{name}__noise`` in older folders; otherwise regenerated the way the
+    recording drew it: one ``torch.randn(shape)`` per entry of ``run["draws"]``, in order, from a
+    CPU generator seeded with ``run["noise_seed"]``."""
+    stored = data.get(f"fifo_run__{run['name']}__noise")
+    if stored is not None:
+        return stored
+    generator = torch.Generator("cpu").manual_seed(int(run["noise_seed"]))
+    draws = [torch.randn(tuple(d[3]), generator=generator, dtype=torch.float32) for d in run["draws"]]
+    return torch.cat([d.flatten() for d in draws])
+
+
 def _params(tensors: dict[str, Tensor], prefix: str = "param.") -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 class ReferenceSuite:
-    """The fixture folder and the model built from its config, loaded with its state_dict."""
+    """The fixture folder and the model built from its config, with the fixture's weights."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         if not (self.folder / "config.yaml").is_file():
             raise MissingInputError(f"{self.folder} is not a reference fixture folder (no config.yaml)")
-        for name in ("meta.json", "state_dict.safetensors"):
-            if not (self.folder / name).is_file():
-                raise MissingInputError(f"{self.folder}: the reference fixture has no {name}")
+        if not (self.folder / "meta.json").is_file():
+            raise MissingInputError(f"{self.folder}: the reference fixture has no meta.json")
         self.meta = json.loads((self.folder / "meta.json").read_text())
         self.model: LatentDiffusion = build_model(self.folder / "config.yaml").eval()
-        load_weights(self.model, load_file(self.folder / "state_dict.safetensors"), "state_dict.safetensors")
+        stored = self.folder / "state_dict.safetensors"
+        if stored.is_file():
+            load_weights(self.model, load_file(stored), stored.name)
+            self.weights_sha256 = None
+        else:
+            self.weights_sha256 = self._load_fixture_weights()
         self.fps = int(self.meta.get("fps", 8))
+
+    def _load_fixture_weights(self) -> str:
+        """Load the scheme's weights (buffers as this model computes them); their parameters' sha256."""
+        if "weights" not in self.meta:
+            raise MissingInputError(
+                f"{self.folder}: the reference fixture has neither state_dict.safetensors nor "
+                "meta.json['weights'] (the scheme its weights are computed with)"
+            )
+        weights = module_fixture_weights(self.model)
+        load_weights(self.model, weights, "fixture weights")
+        return parameters_digest(self.model, weights)
+
+    @staticmethod
+    def _module_weights(module: torch.nn.Module, data: dict[str, Tensor], prefix: str | None):
+        """Stored ``param.`` tensors, else the scheme's weights keyed by ``prefix`` + the module's keys."""
+        stored = _params(data)
+        return stored if stored or prefix is None else module_fixture_weights(module, prefix)
+
+    def weights_cases(self) -> Iterator[CaseResult]:
+        if self.weights_sha256 is not None:
+            recorded = self.meta["weights"].get("params_sha256")
+            same = recorded == self.weights_sha256
+            note = "" if same else f"sha256 {self.weights_sha256[:12]}… vs recorded {str(recorded)[:12]}…"
+            yield CaseResult("weights", 0.0 if same else float("inf"), 0.0 if same else float("inf"), note)
 
     def _file(self, name: str) -> dict[str, Tensor] | None:
         path = self.folder / f"{name}.safetensors"
@@ -92,6 +140,7 @@ class ReferenceSuite:
     def cases(self) -> Iterator[CaseResult]:
         """Run every case the folder provides."""
         with torch.no_grad():
+            yield from self.weights_cases()
             yield from self.text_cases()
             yield from self.unet_cases()
             yield from self.trace_cases()
@@ -218,7 +267,9 @@ class ReferenceSuite:
             return
         spec = self.meta.get("image_embed", {})
         embedder = FrozenOpenCLIPImageEmbedderV2(arch=spec.get("arch", "ViT-H-14")).eval()
-        embedder.load_state_dict(_params(data), strict=True)
+        embedder.load_state_dict(
+            self._module_weights(embedder, data, spec.get("weights_prefix")), strict=True
+        )
         yield compare("image_embed", embedder(data["image"]), data["tokens"])
 
     def resampler_cases(self) -> Iterator[CaseResult]:
@@ -226,7 +277,8 @@ class ReferenceSuite:
         if data is None:
             return
         resampler = Resampler(**self.meta["resampler_kwargs"]).eval()
-        resampler.load_state_dict(_params(data), strict=True)
+        prefix = self.meta.get("resampler_weights_prefix")
+        resampler.load_state_dict(self._module_weights(resampler, data, prefix), strict=True)
         yield compare("resampler", resampler(data["input"]), data["output"])
 
     def fifo_run_cases(self) -> Iterator[CaseResult]:
@@ -263,9 +315,7 @@ class ReferenceSuite:
             data["uncond_context"],
             window_batch=None,
         )
-        stream = RecordedStream(
-            data[f"fifo_run__{run['name']}__noise"], shapes=[tuple(d[3]) for d in run["draws"]]
-        )
+        stream = RecordedStream(fifo_run_noise(data, run), shapes=[tuple(d[3]) for d in run["draws"]])
         expected = data[f"fifo_run__{run['name']}__frames"]
         conditioning = VideoConditioning(data["context"], (), spec["new_video_length"])
         worst = CaseResult(name, 0.0, 0.0)

@@ -38,7 +38,7 @@ class PublishedCodeError(RuntimeError):
     """The published checkout cannot be used (wrong folder, our lvdm already imported)."""
 
 
-def _stand_in(name: str) -> types.ModuleType:
+def stand_in(name: str) -> types.ModuleType:
     module = types.ModuleType(name)
 
     def missing(attr: str) -> Any:
@@ -69,12 +69,34 @@ def use_checkout(checkout: str | Path) -> Path:
     sys.path.insert(0, str(root))
     for name in ("transformers", "cv2"):
         if importlib.util.find_spec(name) is None:
-            sys.modules[name] = _stand_in(name)
+            sys.modules[name] = stand_in(name)
     # The published lvdm has no __init__.py (a namespace package): check every folder it spans.
     folders = [Path(folder).resolve() for folder in importlib.import_module("lvdm").__path__]
     if folders != [root / "lvdm"]:
         raise PublishedCodeError(f"imported lvdm from {folders}, not only from {root / 'lvdm'}")
     return root
+
+
+def cpu_memory_efficient_attention() -> None:
+    """An ``xformers.ops.memory_efficient_attention`` for code that calls it unconditionally.
+
+    Computes softmax(q·kᵀ / sqrt(d))·v on (batch, tokens, d) tensors with PyTorch's attention (no
+    bias, no dropout), what xformers computes up to rounding. Registered only when xformers is
+    not installed; call it before the published ``lvdm.modules.attention`` is imported.
+    """
+    if importlib.util.find_spec("xformers") is not None:
+        return
+
+    def memory_efficient_attention(q, k, v, attn_bias=None, op=None):  # noqa: ANN001, ANN202
+        if attn_bias is not None:
+            raise RuntimeError("the stand-in memory_efficient_attention takes no attn_bias")
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    ops = types.ModuleType("xformers.ops")
+    ops.memory_efficient_attention = memory_efficient_attention
+    package = types.ModuleType("xformers")
+    package.ops = ops
+    sys.modules["xformers"], sys.modules["xformers.ops"] = package, ops
 
 
 def sequence_first_openclip(module: torch.nn.Module) -> int:

@@ -56,3 +56,34 @@ def fixture_state_dict(
     return {
         name: keep[name] if name in keep else fixture_tensor(name, shape) for name, shape in shapes.items()
     }
+
+
+def module_fixture_weights(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Fixture values for every state_dict key of ``module``, each seeded by ``prefix`` + its key.
+
+    Buffers in the state_dict (schedules, ``scale_arr``) keep the values ``module`` holds. The
+    prefix places a stand-alone part where it sits in a whole model (``"embedder."`` for the image
+    tower of an image-to-video model), so both get the same numbers."""
+    state = module.state_dict()
+    buffers = {name for name, _ in module.named_buffers() if name in state}
+    weights = fixture_state_dict(
+        {prefix + k: v.shape for k, v in state.items()}, {prefix + k: state[k] for k in buffers}
+    )
+    return {k.removeprefix(prefix): v for k, v in weights.items()}
+
+
+def parameters_digest(module: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> str:
+    """:func:`weights_digest` of ``weights`` less the keys that are buffers of ``module``."""
+    buffers = {name for name, _ in module.named_buffers()}
+    return weights_digest({k: v for k, v in weights.items() if k not in buffers})
+
+
+def weights_digest(weights: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the keys in sorted order, each key's UTF-8 name, shape and float32 bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().to("cpu", torch.float32).contiguous()
+        digest.update(name.encode("utf-8"))
+        digest.update(repr(tuple(tensor.shape)).encode("ascii"))
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()

@@ -1,9 +1,10 @@
 """Key manifests of the published DynamiCrafter and VideoCrafter1-t2v checkpoints (names, shapes, dtypes).
 
-Writes ``tests/fixtures/checkpoint_manifests_family.json`` in the format of the shared
-``checkpoint_manifest.json``: ``{model_name: {state_dict_key: [shape, dtype]}}``. Each entry is the
-state_dict of the model that the PUBLISHED code builds from the config, i.e. what the published
-checkpoint loads into with ``strict=True``. The models are built on the meta device (no memory,
+Writes ``tests/fixtures/checkpoint_manifests_family.json`` in the format of
+``tests/fixtures/reference/checkpoint_manifest.json``:
+``{model_name: {state_dict_key: [shape, dtype]}}``. Each entry is the state_dict of the model
+that the PUBLISHED code builds from the config, i.e. what the published checkpoint loads into
+with ``strict=True``. The models are built on the meta device (no memory,
 no weights); the OpenCLIP embedders get ``version: null`` so open_clip builds the ViT-H-14
 architecture without downloading its weights.
 

@@ -5,7 +5,7 @@ checkpoint, feeds it every frame as float pixels ``/255`` (by default resized on
 side is over 512: the longer side becomes 512, bilinear without antialiasing: its ``'longer'``
 mode, :func:`imaging_preprocess`), and reports the mean over the frames of MUSIQ's score (0..100)
 divided by 100 (:func:`imaging_quality_score`). MUSIQ itself does its multi-scale patching inside
-its forward pass. pyiqa installs beside this project's pins (see the README), so the network is
+its forward pass. pyiqa installs beside the project's pins (docs/evaluate.md), so the network is
 pyiqa's own code, as in VBench; only the weights loading is ours (weights-only, strict keys).
 """
 
@@ -44,8 +44,8 @@ MOS_SCALE = 100.0
 # --random_feature_models: pyiqa's MUSIQ with a 1-layer, 32-wide transformer (the full one has 14
 # layers of 384) and one resized scale (224) beside the native one (the full: 224 and 384). The
 # same preprocessing, multi-scale patching code and ResNet stem, at a cost a CPU test can pay: on a
-# 64x64 video the stem runs on ~200 patches a frame at the full scales (~19 CPU-s for 64 frames),
-# ~50 at these (~5 CPU-s). The full configuration is what weights files are checked against.
+# 64x64 video the stem runs on ~200 patches a frame at the full scales, ~50 at these (CPU times in
+# docs/performance.md). The full configuration is what weights files are checked against.
 SMALL_RANDOM_CONFIG = {
     "hidden_size": 32,
     "mlp_dim": 64,

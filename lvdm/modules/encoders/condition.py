@@ -273,6 +273,8 @@ class FrozenOpenCLIPImageEmbedderV2(_FrozenOpenCLIPTower):
         antialias: Blur before downscaling (kornia's antialiasing).
     """
 
+    FP32_BUFFERS = ("mean", "std")
+
     LAYERS = ("pooled", "last")
     DROPPED_TOWER = "transformer"
 
@@ -286,6 +288,8 @@ class FrozenOpenCLIPImageEmbedderV2(_FrozenOpenCLIPTower):
     ) -> None:
         super().__init__(arch, layer, **published)
         self.antialias = antialias
+        # fp32 whatever the model's dtype (set_precision reads FP32_BUFFERS): in fp16 the mean
+        # 0.48145466 would become 0.48144531.
         self.register_buffer("mean", torch.tensor(CLIP_MEAN), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD), persistent=False)
         if freeze:
