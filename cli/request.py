@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
+from cli.flag_rules import check_contradictions, log_unused
 from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, parse_length, trick_arguments
 from fifo.noise import NoiseOrder
 from fifo.options import GenerationSettings, ModeOptions, Precision, parse_mode
 from fifo.seed_model import SeedModelSpec
-from infra.errors import UserError
+from infra.errors import UsageError
 
 if TYPE_CHECKING:
     from fifo.outputs import OutputLayout
@@ -25,10 +27,6 @@ logger = logging.getLogger(LOGGER_NAME)
 
 # A model this large (parameters) on a CPU takes hours per video: refused unless asked for.
 FULL_SIZE_PARAMETERS = 500_000_000
-
-
-class UsageError(UserError, ValueError):
-    """A mistake in the command line or its inputs: printed as ``error: ...``, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -337,47 +335,6 @@ def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -
     return frozenset(done)
 
 
-def check_contradictions(args: argparse.Namespace) -> None:
-    """Two flags that ask for opposite things: an error naming both, never one of them silently
-    dropped. A flag that only does not apply here is said in one log line instead.
-
-    Raises:
-        UsageError: naming both flags and how to choose.
-    """
-    if args.random_init and args.ckpt_path:
-        raise UsageError(
-            f"--random_init and --ckpt_path {args.ckpt_path} contradict each other: --random_init builds the "
-            "model with random weights and would not read the checkpoint; drop --random_init to use the "
-            "checkpoint, or --ckpt_path for a test or demo on random weights"
-        )
-    if args.resume and args.overwrite:
-        raise UsageError(
-            "--resume and --overwrite contradict each other: --resume continues the saved state, --overwrite "
-            "deletes it and starts afresh; pass one of them"
-        )
-    if args.sequential and args.window_batch is not None:
-        raise UsageError(
-            f"--sequential and --window_batch {args.window_batch} contradict each other: the sequential path "
-            "runs one window per U-Net call; drop --sequential to batch windows"
-        )
-    if args.allow_full_on_cpu and not args.random_init:
-        logger.info("--allow_full_on_cpu applies to --random_init only (a checkpoint's model runs as asked)")
-
-
-def log_unused(args: argparse.Namespace, mode: ModeOptions, facts) -> None:
-    """One log line for each value given that this run does not read (``facts``: the model's)."""
-    given = {name: getattr(args, name) for name in ("qcache_weight", "fps", "save_state_every")}
-    given = {k: v for k, v in given.items() if v != build_parser().get_default(k)}
-    if "qcache_weight" in given and mode.qcache is None:
-        logger.info(
-            "--qcache_weight %g is ignored: no Q-cache (TTqcache, STqcache) in --mode", args.qcache_weight
-        )
-    if "fps" in given and facts.family.takes_frame_stride:
-        logger.info("--fps %d is ignored: %s is conditioned on --frame_stride instead", args.fps, args.config)
-    if "save_state_every" in given and args.dry_run:
-        logger.info("--save_state_every does not apply to --dry_run, which saves nothing")
-
-
 def build_request(args: argparse.Namespace) -> RunRequest:
     """Check every input, in the order a user would fix them; nothing is written, no model is built.
 
@@ -456,6 +413,13 @@ def build_request(args: argparse.Namespace) -> RunRequest:
             "(as the published code forces)",
             args.num_inference_steps,
             settings.geometry.steps,
+        )
+    endless = [i for i, job in enumerate(my_jobs) if not job.is_story]
+    if settings.new_video_length == math.inf and endless and endless[0] < len(my_jobs) - 1:
+        raise UsageError(
+            f"-l inf makes the video of {args.prompt_file} line {my_jobs[endless[0]].line} endless, so the "
+            f"{len(my_jobs) - 1 - endless[0]} video(s) after it would never be made; run -l inf on a prompt "
+            "file of one prompt, or give a number of frames"
         )
     stories = [job for job in my_jobs if job.is_story]
     if stories and args.new_video_length is not None:

@@ -16,6 +16,10 @@ class UserError(Exception):
     problem and the fix. Printed as ``error: ...``, exit code 2."""
 
 
+class UsageError(UserError, ValueError):
+    """A mistake in the command line or its inputs: printed as ``error: ...``, exit code 2."""
+
+
 class SettingsError(UserError, ValueError):
     """A value, or a combination of values, that cannot work (a mode part that does not fit the
     model, a size the U-Net cannot take, a length out of range, a file type nothing writes)."""

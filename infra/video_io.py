@@ -200,20 +200,15 @@ def find_videos(
     Folders are searched (recursively by default) for ``.gif``/``.mp4``; hidden files and
     temporary files of an unfinished :class:`VideoWriter` are skipped, and so is ``origin.*`` (the
     short base clip the generator saves) unless ``include_origin``. Files named explicitly are
-    always kept, if they are of a type this module reads.
+    always kept.
 
     Raises:
         MissingInputError: a path that does not exist.
-        SettingsError: a file named explicitly that is not a ``.gif`` or ``.mp4``.
     """
     found: list[Path] = []
     for entry in paths:
         entry = Path(entry)
         if entry.is_file():
-            if entry.suffix.lower() not in VIDEO_SUFFIXES:
-                raise SettingsError(
-                    f"{entry}: unsupported video type {entry.suffix!r}; give {' or '.join(VIDEO_SUFFIXES)} files"
-                )
             found.append(entry)
             continue
         if not entry.is_dir():

@@ -210,6 +210,11 @@ def test_report_rehearsal_on_cpu(bench_script, tmp_path: Path, capsys, one_threa
     assert doc["parallel_windows"]["status"] == "not applicable"
     md = (out / "report.md").read_text()
     assert "| sequential | fp32 |" in md and "not applicable" in md and "Start-up" in md
+    # The first row: the user's command itself, a few frames written to a video file.
+    job = doc["main_job"]
+    assert set(job) == set(report.MAIN_JOB_FIELDS) and job["status"] == "measured", job["reason"]
+    assert job["frames"] == report.MAIN_JOB_FRAMES and job["video_bytes"] > 0 and job["seconds"] > 0
+    assert "videocrafter_main.py --config" in job["command"] and "Main job (the command line" in md
 
 
 def test_report_budget_stop_keeps_what_was_measured(
@@ -289,13 +294,40 @@ def test_cli_compile_flag() -> None:
 
 
 # ------------------------------------------------------------------------------------ device prep
-def test_prepare_device_lists_what_the_machine_lacks(tmp_path: Path) -> None:
+def test_prepare_device_installs_what_an_offline_node_lacks_and_keeps_its_torch(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     prep = load_script("scripts/prepare_device.py")
-    kinds = tmp_path / "KINDS.md"
-    kinds.write_text("## x\n\n## Python packages already there\n\nblah. Packages: numpy, PyYAML, tqdm.\n")
-    assert prep.device_packages(kinds) == {"numpy", "pyyaml", "tqdm"}
+    freeze = "numpy==2.1.0\nPyYAML==6.0.2\ntqdm @ file:///wheels/tqdm.whl\n-e git+https://x/y#egg=z\ntorch==2.4.0+cu121\n"
+    assert prep.freeze_names(freeze) == {"numpy", "pyyaml", "tqdm", "torch"}
     missing = prep.missing_closure(["omegaconf", "tqdm", "torch"], {"numpy", "pyyaml", "tqdm"})
-    assert set(missing) == {"omegaconf"}  # PyYAML is there; torch is the machine's own
-    missing = prep.missing_closure(["open-clip-torch"], {"torch"})
-    assert {"open-clip-torch", "ftfy"} <= set(missing) and "torch" not in missing
-    assert "--report $OUT/report" in prep.REPORT_COMMAND
+    assert set(missing) == {"omegaconf"}  # PyYAML is there; torch is the node's own
+    missing = prep.missing_closure(["open-clip-torch"], set())  # no freeze: only torch and CUDA kept
+    assert {"open-clip-torch", "ftfy"} <= set(missing)
+    assert not [n for n in missing if n in ("torch", "torchvision", "triton") or n.startswith("nvidia-")]
+
+    calls = []
+
+    def pip_download(cmd, check):
+        calls.append(cmd)
+        dest = Path(cmd[cmd.index("-d") + 1])
+        for spec in cmd[cmd.index("--platform") :]:
+            if "==" in spec:
+                (dest / f"{spec.replace('==', '-')}-py3-none-any.whl").write_bytes(b"wheel")
+
+    monkeypatch.setattr(prep.subprocess, "run", pip_download)
+    node = tmp_path / "node-freeze.txt"
+    node.write_text(freeze)
+    dest = tmp_path / "wheels"
+    assert prep.main(["--freeze", str(node), "--python", "3.11", "--platform", "manylinux_2_28_aarch64",
+                      "--dest", str(dest)]) == 0  # fmt: skip
+    cmd = calls[0]
+    assert cmd[cmd.index("--python-version") + 1] == "3.11" and "--only-binary=:all:" in cmd
+    assert cmd[cmd.index("--platform") + 1] == "manylinux_2_28_aarch64" and "--no-deps" in cmd
+    assert not [c for c in cmd if c.startswith(("torch==", "numpy==", "pyyaml=="))]
+    command = (dest / "COMMAND.txt").read_text().strip()
+    assert command.startswith("python -m pip install --no-index --no-deps wheels/")
+    assert command in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        prep.main(["--python", "three", "--dry_run"])
+    assert bad.value.code == 2

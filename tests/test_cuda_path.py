@@ -211,3 +211,23 @@ def test_xformers_that_fails_its_first_call_is_a_usage_error_before_loading(
     assert videocrafter_main.main(argv) == 2
     err = capsys.readouterr().err
     assert "--attention xformers: its kernel fails on cuda:0" in err and "--attention sdpa" in err
+
+
+def test_subject_maps_in_fp16_score_in_fp32_scaled_first() -> None:
+    from fifo.options import SubjectOptions
+    from fifo.tricks.subject import SubjectScene, SubjectStore
+
+    def maps(dtype: torch.dtype) -> torch.Tensor:
+        store = SubjectStore(SubjectOptions("a fox", levels=(1,)))
+        text = torch.zeros(5, 64)
+        store.set_scenes([SubjectScene(text, torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0]))])
+        store.begin_pass(torch.zeros(1, 4, 2, 8, 8), text[None])  # one clip of two frames
+        g = torch.Generator().manual_seed(0)
+        q = 40 + torch.rand(2, 2, 3, 64, generator=g)  # (clips·frames, heads, n, d): q·kᵀ ~1e5
+        k = 40 + torch.rand(1, 2, 5, 64, generator=g)  # (clips, heads, m, d)
+        store.record_map(1, q.to(dtype), k.to(dtype), frames=2)
+        return store._local.current.maps[1][0]
+
+    half, full = maps(torch.float16), maps(torch.float32)
+    assert torch.isfinite(half).all()
+    torch.testing.assert_close(half, full, atol=2e-3, rtol=2e-3)

@@ -150,6 +150,26 @@ def test_flags_that_contradict_each_other(tmp_path, work, capsys, no_model, extr
     usage_error(capsys, work, out, args, "contradict each other", *words)
 
 
+def test_dry_run_flags_that_do_not_apply_are_said(tmp_path, work, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    extra = [
+        "--dry_run",
+        "--compile",
+        "--save_state_every",
+        "3",
+        "--parallel",
+        "windows",
+        "--num_processes",
+        "2",
+    ]
+    _, args = base(tmp_path, "--random_init", *extra)
+    build_request(build_parser().parse_args([str(a) for a in args]))
+    said = " | ".join(r.getMessage() for r in caplog.records)
+    for words in ("--compile does not apply to --dry_run", "--save_state_every does not apply to --dry_run",
+                  "--rank and --num_processes are ignored (every prompt runs here)"):  # fmt: skip
+        assert words in said, said
+
+
 def test_flags_that_do_not_apply_are_said_in_one_line(tmp_path, work, caplog, monkeypatch) -> None:
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("RANK", "0")
@@ -281,3 +301,10 @@ def test_a_run_logged_to_a_file_has_no_escape_sequences(tmp_path, work, capsys, 
     said = [r.getMessage() for r in caplog.records if r.name == "infra.progress"]
     assert any(m.startswith("base clip (DDIM): ") for m in said), said
     assert any(m.startswith("FIFO: ") and "frames 2/2" in m for m in said), said
+
+
+def test_an_endless_video_before_other_prompts_is_refused(tmp_path, work, capsys, no_model) -> None:
+    out = tmp_path / "out"
+    pfile = prompt_file(tmp_path, "a boat on a lake\na cat on a wall\n")
+    args = ["--config", T2V, "--random_init", "-p", pfile, "--output_dir", out, *SMALL, "-l", "inf"]
+    usage_error(capsys, work, out, args, "line 1 endless", "1 video(s) after it would never be made")

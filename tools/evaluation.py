@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from infra.csv_table import write_csv_table
-from infra.errors import MissingInputError
+from infra.errors import MissingInputError, SettingsError
 from infra.progress import progress as progress_bar
-from infra.video_io import find_videos, probe_video, read_video
+from infra.video_io import VIDEO_SUFFIXES, find_videos, probe_video, read_video
 from tools.clip_scorer import ClipScorer, load_clip_embedder
 from tools.consistency_plot import plot_consistency
 from tools.vbench import BACKGROUND, DIMENSIONS, DYNAMIC, FLICKER, SUBJECT, VBenchScorer
@@ -420,6 +420,9 @@ def run_evaluation(
     """
     if not inputs:
         raise MissingInputError("give at least one result folder or video file")
+    for entry in map(Path, inputs):
+        if entry.is_file() and entry.suffix.lower() not in VIDEO_SUFFIXES:
+            raise SettingsError(f"{entry}: unsupported video type {entry.suffix!r}; give .gif or .mp4 files")
     videos = find_videos(inputs, include_origin=include_origin)
     if not videos:
         hint = "" if include_origin else " (origin.* files are skipped unless --include_origin)"
