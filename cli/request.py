@@ -63,6 +63,17 @@ class RunRequest:
             self.config, self.ckpt_path, self.random_init, self.settings.seed, self.seed_model
         )
 
+    @property
+    def my_jobs(self) -> list[PromptJob]:
+        """The jobs of this rank (:func:`rank_jobs`)."""
+        return rank_jobs(self.jobs, self.parallel, self.rank, self.world)
+
+
+def rank_jobs(jobs: list[PromptJob], parallel: str, rank: int, world: int) -> list[PromptJob]:
+    """The jobs a rank runs: every one with ``--parallel windows`` (every rank takes part in every
+    video), else every ``world``-th from its ``rank`` (``--parallel prompts``)."""
+    return jobs if parallel == "windows" else jobs[rank::world]
+
 
 def run_model_id(
     config: str, ckpt_path: str | None, random_init: bool, seed: int, seed_model: SeedModelSpec | None
@@ -305,7 +316,7 @@ def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -
     """For --resume: the jobs whose video is complete (skipped), and a usage error when a saved
     state was made with other arguments (naming what differs) or is damaged (a
     :class:`~fifo.resume.StateError` saying what the user can do; nothing is deleted)."""
-    from fifo.resume import StateError, StateStore, fingerprint_differences, resume_fingerprint, state_folder
+    from fifo.resume import StateError, StateStore, resume_fingerprint, state_folder
 
     done = set()
     for index, job in enumerate(jobs):
@@ -319,16 +330,8 @@ def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -
             saved = store.read_fingerprint()
         except StateError as err:
             raise store.damaged(err, video) from None
-        differences = fingerprint_differences(
-            saved, resume_fingerprint(job, mode, settings, model_id, device, video)
-        )
-        if differences:
-            raise UsageError(
-                f"--resume: the state saved in {store.folder} was made with other arguments:\n  "
-                + "\n  ".join(differences)
-                + "\nRun the interrupted command again with --resume, or drop --resume (and pass "
-                "--overwrite) to start afresh."
-            )
+        current = StateStore(store.folder, resume_fingerprint(job, mode, settings, model_id, device, video))
+        current.check_fingerprint(saved)
     return frozenset(done)
 
 
@@ -394,8 +397,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         check_writable_folder(cache_dir, flag="the cache folder")
     if args.parallel == "windows" and not torchrun:
         logger.info("--parallel windows without torchrun: one process computes every window")
-    # --parallel windows: every rank works on every video; rank 0 writes.
-    my_jobs = jobs if args.parallel == "windows" else jobs[rank::world]
+    my_jobs = rank_jobs(jobs, args.parallel, rank, world)
     if args.save_state_every is not None and args.save_state_every < 1:
         raise UsageError("--save_state_every must be ≥ 1 (output frames between saved states)")
     done: frozenset[int] = frozenset()

@@ -138,7 +138,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     several = r.torchrun and r.world > 1
     group = window_group(r) if several and r.parallel == "windows" else None
     # --parallel windows: every rank takes part in every video, in rank 0's view of what is done.
-    my_jobs = r.jobs if r.parallel == "windows" else r.jobs[r.rank :: r.world]
+    my_jobs = r.my_jobs
     done = r.done if group is None else group.broadcast_object(r.done)
     try:
         # Only the writer samples base clips: the seeded modes' text model is loaded there.

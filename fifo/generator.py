@@ -10,43 +10,41 @@ then the state/step loop of :class:`~fifo.sampler.FifoSampler` with the sinks ar
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import time
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from fifo.clip_cache import ClipCache
 from fifo.conditioning import VideoConditioning, with_image_tokens
 from fifo.ddim import sample_ddim
 from fifo.families import check_model_fits, frame_value
 from fifo.guidance import CFGDenoiser, ModelDenoiser, image_latent
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions, Precision
-from fifo.parallel import FAILED, GO, STOP, DistributedWindows, PeerFailed, RankGroup
+from fifo.outputs import VideoPaths
+from fifo.parallel import DistributedWindows, PeerFailed, RankGroup, share_state
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
 from fifo.prompts import PromptJob
 from fifo.resume import (
     Durability,
     RunInterrupted,
-    StateError,
     StateSaver,
     StateStore,
-    _to_cpu,
-    _to_device,
     base_clip_key,
-    fingerprint_differences,
     partial_video_path,
     resume_fingerprint,
     state_folder,
 )
 from fifo.sampler import FifoSampler
 from fifo.schedule import DDIMSchedule
+from fifo.seed_model import BaseClipSource
 from fifo.sinks import FrameSink, FrameWriter, PngSink, VideoSink
 from fifo.state import FifoState, check_finite, to_uint8_frames
 from fifo.step import fifo_step
@@ -68,27 +66,6 @@ class GenerationResult:
     frames: int
     seconds: float
     base_clip_cached: bool
-
-
-class BaseClipSource(Protocol):
-    """Where a run's base clips come from when another model samples them
-    (:class:`fifo.seed_clips.SeedClips`)."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    def video(self, job: PromptJob, cache_dir: Path, noise: NoiseSource) -> tuple[Tensor, bool]:
-        """The job's base clip, decoded: (1, 3, f, H, W) in ~[-1, 1], and whether it was cached."""
-        ...
-
-    def close(self) -> None: ...
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 class FifoGenerator:
@@ -166,8 +143,8 @@ class FifoGenerator:
             )
             if self.device.type == "cpu" and settings.dtype is Precision.FP32 and cpu_has_native_bf16():
                 self._path_description += (
-                    "; this CPU computes bf16 natively: --dtype bf16 runs larger models faster, "
-                    "at bf16's precision (measurements: docs/performance.md)"
+                    "; this CPU computes bf16 natively: --dtype bf16 runs larger models faster "
+                    "(1.2x on the medium benchmark), at bf16's precision (README, Performance)"
                 )
         else:
             self._path_description = (
@@ -198,7 +175,7 @@ class FifoGenerator:
         self.sampler = FifoSampler(
             model,
             mode,
-            self.tricks.window_denoiser(self.fifo_denoiser),
+            self.fifo_denoiser,
             self.schedule,
             self.geometry,
             self.uncond_context,
@@ -285,26 +262,18 @@ class FifoGenerator:
         self, job: PromptJob, cond: Tensor, cache_dir: Path, noise: NoiseSource
     ) -> tuple[Tensor, bool]:
         """Sample (or reuse) the base clip: clean latents (1, c, f, h, w), and whether it was cached."""
-        key = self.cache_key(job, noise)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        cache_file = cache_dir / f"{digest}.pt"
-        if cache_file.is_file():
-            try:
-                cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-            except Exception as err:  # a damaged cache file is recomputed, never fatal
-                logger.warning("base clip: ignoring unreadable cache file %s (%s)", cache_file, err)
-                cached = {}
-            if isinstance(cached, dict) and cached.get("key") == key:
-                logger.info("base clip: reusing cached latents %s", cache_file)
-                if "noise_after" in cached:  # the stream continues where sampling left it
-                    noise.load_state_dict(cached["noise_after"])
-                return cached["latents"].to(self.device), True
+        key, cache = self.cache_key(job, noise), ClipCache(cache_dir)
+        cached = cache.load(key)
+        if cached is not None:
+            if "noise_after" in cached:  # the stream continues where sampling left it
+                noise.load_state_dict(cached["noise_after"])
+            return cached["latents"].to(self.device), True
         x_T, latents = self.sample_base_clip(cond, noise)
         check_finite(latents, "the base clip's latents")
-        payload = {"key": key, "x_T": x_T.cpu(), "latents": latents.cpu()}
+        entry = {"x_T": x_T.cpu(), "latents": latents.cpu()}
         if self.settings.rng is NoiseOrder.PUBLISHED:
-            payload["noise_after"] = noise.state_dict()
-        _atomic_save(payload, cache_file)
+            entry["noise_after"] = noise.state_dict()
+        cache.save(key, entry)
         return latents, False
 
     def _start_state(self, job: PromptJob, conditioning, image_tokens, cache_dir: Path, exp_dir: Path):
@@ -330,83 +299,6 @@ class FifoGenerator:
             seed_latent = self.sampler.image_latent(base_video[:, :, 0])  # None but for hybrid families
         return self.sampler.initial_state(base, fifo_noise, image_tokens, seed_latent), cached
 
-    def _resumed_state(self, store: StateStore, exp_dir: Path):
-        """The saved state and frames of an interrupted run, or None (none, damaged, or mismatched)."""
-        if not store.exists():
-            logger.info("--resume: no saved state in %s, starting from the beginning", store.folder)
-            return None
-        suffix = ".mp4" if self.settings.use_mp4 else ".gif"
-        _, fifo_noise = self.noise_sources()
-        try:
-            if not (exp_dir / "origin.gif").is_file():  # the base clip written with the state
-                raise StateError(f"{exp_dir / 'origin.gif'}, the base clip of the saved run, is missing")
-            fingerprint, state, frames = store.load(fifo_noise, self.device)
-        except StateError as err:  # never started over silently: the saved frames would be lost
-            raise store.damaged(err, exp_dir.with_name(exp_dir.name + suffix)) from None
-        differences = fingerprint_differences(fingerprint, store.fingerprint)
-        if differences:
-            raise StateError(
-                f"--resume: the saved state in {store.folder} was made with other settings:\n  "
-                + "\n  ".join(differences)
-                + "\nRun with the same arguments, or without --resume (use --overwrite) to start afresh."
-            )
-        logger.info(
-            "--resume: continuing %s from iteration %d (%d frames)",
-            store.folder,
-            state.iteration,
-            len(frames),
-        )
-        return state, frames
-
-    def _agree(self, failure: Exception | None, stop: bool = False) -> bool:
-        """Several ranks: every rank's outcome of the same stretch of work, agreed on at once.
-        Raises ``failure`` (this rank's), or :class:`PeerFailed` when another rank failed, so that
-        no rank waits in a collective for one that has stopped. Returns whether any rank asks
-        to stop."""
-        status = self.group.agree(FAILED if failure is not None else (STOP if stop else GO))
-        if failure is not None:
-            raise failure
-        if status == FAILED:
-            raise PeerFailed("another rank of this job failed (its error is above); this rank stopped too")
-        return status == STOP
-
-    def _share_state(self, state: FifoState | None) -> FifoState:
-        """Several ranks: rank 0's state (fresh or resumed) on every rank."""
-        group = self.group
-        meta = group.broadcast_object(
-            None
-            if state is None
-            else {
-                "queue": (tuple(state.queue.shape), state.queue.dtype),
-                "tokens": None
-                if state.image_tokens is None
-                else (tuple(state.image_tokens.shape), state.image_tokens.dtype),
-                "latent": None
-                if state.image_latent is None
-                else (tuple(state.image_latent.shape), state.image_latent.dtype),
-                "iteration": state.iteration,
-                "frames_emitted": state.frames_emitted,
-                "noise": state.noise.state_dict(),
-                # The tricks' state (an anchor bank, recent scores: small), also when resumed.
-                "hook_state": _to_cpu(state.hook_state),
-            }
-        )
-        queue = group.broadcast(None if state is None else state.queue, meta["queue"])
-        tokens = None
-        if meta["tokens"] is not None:
-            tokens = group.broadcast(None if state is None else state.image_tokens, meta["tokens"])
-        latent = None
-        if meta["latent"] is not None:
-            latent = group.broadcast(None if state is None else state.image_latent, meta["latent"])
-        if state is not None:
-            return state
-        _, noise = self.noise_sources()
-        noise.load_state_dict(meta["noise"])
-        hook_state = _to_device(meta["hook_state"], self.device)
-        return FifoState(
-            queue, noise, meta["iteration"], tokens, meta["frames_emitted"], hook_state, image_latent=latent
-        )
-
     def run(
         self,
         job: PromptJob,
@@ -414,64 +306,53 @@ class FifoGenerator:
         experiment: str,
         cache_dir: Path | None = None,
         durability: Durability | None = None,
+        sinks: Sequence[FrameSink] | None = None,
     ) -> GenerationResult:
         """Generate one video under ``output_root/<prompt folder>/``; base latents cached in ``cache_dir``.
 
         With ``durability`` the state is saved as the run goes (and restored with ``resume``), and
         the run stops cleanly when ``durability.stop_requested()`` (raising :class:`RunInterrupted`).
         With several ranks (``group``) every rank runs this; rank 0 alone samples the base clip,
-        writes the files and the state, and shares what the others need.
+        writes the files and the state, and shares what the others need. ``sinks`` replace the
+        default ones (the video file, and the PNG frames with ``save_frames``).
         """
-        start = time.perf_counter()
-        if self._path_description is not None:
-            logger.info("%s", self._path_description)
-            self._path_description = None  # once per process
-        s = self.settings
-        writer = self.group is None or self.group.is_writer
-        prompt_dir = output_root / job.folder_name
-        exp_dir = prompt_dir / experiment
-        video_path = prompt_dir / f"{experiment}{'.mp4' if s.use_mp4 else '.gif'}"
-        store = None
-        if writer:
-            for stale in stale_temporary_files(video_path):  # left by a killed run
-                stale.unlink()
-            if durability is not None:
-                fingerprint = resume_fingerprint(job, self.mode, s, self.model_id, self.device, video_path)
-                store = StateStore(state_folder(video_path), fingerprint)
+        frames = self.stream(job, output_root, experiment, cache_dir, durability, sinks)
+        while True:
+            try:
+                next(frames)
+            except StopIteration as done:
+                return done.value
 
-        state, cached, saved_frames = None, False, []
+    def stream(
+        self,
+        job: PromptJob,
+        output_root: Path,
+        experiment: str,
+        cache_dir: Path | None = None,
+        durability: Durability | None = None,
+        sinks: Sequence[FrameSink] | None = None,
+    ) -> Generator[np.ndarray, None, GenerationResult]:
+        """:meth:`run` as it goes: yields every output frame (H, W, 3) uint8 after the sinks took it
+        (on the writer; the other ranks yield nothing), and returns the :class:`GenerationResult`."""
+        start = time.perf_counter()
+        self._log_path_once()
+        paths = VideoPaths.of(job, output_root, experiment, self.settings.use_mp4)
+        store = self.state_store(job, paths, durability)
         try:
-            conditioning, image_tokens = self.conditioning(job, image=writer)
-            if writer:
-                resumed = (
-                    self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
-                )
-                if resumed is not None:
-                    state, saved_frames = resumed
-                else:
-                    state, cached = self._start_state(
-                        job, conditioning, image_tokens, cache_dir or output_root / "latents", exp_dir
-                    )
+            conditioning, image_tokens = self.conditioning(job, image=self.is_writer)
         except Exception as err:
             if self.group is None:
                 raise
-            self._agree(err)  # the other ranks stop too; raises err
-        if self.group is not None:
-            self._agree(None)
-            state = self._share_state(state)
-
-        sinks: list[FrameSink] = []
-        if writer:
-            video = VideoSink(video_path, s.output_fps)
-            sinks.append(video)
-            if s.save_frames:
-                sinks.append(PngSink(exp_dir / "fifo"))
+            self.group.settle(err)  # the other ranks stop too; raises err
+        state, saved_frames, cached = self.first_state(
+            job, conditioning, image_tokens, store, durability, cache_dir or output_root / "latents", paths
+        )
+        sinks = self.default_sinks(paths) if sinks is None else list(sinks)
         saver = (
             None
             if store is None
             else StateSaver(store, durability.save_every_frames, durability.save_every_seconds)
         )
-        total = self.sampler.num_iterations(conditioning)
         with contextlib.ExitStack() as stack:
             for sink in sinks:
                 stack.enter_context(sink)
@@ -479,6 +360,103 @@ class FifoGenerator:
             for index, frame in enumerate(saved_frames):  # the frames before the interruption
                 for sink in sinks:
                     sink.write(index, frame)
+            yield from self.loop(state, conditioning, sinks, saver, durability, paths)
+        if store is not None:  # complete: no state, no partial video of an earlier interruption
+            store.remove()
+            partial_video_path(paths.video).unlink(missing_ok=True)
+        return GenerationResult(
+            job.prompt, paths.video, state.frames_emitted, time.perf_counter() - start, cached
+        )
+
+    # ------------------------------------------------------------------ its stages
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes the files (a single process, or rank 0)."""
+        return self.group is None or self.group.is_writer
+
+    def _log_path_once(self) -> None:
+        if self._path_description is not None:
+            logger.info("%s", self._path_description)
+            self._path_description = None  # once per process
+
+    def state_store(
+        self, job: PromptJob, paths: VideoPaths, durability: Durability | None
+    ) -> StateStore | None:
+        """The writer's preparation of the video's folder: temporary files of a killed run
+        removed, and the state folder when the run saves its state (else None)."""
+        if not self.is_writer:
+            return None
+        for stale in stale_temporary_files(paths.video):  # left by a killed run
+            stale.unlink()
+        if durability is None:
+            return None
+        fingerprint = resume_fingerprint(
+            job, self.mode, self.settings, self.model_id, self.device, paths.video
+        )
+        return StateStore(state_folder(paths.video), fingerprint)
+
+    def first_state(
+        self,
+        job: PromptJob,
+        conditioning: VideoConditioning,
+        image_tokens: Tensor | None,
+        store: StateStore | None,
+        durability: Durability | None,
+        cache_dir: Path,
+        paths: VideoPaths,
+    ) -> tuple[FifoState, list[np.ndarray], bool]:
+        """The state the loop starts from on this rank, the frames written before it (a resumed
+        run), and whether the base clip came from the cache: the writer resumes or starts the run;
+        with several ranks, every rank then gets the writer's state."""
+        state, saved_frames, cached = None, [], False
+        try:
+            if self.is_writer:
+                resumed = None
+                if store is not None and durability.resume:
+                    base_clip = paths.folder / "origin.gif"
+                    resumed = store.resume(self.noise_sources()[1], self.device, base_clip, paths.video)
+                if resumed is not None:
+                    state, saved_frames = resumed
+                else:
+                    state, cached = self._start_state(
+                        job, conditioning, image_tokens, cache_dir, paths.folder
+                    )
+        except Exception as err:
+            if self.group is None:
+                raise
+            self.group.settle(err)  # the other ranks stop too; raises err
+        if self.group is not None:
+            self.group.settle(None)
+            state = share_state(self.group, state, self.noise_sources()[1])
+        return state, saved_frames, cached
+
+    def default_sinks(self, paths: VideoPaths) -> list[FrameSink]:
+        """The writer's sinks: the video file, and the PNG frames with ``save_frames``; none elsewhere."""
+        if not self.is_writer:
+            return []
+        sinks: list[FrameSink] = [VideoSink(paths.video, self.settings.output_fps)]
+        if self.settings.save_frames:
+            sinks.append(PngSink(paths.folder / "fifo"))
+        return sinks
+
+    def loop(
+        self,
+        state: FifoState,
+        conditioning: VideoConditioning,
+        sinks: Sequence[FrameSink],
+        saver: StateSaver | None,
+        durability: Durability | None,
+        paths: VideoPaths,
+    ) -> Iterator[np.ndarray]:
+        """The FIFO loop with the sinks, the state saver, the progress and the stop request around
+        it; yields every output frame after the sinks took it.
+
+        Raises:
+            RunInterrupted: a stop was requested (every rank stops after the same iteration).
+        """
+        total = self.sampler.num_iterations(conditioning)
+        disable = not (self.settings.progress and self.is_writer)
+        with contextlib.ExitStack() as stack:
             # The frames go to the sinks and the saved state on a writer thread (GIF palettes and
             # PNGs overlap with the next frame's compute); a state is saved once they are written.
             consumers = [sink.write for sink in sinks] + ([saver.write_frame] if saver is not None else [])
@@ -486,16 +464,11 @@ class FifoGenerator:
             if saver is not None:
                 saver.before_save = frames_out.drain
             progress = stack.enter_context(
-                progress_bar(
-                    total=total,
-                    initial=state.iteration,
-                    desc="FIFO",
-                    unit="it",
-                    disable=not (s.progress and writer),
-                )
+                progress_bar(total=total, initial=state.iteration, desc="FIFO", unit="it", disable=disable)
             )
             steps = self.sampler.steps(state, conditioning)
             while True:
+                output = None
                 try:
                     output = next(steps, None)
                     if output is None:
@@ -511,19 +484,16 @@ class FifoGenerator:
                 except Exception as err:
                     if self.group is None or isinstance(err, PeerFailed):
                         raise
-                    self._agree(err)  # the other ranks learn it at the end of this iteration
+                    self.group.settle(err)  # the other ranks learn it at the end of this iteration
                 stop = durability is not None and durability.stop_requested()
                 if self.group is not None:
-                    stop = self._agree(None, stop)  # every rank stops after the same iteration
+                    stop = self.group.settle(None, stop)  # every rank stops after the same iteration
                 if stop and state.iteration < total:
                     partial = None
                     if saver is not None:
                         saver.save(state)  # after the frames so far are written
-                        partial = video.finish_as(partial_video_path(video_path))
+                        video = next(sink for sink in sinks if isinstance(sink, VideoSink))
+                        partial = video.finish_as(partial_video_path(paths.video))
                     raise RunInterrupted(state.frames_emitted, partial)
-        if store is not None:  # complete: no state, no partial video of an earlier interruption
-            store.remove()
-            partial_video_path(video_path).unlink(missing_ok=True)
-        return GenerationResult(
-            job.prompt, video_path, state.frames_emitted, time.perf_counter() - start, cached
-        )
+                if output.frame is not None and self.is_writer:
+                    yield output.frame

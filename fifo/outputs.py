@@ -101,6 +101,20 @@ class OutputLayout:
         return [p for p in paths if p.exists()]
 
 
+@dataclass(frozen=True)
+class VideoPaths:
+    """Where one video's files go: ``<output root>/<prompt folder>/<experiment>.gif`` (or .mp4),
+    and beside it the folder ``<experiment>/`` (the base clip ``origin.gif``, the PNG frames)."""
+
+    video: Path
+    folder: Path
+
+    @classmethod
+    def of(cls, job: PromptJob, output_root: Path, experiment: str, mp4: bool) -> VideoPaths:
+        prompt_dir = output_root / job.folder_name
+        return cls(prompt_dir / f"{experiment}{'.mp4' if mp4 else '.gif'}", prompt_dir / experiment)
+
+
 def check_writable_folder(path: Path, flag: str = "--output_dir") -> None:
     """Fail now, not after minutes of sampling, if ``path`` cannot become a writable folder.
 

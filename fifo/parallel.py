@@ -27,7 +27,9 @@ from torch import Tensor
 
 from fifo.geometry import FifoGeometry
 from fifo.guidance import GuidedDenoiser
+from fifo.noise import NoiseSource
 from fifo.schedule import DDIMSchedule
+from fifo.state import FifoState
 from fifo.step import denoise_windows, write_back
 
 logger = logging.getLogger(__name__)
@@ -120,6 +122,17 @@ class RankGroup:
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
         return int(value.item())
 
+    def settle(self, failure: Exception | None, stop: bool = False) -> bool:
+        """Every rank's outcome of the same stretch of work, agreed on at once: raises ``failure``
+        (this rank's), or :class:`PeerFailed` when another rank failed, so that no rank waits in
+        a collective for one that has stopped. Returns whether any rank asks to stop."""
+        status = self.agree(FAILED if failure is not None else (STOP if stop else GO))
+        if failure is not None:
+            raise failure
+        if status == FAILED:
+            raise PeerFailed("another rank of this job failed (its error is above); this rank stopped too")
+        return status == STOP
+
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is True on any rank."""
         value = torch.tensor([1 if flag else 0], device=self.device)
@@ -164,6 +177,21 @@ class DistributedWindows:
         return write_back(queue, geometry, every, [i for share in shares for i in share])
 
 
+def share_state(group: RankGroup, state: FifoState | None, noise: NoiseSource) -> FifoState:
+    """The writer's state (fresh or resumed) on every rank of ``group``.
+
+    The writer passes its ``state`` and gets it back; the others pass None and get its
+    :meth:`~fifo.state.FifoState.to_payload`, the same payload a saved state holds (queue, noise
+    stream, counters, image tokens and latent, and the tricks' hook state), drawing from
+    ``noise`` restored to the writer's point.
+    """
+    payload = group.broadcast_object(state.to_payload() if group.is_writer else None)
+    if group.is_writer:
+        assert state is not None
+        return state
+    return FifoState.from_payload(payload, noise, group.device)
+
+
 def shares_text(n_windows: int, ranks: int) -> str:
     """How the windows are split, for the log: e.g. '3+3+2'."""
     return "+".join(str(len(s)) for s in split_windows(n_windows, ranks))
@@ -174,6 +202,7 @@ __all__: Sequence[str] = (
     "DistributedWindows",
     "LaunchEnv",
     "RankGroup",
+    "share_state",
     "shares_text",
     "split_windows",
 )

@@ -35,6 +35,7 @@ from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.prompts import PromptJob
 from fifo.state import FifoState
+from infra.atomic import atomic_path
 from infra.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -159,22 +160,6 @@ def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> l
     return lines
 
 
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    return value
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
-
-
 class StateStore:
     """The state folder of one video: saves, loads and removes it.
 
@@ -198,31 +183,16 @@ class StateStore:
 
     def write_frame(self, index: int, frame: np.ndarray) -> None:
         """Keep output frame ``index`` (H, W, 3) uint8, losslessly."""
-        path = self.frame_path(index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".png.tmp")
-        # Fast compression: kept only until the video is complete, on the writer thread of a run
-        # whose GPU makes a frame in a fraction of a second (lossless all the same).
-        Image.fromarray(frame).save(tmp, format="PNG", compress_level=1)
-        tmp.replace(path)
+        with atomic_path(self.frame_path(index)) as tmp:
+            # Fast compression: kept only until the video is complete, on the writer thread of a
+            # run whose GPU makes a frame in a fraction of a second (lossless all the same).
+            Image.fromarray(frame).save(tmp, format="PNG", compress_level=1)
 
     def save(self, state: FifoState) -> None:
         """Save ``state`` (at an iteration boundary) atomically."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "version": STATE_VERSION,
-            "fingerprint": self.fingerprint,
-            "queue": state.queue.detach().cpu(),
-            "noise": _to_cpu(state.noise.state_dict()),
-            "iteration": state.iteration,
-            "image_tokens": None if state.image_tokens is None else state.image_tokens.detach().cpu(),
-            "frames_emitted": state.frames_emitted,
-            "extras": _to_cpu(state.hook_state),
-            "image_latent": None if state.image_latent is None else state.image_latent.detach().cpu(),
-        }
-        tmp = self.state_file.with_suffix(".pt.tmp")
-        torch.save(payload, tmp)
-        tmp.replace(self.state_file)
+        payload = {"version": STATE_VERSION, "fingerprint": self.fingerprint, **state.to_payload()}
+        with atomic_path(self.state_file) as tmp:
+            torch.save(payload, tmp)
 
     def load(
         self, noise: NoiseSource, device: torch.device
@@ -237,19 +207,7 @@ class StateStore:
             payload = torch.load(self.state_file, map_location="cpu", weights_only=True)
             if not isinstance(payload, dict) or payload.get("version") != STATE_VERSION:
                 raise StateError(f"{self.state_file} is not a state of this version")
-            noise.load_state_dict(payload["noise"])
-            state = FifoState(
-                queue=payload["queue"].to(device),
-                noise=noise,
-                iteration=int(payload["iteration"]),
-                image_tokens=None if payload["image_tokens"] is None else payload["image_tokens"].to(device),
-                frames_emitted=int(payload["frames_emitted"]),
-                hook_state=_to_device(payload["extras"], device),
-                # States saved before the seeded modes ran on DynamiCrafter have no image latent.
-                image_latent=None
-                if payload.get("image_latent") is None
-                else payload["image_latent"].to(device),
-            )
+            state = FifoState.from_payload(payload, noise, device)
             frames = []
             for index in range(state.frames_emitted):
                 with Image.open(self.frame_path(index)) as image:
@@ -267,6 +225,48 @@ class StateStore:
             return dict(payload["fingerprint"])
         except Exception as err:
             raise StateError(_unreadable(self.state_file, err)) from err
+
+    def check_fingerprint(self, saved: dict[str, Any]) -> None:
+        """Refuse a saved state made with other settings than this run's (the one comparison of a
+        saved fingerprint, before a model is loaded and again when the state is loaded).
+
+        Raises:
+            StateError: naming every setting that differs, and the two ways on.
+        """
+        differences = fingerprint_differences(saved, self.fingerprint)
+        if differences:
+            raise StateError(
+                f"--resume: the state saved in {self.folder} was made with other arguments:\n  "
+                + "\n  ".join(differences)
+                + "\nRun the interrupted command again with --resume, or drop --resume (and pass "
+                "--overwrite) to start afresh."
+            )
+
+    def resume(
+        self, noise: NoiseSource, device: torch.device, base_clip: Path, video_path: Path
+    ) -> tuple[FifoState, list[np.ndarray]] | None:
+        """The saved state (on ``device``, drawing from ``noise``) and the frames written before it,
+        or None when there is no saved state.
+
+        Raises:
+            StateError: the state, its frames or the run's ``base_clip`` file (``origin.gif``) are
+                damaged or missing (nothing is deleted, :meth:`damaged`), or the state was made
+                with other settings (:meth:`check_fingerprint`).
+        """
+        if not self.exists():
+            logger.info("--resume: no saved state in %s, starting from the beginning", self.folder)
+            return None
+        try:
+            if not base_clip.is_file():  # the base clip written with the state
+                raise StateError(f"{base_clip}, the base clip of the saved run, is missing")
+            fingerprint, state, frames = self.load(noise, device)
+        except StateError as err:  # never started over silently: the saved frames would be lost
+            raise self.damaged(err, video_path) from None
+        self.check_fingerprint(fingerprint)
+        logger.info(
+            "--resume: continuing %s from iteration %d (%d frames)", self.folder, state.iteration, len(frames)
+        )
+        return state, frames
 
     def damaged(self, reason: StateError, video_path: Path) -> StateError:
         """The error for a state that cannot be resumed (``reason``): what is damaged, what is kept,

@@ -10,8 +10,14 @@ settings for a run's settings (:func:`seed_settings`). Sampling with it is
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
 
+from torch import Tensor
+
+from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, MainMode, ModeOptions
+from fifo.prompts import PromptJob
 
 # The seed model by default: VideoCrafter2 text-to-video, the size and length of DynamiCrafter 512.
 DEFAULT_SEED_CONFIG = "configs/inference_t2v_512_v2.0.yaml"
@@ -35,3 +41,17 @@ def seed_settings(settings: GenerationSettings) -> GenerationSettings:
 
 SEED_MODE = ModeOptions(main=MainMode.T2V)
 """The text model's mode: plain text-to-video (no image, no tricks)."""
+
+
+class BaseClipSource(Protocol):
+    """Where a run's base clips come from when another model samples them
+    (:class:`fifo.seed_clips.SeedClips`)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def video(self, job: PromptJob, cache_dir: Path, noise: NoiseSource) -> tuple[Tensor, bool]:
+        """The job's base clip, decoded: (1, 3, f, H, W) in ~[-1, 1], and whether it was cached."""
+        ...
+
+    def close(self) -> None: ...

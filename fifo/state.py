@@ -75,6 +75,40 @@ class FifoState:
     hook_state: dict[str, Any] = field(default_factory=dict)
     image_latent: Tensor | None = None
 
+    def to_payload(self) -> dict[str, Any]:
+        """The state as plain values and CPU tensors: what a saved state holds and what the
+        processes of one video receive from the writer (:meth:`from_payload` reverses it)."""
+        return {
+            "queue": _to_cpu(self.queue),
+            "noise": _to_cpu(self.noise.state_dict()),
+            "iteration": self.iteration,
+            "image_tokens": _to_cpu(self.image_tokens),
+            "frames_emitted": self.frames_emitted,
+            "hook_state": _to_cpu(self.hook_state),
+            "image_latent": _to_cpu(self.image_latent),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], noise: NoiseSource, device: torch.device) -> FifoState:
+        """The state of :meth:`to_payload` on ``device``, drawing from ``noise`` restored to the
+        payload's point of its stream.
+
+        Raises:
+            KeyError, TypeError, ValueError: not a payload of this format.
+        """
+        noise.load_state_dict(payload["noise"])
+        # Saved states of earlier releases name the hook state "extras" and may lack the latent.
+        hook_state = payload["hook_state"] if "hook_state" in payload else payload["extras"]
+        return cls(
+            queue=_to_device(payload["queue"], device),
+            noise=noise,
+            iteration=int(payload["iteration"]),
+            image_tokens=_to_device(payload["image_tokens"], device),
+            frames_emitted=int(payload["frames_emitted"]),
+            hook_state=_to_device(hook_state, device),
+            image_latent=_to_device(payload.get("image_latent"), device),
+        )
+
 
 @dataclass
 class StepOutput:
@@ -96,3 +130,25 @@ class StepOutput:
     def frame(self) -> np.ndarray | None:
         """The output frame as (H, W, 3) uint8 (converted when first asked for), or None."""
         return None if self.video is None else to_uint8_frames(self.video)[0]
+
+
+def _to_cpu(value: Any) -> Any:
+    """Tensors (also inside dicts, lists and tuples) detached onto the CPU; other values as they are."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """Tensors (also inside dicts, lists and tuples) moved to ``device``; other values as they are."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value

@@ -12,8 +12,6 @@ U-Nets (the decoder's cache is part of the state).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,22 +19,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fifo.clip_cache import ClipCache
 from fifo.families import check_model_fits
 from fifo.flow import FlowSchedule, sample_flow
-from fifo.generator import FifoGenerator, GenerationResult, _atomic_save
+from fifo.generator import FifoGenerator, GenerationResult
 from fifo.guidance import CFGDenoiser
 from fifo.noise import NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions
-from fifo.parallel import DistributedWindows, RankGroup
+from fifo.parallel import DistributedWindows, RankGroup, share_state
 from fifo.prompts import PromptJob
 from fifo.resume import (
     Durability,
     RunInterrupted,
-    StateError,
     StateSaver,
     StateStore,
     base_clip_key,
-    fingerprint_differences,
     partial_video_path,
     resume_fingerprint,
     state_folder,
@@ -129,25 +126,17 @@ class WanGenerator:
     ) -> tuple[Tensor, bool]:
         """The base clip's clean latents (1, c, f, h, w), sampled or reused, and whether reused."""
         key = base_clip_key(job, self.mode, self.settings, self.model_id, self.device) | {"flow": "euler"}
-        cache_file = (
-            cache_dir / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.pt"
-        )
-        if cache_file.is_file():
-            try:
-                cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-            except Exception as err:  # a damaged cache file is recomputed, never fatal
-                logger.warning("base clip: ignoring unreadable cache file %s (%s)", cache_file, err)
-                cached = {}
-            if isinstance(cached, dict) and cached.get("key") == key:
-                logger.info("base clip: reusing cached latents %s", cache_file)
-                return cached["latents"].to(self.device), True
+        cache = ClipCache(cache_dir)
+        cached = cache.load(key)
+        if cached is not None:
+            return cached["latents"].to(self.device), True
         shape = (1, self.model.channels, self.settings.video_length, *self.latent_hw)
         x_T = noise.latents(shape)
         latents = sample_flow(
             self.base_denoiser, x_T, self.schedule, cond, self.uncond, progress=self.settings.progress
         )
         check_finite(latents, "the base clip's latents")
-        _atomic_save({"key": key, "latents": latents.cpu()}, cache_file)
+        cache.save(key, {"latents": latents.cpu()})
         return latents, False
 
     def _start_state(
@@ -164,55 +153,6 @@ class WanGenerator:
             for frame in to_uint8_frames(video):
                 origin.write(frame)
         return self.sampler.initial_state(base, fifo_noise), cached
-
-    def _resumed_state(self, store: StateStore, exp_dir: Path):
-        """The saved state and frames of an interrupted run, or None (none saved)."""
-        if not store.exists():
-            logger.info("--resume: no saved state in %s, starting from the beginning", store.folder)
-            return None
-        suffix = ".mp4" if self.settings.use_mp4 else ".gif"
-        _, fifo_noise = self.noise_sources()
-        try:
-            if not (exp_dir / "origin.gif").is_file():  # the base clip written with the state
-                raise StateError(f"{exp_dir / 'origin.gif'}, the base clip of the saved run, is missing")
-            fingerprint, state, frames = store.load(fifo_noise, self.device)
-        except StateError as err:  # never started over silently: the saved frames would be lost
-            raise store.damaged(err, exp_dir.with_name(exp_dir.name + suffix)) from None
-        differences = fingerprint_differences(fingerprint, store.fingerprint)
-        if differences:
-            raise StateError(
-                f"--resume: the saved state in {store.folder} was made with other settings:\n  "
-                + "\n  ".join(differences)
-                + "\nRun with the same arguments, or without --resume (use --overwrite) to start afresh."
-            )
-        logger.info(
-            "--resume: continuing %s from iteration %d (%d frames)",
-            store.folder,
-            state.iteration,
-            len(frames),
-        )
-        return state, frames
-
-    def _share_state(self, state: FifoState | None) -> FifoState:
-        """Several ranks: rank 0's queue, counters and noise stream on every rank (the decoder's
-        cache stays with rank 0, which alone decodes)."""
-        group = self.group
-        meta = group.broadcast_object(
-            None
-            if state is None
-            else {
-                "queue": (tuple(state.queue.shape), state.queue.dtype),
-                "iteration": state.iteration,
-                "frames_emitted": state.frames_emitted,
-                "noise": state.noise.state_dict(),
-            }
-        )
-        queue = group.broadcast(None if state is None else state.queue, meta["queue"])
-        if state is not None:
-            return state
-        _, noise = self.noise_sources()
-        noise.load_state_dict(meta["noise"])
-        return FifoState(queue, noise, meta["iteration"], frames_emitted=meta["frames_emitted"])
 
     def run(
         self,
@@ -241,13 +181,17 @@ class WanGenerator:
         conditioning = latent_conditioning(texts, tuple(sc.frames for sc in job.scenes), length)
         state, cached, saved_frames = None, False, []
         if writer:
-            resumed = self._resumed_state(store, exp_dir) if store is not None and durability.resume else None
+            resumed = None
+            if store is not None and durability.resume:
+                resumed = store.resume(
+                    self.noise_sources()[1], self.device, exp_dir / "origin.gif", video_path
+                )
             if resumed is not None:
                 state, saved_frames = resumed
             else:
                 state, cached = self._start_state(job, texts, cache_dir or output_root / "latents", exp_dir)
         if self.group is not None:
-            state = self._share_state(state)
+            state = share_state(self.group, state, self.noise_sources()[1])
 
         sinks: list[FrameSink] = []
         if writer:

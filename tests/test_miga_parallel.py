@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from fifo.generator import FifoGenerator
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
-from fifo.parallel import RankGroup
+from fifo.parallel import RankGroup, share_state
 from fifo.prompts import PromptJob
 from fifo.state import FifoState
 from tests.test_parallel import T2V, LatentRecorder, _scaled, model_of
@@ -46,13 +46,11 @@ class Fired(LatentRecorder):
         self.fired = state.hook_state["reflect"]["fired"]
 
 
-def run_case(name: str, out: Path, group: RankGroup | None, keep: list | None = None) -> torch.Tensor:
+def run_case(name: str, out: Path, group: RankGroup | None) -> torch.Tensor:
     mode, tricks = CASES[name]
     generator = FifoGenerator(
         model_of(T2V), parse_mode(mode, tricks=tricks), GenerationSettings(**SMALL), "m", group=group
     )
-    if keep is not None:
-        keep.append(generator)
     recorder = Fired()
     generator.sampler.hooks += (recorder,)
     with torch.inference_mode():
@@ -67,13 +65,12 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
         timeout=datetime.timedelta(minutes=5),
     )  # fmt: skip
     group = RankGroup(rank, world, torch.device("cpu"), dist.new_group(backend="gloo"))
-    generators: list = []
-    latents = {name: run_case(name, Path(out) / f"world{world}", group, generators) for name in CASES}
+    latents = {name: run_case(name, Path(out) / f"world{world}", group) for name in CASES}
     if rank == 0:
         torch.save(latents, Path(out) / f"latents{world}.pt")
     # A resumed state on rank 0 (its hook state restored from disk) reaches every rank whole.
     resumed = FifoState(torch.zeros(1, 4, 6, 2, 2), NoiseSource.seeded(3, "cpu"), 7, hook_state=HOOK_STATE)
-    shared = generators[0]._share_state(resumed if rank == 0 else None)
+    shared = share_state(group, resumed if rank == 0 else None, NoiseSource.seeded(3, "cpu"))
     torch.save(shared.hook_state, Path(out) / f"hook_state{rank}.pt")
     dist.destroy_process_group()
 
