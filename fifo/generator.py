@@ -175,7 +175,7 @@ class FifoGenerator:
         self.sampler = FifoSampler(
             model,
             mode,
-            self.fifo_denoiser,
+            self.tricks.window_denoiser(self.fifo_denoiser),
             self.schedule,
             self.geometry,
             self.uncond_context,
