@@ -143,8 +143,8 @@ class FifoGenerator:
             )
             if self.device.type == "cpu" and settings.dtype is Precision.FP32 and cpu_has_native_bf16():
                 self._path_description += (
-                    "; this CPU computes bf16 natively: --dtype bf16 runs larger models faster "
-                    "(1.2x on the medium benchmark), at bf16's precision (README, Performance)"
+                    "; this CPU computes bf16 natively: --dtype bf16 runs larger models faster, "
+                    "at bf16's precision (measurements: docs/performance.md)"
                 )
         else:
             self._path_description = (
