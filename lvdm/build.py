@@ -321,9 +321,14 @@ def _target_dtypes(model: LatentDiffusion, dtype: torch.dtype | None) -> dict[tu
     :meth:`LatentDiffusion.set_precision`). Read before the checkpoint's tensors (whatever their
     dtype) take the tensors' places."""
     low = {id(m) for part in model.low_precision_parts() for m in part.modules()} if dtype else set()
+
+    def lowered(module: torch.nn.Module, name: str, tensor: torch.Tensor, is_parameter: bool) -> bool:
+        kept = not is_parameter and name in getattr(module, "FP32_BUFFERS", ())
+        return id(module) in low and tensor.is_floating_point() and not kept
+
     return {
-        (id(module), name): dtype if id(module) in low and tensor.is_floating_point() else tensor.dtype
-        for module, name, tensor, _ in _tensor_slots(model)
+        (id(module), name): dtype if lowered(module, name, tensor, is_parameter) else tensor.dtype
+        for module, name, tensor, is_parameter in _tensor_slots(model)
     }
 
 
