@@ -89,3 +89,13 @@ def test_readme_commands_install_what_they_run(command: str) -> None:
     )
     target = '".[eval,wan,dev]"' if "pytest" in command else "."
     assert f"pip install -c constraints.txt -e {target} && {command}" in line
+
+
+def test_requirements_txt_installs_the_package_at_its_pins() -> None:
+    """`pip install -r requirements.txt`, the usual install of a fork, is the core install."""
+    lines = [
+        line.strip()
+        for line in (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines == ["-c constraints.txt", "-e ."]
