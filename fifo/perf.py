@@ -335,6 +335,19 @@ def cuda_windows_that_fit(memory: WindowMemory, free_bytes: int) -> int:
     return int((usable_cuda_bytes(free_bytes) - memory.fixed_bytes) // memory.per_window_bytes)
 
 
+def planned_window_batch(
+    n_windows: int, memory: WindowMemory, budget_bytes: int, weight_bytes: int, device: str
+) -> int:
+    """Windows per call that a plan with a memory budget picks, in [1, n_windows]: on CUDA by the
+    rule of a real run's automatic window batch (:func:`cuda_windows_that_fit`), elsewhere what
+    fits next to the weights."""
+    if device.startswith("cuda"):
+        fitting = cuda_windows_that_fit(memory, budget_bytes - weight_bytes)
+    else:
+        fitting = (budget_bytes - weight_bytes - memory.fixed_bytes) // memory.per_window_bytes
+    return max(1, min(n_windows, fitting))
+
+
 def auto_window_batch(n_windows: int, memory: WindowMemory, device: str | torch.device) -> int | None:
     """Windows per U-Net call for the batched FIFO path, from the measured memory per window.
 

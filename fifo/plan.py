@@ -36,7 +36,7 @@ from fifo.guidance import CFGDenoiser, ModelDenoiser
 from fifo.miga_cost import cost_lines, miga_costs
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
-from fifo.perf import WindowMemory, cuda_windows_that_fit, usable_cuda_bytes
+from fifo.perf import WindowMemory, planned_window_batch, usable_cuda_bytes
 from fifo.prompts import PromptJob
 from infra.memory import LiveTensorBytes
 
@@ -366,13 +366,7 @@ def plan_run(
         weights += weight_bytes(seed_clips.generator.model)
     per_window = window_memory(model, geometry.video_length, latent_hw, guided, n_windows)
     if settings.batched and settings.window_batch is None and budget_bytes is not None:
-        # As many windows per call as fit next to the weights (at least one), on CUDA by the rule
-        # of a real run's automatic window batch.
-        if device.startswith("cuda"):
-            fitting = cuda_windows_that_fit(per_window, budget_bytes - weights)
-        else:
-            fitting = (budget_bytes - weights - per_window.fixed_bytes) // per_window.per_window_bytes
-        fitting = max(1, min(n_windows, fitting))
+        fitting = planned_window_batch(n_windows, per_window, budget_bytes, weights, device)
         if fitting != window_batch:
             window_batch = fitting
             with fake, torch.no_grad():

@@ -25,7 +25,7 @@ from fifo.flow import sample_flow
 from fifo.guidance import CFGDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
-from fifo.perf import cuda_windows_that_fit
+from fifo.perf import planned_window_batch
 from fifo.plan import RunPlan, UnseededStream, WindowMemory, fake_mode_of
 from fifo.prompts import PromptJob
 from fifo.wan import latent_conditioning
@@ -121,12 +121,8 @@ def plan_wan_run(
 ) -> WanRunPlan:
     """Run every stage once on fake tensors and measure what the run needs (the arguments of
     :func:`fifo.plan.plan_run`, the model a :class:`~lvdm.wan.model.WanModel` on fake tensors)."""
-    attention = efficient_attention(device)
-    attention.__enter__()
-    try:
+    with efficient_attention(device):
         return _plan(model, mode, settings, job, device, budget_bytes, seconds_to_model)
-    finally:
-        attention.__exit__(None, None, None)
 
 
 def _plan(
@@ -147,11 +143,7 @@ def _plan(
     window_batch = 1 if not settings.batched else (settings.window_batch or n_windows)
     per_window = wan_window_memory(model, geometry.video_length, latent_hw, guided, n_windows)
     if settings.batched and settings.window_batch is None and budget_bytes is not None:
-        if device.startswith("cuda"):
-            fitting = cuda_windows_that_fit(per_window, budget_bytes - weights)
-        else:
-            fitting = (budget_bytes - weights - per_window.fixed_bytes) // per_window.per_window_bytes
-        window_batch = max(1, min(n_windows, fitting))
+        window_batch = planned_window_batch(n_windows, per_window, budget_bytes, weights, device)
     start = time.perf_counter()
     with fake, torch.no_grad():
         generator = WanGenerator(model, mode, replace(settings, window_batch=window_batch), "dry-run")
