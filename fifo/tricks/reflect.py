@@ -33,13 +33,12 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
-from fifo.ddim import ddim_step
 from fifo.geometry import FifoGeometry
 from fifo.guidance import GuidedDenoiser
 from fifo.hooks import LoopView, StepHook
 from fifo.miga_options import ReflectOptions
-from fifo.schedule import DDIMSchedule
 from fifo.state import FifoState
+from fifo.step import Schedule
 
 # The recent scores a new one is set against (the mean of at most this many).
 HISTORY = 4
@@ -76,12 +75,13 @@ class SelfReflection(StepHook):
 
     Args:
         options: threshold and candidates.
-        schedule, geometry: the run's DDIM schedule and queue layout.
+        schedule, geometry: the run's schedule (DDIM's, or the flow's Euler steps on Wan2.1) and
+            queue layout.
     """
 
     name = "reflect"
 
-    def __init__(self, options: ReflectOptions, schedule: DDIMSchedule, geometry: FifoGeometry) -> None:
+    def __init__(self, options: ReflectOptions, schedule: Schedule, geometry: FifoGeometry) -> None:
         self.options, self.schedule, self.geometry = options, schedule, geometry
         self.depth = reflection_depth(geometry)
         f = geometry.video_length
@@ -119,7 +119,7 @@ class SelfReflection(StepHook):
         b = window.shape[0]
         unc = None if uncond is None else uncond.expand(b, -1, -1)
         eps = self.denoise(window, t, context.expand(b, -1, -1), unc)
-        return ddim_step(window, eps, self.schedule, index)[1]
+        return self.schedule.step(window, eps, index)[1]
 
     def after_windows(self, loop: LoopView, state: FifoState, queue: Tensor, contexts: Tensor) -> Tensor:
         extras = self.extras(state)
@@ -151,7 +151,7 @@ class SelfReflection(StepHook):
             if self.schedule.eta > 0:
                 step_noise = state.noise.randn((n, c, 1, h, w), queue.dtype).to(device)
             index_c = torch.full((n, 1), level, device=device, dtype=torch.long)
-            x = ddim_step(x, eps[:, :, -1:], self.schedule, index_c, step_noise)[0]
+            x = self.schedule.step(x, eps[:, :, -1:], index_c, step_noise)[0]
         scores = consistency_score(
             self.predict_x0(
                 torch.cat([before, x], dim=2), t.expand(n, -1), index.expand(n, -1), context, loop.uncond
