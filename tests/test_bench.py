@@ -221,9 +221,12 @@ def test_report_budget_stop_keeps_what_was_measured(
     bench_script, tmp_path: Path, monkeypatch, one_thread
 ) -> None:
     """A budget spent after the start-up: the start-up is kept, every row is said skipped, and the
-    files are written (not complete)."""
+    files are written (not complete). The main job (a fresh process, checked by the rehearsal
+    above) is not what this test is about: it is said measured without running."""
     opts = _opts(bench_script, [*TINY, "--iterations", "3", "--warmup", "0"])
     monkeypatch.setattr(report.Budget, "spent", lambda self: True)
+    main_job = {**dict.fromkeys(report.MAIN_JOB_FIELDS), "status": "measured"}
+    monkeypatch.setattr(report, "main_job", lambda *_args: main_job)
     doc = report.run_report(tmp_path, opts, budget_s=60.0, compile_rows=False)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved == json.loads(json.dumps(doc)) and saved["complete"] is False
@@ -231,6 +234,7 @@ def test_report_budget_stop_keeps_what_was_measured(
     skipped = [r for r in saved["rows"] if r["status"] == "skipped"]
     assert {(r["dtype"], r["compile"]) for r in skipped} == {("bf16", False), ("bf16", True)}
     assert "incomplete" in (tmp_path / "report.md").read_text()
+    assert saved["main_job"] == main_job
 
 
 def test_a_row_cut_short_keeps_its_timed_iterations(tiny_bench) -> None:
