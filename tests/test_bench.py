@@ -18,7 +18,7 @@ import torch
 from fifo import compile as fcompile
 from lvdm.modules.attention_kernels import cpu_has_native_bf16
 from tests.conftest import load_script
-from tools.bench import core, flops, report
+from tools.bench import core, flops, gif, report
 from tools.bench.measure import command_line, time_paths
 from tools.bench.options import BenchOptions
 
@@ -130,6 +130,7 @@ def test_paths_timed_alone_in_fresh_processes(bench_script, capsys, monkeypatch)
             return measure.probe(again, spec)
 
     monkeypatch.setattr(measure, "fresh_process_probe", in_process)
+    monkeypatch.setattr(gif, "FRAMES", 1)  # the palette comparison on one frame (the tool's: 8)
     argv = [*TINY, "--iterations", "1", "--warmup", "0", "--no_memory", "--processes", "2", "--no_bf16"]
     assert bench_script.main([*argv, "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -145,6 +146,14 @@ def test_paths_timed_alone_in_fresh_processes(bench_script, capsys, monkeypatch)
 
     assert r["writer_seconds_per_frame"] > 0 and 0 < r["writer_overlap"] <= 1
     assert "frame writer (GIF palette and frame, state PNG; its own thread)" in format_table(r)
+    # Its GIF palette step against Pillow's median cut, timed side by side in the same run.
+    g = r["gif_palette"]
+    assert g["frames"] == 1 and g["size"] == [320, 512] and g["seconds"] > 0 and g["median_cut_seconds"] > 0
+    assert g["ratio"] == pytest.approx(g["median_cut_seconds"] / g["seconds"])
+    assert g["min_psnr_gain_db"] == pytest.approx(g["psnr_db"] - g["median_cut_psnr_db"])
+    assert "GIF palette of a 320x512 frame" in format_table(
+        r
+    ) and "against Pillow's median cut" in format_table(r)
 
 
 def test_the_rows_of_each_setting(tiny_bench) -> None:
