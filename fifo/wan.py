@@ -80,7 +80,8 @@ class WanSampler(FifoSampler):
 
     def unit_frames(self, state: FifoState) -> int:
         """1 for the video's first latent frame, four for every later one."""
-        return 1 if state.iteration == self.geometry.discarded_frames() else self.per_latent
+        first = self.geometry.at(state.iteration).discarded_frames()  # the video's first latent frame
+        return 1 if state.iteration == first else self.per_latent
 
     def initial_state(
         self,

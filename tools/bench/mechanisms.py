@@ -2,12 +2,13 @@
 
 ``scripts/benchmark.py --mechanisms``: one model with random weights, and one generator per mode
 (:func:`fifo.wan_generator.generator_class`: the U-Nets', or Wan2.1's with ``--preset
-tiny_wan``; plain ``t2v`` and each mechanism alone), each with its own state started from the
-same base clip and noise. Every timed round runs one whole FIFO iteration of every mode (the
-run's own sampler step: windows, the mechanism's own work, dequeue and decode), in alternating
-order, so that the machine's load hits them alike; a row keeps its median. An iteration
-dequeues one queue unit: one output frame on the U-Nets, one latent frame of four video frames
-on Wan2.1, so an iteration's seconds are divided by the frames it gave.
+tiny_wan``; plain ``t2v`` and each mechanism alone: ``zigzag``, ``anchors``, ``reflect``), each
+with its own state started from the same base clip and noise. Every timed round runs one whole
+FIFO iteration of every mode (the run's own sampler step: windows, the mechanism's own work,
+dequeue and decode), in alternating order, so that the machine's load hits them alike; a row
+keeps its median. An iteration dequeues one queue unit: one output frame on the U-Nets, one
+latent frame of four video frames on Wan2.1, so an iteration's seconds are divided by the
+frames it gave.
 
 The states start at the first output frame (the queue's warm-up costs what any iteration costs)
 and run ``warmup`` untimed iterations, at least as many as the anchors need to fill in, and on
@@ -36,7 +37,12 @@ from tools.bench.presets import PRESETS, PROMPT
 logger = logging.getLogger("benchmark")
 
 # name → mode of the row (plain FIFO first: the rows are set against it)
-MECHANISMS: dict[str, str] = {"fifo": "t2v", "anchors": "t2v_anchors", "reflect": "t2v_reflect"}
+MECHANISMS: dict[str, str] = {
+    "fifo": "t2v",
+    "zigzag": "t2v_zigzag",
+    "anchors": "t2v_anchors",
+    "reflect": "t2v_reflect",
+}
 
 
 @dataclass
@@ -72,7 +78,6 @@ def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None
         dtype=opts.dtype,
         progress=False,
     )
-    geometry = settings.geometry
     scale = model.vae_scale
     shape = (1, model.channels, settings.video_length, settings.height // scale, settings.width // scale)
     base = torch.randn(shape, generator=torch.Generator().manual_seed(opts.seed)).to(device)
@@ -82,9 +87,17 @@ def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None
         generator = generator_class(model)(model, mode, settings, "benchmark")
         conditioning, _ = generator.conditioning(PromptJob(PROMPT, 1))
         state = generator.sampler.initial_state(base, NoiseSource.seeded(opts.seed, device))
-        state.iteration = geometry.discarded_frames()  # start at the first output frame
+        # Start at the first output frame, at an iteration whose queue layout is the initial
+        # state's (a zigzag queue's layout has a phase; FIFO's is the same at every iteration).
+        start, geometry = generator.geometry.discarded_frames(), generator.geometry
+        while geometry.at(start) != geometry.at(0):
+            start += 1
+        state.iteration = start
         rows.append(Row(name, mode, generator, state, conditioning, []))
-    warmup = max([opts.warmup] + [r.mode.anchors.count(geometry) for r in rows if r.mode.anchors is not None])
+    warmup = max(
+        [opts.warmup]
+        + [r.mode.anchors.count(r.generator.geometry) for r in rows if r.mode.anchors is not None]
+    )
     if model.family.video_frames_per_latent > 1:
         warmup = max(warmup, 1)
     with torch.inference_mode():
