@@ -41,6 +41,12 @@ CASES = {
         TrickArguments(anchor_frames=1, reflect_threshold=0.0, reflect_candidates=2),
         WAN,
     ),
+    "wan_zigzag_anchors": (
+        "configs/tiny_wan_t2v.yaml",
+        "t2v_zigzag_anchors",
+        TrickArguments(zigzag_length=2),
+        WAN,
+    ),
     # the zigzag queue (5 windows: 3 + 2 over the ranks) needs a stage 1: two partitions
     "zigzag_anchors": (
         T2V,

@@ -1,6 +1,7 @@
-"""MIGA's mechanisms on the tiny random Wan2.1 model: the anchors are clean latent frames in front
-of every window, self-reflection re-draws a latent frame along the flow; a stopped and resumed run
-writes the same file (two ranks: tests/test_miga_parallel.py's Wan case)."""
+"""MIGA on the tiny random Wan2.1 model: the anchors are clean latent frames in front of every
+window, self-reflection re-draws a latent frame along the flow, the zigzag queue groups latent
+frames; a stopped and resumed run writes the same file (two ranks: tests/test_miga_parallel.py's
+Wan cases)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,18 @@ JOB = PromptJob("a red fox", 1)
 # 4 latent frames per window, lookahead: 2 of them read but not written back, room for 1 anchor.
 SETTINGS = dict(video_length=4, num_partitions=2, new_video_length=5, height=64, width=64)
 SETTINGS |= dict(progress=False, seed=7)
-MODE = parse_mode(
-    "t2v_reflect_anchors", tricks=TrickArguments(anchor_frames=1, reflect_threshold=0.0, reflect_candidates=2)
-)
+MODES = {
+    "reflect_anchors": parse_mode(
+        "t2v_reflect_anchors",
+        tricks=TrickArguments(anchor_frames=1, reflect_threshold=0.0, reflect_candidates=2),
+    ),
+    # the zigzag queue in latent frames: groups of 2 (the write block of a 4-frame window)
+    "zigzag_anchors": parse_mode("t2v_zigzag_anchors", tricks=TrickArguments(zigzag_length=2)),
+}
 
 
-def generator(**settings) -> WanGenerator:
-    return WanGenerator(model_of(CONFIG), MODE, GenerationSettings(**(SETTINGS | settings)), "tiny")
+def generator(mode: str = "reflect_anchors", **settings) -> WanGenerator:
+    return WanGenerator(model_of(CONFIG), MODES[mode], GenerationSettings(**(SETTINGS | settings)), "tiny")
 
 
 def test_anchors_and_reflection_run_on_wan(tmp_path) -> None:
@@ -58,16 +64,17 @@ def test_anchors_and_reflection_run_on_wan(tmp_path) -> None:
     assert torch.equal(seen_anchors[0][0][:1], first_output)
 
 
-def test_resume_is_byte_identical(tmp_path) -> None:
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_resume_is_byte_identical(tmp_path, mode) -> None:
     """Stopped mid-run (queue, anchor bank, reflection scores and decoder cache saved), resumed."""
     with torch.inference_mode():
-        whole = generator(new_video_length=9).run(JOB, tmp_path / "A", "x", tmp_path / "c")
+        whole = generator(mode, new_video_length=9).run(JOB, tmp_path / "A", "x", tmp_path / "c")
         calls = iter(range(100))
         stop = Durability(save_every_frames=2, stop_requested=lambda: next(calls) == 5)
         with pytest.raises(RunInterrupted) as stopped:
-            generator(new_video_length=9).run(JOB, tmp_path / "B", "x", tmp_path / "c", stop)
+            generator(mode, new_video_length=9).run(JOB, tmp_path / "B", "x", tmp_path / "c", stop)
         assert 0 < stopped.value.frames < 9
-        resumed = generator(new_video_length=9).run(
+        resumed = generator(mode, new_video_length=9).run(
             JOB, tmp_path / "B", "x", tmp_path / "c", Durability(resume=True, save_every_frames=2)
         )
     assert resumed.frames == whole.frames == 9
