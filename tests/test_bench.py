@@ -361,10 +361,20 @@ def test_the_wan_preset_times_fifo_and_the_mechanisms_per_output_frame(
 ) -> None:
     out = tmp_path / "wan.json"
     args = ["--preset", "tiny_wan", "--mechanisms", "--iterations", "1", "--warmup", "0", "--device", "cpu"]
-    args += ["--threads", "1", "--num_partitions", "1", "--video_length", "2", "--no_guidance"]
+    args += [
+        "--threads",
+        "1",
+        "--video_length",
+        "2",
+        "--num_partitions",
+        "2",
+        "--zigzag_length",
+        "1",
+        "--no_guidance",
+    ]
     assert bench_script.main([*args, "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["mechanism"] for r in rows] == ["fifo", "anchors", "reflect"]
+    assert [r["mechanism"] for r in rows] == ["fifo", "zigzag", "anchors", "reflect"]
     assert rows[0]["relative_to_fifo"] == 1.0
     assert all(r["seconds_per_frame"] > 0 and r["iterations"] == 1 for r in rows)
     assert "| reflect | t2v_reflect |" in capsys.readouterr().out
