@@ -110,8 +110,7 @@ class FifoGenerator:
         self.device = model.device
         scale = model.vae_scale
         self.latent_hw = (settings.height // scale, settings.width // scale)
-        # Weights in the run's dtype (a no-op when load_model put them there already).
-        model.set_precision(settings.dtype.torch_dtype)
+        model.set_precision(settings.dtype.torch_dtype)  # the run's dtype (a no-op after load_model)
 
         # How the FIFO windows run: batched on the fast path (window chunks, on CPU parallel
         # slices and the plan's layer variants), or one window and one branch per call with
@@ -133,8 +132,7 @@ class FifoGenerator:
                 model, self.geometry.video_length, self.latent_hw, guided, n_windows, store=memory_store
             )
             self.window_batch = auto_window_batch(n_windows, memory, self.device)
-        # Logged when the first video starts: a generator that only samples base clips (the seeded
-        # modes' text model, fifo/seed_clips.py) or plans a run never runs FIFO windows.
+        # Logged when the first video starts (a seed model's generator never runs FIFO windows).
         if settings.batched:
             per_call = "all" if self.window_batch is None else min(self.window_batch, n_windows)
             self._path_description: str | None = (
@@ -161,16 +159,14 @@ class FifoGenerator:
             self.plan.shards,
         )
         self.schedule = DDIMSchedule.from_model(model, self.geometry.steps, settings.eta)
-        # The tricks' processors, tail sampler and step hooks (plain attention and a Gaussian
-        # tail when none is on).
+        # The tricks' processors, tail sampler and step hooks (none on: plain attention, Gaussian tail).
         self.tricks = install_tricks(model, mode, self.schedule, self.geometry, model_denoiser)
         # The unconditional context never changes: empty text (+ zero-image tokens, as published).
         self.uncond_context = model.get_learned_conditioning([""])
         if model.has_image_embedder:
             zeros = torch.zeros(1, 3, 224, 224, device=self.device)
             self.uncond_context = torch.cat([self.uncond_context, model.get_image_embeds(zeros)], dim=1)
-        # --rng published: one stream for the whole process, seeded once (as the published
-        # seed_everything) when the first video starts, and continued over the prompts.
+        # --rng published: one stream per process, seeded at the first video, continued over the prompts.
         self._published_noise: NoiseSource | None = None
         self.sampler = FifoSampler(
             model,
@@ -289,15 +285,19 @@ class FifoGenerator:
             base, cached = self.base_clip(job, cond, cache_dir, base_noise)
             base_video = self.sampler.decode(base)
         check_finite(base_video, "the decoded base clip")
-        with VideoWriter(exp_dir / "origin.gif", fps=self.settings.output_fps) as origin:
-            for frame in to_uint8_frames(base_video):
-                origin.write(frame)
+        self.keep_base_clip(base, base_video, exp_dir)
         seed_latent = None
         if self.mode.seeds_image:
             image_tokens = self.sampler.image_tokens(base_video[:, :, 0])
             check_finite(image_tokens, "the seeding image tokens")
             seed_latent = self.sampler.image_latent(base_video[:, :, 0])  # None but for hybrid families
         return self.sampler.initial_state(base, fifo_noise, image_tokens, seed_latent), cached
+
+    def keep_base_clip(self, latents: Tensor, video: Tensor, folder: Path) -> None:
+        """The base clip leaving the device: latents (1, c, f, h, w), frames (1, 3, f, H, W) → origin.gif."""
+        with VideoWriter(folder / "origin.gif", fps=self.settings.output_fps) as origin:
+            for frame in to_uint8_frames(video):
+                origin.write(frame)
 
     def run(
         self,
