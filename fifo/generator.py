@@ -110,7 +110,8 @@ class FifoGenerator:
         self.device = model.device
         scale = model.vae_scale
         self.latent_hw = (settings.height // scale, settings.width // scale)
-        model.set_precision(settings.dtype.torch_dtype)  # the run's dtype (a no-op after load_model)
+        # Weights in the run's dtype (a no-op when load_model put them there already).
+        model.set_precision(settings.dtype.torch_dtype)
 
         # How the FIFO windows run: batched on the fast path (window chunks, on CPU parallel
         # slices and the plan's layer variants), or one window and one branch per call with
@@ -132,7 +133,8 @@ class FifoGenerator:
                 model, self.geometry.video_length, self.latent_hw, guided, n_windows, store=memory_store
             )
             self.window_batch = auto_window_batch(n_windows, memory, self.device)
-        # Logged when the first video starts (a seed model's generator never runs FIFO windows).
+        # Logged when the first video starts: a generator that only samples base clips (the seeded
+        # modes' text model, fifo/seed_clips.py) or plans a run never runs FIFO windows.
         if settings.batched:
             per_call = "all" if self.window_batch is None else min(self.window_batch, n_windows)
             self._path_description: str | None = (
@@ -159,14 +161,16 @@ class FifoGenerator:
             self.plan.shards,
         )
         self.schedule = DDIMSchedule.from_model(model, self.geometry.steps, settings.eta)
-        # The tricks' processors, tail sampler and step hooks (none on: plain attention, Gaussian tail).
+        # The tricks' processors, tail sampler and step hooks (plain attention and a Gaussian
+        # tail when none is on).
         self.tricks = install_tricks(model, mode, self.schedule, self.geometry, model_denoiser)
         # The unconditional context never changes: empty text (+ zero-image tokens, as published).
         self.uncond_context = model.get_learned_conditioning([""])
         if model.has_image_embedder:
             zeros = torch.zeros(1, 3, 224, 224, device=self.device)
             self.uncond_context = torch.cat([self.uncond_context, model.get_image_embeds(zeros)], dim=1)
-        # --rng published: one stream per process, seeded at the first video, continued over the prompts.
+        # --rng published: one stream for the whole process, seeded once (as the published
+        # seed_everything) when the first video starts, and continued over the prompts.
         self._published_noise: NoiseSource | None = None
         self.sampler = FifoSampler(
             model,
@@ -207,11 +211,9 @@ class FifoGenerator:
         return conditioning, image_tokens
 
     def noise_sources(self) -> tuple[NoiseSource, NoiseSource]:
-        """The base clip's and the FIFO queue's noise sources for the next video.
-
-        Default: two fresh streams seeded from ``--seed``, so that a cached base clip gives the
-        same video as a freshly sampled one. ``--rng published``: the process's one stream.
-        """
+        """The base clip's and the FIFO queue's noise sources for the next video: two fresh streams
+        seeded from ``--seed`` (a cached base clip gives the same video as a freshly sampled one);
+        ``--rng published``: the process's one stream."""
         s = self.settings
         if s.rng is NoiseOrder.PUBLISHED:
             if self._published_noise is None:
@@ -223,11 +225,8 @@ class FifoGenerator:
         )
 
     def cache_key(self, job: PromptJob, noise: NoiseSource | None = None) -> dict:
-        """Everything that changes the base clip's noise and latent (see :func:`base_clip_key`).
-
-        With ``--rng published`` the stream's state before the base clip is part of it (a
-        second prompt starts where the first left the stream).
-        """
+        """Everything that changes the base clip's noise and latent (:func:`base_clip_key`); with
+        ``--rng published`` also the stream's state before it (a second prompt starts where the first left it)."""
         published = self.settings.rng is NoiseOrder.PUBLISHED
         rng = {"rng": noise.fingerprint()} if published and noise is not None else {}
         return rng | base_clip_key(job, self.mode, self.settings, self.model_id, self.device)
