@@ -169,7 +169,7 @@ def plan_run(
         plan: the generators' speed plan (None: the run's default).
         iterations: output frames to make before stopping (None: :data:`DRY_RUN_ITERATIONS`).
     """
-    geometry = settings.geometry
+    geometry = mode.queue_geometry(settings.geometry)
     n_windows = len(geometry.windows())
     latent_hw = (settings.height // model.vae_scale, settings.width // model.vae_scale)
     guided = settings.guidance != 1.0
