@@ -25,8 +25,8 @@ from fifo.flow import sample_flow
 from fifo.guidance import CFGDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
-from fifo.perf import planned_window_batch
-from fifo.plan import RunPlan, UnseededStream, WindowMemory, fake_mode_of
+from fifo.perf import WindowMemory, planned_window_batch
+from fifo.plan import RunPlan, UnseededStream, fake_mode_of
 from fifo.prompts import PromptJob
 from fifo.wan import latent_conditioning
 from fifo.wan_generator import WanGenerator
