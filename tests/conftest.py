@@ -50,7 +50,7 @@ HEAVY_MODULES = {
     "test_ouroboros_cli.py": 130,
     "test_plan.py": 100,
     "test_parallel_resume.py": 40,
-    "test_user_errors.py": 60,
+    "test_user_errors.py": 25,
     "test_wan_fifo.py": 40,
     "test_wan_model.py": 30,
     "test_wan_plan.py": 30,
