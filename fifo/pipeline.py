@@ -26,6 +26,7 @@ from fifo.generator import FifoGenerator
 from fifo.options import GenerationSettings, Precision, TrickArguments, parse_mode
 from fifo.prompts import PromptJob
 from lvdm.build import config_facts, load_config, load_model, model_identity
+from lvdm.modules.attention_kernels import AttentionBackend
 
 
 class FifoPipeline:
@@ -48,14 +49,14 @@ class FifoPipeline:
         ckpt: str | Path | None = None,
         *,
         dtype: str | Precision | None = None,
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
         random_init: bool = False,
         seed: int = GenerationSettings.seed,
-        attention: str = "sdpa",
+        attention: AttentionBackend | str = AttentionBackend.SDPA,
     ) -> FifoPipeline:
         """Load ``config`` with the weights of ``ckpt`` (or random ones, seeded by ``seed``, with
         ``random_init``) on ``device`` in ``dtype`` (default: fp32 on a CPU, fp16 on CUDA), with the
-        ``attention`` kernel (``sdpa``, ``xformers``, ``math``), as ``--config``, ``--ckpt_path``,
+        ``attention`` kernel (an ``AttentionBackend`` or its value: ``sdpa``, ``xformers``, ``math``), as ``--config``, ``--ckpt_path``,
         ``--dtype``, ``--device``, ``--random_init``, ``--seed`` and ``--attention`` do.
 
         Raises:

@@ -215,9 +215,9 @@ def _write_window_memory(path: Path, memory: WindowMemory) -> None:
 class RunPlan:
     """What a run will need, from its stages run once on fake tensors."""
 
-    device: str
+    device: torch.device
     dtype: str
-    attention: str
+    attention: str  # the attention kernel, as the plan reports it
     window_batch: int  # windows per U-Net call on the batched path (1 on --sequential)
     windows: int
     unet_calls_per_frame: int
@@ -239,7 +239,7 @@ class RunPlan:
         if self.budget_bytes is None:
             return None
         free = self.budget_bytes - (self.weights_bytes if weights_bytes is None else weights_bytes)
-        return usable_cuda_bytes(free) if self.device.startswith("cuda") else free
+        return usable_cuda_bytes(free) if self.device.type == "cuda" else free
 
     @property
     def fits(self) -> bool | None:
@@ -251,6 +251,7 @@ class RunPlan:
     def json(self) -> dict[str, Any]:
         """The plan as one JSON object (the dry run's last line)."""
         out = asdict(self)
+        out["device"] = str(self.device)
         out["usable_bytes"] = self.usable_bytes()
         out["fits"] = self.fits
         return out
@@ -268,7 +269,7 @@ class RunPlan:
                 f"{usable / gib:.2f} GiB"
                 + (
                     ", keeping 15 % of the free memory and 512 MiB for workspaces"
-                    if self.device.startswith("cuda")
+                    if self.device.type == "cuda"
                     else ""
                 )
                 + ")"
@@ -334,7 +335,7 @@ def plan_run(
     mode: ModeOptions,
     settings: GenerationSettings,
     job: PromptJob,
-    device: str,
+    device: torch.device,
     budget_bytes: int | None,
     seconds_to_model: float,
 ) -> RunPlan:
@@ -384,7 +385,7 @@ def plan_run(
     return RunPlan(
         device=device,
         dtype=settings.dtype.value,
-        attention=model.unet.attention_backend,
+        attention=str(model.unet.attention_backend),
         window_batch=window_batch,
         windows=n_windows,
         unet_calls_per_frame=calls,

@@ -1,7 +1,7 @@
 """One prompt → one long video on Wan2.1: text, base clip, the FIFO loop over the flow, frames out.
 
 :class:`WanGenerator` is the Wan family's counterpart of :class:`fifo.generator.FifoGenerator`,
-with the same ``run(job, output_root, experiment, cache_dir, durability)`` and ``close()``: the
+with the same ``run(job, output_root, experiment, cache_dir, resume_options)`` and ``close()``: the
 command line picks it for a flow-matching model (:func:`generator_class`). Its stages: the UMT5
 text tokens of the prompt or of each scene; the base clip sampled as WanPipeline samples it
 (:func:`fifo.flow.sample_flow`, cached on disk under :func:`fifo.resume.base_clip_key`); the
@@ -29,7 +29,7 @@ from fifo.options import GenerationSettings, ModeOptions
 from fifo.parallel import DistributedWindows, RankGroup, share_state
 from fifo.prompts import PromptJob
 from fifo.resume import (
-    Durability,
+    ResumeOptions,
     RunInterrupted,
     StateSaver,
     StateStore,
@@ -160,7 +160,7 @@ class WanGenerator:
         output_root: Path,
         experiment: str,
         cache_dir: Path | None = None,
-        durability: Durability | None = None,
+        resume_options: ResumeOptions | None = None,
     ) -> GenerationResult:
         """Generate one video under ``output_root/<prompt folder>/`` (see FifoGenerator.run)."""
         start = time.perf_counter()
@@ -173,7 +173,7 @@ class WanGenerator:
         if writer:
             for stale in stale_temporary_files(video_path):  # left by a killed run
                 stale.unlink()
-            if durability is not None:
+            if resume_options is not None:
                 fingerprint = resume_fingerprint(job, self.mode, s, self.model_id, self.device, video_path)
                 store = StateStore(state_folder(video_path), fingerprint)
         texts = self.model.encode_text(list(job.prompts))  # (scenes, m, d)
@@ -182,7 +182,7 @@ class WanGenerator:
         state, cached, saved_frames = None, False, []
         if writer:
             resumed = None
-            if store is not None and durability.resume:
+            if store is not None and resume_options.resume:
                 resumed = store.resume(
                     self.noise_sources()[1], self.device, exp_dir / "origin.gif", video_path
                 )
@@ -202,7 +202,7 @@ class WanGenerator:
         saver = (
             None
             if store is None
-            else FrameCountSaver(store, durability.save_every_frames, durability.save_every_seconds)
+            else FrameCountSaver(store, resume_options.save_every_frames, resume_options.save_every_seconds)
         )
         total = self.sampler.num_iterations(conditioning)
         logger.info(
@@ -234,7 +234,7 @@ class WanGenerator:
                 progress.update(1)
                 if saver is not None:
                     saver.after_step(state)
-                stop = durability is not None and durability.stop_requested()
+                stop = resume_options is not None and resume_options.stop_requested()
                 if self.group is not None:
                     stop = self.group.any(stop)  # every rank stops after the same iteration
                 if stop and state.iteration < total:

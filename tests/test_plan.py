@@ -78,7 +78,7 @@ def plan(
     def build(s: GenerationSettings) -> FifoGenerator:
         return FifoGenerator(model, parsed, s, "fake")
 
-    return plan_run(build, model, parsed, options, job, "cuda", budget, 0.0)
+    return plan_run(build, model, parsed, options, job, torch.device("cuda"), budget, 0.0)
 
 
 def image_job(tmp_path) -> PromptJob:
@@ -154,7 +154,7 @@ def test_full_size_dry_run_on_fake_cuda(
         assert p.stage_shapes["image_tokens"] == [1, 16, 1024]
     assert p.windows == windows
     assert p.unet_calls_per_frame == (1 if batched else 2 * windows)
-    assert p.dtype == dtype and p.device == "cuda"
+    assert p.dtype == dtype and p.device == torch.device("cuda") and p.json()["device"] == "cuda"
     # The U-Net alone is 1.4 B parameters: ~2.7 GiB in half precision, ~5.4 GiB in fp32.
     assert (
         (2.5 * GIB if dtype != "fp32" else 5.0 * GIB)
@@ -215,12 +215,12 @@ def test_tiny_dry_run_has_the_shapes_of_a_real_run(tmp_path, config: str, mode: 
         parsed,
         settings,
         job,
-        "cpu",
+        torch.device("cpu"),
         None,
         0.0,
     )
     assert p.stage_shapes == real_shapes
-    assert p.device == "cpu" and p.tflop_per_frame > 0
+    assert p.device == torch.device("cpu") and p.tflop_per_frame > 0
 
 
 # --------------------------------------------------------------------------- bf16 for real on CPU

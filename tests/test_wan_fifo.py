@@ -15,7 +15,7 @@ from fifo.geometry import FifoGeometry  # noqa: E402
 from fifo.noise import NoiseSource  # noqa: E402
 from fifo.options import GenerationSettings, ModeOptions  # noqa: E402
 from fifo.prompts import PromptJob, Scene  # noqa: E402
-from fifo.resume import Durability, RunInterrupted  # noqa: E402
+from fifo.resume import ResumeOptions, RunInterrupted  # noqa: E402
 from fifo.step import fifo_step, initial_queue, shift_queue  # noqa: E402
 from fifo.wan import latent_conditioning, latent_frames  # noqa: E402
 from fifo.wan_generator import WanGenerator  # noqa: E402
@@ -98,14 +98,14 @@ def test_resume_is_byte_identical(model, tmp_path) -> None:
     settings = _settings(new_video_length=13)
     whole = WanGenerator(model, ModeOptions(), settings, "tiny").run(job, tmp_path / "A", "x", tmp_path / "c")
     calls = iter(range(100))
-    stop = Durability(save_every_frames=2, stop_requested=lambda: next(calls) == 4)
+    stop = ResumeOptions(save_every_frames=2, stop_requested=lambda: next(calls) == 4)
     with pytest.raises(RunInterrupted) as stopped:
         WanGenerator(model, ModeOptions(), settings, "tiny").run(
             job, tmp_path / "B", "x", tmp_path / "c", stop
         )
     assert 0 < stopped.value.frames < 13
     resumed = WanGenerator(model, ModeOptions(), settings, "tiny").run(
-        job, tmp_path / "B", "x", tmp_path / "c", Durability(resume=True, save_every_frames=2)
+        job, tmp_path / "B", "x", tmp_path / "c", ResumeOptions(resume=True, save_every_frames=2)
     )
     assert resumed.frames == whole.frames == 13
     assert resumed.video_path.read_bytes() == whole.video_path.read_bytes()
