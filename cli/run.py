@@ -189,9 +189,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
                 logger.info("--resume: %s is complete already, skipped", r.layout.video_path(job))
                 continue
             try:
-                result = generator.run(
-                    job, r.layout.root, r.layout.experiment, r.layout.cache_dir, resume_options
-                )
+                result = generator.run(job, r.layout, resume_options)
             except NonFiniteError as err:
                 print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
                 return 1

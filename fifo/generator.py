@@ -27,7 +27,7 @@ from fifo.families import check_model_fits, frame_value
 from fifo.guidance import CFGDenoiser, ModelDenoiser, image_latent
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions, Precision
-from fifo.outputs import VideoPaths
+from fifo.outputs import OutputLayout, VideoPaths
 from fifo.parallel import DistributedWindows, PeerFailed, RankGroup, share_state
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
@@ -302,13 +302,12 @@ class FifoGenerator:
     def run(
         self,
         job: PromptJob,
-        output_root: Path,
-        experiment: str,
-        cache_dir: Path | None = None,
+        layout: OutputLayout,
         resume_options: ResumeOptions | None = None,
         sinks: Sequence[FrameSink] | None = None,
     ) -> GenerationResult:
-        """Generate one video under ``output_root/<prompt folder>/``; base latents cached in ``cache_dir``.
+        """Generate one video where ``layout`` puts it (``layout.paths(job)``); base latents cached
+        in ``layout.clip_cache``.
 
         With ``resume_options`` the state is saved as the run goes (and restored with ``resume``), and
         the run stops cleanly when ``resume_options.stop_requested()`` (raising :class:`RunInterrupted`).
@@ -316,7 +315,7 @@ class FifoGenerator:
         writes the files and the state, and shares what the others need. ``sinks`` replace the
         default ones (the video file, and the PNG frames with ``save_frames``).
         """
-        frames = self.stream(job, output_root, experiment, cache_dir, resume_options, sinks)
+        frames = self.stream(job, layout, resume_options, sinks)
         while True:
             try:
                 next(frames)
@@ -326,9 +325,7 @@ class FifoGenerator:
     def stream(
         self,
         job: PromptJob,
-        output_root: Path,
-        experiment: str,
-        cache_dir: Path | None = None,
+        layout: OutputLayout,
         resume_options: ResumeOptions | None = None,
         sinks: Sequence[FrameSink] | None = None,
     ) -> Generator[np.ndarray, None, GenerationResult]:
@@ -336,7 +333,7 @@ class FifoGenerator:
         (on the writer; the other ranks yield nothing), and returns the :class:`GenerationResult`."""
         start = time.perf_counter()
         self._log_path_once()
-        paths = VideoPaths.of(job, output_root, experiment, self.settings.use_mp4)
+        paths = layout.paths(job)
         store = self.state_store(job, paths, resume_options)
         try:
             conditioning, image_tokens = self.conditioning(job, image=self.is_writer)
@@ -350,7 +347,7 @@ class FifoGenerator:
             image_tokens,
             store,
             resume_options,
-            cache_dir or output_root / "latents",
+            layout.clip_cache,
             paths,
         )
         sinks = self.default_sinks(paths) if sinks is None else list(sinks)

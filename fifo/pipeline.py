@@ -24,6 +24,7 @@ import torch
 
 from fifo.generator import FifoGenerator
 from fifo.options import GenerationSettings, Precision, TrickArguments, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.prompts import PromptJob
 from lvdm.build import config_facts, load_config, load_model, model_identity
 from lvdm.modules.attention_kernels import AttentionBackend
@@ -120,7 +121,10 @@ class FifoPipeline:
         generator = FifoGenerator(self.model, parse_mode(mode, tricks=tricks), run_settings, self.model_id)
         output_dir = Path(output_dir)
         with contextlib.closing(generator), torch.inference_mode():
-            yield from generator.stream(job, output_dir, experiment, output_dir / "latents")
+            suffix = ".mp4" if run_settings.use_mp4 else ".gif"
+            yield from generator.stream(
+                job, OutputLayout(output_dir, experiment, output_dir / "latents", suffix)
+            )
 
     def generate(self, prompt: str, **kwargs: Any) -> np.ndarray:
         """The whole video of :meth:`frames` (same arguments): (t, H, W, 3) uint8."""

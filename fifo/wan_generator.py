@@ -1,7 +1,7 @@
 """One prompt → one long video on Wan2.1: text, base clip, the FIFO loop over the flow, frames out.
 
 :class:`WanGenerator` is the Wan family's counterpart of :class:`fifo.generator.FifoGenerator`,
-with the same ``run(job, output_root, experiment, cache_dir, resume_options)`` and ``close()``: the
+with the same ``run(job, layout, resume_options)`` and ``close()``: the
 command line picks it for a flow-matching model (:func:`generator_class`). Its stages: the UMT5
 text tokens of the prompt or of each scene; the base clip sampled as WanPipeline samples it
 (:func:`fifo.flow.sample_flow`, cached on disk under :func:`fifo.resume.base_clip_key`); the
@@ -26,6 +26,7 @@ from fifo.generator import FifoGenerator, GenerationResult
 from fifo.guidance import CFGDenoiser
 from fifo.noise import NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions
+from fifo.outputs import OutputLayout
 from fifo.parallel import DistributedWindows, RankGroup, share_state
 from fifo.prompts import PromptJob
 from fifo.resume import (
@@ -157,18 +158,15 @@ class WanGenerator:
     def run(
         self,
         job: PromptJob,
-        output_root: Path,
-        experiment: str,
-        cache_dir: Path | None = None,
+        layout: OutputLayout,
         resume_options: ResumeOptions | None = None,
     ) -> GenerationResult:
-        """Generate one video under ``output_root/<prompt folder>/`` (see FifoGenerator.run)."""
+        """Generate one video where ``layout`` puts it (see FifoGenerator.run)."""
         start = time.perf_counter()
         s = self.settings
         writer = self.group is None or self.group.is_writer
-        prompt_dir = output_root / job.folder_name
-        exp_dir = prompt_dir / experiment
-        video_path = prompt_dir / f"{experiment}{'.mp4' if s.use_mp4 else '.gif'}"
+        paths = layout.paths(job)
+        video_path, exp_dir = paths.video, paths.folder
         store = None
         if writer:
             for stale in stale_temporary_files(video_path):  # left by a killed run
@@ -189,7 +187,7 @@ class WanGenerator:
             if resumed is not None:
                 state, saved_frames = resumed
             else:
-                state, cached = self._start_state(job, texts, cache_dir or output_root / "latents", exp_dir)
+                state, cached = self._start_state(job, texts, layout.clip_cache, exp_dir)
         if self.group is not None:
             state = share_state(self.group, state, self.noise_sources()[1])
 

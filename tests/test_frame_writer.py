@@ -11,6 +11,7 @@ import torch
 
 from fifo.generator import FifoGenerator
 from fifo.options import GenerationSettings, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.prompts import PromptJob
 from fifo.resume import ResumeOptions, StateStore
 from fifo.sinks import FrameWriter
@@ -96,7 +97,7 @@ def test_a_run_writes_its_frames_off_the_generating_thread_and_saves_complete_st
         mp.setattr(StateStore, "write_frame", write_frame)
         mp.setattr(StateStore, "save", save)
         result = generator.run(
-            PromptJob("a fox", line=1), tmp_path / "out", "exp", tmp_path / "c", resume_options
+            PromptJob("a fox", line=1), OutputLayout(tmp_path / "out", "exp", tmp_path / "c"), resume_options
         )
     assert result.frames == 4 and result.video_path.is_file()
     assert threads == {"frame-writer"}

@@ -23,6 +23,7 @@ from cli.parser import Parallelism
 from fifo.generator import FifoGenerator
 from fifo.hooks import StepHook
 from fifo.options import GenerationSettings, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.parallel import LaunchEnv, RankGroup, split_windows
 from fifo.prompts import PromptJob, Scene
 from infra.cuda_runtime import emulated
@@ -74,7 +75,7 @@ def run_case(name: str, out: Path, group: RankGroup | None) -> torch.Tensor:
     recorder = LatentRecorder()
     generator.sampler.hooks = (recorder,)
     with torch.inference_mode():
-        generator.run(job, out / name, "exp", out / "cache")
+        generator.run(job, OutputLayout(out / name, "exp", out / "cache"))
     return torch.cat(recorder.latents, dim=2)
 
 
