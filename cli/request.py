@@ -101,7 +101,7 @@ def run_model_id(
 def resolve_seed_model(args: argparse.Namespace, mode: ModeOptions, facts, settings) -> SeedModelSpec | None:
     """The text model that samples the seeded modes' base clips (``--seed_config``): given, or
     VideoCrafter2 by default for a family that cannot sample one (DynamiCrafter), else None."""
-    from fifo.families import check_seed_model
+    from fifo.family_rules import check_seed_model
     from fifo.seed_model import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
     from lvdm.build import config_facts, load_config
 
@@ -354,7 +354,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         UsageError, ModeError, ValueError (PromptFileError, ConfigError, OutputError): the message
         names the problem and the fix.
     """
-    from fifo.families import check_model_fits
+    from fifo.family_rules import check_model_fits
     from fifo.outputs import OutputLayout, check_not_overwriting, check_writable_folder, experiment_name
     from fifo.prompts import parse_prompt_file, safe_name
     from lvdm.build import config_facts, load_config

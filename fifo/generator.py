@@ -23,7 +23,7 @@ from torch import Tensor
 from fifo.clip_cache import ClipCache
 from fifo.conditioning import VideoConditioning, with_image_tokens
 from fifo.ddim import sample_ddim
-from fifo.families import check_model_fits, frame_value
+from fifo.family_rules import check_model_fits, frame_value
 from fifo.guidance import CFGDenoiser, ModelDenoiser, image_latent
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions, Precision

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fifo.clip_cache import ClipCache
-from fifo.families import check_model_fits
+from fifo.family_rules import check_model_fits
 from fifo.flow import FlowSchedule, sample_flow
 from fifo.generator import FifoGenerator, GenerationResult
 from fifo.guidance import CFGDenoiser
@@ -72,7 +72,7 @@ class WanGenerator:
 
     Args:
         model: the :class:`~lvdm.wan.model.WanModel`.
-        mode: the parsed ``--mode`` (checked: what Wan runs, :func:`fifo.families.check_family_mode`).
+        mode: the parsed ``--mode`` (checked: what Wan runs, :func:`fifo.family_rules.check_family_mode`).
         settings: sampling/output settings; lengths in video frames, ``video_length`` in latent frames.
         model_id: fingerprint of the weights, for the cache and the saved state.
         group: the ranks that share each video's windows (``--parallel windows``), or None.
