@@ -249,11 +249,11 @@ def _check_cpu_size(
         )
 
 
-def _check_plan_flags(args: argparse.Namespace) -> None:
+def _check_plan_flags(args: argparse.Namespace, device: torch.device) -> None:
     """--plan_for plans a dry run on a GPU; --max_memory is read by dry runs only."""
     if args.plan_for is not None and not args.dry_run:
         raise UsageError(f"--plan_for {args.plan_for} plans a dry run: add --dry_run")
-    if args.plan_for is not None and args.device is not None and not args.device.startswith("cuda"):
+    if args.plan_for is not None and args.device is not None and device.type != "cuda":
         raise UsageError(f"--plan_for {args.plan_for} plans for a GPU: drop --device {args.device}")
     if args.max_memory is not None and not args.dry_run:
         logger.warning(
@@ -371,8 +371,8 @@ def build_request(args: argparse.Namespace) -> RunRequest:
 
         check_subject_in_prompts(mode.subject.phrase, jobs)
     rank, world, torchrun = distributed_rank(args)
-    _check_plan_flags(args)
     device = resolve_device(args.device, torchrun, args.dry_run)
+    _check_plan_flags(args, device)
     cfg = load_config(args.config)
     facts = config_facts(cfg)
     settings = settings_from_args(args, facts, device)
