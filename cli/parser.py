@@ -328,9 +328,18 @@ def add_ouroboros_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_miga_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of MIGA's mechanisms (anchors, reflect in --mode; docs/miga.md). Defaults (None
+    """The flags of MIGA's mechanisms (zigzag, anchors, reflect in --mode; docs/miga.md). Defaults (None
     here) are those of ``fifo.miga_options``; a flag whose part is not in --mode is logged and ignored."""
-    g = p.add_argument_group("MIGA", "parameters of the anchors and reflect parts of --mode (docs/miga.md)")
+    g = p.add_argument_group(
+        "MIGA", "parameters of the zigzag, anchors and reflect parts of --mode (docs/miga.md)"
+    )
+    g.add_argument(
+        "--zigzag_length",
+        type=int,
+        default=None,
+        help="zigzag: L_zig, the latents that share a noise level in the zigzag queue; it must divide the "
+        "frames a window writes back (default 4, the paper's best)",
+    )
     g.add_argument(
         "--anchor_frames",
         type=int,

@@ -169,7 +169,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
         return 2
 
     if group is not None:
-        windows = len(r.settings.geometry.windows())
+        windows = len(r.mode.queue_geometry(r.settings.geometry).windows())
         logger.info(
             "%d ranks share every video's %d windows (%s per rank); mode %s, experiment %s, device %s",
             r.world, windows, shares_text(windows, r.world), r.mode.name, r.layout.experiment, r.device,

@@ -51,8 +51,9 @@ def check_model_fits(
         )
     if mode.srg is not None:
         mode.srg.guided_windows(settings.geometry)  # raises for --srg_windows beyond the windows
+    geometry = mode.queue_geometry(settings.geometry)  # raises for a zigzag length that does not fit
     if mode.anchors is not None:
-        mode.anchors.count(settings.geometry)  # raises for -ld, or --anchor_frames beyond the room
+        mode.anchors.count(geometry)  # raises for -ld, or --anchor_frames beyond the room
     if mode.reflect is not None:
         mode.reflect.check(settings.geometry)  # raises for a queue too short for its window
     steps = settings.geometry.steps

@@ -106,7 +106,7 @@ class FifoGenerator:
         self.model, self.mode, self.settings, self.model_id = model, mode, settings, model_id
         self.seed_clips = seed_clips
         self.group = group
-        self.geometry = settings.geometry
+        self.geometry = mode.queue_geometry(settings.geometry)  # zigzag's queue, or FIFO's
         self.device = model.device
         scale = model.vae_scale
         self.latent_hw = (settings.height // scale, settings.width // scale)

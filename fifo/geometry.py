@@ -65,6 +65,22 @@ class FifoGeometry:
         """Schedule index of each slot, (queue_length,)."""
         return np.concatenate([np.zeros(self.lead, dtype=np.int64), np.arange(self.steps, dtype=np.int64)])
 
+    def at(self, iteration: int) -> FifoGeometry:
+        """The layout of iteration ``iteration``: FIFO's is the same every iteration (a zigzag
+        queue's is not, :class:`fifo.zigzag.ZigzagGeometry`)."""
+        return self
+
+    def stepping(self) -> np.ndarray | None:
+        """Which slots a window's step writes, (queue_length,) bool; None: every written slot."""
+        return None
+
+    def initial_slot(self, slot: int, unilatent: bool) -> tuple[int, int]:
+        """(schedule index, base-clip frame) of ``slot`` in the initial queue."""
+        if slot < self.lead:
+            return 0, 0
+        i = slot - self.lead
+        return i, self.base_frame_for_step(i, unilatent)
+
     def base_frame_for_step(self, i: int, unilatent: bool) -> int:
         """Base-clip frame that seeds the slot at schedule index ``i`` of the initial queue."""
         f = self.video_length

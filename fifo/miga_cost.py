@@ -6,6 +6,7 @@ frame, beyond plain FIFO's windows, and the latents each mechanism keeps.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fifo.geometry import FifoGeometry
@@ -23,8 +24,24 @@ def miga_costs(mode: ModeOptions, geometry: FifoGeometry, latent_bytes: int) -> 
         ``{"anchors": {...}}`` for the mechanisms that are on (empty for none), plain values.
     """
     costs: dict[str, dict[str, Any]] = {}
+    fifo = FifoGeometry(geometry.video_length, geometry.num_partitions, geometry.lookahead)
     f, windows = geometry.video_length, len(geometry.windows())
-    plain_frames = windows * f  # U-Net frames of one FIFO iteration (one output frame)
+    plain_frames = len(fifo.windows()) * f  # U-Net frames of one FIFO iteration (one output frame)
+    if mode.zigzag is not None:
+        extra_slots = geometry.queue_length - fifo.queue_length
+        costs["zigzag"] = {
+            "zigzag_length": mode.zigzag.length,
+            "levels_per_window": math.ceil(f / mode.zigzag.length),
+            "windows": windows,
+            "plain_windows": len(fifo.windows()),
+            # One output frame per iteration as in FIFO; one window more covers the waiting latents.
+            "extra_unet_frames_per_output_frame": windows * f - plain_frames,
+            "plain_unet_frames_per_output_frame": plain_frames,
+            "steps_per_frame": geometry.steps,
+            "queue_latents": geometry.queue_length,
+            "extra_queue_latents": extra_slots,
+            "extra_queue_bytes": extra_slots * latent_bytes,
+        }
     if mode.anchors is not None:
         m = mode.anchors.count(geometry)
         costs["anchors"] = {
@@ -53,6 +70,17 @@ def miga_costs(mode: ModeOptions, geometry: FifoGeometry, latent_bytes: int) -> 
 def cost_lines(costs: dict[str, dict[str, Any]]) -> list[str]:
     """The costs of :func:`miga_costs` for people, one line per mechanism."""
     lines = []
+    zigzag = costs.get("zigzag")
+    if zigzag is not None:
+        plain = zigzag["plain_unet_frames_per_output_frame"]
+        lines.append(
+            f"zigzag: L_zig {zigzag['zigzag_length']}, {zigzag['levels_per_window']} noise levels per window; "
+            f"{zigzag['windows']} windows per output frame instead of {zigzag['plain_windows']}: "
+            f"{zigzag['extra_unet_frames_per_output_frame']} extra U-Net frames (+{zigzag['extra_unet_frames_per_output_frame'] / plain:.0%} "
+            f"over FIFO's {plain}); {zigzag['steps_per_frame']} steps per frame as FIFO; a queue of "
+            f"{zigzag['queue_latents']} latents ({zigzag['extra_queue_latents']} more, "
+            f"{zigzag['extra_queue_bytes'] / 2**20:.2f} MiB), whatever the length"
+        )
     anchors = costs.get("anchors")
     if anchors is not None:
         lines.append(

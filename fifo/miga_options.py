@@ -1,4 +1,4 @@
-"""The options of MIGA's consistency mechanisms (``anchors``, ``reflect`` in ``--mode``).
+"""The options of MIGA's mechanisms (``zigzag``, ``anchors``, ``reflect`` in ``--mode``).
 
 MIGA is "Enhancing Train-Free Infinite-Frame Generation for Consistent Long Videos" (Feng et
 al., ICML 2026); ``docs/miga.md`` describes each mechanism, the paper's equations and every
@@ -13,6 +13,32 @@ from dataclasses import dataclass
 
 from fifo.geometry import FifoGeometry
 from fifo.option_errors import ModeError, check_option
+from fifo.zigzag import DEFAULT_ZIGZAG_LENGTH, ZigzagGeometry
+
+
+@dataclass(frozen=True)
+class ZigzagOptions:
+    """The two-stage training-inference alignment (``zigzag``, :mod:`fifo.zigzag`).
+
+    Attributes:
+        length: L_zig, the latents that share a noise level in stage 1 (``--zigzag_length``).
+    """
+
+    length: int = DEFAULT_ZIGZAG_LENGTH
+
+    def __post_init__(self) -> None:
+        check_option(
+            isinstance(self.length, int) and self.length >= 1,
+            f"--zigzag_length must be ≥ 1, got {self.length}",
+        )
+
+    def geometry(self, base: FifoGeometry) -> ZigzagGeometry:
+        """The zigzag queue over ``base``'s f, n and lookahead.
+
+        Raises:
+            SettingsError: L_zig does not divide the frames a window writes back, or -n 1.
+        """
+        return ZigzagGeometry(base.video_length, base.num_partitions, base.lookahead, self.length)
 
 
 @dataclass(frozen=True)

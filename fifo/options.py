@@ -21,7 +21,7 @@ from enum import Enum
 import torch
 
 from fifo.geometry import FifoGeometry
-from fifo.miga_options import AnchorOptions, ReflectOptions
+from fifo.miga_options import AnchorOptions, ReflectOptions, ZigzagOptions
 from fifo.noise import NoiseOrder
 from fifo.option_errors import ModeError, check_option
 from infra.errors import SettingsError
@@ -90,6 +90,7 @@ SUB_OPTIONS: dict[str, str] = {
     "tailcoh": "coherent tail: low frequencies of the previous tail + high frequencies of fresh noise",
     "sacfa": "subject-aware cross-frame attention (needs --subject)",
     "srg": "self-recurrent guidance of the front frames towards a subject feature bank (needs --subject)",
+    "zigzag": "MIGA two-stage alignment: noise levels change every --zigzag_length latents, then one level",
     "anchors": "MIGA long-range frame guidance: clean frames from the whole video in front of each window",
     "reflect": "MIGA self-reflection: a noisy frame that breaks consistency is re-drawn from candidates",
 }
@@ -268,6 +269,7 @@ class TrickArguments:
     anchor_frames: int | None = None
     reflect_threshold: float | None = None
     reflect_candidates: int | None = None
+    zigzag_length: int | None = None
 
     def given(self, *names: str) -> list[str]:
         """The flags among ``names`` that were given, as ``--name``."""
@@ -290,9 +292,29 @@ class ModeOptions:
     subject: SubjectOptions | None = None
     anchors: AnchorOptions | None = None
     reflect: ReflectOptions | None = None
+    zigzag: ZigzagOptions | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "main", MainMode(self.main))  # accepts "t2v" as well as MainMode.T2V
+        for part, on, why in (
+            (
+                "tailcoh",
+                self.tail,
+                "its tail follows the previous tail latent, which waits there as pure noise",
+            ),
+            (
+                "srg",
+                self.srg,
+                "it guides the front windows at FIFO's fixed slots, which move with the zigzag's phase",
+            ),
+            (
+                "reflect",
+                self.reflect,
+                "it scores the frame at FIFO's fixed depth from the tail, where zigzag latents wait",
+            ),
+        ):
+            if self.zigzag is not None and on:
+                raise ModeError(f"zigzag and {part} do not combine: {why}; drop one of them")
         if self.uses_subject and self.subject is None:
             raise ModeError("sacfa and srg need the subject: give --subject with words of the prompt")
         if self.subject is not None and not self.uses_subject:
@@ -317,6 +339,8 @@ class ModeOptions:
             tokens += _changed(self.anchors, AnchorOptions(), {"frames": "anc"})
         if self.reflect is not None:
             tokens += _changed(self.reflect, ReflectOptions(), {"threshold": "rth", "candidates": "rcand"})
+        if self.zigzag is not None:
+            tokens += _changed(self.zigzag, ZigzagOptions(), {"length": "zz"})
         return tokens
 
     def trick_parameters(self) -> dict[str, object]:
@@ -330,9 +354,15 @@ class ModeOptions:
         out = {"tail": plain(self.tail), "srg": plain(self.srg), "subject": plain(self.subject)}
         # Only when on: the fingerprints of states saved without them stay the same.
         out |= {
-            k: plain(v) for k, v in (("anchors", self.anchors), ("reflect", self.reflect)) if v is not None
+            k: plain(v)
+            for k, v in (("anchors", self.anchors), ("reflect", self.reflect), ("zigzag", self.zigzag))
+            if v is not None
         }
         return out
+
+    def queue_geometry(self, base: FifoGeometry) -> FifoGeometry:
+        """The queue layout of this mode over ``base`` (the settings'): zigzag's, or ``base``."""
+        return base if self.zigzag is None else self.zigzag.geometry(base)
 
     @property
     def uses_subject(self) -> bool:
@@ -362,7 +392,8 @@ class ModeOptions:
             parts += list(self.qcache.attentions)
         parts += [p for p, on in (("unilatent", self.unilatent), ("tailcoh", self.tail is not None)) if on]
         parts += [p for p, on in (("sacfa", self.sacfa), ("srg", self.srg is not None)) if on]
-        parts += [p for p, on in (("anchors", self.anchors), ("reflect", self.reflect)) if on is not None]
+        parts += [p for p, on in (("zigzag", self.zigzag), ("anchors", self.anchors)) if on is not None]
+        parts += ["reflect"] if self.reflect is not None else []
         return "_".join(parts)
 
 
@@ -480,6 +511,7 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
     reflect = ReflectOptions(
         **given(threshold=tricks.reflect_threshold, candidates=tricks.reflect_candidates)
     )
+    zigzag = ZigzagOptions(**given(length=tricks.zigzag_length))
     uses_subject = "sacfa" in subs or "srg" in subs
     if uses_subject and tricks.subject is None:
         raise ModeError(
@@ -495,6 +527,7 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
         ("srg", tricks.given("srg_weight", "srg_momentum", "srg_windows")),
         ("anchors", tricks.given("anchor_frames")),
         ("reflect", tricks.given("reflect_threshold", "reflect_candidates")),
+        ("zigzag", tricks.given("zigzag_length")),
         (
             "sacfa or srg",
             [] if uses_subject else tricks.given("subject", "subject_levels", "subject_threshold"),
@@ -509,6 +542,7 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
         "subject": subject if uses_subject else None,
         "anchors": anchors if "anchors" in subs else None,
         "reflect": reflect if "reflect" in subs else None,
+        "zigzag": zigzag if "zigzag" in subs else None,
     }
 
 

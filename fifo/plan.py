@@ -350,7 +350,7 @@ def plan_run(
         seconds_to_model: time spent so far (model built, checkpoint checked); the generator's set-up
             (unconditional context, processors) is added for the time to the first step.
     """
-    geometry = settings.geometry
+    geometry = mode.queue_geometry(settings.geometry)
     n_windows = len(geometry.windows())
     latent_hw = (settings.height // model.vae_scale, settings.width // model.vae_scale)
     guided = settings.guidance != 1.0

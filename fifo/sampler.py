@@ -108,7 +108,8 @@ class FifoSampler:
 
     def step(self, state: FifoState, conditioning: VideoConditioning) -> StepOutput:
         """Advance ``state`` by one iteration (in place) and return what it produced."""
-        geo, it = self.geometry, state.iteration
+        it = state.iteration
+        geo = self.geometry.at(it)  # the queue's layout this iteration (FIFO's never changes)
         if state.image_latent is not None:
             self.model_denoiser.image_latent = state.image_latent
         for hook in self.hooks:

@@ -40,11 +40,7 @@ def initial_queue(
     """
     slots = []
     for s in range(geometry.queue_length):
-        if s < geometry.lead:
-            i, frame = 0, 0
-        else:
-            i = s - geometry.lead
-            frame = geometry.base_frame_for_step(i, unilatent)
+        i, frame = geometry.initial_slot(s, unilatent)
         z0 = base_latents[:, :, frame : frame + 1]
         slots.append(schedule.noised(z0, noise.queue_slot(z0), i))
     return torch.cat(slots, dim=2)
@@ -103,6 +99,10 @@ def denoise_windows(
         contexts = contexts[rows.to(contexts.device)]
         noise = None if noise is None else noise[rows.to(noise.device)]
     keep = geometry.video_length - geometry.frames_written
+    stepping = geometry.stepping()
+    if stepping is not None:  # slots that wait this iteration keep their latent (a zigzag queue)
+        mask = torch.from_numpy(stepping).to(queue.device)
+        steps = torch.stack([mask[w.write_start : w.end] for w in selected])[:, None, :, None, None]
     written = []
     for lo in range(0, len(selected), chunk):
         sl = slice(lo, lo + chunk)
@@ -110,6 +110,8 @@ def denoise_windows(
         unc = None if uncond is None else uncond.expand(n, -1, -1)
         eps = denoise(inputs[sl], t[sl], contexts[sl], unc)
         x_prev, _ = schedule.step(inputs[sl], eps, index[sl], None if noise is None else noise[sl])
+        if stepping is not None:
+            x_prev[:, :, keep:] = torch.where(steps[sl], x_prev[:, :, keep:], inputs[sl][:, :, keep:])
         written.append(x_prev[:, :, keep:])
     return torch.cat(written)
 

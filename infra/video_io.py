@@ -12,8 +12,8 @@ leaves a truncated video behind (and never clobbers a good one from an earlier r
 
 - ``.mp4``: H.264 (libx264, yuv420p, CRF 18) streamed through the ffmpeg bundled with imageio-ffmpeg.
   yuv420p needs even sizes: an odd width/height is padded by one replicated pixel column/row.
-- ``.gif``: streamed frame by frame with Pillow (adaptive 256-colour palette per frame, no
-  dithering so that static content stays static, loops forever). Identical consecutive frames are
+- ``.gif``: streamed frame by frame with Pillow (adaptive 256-colour palette per frame from
+  :mod:`infra.gif_palette`, no dithering so that static content stays static, loops forever). Identical consecutive frames are
   kept as separate frames (Pillow's own ``save_all`` merges them, which would change frame counts).
 """
 
@@ -34,6 +34,7 @@ import numpy as np
 from PIL import GifImagePlugin, Image, ImageSequence, UnidentifiedImageError
 
 from infra.errors import MissingInputError, SettingsError, UserError
+from infra.gif_palette import quantize_frame
 
 logger = logging.getLogger(__name__)
 
@@ -253,9 +254,9 @@ class _GifStream:
 
     def add(self, frame: np.ndarray) -> None:
         # No dithering: dither noise changes from frame to frame and would show up as flicker.
-        image = Image.fromarray(frame, "RGB").quantize(
-            colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
-        )
+        index, palette = quantize_frame(frame)
+        image = Image.fromarray(index, "P")
+        image.putpalette(palette.tobytes())
         if not self.started:
             header, _ = GifImagePlugin.getheader(image, info={"loop": self.loop, "duration": self.frame_ms})
             self.fp.write(b"".join(header))

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: MIGA's mechanisms (docs/miga.md) against plain FIFO, whole iterations of the run's "
         "sampler interleaved in this process, seconds per output frame",
     )
+    p.add_argument(
+        "--zigzag_length",
+        type=int,
+        default=None,
+        help="with --mechanisms: L_zig of the zigzag row (default 4; it must divide the frames a window writes back)",
+    )
     p.add_argument("--iterations", type=int, default=4, help="timed FIFO iterations (output frames)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     p.add_argument("--seed", type=int, default=123, help="weights, queue and noise seed")
@@ -309,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         print(PROBE_MARK + json.dumps(result), flush=True)
         return 0
     if args.mechanisms:
+        from fifo.options import TrickArguments
         from tools.bench.mechanisms import format_mechanisms, mechanism_benchmark
 
-        results = mechanism_benchmark(opts)
+        results = mechanism_benchmark(opts, TrickArguments(zigzag_length=args.zigzag_length))
         if args.json is not None:
             text = json.dumps(results, indent=2)
             print(text) if args.json == "-" else Path(args.json).write_text(text + "\n")

@@ -40,6 +40,61 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+# The heaviest modules' rough CPU cost, in seconds on one thread (tiny models; torchrun and
+# subprocess start-ups included): the order the pytest-xdist workers start them in, below.
+HEAVY_MODULES = {
+    "test_miga_cli.py": 150,
+    "test_cli_on_gpus.py": 150,
+    "test_parallel.py": 150,
+    "test_bench.py": 120,
+    "test_ouroboros_cli.py": 120,
+    "test_plan.py": 100,
+    "test_parallel_resume.py": 65,
+    "test_user_errors.py": 60,
+    "test_wan_fifo.py": 40,
+    "test_wan_model.py": 30,
+    "test_wan_plan.py": 30,
+}
+
+
+def _chunk_sizes(items: int, workers: int) -> list[int]:
+    """How pytest-xdist's ``worksteal`` scheduler first splits ``items`` tests over ``workers``
+    idle workers: consecutive chunks, each of the remaining tests divided by the workers left."""
+    sizes = []
+    for left in range(workers, 0, -1):
+        sizes.append((items - sum(sizes)) // left)
+    return sizes
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist: each worker's first share starts with heavy modules, balanced over
+    the workers by their cost, and ends with the light tests, which the scheduler moves from a
+    busy worker's tail to an idle one; a module's heavy tests stay on one worker (its
+    module-scoped fixtures are built once). Every test runs; only their order changes."""
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    if workers < 2:
+        return
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.path.name, []).append(item)
+    heavy = sorted((m for m in modules if m in HEAVY_MODULES), key=lambda m: -HEAVY_MODULES[m])
+    light = [item for name, group in modules.items() if name not in HEAVY_MODULES for item in group]
+    sizes = _chunk_sizes(len(items), workers)
+    bins: list[list[pytest.Item]] = [[] for _ in sizes]
+    cost = [0.0] * workers
+    for name in heavy:  # the costliest first, each to the cheapest worker with room for it
+        fits = [w for w in range(workers) if len(bins[w]) + len(modules[name]) <= sizes[w]]
+        w = min(fits or range(workers), key=lambda w: cost[w])
+        bins[w].extend(modules[name])
+        cost[w] += HEAVY_MODULES[name]
+    order: list[pytest.Item] = []
+    for w, size in enumerate(sizes):
+        take = max(0, size - len(bins[w])) if w < workers - 1 else len(light)
+        order += bins[w] + light[:take]
+        light = light[take:]
+    items[:] = order
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not (REFERENCE / "tiny_t2v" / "config.yaml").is_file():

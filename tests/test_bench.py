@@ -18,7 +18,7 @@ import torch
 from fifo import compile as fcompile
 from lvdm.modules.attention_kernels import cpu_has_native_bf16
 from tests.conftest import load_script
-from tools.bench import core, flops, report
+from tools.bench import core, flops, gif, report
 from tools.bench.measure import command_line, time_paths
 from tools.bench.options import BenchOptions
 
@@ -130,6 +130,7 @@ def test_paths_timed_alone_in_fresh_processes(bench_script, capsys, monkeypatch)
             return measure.probe(again, spec)
 
     monkeypatch.setattr(measure, "fresh_process_probe", in_process)
+    monkeypatch.setattr(gif, "FRAMES", 1)  # the palette comparison on one frame (the tool's: 8)
     argv = [*TINY, "--iterations", "1", "--warmup", "0", "--no_memory", "--processes", "2", "--no_bf16"]
     assert bench_script.main([*argv, "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -145,6 +146,14 @@ def test_paths_timed_alone_in_fresh_processes(bench_script, capsys, monkeypatch)
 
     assert r["writer_seconds_per_frame"] > 0 and 0 < r["writer_overlap"] <= 1
     assert "frame writer (GIF palette and frame, state PNG; its own thread)" in format_table(r)
+    # Its GIF palette step against Pillow's median cut, timed side by side in the same run.
+    g = r["gif_palette"]
+    assert g["frames"] == 1 and g["size"] == [320, 512] and g["seconds"] > 0 and g["median_cut_seconds"] > 0
+    assert g["ratio"] == pytest.approx(g["median_cut_seconds"] / g["seconds"])
+    assert g["min_psnr_gain_db"] == pytest.approx(g["psnr_db"] - g["median_cut_psnr_db"])
+    assert "GIF palette of a 320x512 frame" in format_table(
+        r
+    ) and "against Pillow's median cut" in format_table(r)
 
 
 def test_the_rows_of_each_setting(tiny_bench) -> None:
@@ -221,9 +230,12 @@ def test_report_budget_stop_keeps_what_was_measured(
     bench_script, tmp_path: Path, monkeypatch, one_thread
 ) -> None:
     """A budget spent after the start-up: the start-up is kept, every row is said skipped, and the
-    files are written (not complete)."""
+    files are written (not complete). The main job (a fresh process, checked by the rehearsal
+    above) is not what this test is about: it is said measured without running."""
     opts = _opts(bench_script, [*TINY, "--iterations", "3", "--warmup", "0"])
     monkeypatch.setattr(report.Budget, "spent", lambda self: True)
+    main_job = {**dict.fromkeys(report.MAIN_JOB_FIELDS), "status": "measured"}
+    monkeypatch.setattr(report, "main_job", lambda *_args: main_job)
     doc = report.run_report(tmp_path, opts, budget_s=60.0, compile_rows=False)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved == json.loads(json.dumps(doc)) and saved["complete"] is False
@@ -231,6 +243,7 @@ def test_report_budget_stop_keeps_what_was_measured(
     skipped = [r for r in saved["rows"] if r["status"] == "skipped"]
     assert {(r["dtype"], r["compile"]) for r in skipped} == {("bf16", False), ("bf16", True)}
     assert "incomplete" in (tmp_path / "report.md").read_text()
+    assert saved["main_job"] == main_job
 
 
 def test_a_row_cut_short_keeps_its_timed_iterations(tiny_bench) -> None:
@@ -253,12 +266,22 @@ def test_compiled_unet_gives_the_eager_latents(tmp_path: Path, monkeypatch, one_
     Traced by Dynamo and AOT autograd as ``--compile`` traces it, run with the ``aot_eager``
     backend: Inductor's code generation and C++ builds take minutes of CPU for the tiny model on
     a small CPU (docs/performance.md), over this suite's budget; what this
-    project's code decides (what is traced, the guards, the shapes) is the same."""
+    project's code decides (what is traced, the guards, the shapes) is the same.
+
+    The tiny U-Net cut to two levels of one block each: every kind of block (the residual block
+    with its temporal convolution, the spatial and the temporal transformer, the down- and the
+    up-sampling) is still in the graph, once; tracing time grows with the number of blocks."""
+    import yaml
+
     from fifo.guidance import CFGDenoiser, ModelDenoiser
     from lvdm.build import load_model
 
     monkeypatch.delenv(fcompile.CACHE_ENV, raising=False)  # restored after the test
-    model = load_model(core.REPO / "configs/tiny_t2v.yaml", None, random_init=True, seed=3)
+    config = yaml.safe_load((core.REPO / "configs/tiny_t2v.yaml").read_text())
+    unet = config["model"]["params"]["unet_config"]["params"]
+    unet.update(channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[1, 2])
+    (tmp_path / "small_unet.yaml").write_text(yaml.safe_dump(config))
+    model = load_model(tmp_path / "small_unet.yaml", None, random_init=True, seed=3)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, model.channels, 8, 8, 8, generator=gen)
     t = torch.randint(0, 1000, (1, 8), generator=gen)

@@ -5,7 +5,9 @@ by concern) must not change a single output byte. Each case runs the CLI on the 
 random weights on one thread (the CPU plan shards by thread count, and a different batch split
 may move the last bits) and compares the sha256 of every video and PNG it writes with the value
 recorded by the code as it was before. The base-clip cache is not compared (its key names the
-weights' identity, not the output).
+weights' identity, not the output). The GIF values were recorded again when the GIF writer's
+palette changed from Pillow's median cut to ``infra/gif_palette.py``; the PNG frames and the mp4,
+which hold the generated frames themselves, kept their values through that change.
 
 To record new values after an intended change of the outputs: ``GOLDEN_PRINT=1 python -m pytest
 tests/test_golden_outputs.py -s`` prints the table to paste below. Every case names its experiment (``-ex golden``) so that the file names do not
@@ -49,58 +51,58 @@ CASES: dict[str, tuple[str, str, list[str]]] = {
 # sha256 (first 16 hex digits) of every file written under --output_dir but the cache.
 GOLDEN: dict[str, dict[str, str]] = {
     "i2v": {
-        "fox_a_red_fox_running_through_snow/golden/origin.gif": "ab10b774ffb96501",
-        "fox_a_red_fox_running_through_snow/golden.gif": "37c880bf9e6630cc",
+        "fox_a_red_fox_running_through_snow/golden/origin.gif": "9b17049e7bb7cfa0",
+        "fox_a_red_fox_running_through_snow/golden.gif": "98a453e0b6ea4926",
     },
     "i2v_stqcache_no_lookahead": {
-        "fox_a_red_fox_running_through_snow/golden/origin.gif": "7ad0c3986df7d809",
-        "fox_a_red_fox_running_through_snow/golden.gif": "37da3fe60ec5e9d2",
+        "fox_a_red_fox_running_through_snow/golden/origin.gif": "f9e1f4bc05a99cad",
+        "fox_a_red_fox_running_through_snow/golden.gif": "309adc218761dcee",
     },
     "t2v": {
-        "a_red_fox_running_through_snow/golden/origin.gif": "e76c81558fb5b797",
-        "a_red_fox_running_through_snow/golden.gif": "f276e4493501cb5b",
+        "a_red_fox_running_through_snow/golden/origin.gif": "416d3deff7e14e88",
+        "a_red_fox_running_through_snow/golden.gif": "b6998e0571a369da",
     },
     "t2v_mp4": {
-        "a_red_fox_running_through_snow/golden/origin.gif": "7a1c5a5dcef656ca",
+        "a_red_fox_running_through_snow/golden/origin.gif": "d8e5471a735a8edf",
         "a_red_fox_running_through_snow/golden.mp4": "228b7a7539266d14",
     },
     "t2v_qcache_unilatent_frames": {
         "a_red_fox_running_through_snow/golden/fifo/0000.png": "780f3d1a670c02aa",
         "a_red_fox_running_through_snow/golden/fifo/0001.png": "4c75c7f7bdd43a08",
         "a_red_fox_running_through_snow/golden/fifo/0002.png": "a1936b64469b71d3",
-        "a_red_fox_running_through_snow/golden/origin.gif": "b02584b26bfeecb2",
-        "a_red_fox_running_through_snow/golden.gif": "c7ad28dd8c40c745",
+        "a_red_fox_running_through_snow/golden/origin.gif": "64e06655ae76b343",
+        "a_red_fox_running_through_snow/golden.gif": "092e4b340eb71089",
     },
     "t2v_seed_ar_unilatent_frames": {
         "a_red_fox_running_through_snow/golden/fifo/0000.png": "f81b49c785269943",
         "a_red_fox_running_through_snow/golden/fifo/0001.png": "f207b2cd23b61916",
         "a_red_fox_running_through_snow/golden/fifo/0002.png": "03ff27be634d2b68",
-        "a_red_fox_running_through_snow/golden/origin.gif": "e91c261af082a977",
-        "a_red_fox_running_through_snow/golden.gif": "2822517f0cf4ff2a",
+        "a_red_fox_running_through_snow/golden/origin.gif": "6929a3a00e641a88",
+        "a_red_fox_running_through_snow/golden.gif": "6ad7057d196dcda7",
     },
     "t2v_seed_qcache": {
-        "a_red_fox_running_through_snow/golden/origin.gif": "64e995ba0f52b897",
-        "a_red_fox_running_through_snow/golden.gif": "8d317ec57442d96b",
+        "a_red_fox_running_through_snow/golden/origin.gif": "9b2c3cc6a9e35dfd",
+        "a_red_fox_running_through_snow/golden.gif": "a2ff7bfd0fb188b0",
     },
     "t2v_sequential_no_lookahead": {
-        "a_red_fox_running_through_snow/golden/origin.gif": "50a8a1080af173ab",
-        "a_red_fox_running_through_snow/golden.gif": "f47aef991c8a0b0d",
+        "a_red_fox_running_through_snow/golden/origin.gif": "f212e9e747d59f7e",
+        "a_red_fox_running_through_snow/golden.gif": "c4c17dc6afa9872a",
     },
     "t2v_sequential_qcache": {
-        "a_red_fox_running_through_snow/golden/origin.gif": "7ccd6da989033939",
-        "a_red_fox_running_through_snow/golden.gif": "4d54c8bcb0707d10",
+        "a_red_fox_running_through_snow/golden/origin.gif": "35d7c737e829add0",
+        "a_red_fox_running_through_snow/golden.gif": "e0b1e0956c9327b1",
     },
     "t2v_story_frames": {
         "a_cat_sleeps/golden/fifo/0000.png": "3651f5d96072694b",
         "a_cat_sleeps/golden/fifo/0001.png": "6e46e45e84eec622",
         "a_cat_sleeps/golden/fifo/0002.png": "420fdbe27e1b43b3",
         "a_cat_sleeps/golden/fifo/0003.png": "54c97620b99b82c2",
-        "a_cat_sleeps/golden/origin.gif": "a909ff7cefeb5838",
-        "a_cat_sleeps/golden.gif": "06e500653a7ab2df",
+        "a_cat_sleeps/golden/origin.gif": "81685c0df836d602",
+        "a_cat_sleeps/golden.gif": "39b86396b7621998",
     },
     "t2v_stqcache_attn2_no_lookahead": {
-        "a_red_fox_running_through_snow/golden/origin.gif": "f5d7ce8cb2a123b0",
-        "a_red_fox_running_through_snow/golden.gif": "c5da204e0d628c59",
+        "a_red_fox_running_through_snow/golden/origin.gif": "40783d279b6c8fcc",
+        "a_red_fox_running_through_snow/golden.gif": "4a460ba777856cf1",
     },
 }
 

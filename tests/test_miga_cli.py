@@ -30,18 +30,25 @@ DC_SIZE = ["--video_length", "8", *SIZE[2:], "--height", "64", "--width", "64"]
 PROMPT = "a person swimming in the ocean"
 SUBJECT = ["--subject", "a person", "--srg_windows", "2"]
 
-# mode, config, extra arguments, whether the part must change the video (self-reflection changes
-# it only where it fires: tests/test_miga_reflect.py checks the firing itself)
+# mode, config, extra arguments, the part whose removal must change the video, if checked
+# (self-reflection changes it only where it fires: tests/test_miga_reflect.py checks the firing)
 REFLECT = ["--reflect_threshold", "0", "--reflect_candidates", "2"]
+# the zigzag queue needs a stage 1 (-n 2) and L_zig dividing the f/2 frames a window writes back
+ZIGZAG = ["--video_length", "4", "-n", "2", "--zigzag_length", "2"]
 CASES = [
-    ("t2v_anchors", T2V, [], True),
-    ("t2v_reflect", T2V, REFLECT, False),
-    ("t2v_reflect_anchors", T2V, REFLECT, True),
-    ("t2v_TTqcache_attn1_unilatent_tailcoh_sacfa_srg_reflect_anchors", T2V, [*SUBJECT, *REFLECT], True),
-    ("i2v_reflect_anchors", I2V, REFLECT, True),
-    ("t2v_seed_ar_reflect_anchors", I2V, REFLECT, True),
-    ("t2v_reflect_anchors", VC1_T2V, REFLECT, True),
-    ("i2v_reflect_anchors", DC, ["--anchor_frames", "2", *REFLECT], True),
+    ("t2v_anchors", T2V, [], "_anchors"),
+    ("t2v_reflect", T2V, REFLECT, None),
+    ("t2v_reflect_anchors", T2V, REFLECT, "_anchors"),
+    ("t2v_TTqcache_attn1_unilatent_tailcoh_sacfa_srg_reflect_anchors", T2V, [*SUBJECT, *REFLECT], "_anchors"),
+    ("i2v_reflect_anchors", I2V, REFLECT, "_anchors"),
+    ("t2v_seed_ar_reflect_anchors", I2V, REFLECT, "_anchors"),
+    ("t2v_reflect_anchors", VC1_T2V, REFLECT, "_anchors"),
+    ("i2v_reflect_anchors", DC, ["--anchor_frames", "2", *REFLECT], "_anchors"),
+    ("t2v_zigzag_anchors", T2V, ZIGZAG, "_zigzag"),
+    ("i2v_TTqcache_attn1_unilatent_sacfa_zigzag", I2V, [*ZIGZAG, "--subject", "a person"], None),
+    ("t2v_seed_ar_zigzag_anchors", I2V, ZIGZAG, None),
+    ("t2v_zigzag", VC1_T2V, ZIGZAG, None),
+    ("i2v_zigzag_anchors", DC, ["-n", "2", "--anchor_frames", "2"], None),
 ]
 
 
@@ -61,17 +68,37 @@ def run(folder: Path, mode: str, config: str, *extra: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("mode", "config", "extra", "changes"), CASES, ids=[f"{c[0]}-{Path(c[1]).stem}" for c in CASES]
+    ("mode", "config", "extra", "part"), CASES, ids=[f"{c[0]}-{Path(c[1]).stem}" for c in CASES]
 )
-def test_every_family_runs_the_mechanisms_and_writes_its_frames(
-    tmp_path, mode, config, extra, changes
-) -> None:
+def test_every_family_runs_the_mechanisms_and_writes_its_frames(tmp_path, mode, config, extra, part) -> None:
     files = run(tmp_path / "a", mode, config, *extra)
     frames = sorted(k for k in files if "/fifo/" in k)
     assert len(frames) == 3 and any(k.endswith("run.gif") for k in files)
-    if changes:
-        plain = run(tmp_path / "b", mode.replace("_anchors", ""), config, *extra)
-        assert [files[k] for k in frames] != [plain[k] for k in frames]  # the anchors change the video
+    if part is not None:
+        plain = run(tmp_path / "b", mode.replace(part, ""), config, *extra)
+        assert [files[k] for k in frames] != [plain[k] for k in frames]  # the part changes the video
+
+
+def test_zigzag_is_refused_with_the_reason(tmp_path, capsys) -> None:
+    (tmp_path / "p.txt").write_text(PROMPT + "\n")
+    args = [
+        "--config",
+        T2V,
+        "--random_init",
+        "-p",
+        str(tmp_path / "p.txt"),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    for mode, extra, reason in (
+        ("t2v_zigzag_tailcoh", ZIGZAG, "zigzag and tailcoh do not combine: its tail follows the previous"),
+        ("t2v_zigzag_reflect", ZIGZAG, "zigzag and reflect do not combine"),
+        ("t2v_zigzag", [*ZIGZAG, "--zigzag_length", "4"], "--zigzag_length must divide the 2 frames"),
+        ("t2v_zigzag", [*ZIGZAG, "-n", "1"], "use -n 2 or more with zigzag"),
+    ):
+        assert videocrafter_main.main([*args, "--mode", mode, *SIZE, *extra]) == 2
+        assert reason in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_anchors_are_refused_without_lookahead(tmp_path, capsys) -> None:
@@ -95,7 +122,7 @@ def test_anchors_are_refused_without_lookahead(tmp_path, capsys) -> None:
 RESUME = ["--random_init", "--video_length", "4", "-n", "2", "-l", "6", "--no_progress", "-ex", "run"]
 
 
-@pytest.mark.parametrize("mode", ["t2v_reflect_anchors"])
+@pytest.mark.parametrize("mode", ["t2v_reflect_anchors", "t2v_zigzag_anchors"])
 def test_stopped_then_resumed_is_byte_identical(tmp_path, monkeypatch, mode: str) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text(PROMPT + "\n")
@@ -110,6 +137,7 @@ def test_stopped_then_resumed_is_byte_identical(tmp_path, monkeypatch, mode: str
         mode,
         "--save_state_every",
         "1",
+        *(["--zigzag_length", "2"] if "zigzag" in mode else []),
     ]
     assert videocrafter_main.main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
     out = tmp_path / "stopped"
@@ -125,14 +153,16 @@ def test_the_benchmark_times_each_mechanism_against_fifo(tmp_path, capsys) -> No
 
     bench = load_script("scripts/benchmark.py")
     out = tmp_path / "mechanisms.json"
-    args = ["--preset", "tiny", "--mechanisms", "--iterations", "1", "--warmup", "0", "--video_length", "2"]
-    assert bench.main([*args, "--num_partitions", "1", "--device", "cpu", "--json", str(out)]) == 0
+    args = ["--preset", "tiny", "--mechanisms", "--iterations", "1", "--warmup", "0", "--video_length", "4"]
+    args += ["--num_partitions", "2", "--zigzag_length", "2"]
+    assert bench.main([*args, "--device", "cpu", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["mechanism"] for r in rows] == ["fifo", "anchors", "reflect"]
+    assert [r["mechanism"] for r in rows] == ["fifo", "zigzag", "anchors", "reflect"]
     assert rows[0]["relative_to_fifo"] == 1.0
     assert all(r["seconds_per_frame"] > 0 and r["iterations"] == 1 for r in rows)
     printed = capsys.readouterr().out
     assert "| anchors | t2v_anchors |" in printed and "| reflect | t2v_reflect |" in printed
+    assert "| zigzag | t2v_zigzag |" in printed
 
 
 def test_dry_run_on_the_full_videocrafter2_config_prints_their_cost(tmp_path, capsys) -> None:
@@ -152,4 +182,18 @@ def test_dry_run_on_the_full_videocrafter2_config_prints_their_cost(tmp_path, ca
     assert lines[0].startswith("anchors: 4 clean frames") and lines[1].startswith(
         "reflect: 16 extra U-Net frames"
     )
+    # zigzag: one window more per output frame, a queue 2·8 − 1 latents longer, FIFO's 64 steps
+    assert videocrafter_main.main([*args, "--mode", "t2v_zigzag_anchors"]) == 0
+    plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    zigzag = plan["miga"]["zigzag"]
+    assert plan["windows"] == 9 and plan["miga"]["anchors"]["anchor_frames_per_output_frame"] == 4 * 9
+    assert (
+        zigzag["zigzag_length"] == 4 and zigzag["levels_per_window"] == 4 and zigzag["steps_per_frame"] == 64
+    )
+    assert (
+        zigzag["extra_unet_frames_per_output_frame"] == 16
+        and zigzag["plain_unet_frames_per_output_frame"] == 128
+    )
+    assert zigzag["queue_latents"] == 72 + 15 and zigzag["extra_queue_bytes"] == 15 * 4 * 40 * 64 * 4
+    assert cost_lines(plan["miga"])[0].startswith("zigzag: L_zig 4, 4 noise levels per window; 9 windows")
     assert not (tmp_path / "out").exists()

@@ -56,6 +56,7 @@ def test_option_tables_are_the_documented_ones() -> None:
         "srg",
         "anchors",
         "reflect",
+        "zigzag",
     }
 
 

@@ -1,7 +1,7 @@
 """MIGA's mechanisms against plain FIFO: seconds per output frame, measured side by side.
 
 ``scripts/benchmark.py --mechanisms``: one model with random weights, and one
-:class:`~fifo.generator.FifoGenerator` per mode (plain ``t2v`` and each mechanism alone), each
+:class:`~fifo.generator.FifoGenerator` per mode (plain ``t2v`` and each mechanism alone: ``zigzag``, ``anchors``, ``reflect``), each
 with its own state started from the same base clip and noise. Every timed round runs one whole
 FIFO iteration of every mode (the run's own sampler step: windows, the mechanism's own work,
 dequeue and decode), in alternating order, so that the machine's load hits them alike; a row keeps
@@ -33,7 +33,12 @@ from tools.bench.presets import PRESETS, PROMPT
 logger = logging.getLogger("benchmark")
 
 # name → mode of the row (plain FIFO first: the rows are set against it)
-MECHANISMS: dict[str, str] = {"fifo": "t2v", "anchors": "t2v_anchors", "reflect": "t2v_reflect"}
+MECHANISMS: dict[str, str] = {
+    "fifo": "t2v",
+    "zigzag": "t2v_zigzag",
+    "anchors": "t2v_anchors",
+    "reflect": "t2v_reflect",
+}
 
 
 @dataclass
@@ -68,7 +73,6 @@ def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None
         dtype=opts.dtype,
         progress=False,
     )
-    geometry = settings.geometry
     texts = model.get_learned_conditioning([PROMPT])
     conditioning = VideoConditioning(texts, (), settings.new_video_length)
     scale = model.vae_scale
@@ -79,9 +83,17 @@ def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None
         mode = parse_mode(text, tricks=tricks)
         generator = FifoGenerator(model, mode, settings, "benchmark")
         state = generator.sampler.initial_state(base, NoiseSource.seeded(opts.seed, device))
-        state.iteration = geometry.discarded_frames()  # start at the first output frame
+        # Start at the first output frame, at an iteration whose queue layout is the initial
+        # state's (a zigzag queue's layout has a phase; FIFO's is the same at every iteration).
+        start, geometry = generator.geometry.discarded_frames(), generator.geometry
+        while geometry.at(start) != geometry.at(0):
+            start += 1
+        state.iteration = start
         rows.append(Row(name, mode, generator, state, []))
-    warmup = max([opts.warmup] + [r.mode.anchors.count(geometry) for r in rows if r.mode.anchors is not None])
+    warmup = max(
+        [opts.warmup]
+        + [r.mode.anchors.count(r.generator.geometry) for r in rows if r.mode.anchors is not None]
+    )
     with torch.inference_mode():
         for round_ in range(warmup + opts.iterations):
             order = rows if round_ % 2 == 0 else rows[::-1]
