@@ -15,15 +15,14 @@ logger = logging.getLogger(LOGGER_NAME)
 
 
 def dry_run(request: RunRequest) -> int:
-    """Plan the run (``--dry_run``): the model built on fake tensors on the target device, each stage
-    of the first prompt run once; print the plan, then the same as one JSON line."""
+    """Plan the run (``--dry_run``): the models built as a run builds them, on fake tensors on the
+    target device, and the first prompt run by the generator's own run function to the device
+    boundary for a few frames (:func:`fifo.dry_run.plan_run`); print the plan, then the same as
+    one JSON line."""
     import time
 
-    from fifo.generator import FifoGenerator
+    from fifo.dry_run import plan_run
     from fifo.perf import FastPathPlan, plan_fast_path
-    from fifo.plan import plan_run
-    from fifo.seed_clips import SeedClips
-    from fifo.seed_model import SEED_MODE, seed_settings
     from infra.cuda_runtime import bind_device, cuda
     from lvdm.build import load_config
     from lvdm.checkpoint import CheckpointError
@@ -45,21 +44,14 @@ def dry_run(request: RunRequest) -> int:
     # The dry run computes in one thread: the CPU plan's parallel slices do not change memory or FLOPs.
     cpu_plan = FastPathPlan(shards=1, unet=plan_fast_path(r.device).unet) if r.settings.batched else None
 
-    def build_generator(settings: GenerationSettings) -> FifoGenerator:
-        seed_clips = None
-        if seed_model is not None:
-            seed = FifoGenerator(
-                seed_model, SEED_MODE, seed_settings(settings), "dry-run-seed", plan=cpu_plan
-            )
-            seed_clips = SeedClips(seed)
-        return FifoGenerator(model, r.mode, settings, "dry-run", plan=cpu_plan, seed_clips=seed_clips)
-
     budget = r.max_memory
     if budget is None and r.device.type == "cuda" and cuda().is_available():
         budget, _ = cuda().mem_get_info(r.device)  # free before the weights load
     if r.plan_for is not None:
         logger.info("plan: for %s", cuda().spec(r.device).describe())
-    plan = plan_run(build_generator, model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds_to_model)
+    plan = plan_run(
+        model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds_to_model, seed_model, cpu_plan
+    )
     if plan.attention != r.attention.value:
         plan.attention = f"{r.attention} (planned as {plan.attention})"
     return _report(plan, r.settings)

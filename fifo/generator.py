@@ -211,11 +211,9 @@ class FifoGenerator:
         return conditioning, image_tokens
 
     def noise_sources(self) -> tuple[NoiseSource, NoiseSource]:
-        """The base clip's and the FIFO queue's noise sources for the next video.
-
-        Default: two fresh streams seeded from ``--seed``, so that a cached base clip gives the
-        same video as a freshly sampled one. ``--rng published``: the process's one stream.
-        """
+        """The base clip's and the FIFO queue's noise sources for the next video: two fresh streams
+        seeded from ``--seed`` (a cached base clip gives the same video as a freshly sampled one);
+        ``--rng published``: the process's one stream."""
         s = self.settings
         if s.rng is NoiseOrder.PUBLISHED:
             if self._published_noise is None:
@@ -227,11 +225,8 @@ class FifoGenerator:
         )
 
     def cache_key(self, job: PromptJob, noise: NoiseSource | None = None) -> dict:
-        """Everything that changes the base clip's noise and latent (see :func:`base_clip_key`).
-
-        With ``--rng published`` the stream's state before the base clip is part of it (a
-        second prompt starts where the first left the stream).
-        """
+        """Everything that changes the base clip's noise and latent (:func:`base_clip_key`); with
+        ``--rng published`` also the stream's state before it (a second prompt starts where the first left it)."""
         published = self.settings.rng is NoiseOrder.PUBLISHED
         rng = {"rng": noise.fingerprint()} if published and noise is not None else {}
         return rng | base_clip_key(job, self.mode, self.settings, self.model_id, self.device)
@@ -289,15 +284,19 @@ class FifoGenerator:
             base, cached = self.base_clip(job, cond, cache_dir, base_noise)
             base_video = self.sampler.decode(base)
         check_finite(base_video, "the decoded base clip")
-        with VideoWriter(exp_dir / "origin.gif", fps=self.settings.output_fps) as origin:
-            for frame in to_uint8_frames(base_video):
-                origin.write(frame)
+        self.keep_base_clip(base, base_video, exp_dir)
         seed_latent = None
         if self.mode.seeds_image:
             image_tokens = self.sampler.image_tokens(base_video[:, :, 0])
             check_finite(image_tokens, "the seeding image tokens")
             seed_latent = self.sampler.image_latent(base_video[:, :, 0])  # None but for hybrid families
         return self.sampler.initial_state(base, fifo_noise, image_tokens, seed_latent), cached
+
+    def keep_base_clip(self, latents: Tensor, video: Tensor, folder: Path) -> None:
+        """The base clip leaving the device: latents (1, c, f, h, w), frames (1, 3, f, H, W) → origin.gif."""
+        with VideoWriter(folder / "origin.gif", fps=self.settings.output_fps) as origin:
+            for frame in to_uint8_frames(video):
+                origin.write(frame)
 
     def run(
         self,

@@ -1,6 +1,6 @@
 """``--dry_run`` for Wan2.1: the run's stages once on fake tensors on the target device.
 
-As :func:`fifo.plan.plan_run` does for the U-Nets: the model is built on fake tensors (no
+As :func:`fifo.dry_run.plan_run` does for the U-Nets: the model is built on fake tensors (no
 weights in memory), and the generator's own code runs once on them — the text encoding, a base
 clip step with guidance, one FIFO iteration (every window's flow step, batched as the run
 batches them), the decode of a dequeued latent frame through the causal decoder's cache. The
@@ -25,8 +25,8 @@ from fifo.flow import sample_flow
 from fifo.guidance import CFGDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
-from fifo.perf import planned_window_batch
-from fifo.plan import RunPlan, UnseededStream, WindowMemory, fake_mode_of
+from fifo.perf import WindowMemory, planned_window_batch
+from fifo.plan import RunPlan, UnseededStream, fake_mode_of
 from fifo.prompts import PromptJob
 from fifo.wan import latent_conditioning
 from fifo.wan_generator import WanGenerator
@@ -120,7 +120,7 @@ def plan_wan_run(
     seconds_to_model: float,
 ) -> WanRunPlan:
     """Run every stage once on fake tensors and measure what the run needs (the arguments of
-    :func:`fifo.plan.plan_run`, the model a :class:`~lvdm.wan.model.WanModel` on fake tensors)."""
+    :func:`fifo.dry_run.plan_run`, the model a :class:`~lvdm.wan.model.WanModel` on fake tensors)."""
     with efficient_attention(device):
         return _plan(model, mode, settings, job, device, budget_bytes, seconds_to_model)
 
