@@ -26,10 +26,11 @@ from fifo.generator import FifoGenerator
 from fifo.miga_cost import miga_costs
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
+from fifo.outputs import OutputLayout
 from fifo.perf import FastPathPlan, planned_window_batch
 from fifo.plan import RunPlan, UnseededStream, fake_mode_of, weight_bytes, window_memory
 from fifo.prompts import PromptJob
-from fifo.resume import Durability, StateStore
+from fifo.resume import ResumeOptions, StateStore
 from fifo.seed_clips import SeedClips
 from fifo.seed_model import SEED_MODE, seed_settings
 from fifo.state import FifoState, StepOutput
@@ -106,7 +107,9 @@ class PlannedGenerator(FifoGenerator):
     def noise_sources(self) -> tuple[NoiseSource, NoiseSource]:
         return NoiseSource(UnseededStream(self.device)), NoiseSource(UnseededStream(self.device))
 
-    def state_store(self, job: PromptJob, paths: Any, durability: Durability | None) -> StateStore | None:
+    def state_store(
+        self, job: PromptJob, paths: Any, resume_options: ResumeOptions | None
+    ) -> StateStore | None:
         return None
 
     def conditioning(self, job: PromptJob, image: bool = True) -> tuple[VideoConditioning, Tensor | None]:
@@ -149,7 +152,7 @@ def plan_run(
     mode: ModeOptions,
     settings: GenerationSettings,
     job: PromptJob,
-    device: str,
+    device: torch.device,
     budget_bytes: int | None,
     seconds_to_model: float,
     seed_model: nn.Module | None = None,
@@ -212,7 +215,7 @@ def plan_run(
     try:
         with fake, torch.no_grad(), tracker:
             try:
-                generator.run(job, Path("dry-run"), "dry-run", sinks=[])
+                generator.run(job, OutputLayout(Path("dry-run"), "dry-run"), sinks=[])
             except PlanComplete:
                 pass
             finally:
@@ -223,7 +226,7 @@ def plan_run(
     return RunPlan(
         device=device,
         dtype=settings.dtype.value,
-        attention=model.unet.attention_backend,
+        attention=str(model.unet.attention_backend),
         window_batch=window_batch,
         windows=n_windows,
         unet_calls_per_frame=calls,

@@ -23,17 +23,17 @@ from torch import Tensor
 from fifo.clip_cache import ClipCache
 from fifo.conditioning import VideoConditioning, with_image_tokens
 from fifo.ddim import sample_ddim
-from fifo.families import check_model_fits, frame_value
+from fifo.family_rules import check_model_fits, frame_value
 from fifo.guidance import CFGDenoiser, ModelDenoiser, image_latent
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions, Precision
-from fifo.outputs import VideoPaths
+from fifo.outputs import OutputLayout, VideoPaths
 from fifo.parallel import DistributedWindows, PeerFailed, RankGroup, share_state
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
 from fifo.prompts import PromptJob
 from fifo.resume import (
-    Durability,
+    ResumeOptions,
     RunInterrupted,
     StateSaver,
     StateStore,
@@ -297,21 +297,20 @@ class FifoGenerator:
     def run(
         self,
         job: PromptJob,
-        output_root: Path,
-        experiment: str,
-        cache_dir: Path | None = None,
-        durability: Durability | None = None,
+        layout: OutputLayout,
+        resume_options: ResumeOptions | None = None,
         sinks: Sequence[FrameSink] | None = None,
     ) -> GenerationResult:
-        """Generate one video under ``output_root/<prompt folder>/``; base latents cached in ``cache_dir``.
+        """Generate one video where ``layout`` puts it (``layout.paths(job)``); base latents cached
+        in ``layout.clip_cache``.
 
-        With ``durability`` the state is saved as the run goes (and restored with ``resume``), and
-        the run stops cleanly when ``durability.stop_requested()`` (raising :class:`RunInterrupted`).
+        With ``resume_options`` the state is saved as the run goes (and restored with ``resume``), and
+        the run stops cleanly when ``resume_options.stop_requested()`` (raising :class:`RunInterrupted`).
         With several ranks (``group``) every rank runs this; rank 0 alone samples the base clip,
         writes the files and the state, and shares what the others need. ``sinks`` replace the
         default ones (the video file, and the PNG frames with ``save_frames``).
         """
-        frames = self.stream(job, output_root, experiment, cache_dir, durability, sinks)
+        frames = self.stream(job, layout, resume_options, sinks)
         while True:
             try:
                 next(frames)
@@ -321,18 +320,16 @@ class FifoGenerator:
     def stream(
         self,
         job: PromptJob,
-        output_root: Path,
-        experiment: str,
-        cache_dir: Path | None = None,
-        durability: Durability | None = None,
+        layout: OutputLayout,
+        resume_options: ResumeOptions | None = None,
         sinks: Sequence[FrameSink] | None = None,
     ) -> Generator[np.ndarray, None, GenerationResult]:
         """:meth:`run` as it goes: yields every output frame (H, W, 3) uint8 after the sinks took it
         (on the writer; the other ranks yield nothing), and returns the :class:`GenerationResult`."""
         start = time.perf_counter()
         self._log_path_once()
-        paths = VideoPaths.of(job, output_root, experiment, self.settings.use_mp4)
-        store = self.state_store(job, paths, durability)
+        paths = layout.paths(job)
+        store = self.state_store(job, paths, resume_options)
         try:
             conditioning, image_tokens = self.conditioning(job, image=self.is_writer)
         except Exception as err:
@@ -340,13 +337,19 @@ class FifoGenerator:
                 raise
             self.group.settle(err)  # the other ranks stop too; raises err
         state, saved_frames, cached = self.first_state(
-            job, conditioning, image_tokens, store, durability, cache_dir or output_root / "latents", paths
+            job,
+            conditioning,
+            image_tokens,
+            store,
+            resume_options,
+            layout.clip_cache,
+            paths,
         )
         sinks = self.default_sinks(paths) if sinks is None else list(sinks)
         saver = (
             None
             if store is None
-            else StateSaver(store, durability.save_every_frames, durability.save_every_seconds)
+            else StateSaver(store, resume_options.save_every_frames, resume_options.save_every_seconds)
         )
         with contextlib.ExitStack() as stack:
             for sink in sinks:
@@ -355,7 +358,7 @@ class FifoGenerator:
             for index, frame in enumerate(saved_frames):  # the frames before the interruption
                 for sink in sinks:
                     sink.write(index, frame)
-            yield from self.loop(state, conditioning, sinks, saver, durability, paths)
+            yield from self.loop(state, conditioning, sinks, saver, resume_options, paths)
         if store is not None:  # complete: no state, no partial video of an earlier interruption
             store.remove()
             partial_video_path(paths.video).unlink(missing_ok=True)
@@ -375,7 +378,7 @@ class FifoGenerator:
             self._path_description = None  # once per process
 
     def state_store(
-        self, job: PromptJob, paths: VideoPaths, durability: Durability | None
+        self, job: PromptJob, paths: VideoPaths, resume_options: ResumeOptions | None
     ) -> StateStore | None:
         """The writer's preparation of the video's folder: temporary files of a killed run
         removed, and the state folder when the run saves its state (else None)."""
@@ -383,7 +386,7 @@ class FifoGenerator:
             return None
         for stale in stale_temporary_files(paths.video):  # left by a killed run
             stale.unlink()
-        if durability is None:
+        if resume_options is None:
             return None
         fingerprint = resume_fingerprint(
             job, self.mode, self.settings, self.model_id, self.device, paths.video
@@ -396,7 +399,7 @@ class FifoGenerator:
         conditioning: VideoConditioning,
         image_tokens: Tensor | None,
         store: StateStore | None,
-        durability: Durability | None,
+        resume_options: ResumeOptions | None,
         cache_dir: Path,
         paths: VideoPaths,
     ) -> tuple[FifoState, list[np.ndarray], bool]:
@@ -407,7 +410,7 @@ class FifoGenerator:
         try:
             if self.is_writer:
                 resumed = None
-                if store is not None and durability.resume:
+                if store is not None and resume_options.resume:
                     base_clip = paths.folder / "origin.gif"
                     resumed = store.resume(self.noise_sources()[1], self.device, base_clip, paths.video)
                 if resumed is not None:
@@ -440,7 +443,7 @@ class FifoGenerator:
         conditioning: VideoConditioning,
         sinks: Sequence[FrameSink],
         saver: StateSaver | None,
-        durability: Durability | None,
+        resume_options: ResumeOptions | None,
         paths: VideoPaths,
     ) -> Iterator[np.ndarray]:
         """The FIFO loop with the sinks, the state saver, the progress and the stop request around
@@ -481,7 +484,7 @@ class FifoGenerator:
                     if self.group is None or isinstance(err, PeerFailed):
                         raise
                     self.group.settle(err)  # the other ranks learn it at the end of this iteration
-                stop = durability is not None and durability.stop_requested()
+                stop = resume_options is not None and resume_options.stop_requested()
                 if self.group is not None:
                     stop = self.group.settle(None, stop)  # every rank stops after the same iteration
                 if stop and state.iteration < total:

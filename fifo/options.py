@@ -25,6 +25,7 @@ from fifo.miga_options import AnchorOptions, ReflectOptions, ZigzagOptions
 from fifo.noise import NoiseOrder
 from fifo.option_errors import ModeError, check_option
 from infra.errors import SettingsError
+from lvdm.modules.layer_names import AttentionSite, TransformerKind
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +117,14 @@ class QCacheOptions:
         check_qcache_weight(self.weight)
 
     @property
-    def kinds(self) -> tuple[str, ...]:
-        """Transformer kinds that take part: ``"temporal"`` and/or ``"spatial"``."""
-        return tuple(k for k, on in (("temporal", self.temporal), ("spatial", self.spatial)) if on)
+    def kinds(self) -> tuple[TransformerKind, ...]:
+        """Transformer kinds that take part (temporal first)."""
+        return tuple(k for k, on in zip(TransformerKind, (self.temporal, self.spatial), strict=True) if on)
 
     @property
-    def attentions(self) -> tuple[str, ...]:
-        """Attention layer names that take part: ``"attn1"`` and/or ``"attn2"``."""
-        return tuple(a for a, on in (("attn1", self.attn1), ("attn2", self.attn2)) if on)
+    def attentions(self) -> tuple[AttentionSite, ...]:
+        """The attentions of each transformer block that take part (self-attention first)."""
+        return tuple(a for a, on in zip(AttentionSite, (self.attn1, self.attn2), strict=True) if on)
 
 
 def check_qcache_weight(weight: float) -> None:
@@ -241,12 +242,12 @@ def _choice(kind: type[_Choice], value: object, flag: str) -> _Choice:
         raise ModeError(f"{flag} must be one of {', '.join(k.value for k in kind)}, got {value!r}") from None
 
 
-def _levels(levels: str | Sequence[int]) -> tuple[int, ...]:
-    """``"1,2"`` or ``(1, 2)`` → (1, 2): distinct levels ≥ 0 in increasing order."""
+def _levels(levels: Sequence[int]) -> tuple[int, ...]:
+    """``(2, 1, 2)`` → (1, 2): distinct levels ≥ 0 in increasing order."""
     try:
-        values = [int(v) for v in levels.split(",")] if isinstance(levels, str) else [int(v) for v in levels]
+        values = [int(v) for v in levels]
     except (TypeError, ValueError):
-        raise ModeError(f"--subject_levels must be levels such as 1,2, got {levels!r}") from None
+        raise ModeError(f"--subject_levels must be levels such as (1, 2), got {levels!r}") from None
     _check(
         bool(values) and all(v >= 0 for v in values), f"--subject_levels must be levels ≥ 0, got {levels!r}"
     )
@@ -260,7 +261,7 @@ class TrickArguments:
     tail_lowpass: float | None = None
     tail_filter: str | None = None
     subject: str | None = None
-    subject_levels: str | Sequence[int] | None = None
+    subject_levels: Sequence[int] | None = None
     subject_threshold: float | None = None
     srg_weight: float | None = None
     srg_momentum: float | None = None
@@ -426,10 +427,11 @@ def _changed(options: object, defaults: object, prefixes: dict[str, str]) -> lis
     return tokens
 
 
-def _valid_parts_message() -> str:
+def mode_parts_help(lead: str = "A mode is {main}[_{sub}]...") -> str:
+    """``lead``, then the parts of a mode with what each does: the text of ``--help`` and of :func:`parse_mode`'s errors."""
     mains = "\n".join(f"  {k:<12} {v}" for k, v in MAIN_OPTIONS.items())
     subs = "\n".join(f"  {k:<12} {v}" for k, v in SUB_OPTIONS.items())
-    return f"A mode is {{main}}[_{{sub}}]...\nmain options:\n{mains}\nsub options:\n{subs}"
+    return f"{lead}\nmain:\n{mains}\nsub:\n{subs}"
 
 
 def parse_mode(mode: str, qcache_weight: float = 0.9, tricks: TrickArguments | None = None) -> ModeOptions:
@@ -456,14 +458,14 @@ def parse_mode(mode: str, qcache_weight: float = 0.9, tricks: TrickArguments | N
     if main is None:
         head = text.split("_")[0]
         hint = _did_you_mean([text], list(MAIN_OPTIONS)) or _did_you_mean([head], list(MAIN_OPTIONS))
-        raise ModeError(f"unknown main option in mode {mode!r}{hint}.\n{_valid_parts_message()}")
+        raise ModeError(f"unknown main option in mode {mode!r}{hint}.\n{mode_parts_help()}")
     subs = text[len(main) :].split("_")[1:]
     if "" in subs:
         raise ModeError(f"empty part in mode {mode!r} (two '_' in a row, or a trailing '_')")
     unknown = [s for s in subs if s not in SUB_OPTIONS]
     if unknown:
         hint = _did_you_mean(unknown, list(SUB_OPTIONS))
-        raise ModeError(f"unknown part(s) {unknown} in mode {mode!r}{hint}.\n{_valid_parts_message()}")
+        raise ModeError(f"unknown part(s) {unknown} in mode {mode!r}{hint}.\n{mode_parts_help()}")
     repeated = sorted({s for s in subs if subs.count(s) > 1})
     if repeated:
         raise ModeError(f"repeated part(s) {repeated} in mode {mode!r}")

@@ -208,9 +208,9 @@ def _write_window_memory(path: Path, memory: WindowMemory) -> None:
 class RunPlan:
     """What a run will need, from its stages run once on fake tensors."""
 
-    device: str
+    device: torch.device
     dtype: str
-    attention: str
+    attention: str  # the attention kernel, as the plan reports it
     window_batch: int  # windows per U-Net call on the batched path (1 on --sequential)
     windows: int
     unet_calls_per_frame: int
@@ -232,7 +232,7 @@ class RunPlan:
         if self.budget_bytes is None:
             return None
         free = self.budget_bytes - (self.weights_bytes if weights_bytes is None else weights_bytes)
-        return usable_cuda_bytes(free) if self.device.startswith("cuda") else free
+        return usable_cuda_bytes(free) if self.device.type == "cuda" else free
 
     @property
     def fits(self) -> bool | None:
@@ -244,6 +244,7 @@ class RunPlan:
     def json(self) -> dict[str, Any]:
         """The plan as one JSON object (the dry run's last line)."""
         out = asdict(self)
+        out["device"] = str(self.device)
         out["usable_bytes"] = self.usable_bytes()
         out["fits"] = self.fits
         return out
@@ -261,7 +262,7 @@ class RunPlan:
                 f"{usable / gib:.2f} GiB"
                 + (
                     ", keeping 15 % of the free memory and 512 MiB for workspaces"
-                    if self.device.startswith("cuda")
+                    if self.device.type == "cuda"
                     else ""
                 )
                 + ")"

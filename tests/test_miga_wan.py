@@ -11,8 +11,9 @@ import torch
 pytest.importorskip("diffusers")
 
 from fifo.options import GenerationSettings, TrickArguments, parse_mode  # noqa: E402
+from fifo.outputs import OutputLayout  # noqa: E402
 from fifo.prompts import PromptJob  # noqa: E402
-from fifo.resume import Durability, RunInterrupted  # noqa: E402
+from fifo.resume import ResumeOptions, RunInterrupted  # noqa: E402
 from fifo.tricks.anchors import AnchoredWindows  # noqa: E402
 from fifo.wan_generator import WanGenerator  # noqa: E402
 from tests.test_miga_parallel import Fired  # noqa: E402
@@ -55,7 +56,7 @@ def test_anchors_and_reflection_run_on_wan(tmp_path) -> None:
     recorder = Fired()
     gen.sampler.hooks += (recorder,)
     with torch.inference_mode():
-        result = gen.run(JOB, tmp_path, "miga", tmp_path / "cache")
+        result = gen.run(JOB, OutputLayout(tmp_path, "miga", tmp_path / "cache"))
     assert result.frames == 5  # 1 + 4 video frames from 2 latent frames
     assert recorder.fired > 0  # threshold 0: every drop re-draws
     # Once the video has a latent frame, every window starts with it, clean (t = 0).
@@ -68,14 +69,20 @@ def test_anchors_and_reflection_run_on_wan(tmp_path) -> None:
 def test_resume_is_byte_identical(tmp_path, mode) -> None:
     """Stopped mid-run (queue, anchor bank, reflection scores and decoder cache saved), resumed."""
     with torch.inference_mode():
-        whole = generator(mode, new_video_length=9).run(JOB, tmp_path / "A", "x", tmp_path / "c")
+        whole = generator(mode, new_video_length=9).run(
+            JOB, OutputLayout(tmp_path / "A", "x", tmp_path / "c")
+        )
         calls = iter(range(100))
-        stop = Durability(save_every_frames=2, stop_requested=lambda: next(calls) == 5)
+        stop = ResumeOptions(save_every_frames=2, stop_requested=lambda: next(calls) == 5)
         with pytest.raises(RunInterrupted) as stopped:
-            generator(mode, new_video_length=9).run(JOB, tmp_path / "B", "x", tmp_path / "c", stop)
+            generator(mode, new_video_length=9).run(
+                JOB, OutputLayout(tmp_path / "B", "x", tmp_path / "c"), stop
+            )
         assert 0 < stopped.value.frames < 9
         resumed = generator(mode, new_video_length=9).run(
-            JOB, tmp_path / "B", "x", tmp_path / "c", Durability(resume=True, save_every_frames=2)
+            JOB,
+            OutputLayout(tmp_path / "B", "x", tmp_path / "c"),
+            ResumeOptions(resume=True, save_every_frames=2),
         )
     assert resumed.frames == whole.frames == 9
     assert resumed.video_path.read_bytes() == whole.video_path.read_bytes()

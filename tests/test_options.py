@@ -20,6 +20,7 @@ from fifo.options import (
     TrickArguments,
     parse_mode,
 )
+from lvdm.modules.layer_names import AttentionSite, TransformerKind
 
 MAINS = ["t2v", "i2v", "t2v_seed", "t2v_seed_ar"]
 SUB_SETS = [
@@ -114,7 +115,7 @@ def test_longest_main_option_wins() -> None:
 def test_qcache_without_attention_means_attn1_and_says_so(text: str, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="fifo.options"):
         mode = parse_mode(text)
-    assert mode.qcache is not None and mode.qcache.attentions == ("attn1",)
+    assert mode.qcache is not None and mode.qcache.attentions == (AttentionSite.SELF,)
     messages = [r.getMessage() for r in caplog.records if r.name == "fifo.options"]
     assert any("attn1" in m and text in m for m in messages), messages
 
@@ -175,8 +176,8 @@ def test_qcache_options_need_a_kind_and_an_attention() -> None:
     with pytest.raises(ModeError):
         QCacheOptions(attn1=False, attn2=False)
     q = QCacheOptions(temporal=True, spatial=True, attn1=True, attn2=True)
-    assert q.kinds == ("temporal", "spatial")
-    assert q.attentions == ("attn1", "attn2")
+    assert q.kinds == (TransformerKind.TEMPORAL, TransformerKind.SPATIAL)
+    assert q.attentions == (AttentionSite.SELF, AttentionSite.SECOND)
 
 
 def test_options_are_frozen() -> None:
@@ -215,7 +216,7 @@ def test_ouroboros_parameters_become_typed_options() -> None:
             tail_lowpass=0.5,
             tail_filter="ideal",
             subject="  a   fox ",
-            subject_levels="2,1,2",
+            subject_levels=(2, 1, 2),
             subject_threshold=0.3,
             srg_weight=2.0,
             srg_momentum=0.5,
@@ -240,9 +241,9 @@ def test_subject_tricks_need_a_subject(text: str) -> None:
     ("arguments", "flag"),
     [
         ({"subject": ""}, "--subject"),
-        ({"subject_levels": "1,x"}, "--subject_levels"),
-        ({"subject_levels": "-1"}, "--subject_levels"),
-        ({"subject_levels": ""}, "--subject_levels"),
+        ({"subject_levels": (1, "x")}, "--subject_levels"),
+        ({"subject_levels": (-1,)}, "--subject_levels"),
+        ({"subject_levels": ()}, "--subject_levels"),
         ({"subject_threshold": 0.0}, "--subject_threshold"),
         ({"subject_threshold": 1.5}, "--subject_threshold"),
         ({"srg_weight": -1.0}, "--srg_weight"),

@@ -27,6 +27,7 @@ from fifo.dry_run import DRY_RUN_ITERATIONS, plan_run
 from fifo.generator import FifoGenerator
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.perf import CUDA_FREE_FRACTION, CUDA_RESERVE_BYTES, usable_cuda_bytes
 from fifo.plan import RunPlan, fake_tensors
 from fifo.prompts import PromptJob
@@ -76,7 +77,7 @@ def plan(
 ) -> RunPlan:
     options = GenerationSettings(**{"progress": False, **settings})
     model = fake_models.get(config, options.dtype.torch_dtype)
-    return plan_run(model, parse_mode(mode, tricks=tricks), options, job, "cuda", budget, 0.0)
+    return plan_run(model, parse_mode(mode, tricks=tricks), options, job, torch.device("cuda"), budget, 0.0)
 
 
 def image_job(tmp_path) -> PromptJob:
@@ -152,7 +153,7 @@ def test_full_size_dry_run_on_fake_cuda(
         assert p.stage_shapes["image_tokens"] == [1, 16, 1024]
     assert p.windows == windows
     assert p.unet_calls_per_frame == (1 if batched else 2 * windows)
-    assert p.dtype == dtype and p.device == "cuda"
+    assert p.dtype == dtype and p.device == torch.device("cuda") and p.json()["device"] == "cuda"
     # The U-Net alone is 1.4 B parameters: ~2.7 GiB in half precision, ~5.4 GiB in fp32.
     assert (
         (2.5 * GIB if dtype != "fp32" else 5.0 * GIB)
@@ -234,13 +235,13 @@ def test_tiny_dry_run_has_the_shapes_of_a_real_run(tmp_path, monkeypatch, config
     real = FifoGenerator(real_model, parsed, settings, "real")
     with monkeypatch.context() as patch, torch.inference_mode():
         real_shapes = _spy_on_the_stages(patch)
-        result = real.run(job, tmp_path / "out", "real")
+        result = real.run(job, OutputLayout(tmp_path / "out", "real"))
     assert result.frames == 2 and result.video_path.is_file()
     with fake_tensors():
         fake_model = build_model(REPO / "configs" / config)
-    p = plan_run(fake_model, parsed, settings, job, "cpu", None, 0.0)
+    p = plan_run(fake_model, parsed, settings, job, torch.device("cpu"), None, 0.0)
     assert p.stage_shapes == real_shapes
-    assert p.device == "cpu" and p.tflop_per_frame > 0
+    assert p.device == torch.device("cpu") and p.tflop_per_frame > 0
 
 
 def test_dry_run_is_the_generators_run_to_the_device_boundary(monkeypatch) -> None:
@@ -249,9 +250,9 @@ def test_dry_run_is_the_generators_run_to_the_device_boundary(monkeypatch) -> No
     runs, frames = [], []
     run, step = FifoGenerator.run, FifoSampler.step
 
-    def spy_run(self, job, output_root, experiment, *args, **kwargs):
+    def spy_run(self, job, layout, *args, **kwargs):
         runs.append(kwargs.get("sinks"))
-        return run(self, job, output_root, experiment, *args, **kwargs)
+        return run(self, job, layout, *args, **kwargs)
 
     def spy_step(self, state, conditioning):
         output = step(self, state, conditioning)
@@ -269,7 +270,9 @@ def test_dry_run_is_the_generators_run_to_the_device_boundary(monkeypatch) -> No
     with fake_tensors(), torch.device("cuda"):
         model = build_model(REPO / "configs" / "tiny_t2v.yaml")
     settings = GenerationSettings(video_length=4, num_partitions=2, height=64, width=64, progress=False)
-    p = plan_run(model, parse_mode("t2v"), settings, PromptJob("a red panda", line=1), "cuda", None, 0.0)
+    p = plan_run(
+        model, parse_mode("t2v"), settings, PromptJob("a red panda", line=1), torch.device("cuda"), None, 0.0
+    )
     assert runs == [[]]  # the run function, once, with no sink
     assert frames == [(True, "cuda")] * DRY_RUN_ITERATIONS
     assert p.stage_shapes["decode"] == [1, 3, 1, 64, 64] and p.tflop_per_frame > 0

@@ -100,7 +100,7 @@ class SelfReflection(StepHook):
         self.denoise = denoise
         return denoise
 
-    def extras(self, state: FifoState) -> dict[str, Any]:
+    def own_state(self, state: FifoState) -> dict[str, Any]:
         """This hook's part of the state: the recent scores; how many frames were evaluated, how
         many times the candidates were drawn (``fired``) and how many frames they replaced."""
         return state.hook_state.setdefault(
@@ -122,7 +122,7 @@ class SelfReflection(StepHook):
         return self.schedule.step(window, eps, index)[1]
 
     def after_windows(self, loop: LoopView, state: FifoState, queue: Tensor, contexts: Tensor) -> Tensor:
-        extras = self.extras(state)
+        own = self.own_state(state)
         device = queue.device
         context = contexts[0:1]  # the noisiest window's: it holds the evaluated frame
         window = queue[:, :, self.start : self.slot + 1]
@@ -131,9 +131,9 @@ class SelfReflection(StepHook):
         score_t = consistency_score(self.predict_x0(window, t, index, context, loop.uncond))
         fake = is_fake(queue)
         score = 0.0 if fake else float(score_t[0])
-        extras["evaluated"] += 1
-        if not (fake or drops(extras["scores"], score, self.options.threshold)):
-            extras["scores"] = (extras["scores"] + [score])[-HISTORY:]
+        own["evaluated"] += 1
+        if not (fake or drops(own["scores"], score, self.options.threshold)):
+            own["scores"] = (own["scores"] + [score])[-HISTORY:]
             return queue
         # Re-draw: candidates from pure noise through the frame's depth steps, after the same
         # preceding frames (a planned run takes this path: its largest case).
@@ -159,12 +159,12 @@ class SelfReflection(StepHook):
         )
         self.last_scores = scores.detach().clone()
         best = int(scores.argmax()) if not fake else 0
-        extras["fired"] += 1
+        own["fired"] += 1
         if not fake and float(scores[best]) <= score:  # the frame itself is the most consistent
-            extras["scores"] = (extras["scores"] + [score])[-HISTORY:]
+            own["scores"] = (own["scores"] + [score])[-HISTORY:]
             return queue
-        extras["replaced"] += 1
+        own["replaced"] += 1
         queue = queue.clone()
         queue[:, :, self.slot : self.slot + 1] = x[best : best + 1].to(queue.dtype)
-        extras["scores"] = (extras["scores"] + [0.0 if fake else float(scores[best])])[-HISTORY:]
+        own["scores"] = (own["scores"] + [0.0 if fake else float(scores[best])])[-HISTORY:]
         return queue
