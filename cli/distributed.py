@@ -59,13 +59,12 @@ def agree_on_errors(error: str | None) -> str | None:
 def window_group(request: RunRequest):  # noqa: ANN201 -- a fifo.parallel.RankGroup
     """--parallel windows: the ranks' data group (NCCL between GPUs, gloo on CPUs), with timeouts
     so that a rank that died makes the others fail instead of waiting forever."""
-    import torch
     import torch.distributed as dist
 
     from fifo.parallel import DEFAULT_TIMEOUT, RankGroup
     from infra.cuda_runtime import cuda
 
-    device = torch.device(request.device)
+    device = request.device
     backend = cuda().data_backend() if device.type == "cuda" else "gloo"
     return RankGroup(
         request.rank, request.world, device, dist.new_group(backend=backend, timeout=DEFAULT_TIMEOUT)

@@ -9,23 +9,20 @@ import sys
 from cli import LOGGER_NAME
 from cli.models import run_models
 from cli.request import RunRequest
-from fifo.options import GenerationSettings
+from fifo.options import GenerationSettings, Precision
 
 logger = logging.getLogger(LOGGER_NAME)
 
 
 def dry_run(request: RunRequest) -> int:
-    """Plan the run (``--dry_run``): the model built on fake tensors on the target device, each stage
-    of the first prompt run once; print the plan, then the same as one JSON line."""
+    """Plan the run (``--dry_run``): the models built as a run builds them, on fake tensors on the
+    target device, and the first prompt run by the generator's own run function to the device
+    boundary for a few frames (:func:`fifo.dry_run.plan_run`); print the plan, then the same as
+    one JSON line."""
     import time
 
-    import torch
-
-    from fifo.generator import FifoGenerator
+    from fifo.dry_run import plan_run
     from fifo.perf import FastPathPlan, plan_fast_path
-    from fifo.plan import plan_run
-    from fifo.seed_clips import SeedClips
-    from fifo.seed_model import SEED_MODE, seed_settings
     from infra.cuda_runtime import bind_device, cuda
     from lvdm.build import load_config
     from lvdm.checkpoint import CheckpointError
@@ -47,24 +44,16 @@ def dry_run(request: RunRequest) -> int:
     # The dry run computes in one thread: the CPU plan's parallel slices do not change memory or FLOPs.
     cpu_plan = FastPathPlan(shards=1, unet=plan_fast_path(r.device).unet) if r.settings.batched else None
 
-    def build_generator(settings: GenerationSettings) -> FifoGenerator:
-        seed_clips = None
-        if seed_model is not None:
-            seed = FifoGenerator(
-                seed_model, SEED_MODE, seed_settings(settings), "dry-run-seed", plan=cpu_plan
-            )
-            seed_clips = SeedClips(seed)
-        return FifoGenerator(model, r.mode, settings, "dry-run", plan=cpu_plan, seed_clips=seed_clips)
-
     budget = r.max_memory
-    if budget is None and r.device.startswith("cuda") and cuda().is_available():
-        budget, _ = cuda().mem_get_info(torch.device(r.device))  # free before the weights load
+    if budget is None and r.device.type == "cuda" and cuda().is_available():
+        budget, _ = cuda().mem_get_info(r.device)  # free before the weights load
     if r.plan_for is not None:
-        logger.info("plan: for %s", cuda().spec(torch.device(r.device)).describe())
-    plan = plan_run(build_generator, model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds_to_model)
-    plan.attention = (
-        r.attention if plan.attention == r.attention else f"{r.attention} (planned as {plan.attention})"
+        logger.info("plan: for %s", cuda().spec(r.device).describe())
+    plan = plan_run(
+        model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds_to_model, seed_model, cpu_plan
     )
+    if plan.attention != r.attention.value:
+        plan.attention = f"{r.attention} (planned as {plan.attention})"
     return _report(plan, r.settings)
 
 
@@ -87,8 +76,6 @@ def _dry_run_wan(r: RunRequest) -> int:
     sub-configs; a given diffusers folder is checked against them."""
     import time
 
-    import torch
-
     from fifo.plan import fake_tensors
     from fifo.wan_plan import plan_wan_run
     from infra.cuda_runtime import cuda
@@ -105,16 +92,16 @@ def _dry_run_wan(r: RunRequest) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    with fake_tensors(), torch.device(r.device):
+    with fake_tensors(), r.device:
         model = build_model(r.config)
         model.set_precision(r.settings.dtype.torch_dtype)
-        if r.device.startswith("cuda"):
+        if r.device.type == "cuda":
             model.offload_text_encoder()  # as a CUDA run loads it (lvdm.wan.model.load_wan)
     budget = r.max_memory
-    if budget is None and r.device.startswith("cuda") and cuda().is_available():
-        budget, _ = cuda().mem_get_info(torch.device(r.device))  # free before the weights load
+    if budget is None and r.device.type == "cuda" and cuda().is_available():
+        budget, _ = cuda().mem_get_info(r.device)  # free before the weights load
     if r.plan_for is not None:
-        logger.info("plan: for %s", cuda().spec(torch.device(r.device)).describe())
+        logger.info("plan: for %s", cuda().spec(r.device).describe())
     seconds = time.perf_counter() - start
     plan = plan_wan_run(model, r.mode, r.settings, r.jobs[0], r.device, budget, seconds)
     return _report(plan, r.settings)
@@ -139,7 +126,7 @@ def memory_advice(plan, settings: GenerationSettings) -> str:
     if settings.batched and 1 <= fitting < plan.window_batch:
         options.append(f"--window_batch {fitting}")
     half = plan.usable_bytes(plan.weights_bytes // 2)
-    if settings.dtype.value == "fp32" and activations / 2 <= half:
+    if settings.dtype is Precision.FP32 and activations / 2 <= half:
         options.append("--dtype fp16 (or bf16 from sm_80 on): weights and activations take half")
     if settings.batched and fixed + plan.per_window_bytes // 2 <= usable < fixed + plan.per_window_bytes:
         options.append("--sequential: one window and one guidance branch per call")

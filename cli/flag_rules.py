@@ -9,7 +9,7 @@ import logging
 import os
 
 from cli import LOGGER_NAME
-from cli.parser import build_parser
+from cli.parser import Parallelism
 from fifo.options import ModeOptions
 from infra.errors import UsageError
 
@@ -43,10 +43,11 @@ def check_contradictions(args: argparse.Namespace) -> None:
         logger.info("--allow_full_on_cpu applies to --random_init only (a checkpoint's model runs as asked)")
 
 
-def log_unused(args: argparse.Namespace, mode: ModeOptions, facts) -> None:
-    """One log line for each value given that this run does not read (``facts``: the model's)."""
+def log_unused(args: argparse.Namespace, defaults: argparse.Namespace, mode: ModeOptions, facts) -> None:
+    """One log line for each value given that this run does not read (``defaults``: every flag at
+    its default, ``facts``: the model's)."""
     given = {name: getattr(args, name) for name in ("qcache_weight", "fps", "save_state_every")}
-    given = {k: v for k, v in given.items() if v != build_parser().get_default(k)}
+    given = {k: v for k, v in given.items() if v != getattr(defaults, k)}
     if "qcache_weight" in given and mode.qcache is None:
         logger.info(
             "--qcache_weight %g is ignored: no Q-cache (TTqcache, STqcache) in --mode", args.qcache_weight
@@ -57,7 +58,7 @@ def log_unused(args: argparse.Namespace, mode: ModeOptions, facts) -> None:
         logger.info("--save_state_every does not apply to --dry_run, which saves nothing")
     if args.compile and args.dry_run:
         logger.info("--compile does not apply to --dry_run: the plan runs the U-Net as it is, uncompiled")
-    if args.parallel == "windows" and args.num_processes > 1 and "RANK" not in os.environ:
+    if args.parallel is Parallelism.WINDOWS and args.num_processes > 1 and "RANK" not in os.environ:
         logger.info(
             "--parallel windows splits each video's windows over torchrun's processes; --rank and "
             "--num_processes are ignored (every prompt runs here)"

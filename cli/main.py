@@ -12,7 +12,8 @@ import sys
 
 from cli.distributed import agree_on_errors, end_process_group, start_process_group
 from cli.dry_run import dry_run
-from cli.parser import build_parser
+from cli.messages import cli_message
+from cli.parser import Parallelism, build_parser
 from cli.request import build_request
 from cli.run import run
 from infra.cuda_runtime import emulated
@@ -57,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     """The command line after parsing (under ``--plan_for``'s emulation if given)."""
     several = start_process_group()
-    if several and args.parallel == "windows" and int(os.environ["RANK"]) != 0:
+    if several and args.parallel is Parallelism.WINDOWS and int(os.environ["RANK"]) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
     try:
         request, error = build_request(args), None
     except UserError as err:
-        request, error = None, f"error: {err}"
+        request, error = None, f"error: {cli_message(err)}"
     except KeyboardInterrupt:  # Ctrl-C while the inputs are checked: nothing was written yet
         print("stopped by SIGINT before the run started; nothing was written", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
 from cli.request import RunRequest
+from lvdm.modules.attention_kernels import AttentionBackend
 
 if TYPE_CHECKING:
     from lvdm.models.ddpm3d import LatentDiffusion
@@ -19,12 +20,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(LOGGER_NAME)
 
 
-def planned_attention(request: RunRequest) -> str:
+def planned_attention(request: RunRequest) -> AttentionBackend:
     """The attention backend a dry run plans with: on CUDA, SDPA runs fused kernels; on fake
     tensors without a GPU it would fall back to the math kernel and count the whole attention
     matrix, so the memory-efficient kernel stands in for it."""
     r = request
-    return "efficient" if r.device.startswith("cuda") and r.attention != "math" else r.attention
+    if r.device.type == "cuda" and r.attention is not AttentionBackend.MATH:
+        return AttentionBackend.EFFICIENT
+    return r.attention
 
 
 def run_models(

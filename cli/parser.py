@@ -6,20 +6,23 @@ import argparse
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from fifo.noise import NoiseOrder
 from fifo.options import (
-    MAIN_OPTIONS,
     MAX_NEW_VIDEO_LENGTH,
-    SUB_OPTIONS,
     Precision,
     TailFilter,
     TrickArguments,
+    mode_parts_help,
 )
 from fifo.seed_model import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
 from infra.cli_help import RawDescriptionDefaultsHelpFormatter
 from infra.cuda_runtime import GPUS
+from lvdm.modules.attention_kernels import AttentionBackend
 
 # The top of ``--help``: what the program does and a published command line.
 DESCRIPTION = """Long video generation with FIFO diagonal denoising on VideoCrafter.
@@ -32,15 +35,45 @@ Flow: arguments → options (mode, settings, prompts, outputs) → model → FIF
 Everything a user can get wrong is checked before the model is loaded.
 """
 
+
+class Parallelism(StrEnum):
+    """How the processes of a torchrun launch share the work (``--parallel``)."""
+
+    PROMPTS = "prompts"  # each rank makes its share of the prompt list's videos
+    WINDOWS = "windows"  # every rank takes part in every video: the windows of each iteration split
+
+
+# The --attention kernels a user picks (the memory-efficient one stands in for SDPA in CUDA plans).
+USER_ATTENTION = (AttentionBackend.SDPA, AttentionBackend.XFORMERS, AttentionBackend.MATH)
+
+
+def choice_of(members: Sequence[StrEnum]) -> dict[str, Any]:
+    """The ``type`` and ``choices`` of a flag whose text names one of ``members``: the text becomes
+    the member once, at parsing; other text is left as it is, for argparse's ``choices`` check to
+    name the valid values."""
+    by_value = {m.value: m for m in members}
+
+    def convert(text: str) -> StrEnum | str:
+        return by_value.get(text, text)
+
+    convert.__name__ = type(members[0]).__name__
+    return {"type": convert, "choices": list(by_value)}
+
+
 RESULTS = Path("results") / "videocraft_v2_fifo"
 DEFAULT_OUTPUT_ROOT = RESULTS / "random_noise"
 DEFAULT_CACHE_DIR = RESULTS / "latents"
 
 
 def _mode_parts_epilog() -> str:
-    mains = "\n".join(f"  {k:<13}{v}" for k, v in MAIN_OPTIONS.items())
-    subs = "\n".join(f"  {k:<13}{v}" for k, v in SUB_OPTIONS.items())
-    return f"--mode is {{main}}[_{{sub}}]..., e.g. t2v_TTqcache_attn1_unilatent\nmain:\n{mains}\nsub:\n{subs}"
+    return mode_parts_help("--mode is {main}[_{sub}]..., e.g. t2v_TTqcache_attn1_unilatent")
+
+
+def flag_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with every flag at its default: what a command line that gives none of them gets,
+    read from the parser's defaults (the command line is parsed once, not again for these)."""
+    parser = build_parser()
+    return argparse.Namespace(**{name: parser.get_default(name) for name in vars(args)})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_fps", type=int, default=10, help="frames per second of the written video")
     p.add_argument(
         "--parallel",
-        choices=("prompts", "windows"),
-        default="prompts",
+        **choice_of(list(Parallelism)),
+        default=Parallelism.PROMPTS,
         help="under torchrun: 'prompts' gives each rank its share of the prompt list; 'windows' "
         "splits the FIFO windows of every iteration of each video over the ranks (one video faster)",
     )
@@ -142,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window_batch", type=int, default=None, help="windows per U-Net call (default: auto)")
     p.add_argument("--sequential", action="store_true", help="published path: one window and branch per call")
     p.add_argument(
-        "--attention", choices=("sdpa", "xformers", "math"), default="sdpa", help="attention kernel"
+        "--attention",
+        **choice_of(USER_ATTENTION),
+        default=AttentionBackend.SDPA,
+        help="attention kernel",
     )
     p.add_argument(
         "--compile",
@@ -265,6 +301,7 @@ def add_ouroboros_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--subject_levels",
+        type=parse_levels,
         default=None,
         help="sacfa/srg: U-Net levels (0 = full latent size) that locate and use the subject (default 1,2)",
     )
@@ -332,6 +369,14 @@ def trick_arguments(args: argparse.Namespace) -> TrickArguments:
 
 _MEMORY_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _MEMORY_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """'1,2' → (1, 2) (argparse type of --subject_levels; the range is checked with the options)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of levels: use e.g. 1,2") from None
 
 
 def parse_memory(text: str) -> int:

@@ -13,13 +13,23 @@ from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
 from cli.flag_rules import check_contradictions, log_unused
-from cli.parser import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_ROOT, build_parser, parse_length, trick_arguments
+from cli.parser import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_OUTPUT_ROOT,
+    Parallelism,
+    flag_defaults,
+    parse_length,
+    trick_arguments,
+)
 from fifo.noise import NoiseOrder
 from fifo.options import GenerationSettings, ModeOptions, Precision, parse_mode
 from fifo.seed_model import SeedModelSpec
 from infra.errors import UsageError
+from lvdm.modules.attention_kernels import AttentionBackend
 
 if TYPE_CHECKING:
+    import torch
+
     from fifo.outputs import OutputLayout
     from fifo.prompts import PromptJob
 
@@ -39,14 +49,14 @@ class RunRequest:
     config: str
     ckpt_path: str | None
     random_init: bool
-    device: str
-    attention: str
+    device: torch.device
+    attention: AttentionBackend
     layout: OutputLayout
     overwrite: bool
     rank: int
     world: int
     torchrun: bool
-    parallel: str = "prompts"
+    parallel: Parallelism = Parallelism.PROMPTS
     dry_run: bool = False
     max_memory: int | None = None
     resume: bool = False
@@ -69,10 +79,10 @@ class RunRequest:
         return rank_jobs(self.jobs, self.parallel, self.rank, self.world)
 
 
-def rank_jobs(jobs: list[PromptJob], parallel: str, rank: int, world: int) -> list[PromptJob]:
+def rank_jobs(jobs: list[PromptJob], parallel: Parallelism, rank: int, world: int) -> list[PromptJob]:
     """The jobs a rank runs: every one with ``--parallel windows`` (every rank takes part in every
     video), else every ``world``-th from its ``rank`` (``--parallel prompts``)."""
-    return jobs if parallel == "windows" else jobs[rank::world]
+    return jobs if parallel is Parallelism.WINDOWS else jobs[rank::world]
 
 
 def run_model_id(
@@ -91,7 +101,7 @@ def run_model_id(
 def resolve_seed_model(args: argparse.Namespace, mode: ModeOptions, facts, settings) -> SeedModelSpec | None:
     """The text model that samples the seeded modes' base clips (``--seed_config``): given, or
     VideoCrafter2 by default for a family that cannot sample one (DynamiCrafter), else None."""
-    from fifo.families import check_seed_model
+    from fifo.family_rules import check_seed_model
     from fifo.seed_model import DEFAULT_SEED_CKPT, DEFAULT_SEED_CONFIG
     from lvdm.build import config_facts, load_config
 
@@ -139,7 +149,7 @@ def distributed_rank(args: argparse.Namespace) -> tuple[int, int, bool]:
     return args.rank, args.num_processes, False
 
 
-def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False) -> str:
+def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False) -> torch.device:
     """The device to run on; a clear error when CUDA is asked for and absent (a dry run plans for
     a device it does not need to have)."""
     import torch
@@ -154,7 +164,7 @@ def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False)
     except RuntimeError as err:
         raise UsageError(f"--device {requested}: not a device; use cuda, cuda:N or cpu") from err
     if device.type == "cuda" and dry_run and not runtime.is_available():
-        return "cuda" if device.index is None else str(device)
+        return device
     if device.type == "cuda":
         if not runtime.is_available():
             raise UsageError(
@@ -175,13 +185,13 @@ def resolve_device(requested: str | None, torchrun: bool, dry_run: bool = False)
                     "on one GPU; pass --device cuda (each process takes cuda:LOCAL_RANK)"
                 )
             if device.index is None:
-                return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+                return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     elif device.type != "cpu":
         raise UsageError(f"--device {requested}: only cuda and cpu are supported")
-    return str(device)
+    return device
 
 
-def settings_from_args(args: argparse.Namespace, facts, device: str) -> GenerationSettings:
+def settings_from_args(args: argparse.Namespace, facts, device: torch.device) -> GenerationSettings:
     """The run's settings; what the user left out comes from the model config ``facts``."""
     try:
         length = parse_length(args.new_video_length)
@@ -216,10 +226,12 @@ def settings_from_args(args: argparse.Namespace, facts, device: str) -> Generati
     )
 
 
-def _check_cpu_size(args: argparse.Namespace, device: str, cfg: dict, config: str | None = None) -> None:
+def _check_cpu_size(
+    args: argparse.Namespace, device: torch.device, cfg: dict, config: str | None = None
+) -> None:
     """Refuse a full-size model with random weights on a CPU: hours of work nobody asked for
     (``config``: the path of ``cfg``, default ``--config``)."""
-    if not args.random_init or not device.startswith("cpu") or args.allow_full_on_cpu or args.dry_run:
+    if not args.random_init or device.type != "cpu" or args.allow_full_on_cpu or args.dry_run:
         return
     from lvdm.build import count_parameters, resolve_config_path
 
@@ -237,11 +249,11 @@ def _check_cpu_size(args: argparse.Namespace, device: str, cfg: dict, config: st
         )
 
 
-def _check_plan_flags(args: argparse.Namespace) -> None:
+def _check_plan_flags(args: argparse.Namespace, device: torch.device) -> None:
     """--plan_for plans a dry run on a GPU; --max_memory is read by dry runs only."""
     if args.plan_for is not None and not args.dry_run:
         raise UsageError(f"--plan_for {args.plan_for} plans a dry run: add --dry_run")
-    if args.plan_for is not None and args.device is not None and not args.device.startswith("cuda"):
+    if args.plan_for is not None and args.device is not None and device.type != "cuda":
         raise UsageError(f"--plan_for {args.plan_for} plans for a GPU: drop --device {args.device}")
     if args.max_memory is not None and not args.dry_run:
         logger.warning(
@@ -249,13 +261,13 @@ def _check_plan_flags(args: argparse.Namespace) -> None:
         )
 
 
-def check_gpu_dtype(device: str, precision: Precision) -> None:
+def check_gpu_dtype(device: torch.device, precision: Precision) -> None:
     """bf16 on a GPU below sm_80 (T4, V100, RTX 20xx): no fused attention kernel takes it there,
     so attention would run as the math kernel and hold whole attention matrices. Refused before
     anything loads."""
     from infra.cuda_runtime import cuda
 
-    if precision is not Precision.BF16 or not device.startswith("cuda") or not cuda().is_available():
+    if precision is not Precision.BF16 or device.type != "cuda" or not cuda().is_available():
         return
     gpu = cuda().spec(device)
     if not gpu.fused_bf16_attention:
@@ -266,13 +278,13 @@ def check_gpu_dtype(device: str, precision: Precision) -> None:
         )
 
 
-def _check_attention(backend: str, device: str) -> None:
+def _check_attention(backend: AttentionBackend, device: torch.device) -> None:
     """xformers: CUDA only and optional; found out now, not at the first attention call."""
-    if backend != "xformers":
+    if backend is not AttentionBackend.XFORMERS:
         return
     from lvdm.modules.attention import xformers_available
 
-    if not device.startswith("cuda"):
+    if device.type != "cuda":
         raise UsageError(f"--attention xformers runs on CUDA only, not on {device}: use --attention sdpa")
     if not xformers_available():
         raise UsageError(
@@ -292,12 +304,12 @@ def _check_attention(backend: str, device: str) -> None:
         )
 
 
-def _check_flow_flags(args: argparse.Namespace, family: str) -> None:
+def _check_flow_flags(args: argparse.Namespace, defaults: argparse.Namespace, family: str) -> None:
     """The flags that drive the U-Net's machinery, refused on a flow-matching model with the reason."""
     refused = {
         "--compile": (args.compile, "it compiles the U-Net (fifo/compile.py), which this model has not"),
         "--attention xformers": (
-            args.attention == "xformers",
+            args.attention is AttentionBackend.XFORMERS,
             "the transformer runs diffusers' own attention; leave --attention out",
         ),
         "--seed_config": (
@@ -308,11 +320,11 @@ def _check_flow_flags(args: argparse.Namespace, family: str) -> None:
     for flag, (given, reason) in refused.items():
         if given:
             raise UsageError(f"{flag} does not apply to {args.config} ({family}): {reason}")
-    if args.eta != build_parser().get_default("eta"):
+    if args.eta != defaults.eta:
         logger.info("--eta does not apply to %s: its flow steps are deterministic Euler steps", family)
 
 
-def _check_resumable(jobs, layout, mode, settings, model_id: str, device: str) -> frozenset[int]:
+def _check_resumable(jobs, layout, mode, settings, model_id: str, device: torch.device) -> frozenset[int]:
     """For --resume: the jobs whose video is complete (skipped), and a usage error when a saved
     state was made with other arguments (naming what differs) or is damaged (a
     :class:`~fifo.resume.StateError` saying what the user can do; nothing is deleted)."""
@@ -342,7 +354,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         UsageError, ModeError, ValueError (PromptFileError, ConfigError, OutputError): the message
         names the problem and the fix.
     """
-    from fifo.families import check_model_fits
+    from fifo.family_rules import check_model_fits
     from fifo.outputs import OutputLayout, check_not_overwriting, check_writable_folder, experiment_name
     from fifo.prompts import parse_prompt_file, safe_name
     from lvdm.build import config_facts, load_config
@@ -359,28 +371,29 @@ def build_request(args: argparse.Namespace) -> RunRequest:
 
         check_subject_in_prompts(mode.subject.phrase, jobs)
     rank, world, torchrun = distributed_rank(args)
-    _check_plan_flags(args)
     device = resolve_device(args.device, torchrun, args.dry_run)
+    _check_plan_flags(args, device)
     cfg = load_config(args.config)
     facts = config_facts(cfg)
     settings = settings_from_args(args, facts, device)
-    if settings.dtype.value == "fp16" and device.startswith("cpu"):
+    given_none = flag_defaults(args)  # every flag at its default: what the user changed is named
+    if settings.dtype is Precision.FP16 and device.type == "cpu":
         raise UsageError(
             "--dtype fp16 on a CPU: PyTorch's CPU kernels do not all run (or run fast) in fp16; "
             "use --dtype bf16 or fp32 there"
         )
     check_gpu_dtype(device, settings.dtype)
     if facts.family.flow_matching:
-        _check_flow_flags(args, facts.family.name)
+        _check_flow_flags(args, given_none, facts.family.name)
     seed_model = resolve_seed_model(args, mode, facts, settings)
-    log_unused(args, mode, facts)
+    log_unused(args, given_none, mode, facts)
     check_model_fits(facts, mode, settings, args.config, None if seed_model is None else seed_model.config)
     _check_cpu_size(args, device, cfg)
     if seed_model is not None:
         _check_cpu_size(args, device, load_config(seed_model.config), seed_model.config)
     _check_attention(args.attention, device)
 
-    defaults = settings_from_args(build_parser().parse_args(["-p", args.prompt_file]), facts, device)
+    defaults = settings_from_args(given_none, facts, device)
     # A story sets its own length: -l does not shape its video, so it does not name it either.
     named = (
         replace(settings, new_video_length=defaults.new_video_length)
@@ -395,7 +408,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
     check_writable_folder(root)
     if not args.output_dir:
         check_writable_folder(cache_dir, flag="the cache folder")
-    if args.parallel == "windows" and not torchrun:
+    if args.parallel is Parallelism.WINDOWS and not torchrun:
         logger.info("--parallel windows without torchrun: one process computes every window")
     my_jobs = rank_jobs(jobs, args.parallel, rank, world)
     if args.save_state_every is not None and args.save_state_every < 1:

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
 from cli.distributed import end_process_group, summarize_ranks, window_group
+from cli.messages import cli_message
 from cli.models import run_models
+from cli.parser import Parallelism
 from cli.request import RunRequest
 from infra.cuda_runtime import bind_device
 from infra.errors import UserError
@@ -127,7 +129,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     from fifo.outputs import create_folder
     from fifo.parallel import PeerFailed, shares_text
     from fifo.perf import tune_cpu_allocator
-    from fifo.resume import Durability, RunInterrupted, state_folder
+    from fifo.resume import ResumeOptions, RunInterrupted, state_folder
     from fifo.state import NonFiniteError
     from fifo.wan_generator import generator_class
 
@@ -136,7 +138,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
     if device.type == "cpu":
         tune_cpu_allocator()  # large tensors reuse heap memory instead of fresh page-faulting mmaps
     several = r.torchrun and r.world > 1
-    group = window_group(r) if several and r.parallel == "windows" else None
+    group = window_group(r) if several and r.parallel is Parallelism.WINDOWS else None
     # --parallel windows: every rank takes part in every video, in rank 0's view of what is done.
     my_jobs = r.my_jobs
     done = r.done if group is None else group.broadcast_object(r.done)
@@ -164,7 +166,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
         if group is None or group.is_writer:
             create_folder(r.layout.root)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {cli_message(err)}", file=sys.stderr)
         return 2
 
     if group is not None:
@@ -179,7 +181,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
             r.rank, r.world, len(my_jobs), len(r.jobs), r.mode.name, r.layout.experiment, r.device,
         )  # fmt: skip
     results = []
-    durability = Durability(
+    resume_options = ResumeOptions(
         resume=r.resume, save_every_frames=r.save_state_every, stop_requested=stop.requested
     )
     with torch.inference_mode(), contextlib.closing(generator):
@@ -188,9 +190,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
                 logger.info("--resume: %s is complete already, skipped", r.layout.video_path(job))
                 continue
             try:
-                result = generator.run(
-                    job, r.layout.root, r.layout.experiment, r.layout.cache_dir, durability
-                )
+                result = generator.run(job, r.layout, resume_options)
             except NonFiniteError as err:
                 print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
                 return 1
@@ -198,7 +198,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
                 print(f"error: rank {r.rank}: {err}", file=sys.stderr)
                 return 1
             except UserError as err:  # found only now (a saved state that cannot be resumed): exit 2
-                print(f"error: {err}", file=sys.stderr)
+                print(f"error: {cli_message(err)}", file=sys.stderr)
                 return 2
             except RunInterrupted as stopped:
                 if group is None or group.is_writer:
@@ -219,7 +219,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
                 result.video_path,
                 " (cached base clip)" if result.base_clip_cached else "",
             )
-    if several and r.parallel == "prompts":
+    if several and r.parallel is Parallelism.PROMPTS:
         summarize_ranks(r, results)
     end_process_group()
     return 0

@@ -23,17 +23,17 @@ from torch import Tensor
 from fifo.clip_cache import ClipCache
 from fifo.conditioning import VideoConditioning, with_image_tokens
 from fifo.ddim import sample_ddim
-from fifo.families import check_model_fits, frame_value
+from fifo.family_rules import check_model_fits, frame_value
 from fifo.guidance import CFGDenoiser, ModelDenoiser, image_latent
 from fifo.noise import NoiseOrder, NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions, Precision
-from fifo.outputs import VideoPaths
+from fifo.outputs import OutputLayout, VideoPaths
 from fifo.parallel import DistributedWindows, PeerFailed, RankGroup, share_state
 from fifo.perf import FastPathPlan, ShardedDenoiser, apply_execution, auto_window_batch, plan_fast_path
 from fifo.plan import window_memory
 from fifo.prompts import PromptJob
 from fifo.resume import (
-    Durability,
+    ResumeOptions,
     RunInterrupted,
     StateSaver,
     StateStore,
@@ -211,11 +211,9 @@ class FifoGenerator:
         return conditioning, image_tokens
 
     def noise_sources(self) -> tuple[NoiseSource, NoiseSource]:
-        """The base clip's and the FIFO queue's noise sources for the next video.
-
-        Default: two fresh streams seeded from ``--seed``, so that a cached base clip gives the
-        same video as a freshly sampled one. ``--rng published``: the process's one stream.
-        """
+        """The base clip's and the FIFO queue's noise sources for the next video: two fresh streams
+        seeded from ``--seed`` (a cached base clip gives the same video as a freshly sampled one);
+        ``--rng published``: the process's one stream."""
         s = self.settings
         if s.rng is NoiseOrder.PUBLISHED:
             if self._published_noise is None:
@@ -227,11 +225,8 @@ class FifoGenerator:
         )
 
     def cache_key(self, job: PromptJob, noise: NoiseSource | None = None) -> dict:
-        """Everything that changes the base clip's noise and latent (see :func:`base_clip_key`).
-
-        With ``--rng published`` the stream's state before the base clip is part of it (a
-        second prompt starts where the first left the stream).
-        """
+        """Everything that changes the base clip's noise and latent (:func:`base_clip_key`); with
+        ``--rng published`` also the stream's state before it (a second prompt starts where the first left it)."""
         published = self.settings.rng is NoiseOrder.PUBLISHED
         rng = {"rng": noise.fingerprint()} if published and noise is not None else {}
         return rng | base_clip_key(job, self.mode, self.settings, self.model_id, self.device)
@@ -289,9 +284,7 @@ class FifoGenerator:
             base, cached = self.base_clip(job, cond, cache_dir, base_noise)
             base_video = self.sampler.decode(base)
         check_finite(base_video, "the decoded base clip")
-        with VideoWriter(exp_dir / "origin.gif", fps=self.settings.output_fps) as origin:
-            for frame in to_uint8_frames(base_video):
-                origin.write(frame)
+        self.keep_base_clip(base, base_video, exp_dir)
         seed_latent = None
         if self.mode.seeds_image:
             image_tokens = self.sampler.image_tokens(base_video[:, :, 0])
@@ -299,24 +292,29 @@ class FifoGenerator:
             seed_latent = self.sampler.image_latent(base_video[:, :, 0])  # None but for hybrid families
         return self.sampler.initial_state(base, fifo_noise, image_tokens, seed_latent), cached
 
+    def keep_base_clip(self, latents: Tensor, video: Tensor, folder: Path) -> None:
+        """The base clip leaving the device: latents (1, c, f, h, w), frames (1, 3, f, H, W) → origin.gif."""
+        with VideoWriter(folder / "origin.gif", fps=self.settings.output_fps) as origin:
+            for frame in to_uint8_frames(video):
+                origin.write(frame)
+
     def run(
         self,
         job: PromptJob,
-        output_root: Path,
-        experiment: str,
-        cache_dir: Path | None = None,
-        durability: Durability | None = None,
+        layout: OutputLayout,
+        resume_options: ResumeOptions | None = None,
         sinks: Sequence[FrameSink] | None = None,
     ) -> GenerationResult:
-        """Generate one video under ``output_root/<prompt folder>/``; base latents cached in ``cache_dir``.
+        """Generate one video where ``layout`` puts it (``layout.paths(job)``); base latents cached
+        in ``layout.clip_cache``.
 
-        With ``durability`` the state is saved as the run goes (and restored with ``resume``), and
-        the run stops cleanly when ``durability.stop_requested()`` (raising :class:`RunInterrupted`).
+        With ``resume_options`` the state is saved as the run goes (and restored with ``resume``), and
+        the run stops cleanly when ``resume_options.stop_requested()`` (raising :class:`RunInterrupted`).
         With several ranks (``group``) every rank runs this; rank 0 alone samples the base clip,
         writes the files and the state, and shares what the others need. ``sinks`` replace the
         default ones (the video file, and the PNG frames with ``save_frames``).
         """
-        frames = self.stream(job, output_root, experiment, cache_dir, durability, sinks)
+        frames = self.stream(job, layout, resume_options, sinks)
         while True:
             try:
                 next(frames)
@@ -326,18 +324,16 @@ class FifoGenerator:
     def stream(
         self,
         job: PromptJob,
-        output_root: Path,
-        experiment: str,
-        cache_dir: Path | None = None,
-        durability: Durability | None = None,
+        layout: OutputLayout,
+        resume_options: ResumeOptions | None = None,
         sinks: Sequence[FrameSink] | None = None,
     ) -> Generator[np.ndarray, None, GenerationResult]:
         """:meth:`run` as it goes: yields every output frame (H, W, 3) uint8 after the sinks took it
         (on the writer; the other ranks yield nothing), and returns the :class:`GenerationResult`."""
         start = time.perf_counter()
         self._log_path_once()
-        paths = VideoPaths.of(job, output_root, experiment, self.settings.use_mp4)
-        store = self.state_store(job, paths, durability)
+        paths = layout.paths(job)
+        store = self.state_store(job, paths, resume_options)
         try:
             conditioning, image_tokens = self.conditioning(job, image=self.is_writer)
         except Exception as err:
@@ -345,13 +341,19 @@ class FifoGenerator:
                 raise
             self.group.settle(err)  # the other ranks stop too; raises err
         state, saved_frames, cached = self.first_state(
-            job, conditioning, image_tokens, store, durability, cache_dir or output_root / "latents", paths
+            job,
+            conditioning,
+            image_tokens,
+            store,
+            resume_options,
+            layout.clip_cache,
+            paths,
         )
         sinks = self.default_sinks(paths) if sinks is None else list(sinks)
         saver = (
             None
             if store is None
-            else StateSaver(store, durability.save_every_frames, durability.save_every_seconds)
+            else StateSaver(store, resume_options.save_every_frames, resume_options.save_every_seconds)
         )
         with contextlib.ExitStack() as stack:
             for sink in sinks:
@@ -360,7 +362,7 @@ class FifoGenerator:
             for index, frame in enumerate(saved_frames):  # the frames before the interruption
                 for sink in sinks:
                     sink.write(index, frame)
-            yield from self.loop(state, conditioning, sinks, saver, durability, paths)
+            yield from self.loop(state, conditioning, sinks, saver, resume_options, paths)
         if store is not None:  # complete: no state, no partial video of an earlier interruption
             store.remove()
             partial_video_path(paths.video).unlink(missing_ok=True)
@@ -380,7 +382,7 @@ class FifoGenerator:
             self._path_description = None  # once per process
 
     def state_store(
-        self, job: PromptJob, paths: VideoPaths, durability: Durability | None
+        self, job: PromptJob, paths: VideoPaths, resume_options: ResumeOptions | None
     ) -> StateStore | None:
         """The writer's preparation of the video's folder: temporary files of a killed run
         removed, and the state folder when the run saves its state (else None)."""
@@ -388,7 +390,7 @@ class FifoGenerator:
             return None
         for stale in stale_temporary_files(paths.video):  # left by a killed run
             stale.unlink()
-        if durability is None:
+        if resume_options is None:
             return None
         fingerprint = resume_fingerprint(
             job, self.mode, self.settings, self.model_id, self.device, paths.video
@@ -401,7 +403,7 @@ class FifoGenerator:
         conditioning: VideoConditioning,
         image_tokens: Tensor | None,
         store: StateStore | None,
-        durability: Durability | None,
+        resume_options: ResumeOptions | None,
         cache_dir: Path,
         paths: VideoPaths,
     ) -> tuple[FifoState, list[np.ndarray], bool]:
@@ -412,7 +414,7 @@ class FifoGenerator:
         try:
             if self.is_writer:
                 resumed = None
-                if store is not None and durability.resume:
+                if store is not None and resume_options.resume:
                     base_clip = paths.folder / "origin.gif"
                     resumed = store.resume(self.noise_sources()[1], self.device, base_clip, paths.video)
                 if resumed is not None:
@@ -445,7 +447,7 @@ class FifoGenerator:
         conditioning: VideoConditioning,
         sinks: Sequence[FrameSink],
         saver: StateSaver | None,
-        durability: Durability | None,
+        resume_options: ResumeOptions | None,
         paths: VideoPaths,
     ) -> Iterator[np.ndarray]:
         """The FIFO loop with the sinks, the state saver, the progress and the stop request around
@@ -485,7 +487,7 @@ class FifoGenerator:
                     if self.group is None or isinstance(err, PeerFailed):
                         raise
                     self.group.settle(err)  # the other ranks learn it at the end of this iteration
-                stop = durability is not None and durability.stop_requested()
+                stop = resume_options is not None and resume_options.stop_requested()
                 if self.group is not None:
                     stop = self.group.settle(None, stop)  # every rank stops after the same iteration
                 if stop and state.iteration < total:

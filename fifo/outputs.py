@@ -74,26 +74,37 @@ def experiment_name(mode: ModeOptions, settings: GenerationSettings, defaults: G
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """The files of a run.
+    """The files of a run: what the command line (or the Python API) hands the generator, which
+    asks it for each video's :class:`VideoPaths`.
 
     Attributes:
         root: the output root.
         experiment: the experiment name (file and folder name of every video of the run).
-        cache_dir: where base clips are cached.
+        cache_dir: where base clips are cached (None: ``<root>/latents``).
         suffix: ``.gif`` or ``.mp4``.
     """
 
     root: Path
     experiment: str
-    cache_dir: Path
+    cache_dir: Path | None = None
     suffix: str = ".gif"
 
+    @property
+    def clip_cache(self) -> Path:
+        """The folder of the base-clip cache."""
+        return self.cache_dir if self.cache_dir is not None else self.root / "latents"
+
+    def paths(self, job: PromptJob) -> VideoPaths:
+        """Where the video of ``job`` and its folder go."""
+        prompt_dir = self.root / job.folder_name
+        return VideoPaths(prompt_dir / f"{self.experiment}{self.suffix}", prompt_dir / self.experiment)
+
     def video_path(self, job: PromptJob) -> Path:
-        return self.root / job.folder_name / f"{self.experiment}{self.suffix}"
+        return self.paths(job).video
 
     def experiment_dir(self, job: PromptJob) -> Path:
         """The folder of the base clip, the PNG frames and other per-video files."""
-        return self.root / job.folder_name / self.experiment
+        return self.paths(job).folder
 
     def existing_outputs(self, jobs: list[PromptJob]) -> list[Path]:
         """The videos and experiment folders of ``jobs`` that already exist."""
@@ -108,11 +119,6 @@ class VideoPaths:
 
     video: Path
     folder: Path
-
-    @classmethod
-    def of(cls, job: PromptJob, output_root: Path, experiment: str, mp4: bool) -> VideoPaths:
-        prompt_dir = output_root / job.folder_name
-        return cls(prompt_dir / f"{experiment}{'.mp4' if mp4 else '.gif'}", prompt_dir / experiment)
 
 
 def check_writable_folder(path: Path, flag: str = "--output_dir") -> None:

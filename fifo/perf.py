@@ -336,12 +336,12 @@ def cuda_windows_that_fit(memory: WindowMemory, free_bytes: int) -> int:
 
 
 def planned_window_batch(
-    n_windows: int, memory: WindowMemory, budget_bytes: int, weight_bytes: int, device: str
+    n_windows: int, memory: WindowMemory, budget_bytes: int, weight_bytes: int, device: torch.device
 ) -> int:
     """Windows per call that a plan with a memory budget picks, in [1, n_windows]: on CUDA by the
     rule of a real run's automatic window batch (:func:`cuda_windows_that_fit`), elsewhere what
     fits next to the weights."""
-    if device.startswith("cuda"):
+    if device.type == "cuda":
         fitting = cuda_windows_that_fit(memory, budget_bytes - weight_bytes)
     else:
         fitting = (budget_bytes - weight_bytes - memory.fixed_bytes) // memory.per_window_bytes

@@ -24,8 +24,10 @@ import torch
 
 from fifo.generator import FifoGenerator
 from fifo.options import GenerationSettings, Precision, TrickArguments, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.prompts import PromptJob
 from lvdm.build import config_facts, load_config, load_model, model_identity
+from lvdm.modules.attention_kernels import AttentionBackend
 
 
 class FifoPipeline:
@@ -48,14 +50,14 @@ class FifoPipeline:
         ckpt: str | Path | None = None,
         *,
         dtype: str | Precision | None = None,
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
         random_init: bool = False,
         seed: int = GenerationSettings.seed,
-        attention: str = "sdpa",
+        attention: AttentionBackend | str = AttentionBackend.SDPA,
     ) -> FifoPipeline:
         """Load ``config`` with the weights of ``ckpt`` (or random ones, seeded by ``seed``, with
         ``random_init``) on ``device`` in ``dtype`` (default: fp32 on a CPU, fp16 on CUDA), with the
-        ``attention`` kernel (``sdpa``, ``xformers``, ``math``), as ``--config``, ``--ckpt_path``,
+        ``attention`` kernel (an ``AttentionBackend`` or its value: ``sdpa``, ``xformers``, ``math``), as ``--config``, ``--ckpt_path``,
         ``--dtype``, ``--device``, ``--random_init``, ``--seed`` and ``--attention`` do.
 
         Raises:
@@ -119,7 +121,10 @@ class FifoPipeline:
         generator = FifoGenerator(self.model, parse_mode(mode, tricks=tricks), run_settings, self.model_id)
         output_dir = Path(output_dir)
         with contextlib.closing(generator), torch.inference_mode():
-            yield from generator.stream(job, output_dir, experiment, output_dir / "latents")
+            suffix = ".mp4" if run_settings.use_mp4 else ".gif"
+            yield from generator.stream(
+                job, OutputLayout(output_dir, experiment, output_dir / "latents", suffix)
+            )
 
     def generate(self, prompt: str, **kwargs: Any) -> np.ndarray:
         """The whole video of :meth:`frames` (same arguments): (t, H, W, 3) uint8."""

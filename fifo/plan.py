@@ -1,14 +1,13 @@
-"""Plan a run before it starts: its stages run once on fake tensors on the target device.
+"""What a planned run is made of: fake tensors, the activation memory of a window, and the plan.
 
-PyTorch's ``FakeTensorMode`` makes tensors that carry shape, dtype and device but no data: the
-generator's own code runs on them (text encoding, a base-clip DDIM step with guidance, one whole
-FIFO iteration as the generator runs it, the shift, a decode, the image embedding) in seconds,
-also for a GPU that is not present, and any device or dtype mismatch raises as it would on
-the GPU. :class:`~infra.memory.LiveTensorBytes` counts the memory the stages hold at their peak
-and ``torch.utils.flop_counter.FlopCounterMode`` the FLOPs of an output frame.
+PyTorch's ``FakeTensorMode`` makes tensors that carry shape, dtype and device but no data: a
+run executes on them in seconds (:mod:`fifo.dry_run`), also for a GPU that is not present, and
+any device or dtype mismatch raises as it would on the GPU. :class:`RunPlan` is what that
+execution measured (``--dry_run`` prints it).
 
-The same measurement, one batched U-Net call of one and of two windows, gives the activation
-memory per window that :func:`fifo.perf.auto_window_batch` divides the free memory by.
+One batched U-Net call of one and of two windows on fake tensors gives the activation memory
+per window (:func:`window_memory`) that :func:`fifo.perf.auto_window_batch` divides the free
+memory by.
 """
 
 from __future__ import annotations
@@ -18,26 +17,20 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import os
-import time
 import weakref
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode, maybe_get_fake_mode
-from torch.utils.flop_counter import FlopCounterMode
 
 from fifo.conditioning import with_image_tokens
 from fifo.guidance import CFGDenoiser, ModelDenoiser
-from fifo.miga_cost import cost_lines, miga_costs
-from fifo.noise import NoiseSource
-from fifo.options import GenerationSettings, ModeOptions
-from fifo.perf import WindowMemory, planned_window_batch, usable_cuda_bytes
-from fifo.prompts import PromptJob
+from fifo.miga_cost import cost_lines
+from fifo.perf import WindowMemory, usable_cuda_bytes
 from infra.memory import LiveTensorBytes
 
 logger = logging.getLogger(__name__)
@@ -215,9 +208,9 @@ def _write_window_memory(path: Path, memory: WindowMemory) -> None:
 class RunPlan:
     """What a run will need, from its stages run once on fake tensors."""
 
-    device: str
+    device: torch.device
     dtype: str
-    attention: str
+    attention: str  # the attention kernel, as the plan reports it
     window_batch: int  # windows per U-Net call on the batched path (1 on --sequential)
     windows: int
     unet_calls_per_frame: int
@@ -239,7 +232,7 @@ class RunPlan:
         if self.budget_bytes is None:
             return None
         free = self.budget_bytes - (self.weights_bytes if weights_bytes is None else weights_bytes)
-        return usable_cuda_bytes(free) if self.device.startswith("cuda") else free
+        return usable_cuda_bytes(free) if self.device.type == "cuda" else free
 
     @property
     def fits(self) -> bool | None:
@@ -251,6 +244,7 @@ class RunPlan:
     def json(self) -> dict[str, Any]:
         """The plan as one JSON object (the dry run's last line)."""
         out = asdict(self)
+        out["device"] = str(self.device)
         out["usable_bytes"] = self.usable_bytes()
         out["fits"] = self.fits
         return out
@@ -268,7 +262,7 @@ class RunPlan:
                 f"{usable / gib:.2f} GiB"
                 + (
                     ", keeping 15 % of the free memory and 512 MiB for workspaces"
-                    if self.device.startswith("cuda")
+                    if self.device.type == "cuda"
                     else ""
                 )
                 + ")"
@@ -285,115 +279,3 @@ class RunPlan:
             "stages: " + ", ".join(f"{k} {tuple(v)}" for k, v in self.stage_shapes.items()),
             *cost_lines(self.miga),
         ]
-
-
-def run_stages(
-    generator: Any, job: PromptJob, noise: NoiseSource, frame_flops: FlopCounterMode | None = None
-) -> dict[str, Tensor]:
-    """One step of every stage of ``job`` through the generator's own code, as a run takes them.
-
-    Returns each stage's output: ``text``, ``image_tokens`` (i2v and seeding), ``base_step`` (one
-    DDIM step of the base clip, with guidance), ``decode`` (one frame), ``fifo_queue`` (the queue
-    after one FIFO iteration and the shift), ``fifo_latent`` (the dequeued latent).
-    ``frame_flops`` counts what one output frame costs: the FIFO iteration and its frame's decode.
-    """
-    conditioning, image_tokens = generator.conditioning(job)
-    out: dict[str, Tensor] = {"text": conditioning.texts}
-    seed_clips = getattr(generator, "seed_clips", None)
-    if seed_clips is not None:  # the text model's base clip, encoded by this model (fifo.seed_clips)
-        frames = seed_clips.first_step(job, noise)
-        base = generator.model.encode_first_stage_2DAE(frames)
-        frame = frames[:, :, :1]
-    else:
-        cond = with_image_tokens(conditioning.first_text, image_tokens)
-        _, base = generator.sample_base_clip(cond, noise, steps=1)
-        frame = generator.sampler.decode(base[:, :, :1])
-    out["base_step"] = base
-    out["decode"] = frame
-    seed_latent = None
-    if generator.mode.seeds_image:
-        image_tokens = generator.sampler.image_tokens(frame[:, :, 0])
-        seed_latent = generator.sampler.image_latent(frame[:, :, 0])
-    if image_tokens is not None:
-        out["image_tokens"] = image_tokens
-    state = generator.sampler.initial_state(base, noise, image_tokens, seed_latent)
-    with frame_flops if frame_flops is not None else contextlib.nullcontext():
-        tricks = getattr(generator, "tricks", None)
-        video = tricks.for_video(generator.model, job.prompts, conditioning.texts) if tricks else None
-        with video if video is not None else contextlib.nullcontext():
-            step = generator.sampler.step(state, conditioning)
-        generator.sampler.decode(step.latent)
-    out["fifo_queue"] = state.queue
-    out["fifo_latent"] = step.latent
-    return out
-
-
-def plan_run(
-    build_generator: Any,
-    model: nn.Module,
-    mode: ModeOptions,
-    settings: GenerationSettings,
-    job: PromptJob,
-    device: str,
-    budget_bytes: int | None,
-    seconds_to_model: float,
-) -> RunPlan:
-    """Run every stage once on fake tensors and measure what the run needs.
-
-    Args:
-        build_generator: ``settings → FifoGenerator`` for ``model`` (built on fake tensors).
-        model: the model, built on fake tensors on ``device`` in the run's dtype.
-        settings: the run's settings; a ``window_batch`` of None means as many windows per call as
-            ``budget_bytes`` allows (all of them without a budget).
-        budget_bytes: the device memory the run may use, or None.
-        seconds_to_model: time spent so far (model built, checkpoint checked); the generator's set-up
-            (unconditional context, processors) is added for the time to the first step.
-    """
-    geometry = mode.queue_geometry(settings.geometry)
-    n_windows = len(geometry.windows())
-    latent_hw = (settings.height // model.vae_scale, settings.width // model.vae_scale)
-    guided = settings.guidance != 1.0
-    weights = weight_bytes(model)
-    fake = fake_mode_of(model)
-    window_batch = 1 if not settings.batched else (settings.window_batch or n_windows)
-    start = time.perf_counter()
-    with fake, torch.no_grad():
-        # The model set up as the run will (processors, execution plan); then a window measured.
-        generator = build_generator(replace(settings, window_batch=window_batch))
-    seconds_to_first_step = seconds_to_model + time.perf_counter() - start
-    seed_clips = getattr(generator, "seed_clips", None)
-    if seed_clips is not None:  # the seeded modes' text model is loaded next to this one
-        weights += weight_bytes(seed_clips.generator.model)
-    per_window = window_memory(model, geometry.video_length, latent_hw, guided, n_windows)
-    if settings.batched and settings.window_batch is None and budget_bytes is not None:
-        fitting = planned_window_batch(n_windows, per_window, budget_bytes, weights, device)
-        if fitting != window_batch:
-            window_batch = fitting
-            with fake, torch.no_grad():
-                generator = build_generator(replace(settings, window_batch=window_batch))
-    with fake, torch.no_grad():
-        noise = NoiseSource(UnseededStream(device))
-        tracker = LiveTensorBytes()
-        flops = FlopCounterMode(display=False)
-        with tracker:
-            outputs = run_stages(generator, job, noise, flops)
-    if settings.batched:
-        calls = math.ceil(n_windows / window_batch)
-    else:
-        calls = n_windows * (2 if guided else 1)
-    return RunPlan(
-        device=device,
-        dtype=settings.dtype.value,
-        attention=model.unet.attention_backend,
-        window_batch=window_batch,
-        windows=n_windows,
-        unet_calls_per_frame=calls,
-        tflop_per_frame=flops.get_total_flops() / 1e12,
-        peak_memory_bytes=weights + tracker.peak,
-        weights_bytes=weights,
-        per_window_bytes=per_window.per_window_bytes,
-        seconds_to_first_step=seconds_to_first_step,
-        stage_shapes={k: list(v.shape) for k, v in outputs.items()},
-        budget_bytes=budget_bytes,
-        miga=miga_costs(mode, geometry, model.channels * latent_hw[0] * latent_hw[1] * 4),
-    )

@@ -113,8 +113,8 @@ def partial_video_path(video_path: Path) -> Path:
 
 
 @dataclass
-class Durability:
-    """How a run survives interruption (what the CLI asks of :meth:`FifoGenerator.run`).
+class ResumeOptions:
+    """How a run saves its state and resumes from it (what the CLI asks of :meth:`FifoGenerator.run`).
 
     Attributes:
         resume: continue from a saved state when there is one that matches.

@@ -52,12 +52,5 @@ class SeedClips:
         latents, cached = g.base_clip(job, conditioning.first_text, cache_dir, noise)
         return g.sampler.decode(latents), cached
 
-    def first_step(self, job: PromptJob, noise: NoiseSource) -> Tensor:
-        """One DDIM step of the job's base clip, decoded (a dry run plans with it): (1, 3, f, H, W)."""
-        g = self.generator
-        conditioning, _ = g.conditioning(job)
-        _, latents = g.sample_base_clip(conditioning.first_text, noise, steps=1)
-        return g.sampler.decode(latents)
-
     def close(self) -> None:
         self.generator.close()

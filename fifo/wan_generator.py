@@ -1,7 +1,7 @@
 """One prompt → one long video on Wan2.1: text, base clip, the FIFO loop over the flow, frames out.
 
 :class:`WanGenerator` is the Wan family's counterpart of :class:`fifo.generator.FifoGenerator`,
-with the same ``run(job, output_root, experiment, cache_dir, durability)`` and ``close()``: the
+with the same ``run(job, layout, resume_options)`` and ``close()``: the
 command line picks it for a flow-matching model (:func:`generator_class`). Its stages: the UMT5
 text tokens of the prompt or of each scene; the base clip sampled as WanPipeline samples it
 (:func:`fifo.flow.sample_flow`, cached on disk under :func:`fifo.resume.base_clip_key`); the
@@ -20,16 +20,17 @@ import torch
 from torch import Tensor
 
 from fifo.clip_cache import ClipCache
-from fifo.families import check_model_fits
+from fifo.family_rules import check_model_fits
 from fifo.flow import FlowSchedule, sample_flow
 from fifo.generator import FifoGenerator, GenerationResult
 from fifo.guidance import CFGDenoiser
 from fifo.noise import NoiseSource, derived_seed
 from fifo.options import GenerationSettings, ModeOptions
+from fifo.outputs import OutputLayout
 from fifo.parallel import DistributedWindows, RankGroup, share_state
 from fifo.prompts import PromptJob
 from fifo.resume import (
-    Durability,
+    ResumeOptions,
     RunInterrupted,
     StateSaver,
     StateStore,
@@ -71,7 +72,7 @@ class WanGenerator:
 
     Args:
         model: the :class:`~lvdm.wan.model.WanModel`.
-        mode: the parsed ``--mode`` (checked: what Wan runs, :func:`fifo.families.check_family_mode`).
+        mode: the parsed ``--mode`` (checked: what Wan runs, :func:`fifo.family_rules.check_family_mode`).
         settings: sampling/output settings; lengths in video frames, ``video_length`` in latent frames.
         model_id: fingerprint of the weights, for the cache and the saved state.
         group: the ranks that share each video's windows (``--parallel windows``), or None.
@@ -157,23 +158,20 @@ class WanGenerator:
     def run(
         self,
         job: PromptJob,
-        output_root: Path,
-        experiment: str,
-        cache_dir: Path | None = None,
-        durability: Durability | None = None,
+        layout: OutputLayout,
+        resume_options: ResumeOptions | None = None,
     ) -> GenerationResult:
-        """Generate one video under ``output_root/<prompt folder>/`` (see FifoGenerator.run)."""
+        """Generate one video where ``layout`` puts it (see FifoGenerator.run)."""
         start = time.perf_counter()
         s = self.settings
         writer = self.group is None or self.group.is_writer
-        prompt_dir = output_root / job.folder_name
-        exp_dir = prompt_dir / experiment
-        video_path = prompt_dir / f"{experiment}{'.mp4' if s.use_mp4 else '.gif'}"
+        paths = layout.paths(job)
+        video_path, exp_dir = paths.video, paths.folder
         store = None
         if writer:
             for stale in stale_temporary_files(video_path):  # left by a killed run
                 stale.unlink()
-            if durability is not None:
+            if resume_options is not None:
                 fingerprint = resume_fingerprint(job, self.mode, s, self.model_id, self.device, video_path)
                 store = StateStore(state_folder(video_path), fingerprint)
         texts = self.model.encode_text(list(job.prompts))  # (scenes, m, d)
@@ -182,14 +180,14 @@ class WanGenerator:
         state, cached, saved_frames = None, False, []
         if writer:
             resumed = None
-            if store is not None and durability.resume:
+            if store is not None and resume_options.resume:
                 resumed = store.resume(
                     self.noise_sources()[1], self.device, exp_dir / "origin.gif", video_path
                 )
             if resumed is not None:
                 state, saved_frames = resumed
             else:
-                state, cached = self._start_state(job, texts, cache_dir or output_root / "latents", exp_dir)
+                state, cached = self._start_state(job, texts, layout.clip_cache, exp_dir)
         if self.group is not None:
             state = share_state(self.group, state, self.noise_sources()[1])
 
@@ -202,7 +200,7 @@ class WanGenerator:
         saver = (
             None
             if store is None
-            else FrameCountSaver(store, durability.save_every_frames, durability.save_every_seconds)
+            else FrameCountSaver(store, resume_options.save_every_frames, resume_options.save_every_seconds)
         )
         total = self.sampler.num_iterations(conditioning)
         logger.info(
@@ -234,7 +232,7 @@ class WanGenerator:
                 progress.update(1)
                 if saver is not None:
                     saver.after_step(state)
-                stop = durability is not None and durability.stop_requested()
+                stop = resume_options is not None and resume_options.stop_requested()
                 if self.group is not None:
                     stop = self.group.any(stop)  # every rank stops after the same iteration
                 if stop and state.iteration < total:

@@ -1,6 +1,6 @@
 """``--dry_run`` for Wan2.1: the run's stages once on fake tensors on the target device.
 
-As :func:`fifo.plan.plan_run` does for the U-Nets: the model is built on fake tensors (no
+As :func:`fifo.dry_run.plan_run` does for the U-Nets: the model is built on fake tensors (no
 weights in memory), and the generator's own code runs once on them — the text encoding, a base
 clip step with guidance, one FIFO iteration (every window's flow step, batched as the run
 batches them), the decode of a dequeued latent frame through the causal decoder's cache. The
@@ -25,8 +25,8 @@ from fifo.flow import sample_flow
 from fifo.guidance import CFGDenoiser
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions
-from fifo.perf import planned_window_batch
-from fifo.plan import RunPlan, UnseededStream, WindowMemory, fake_mode_of
+from fifo.perf import WindowMemory, planned_window_batch
+from fifo.plan import RunPlan, UnseededStream, fake_mode_of
 from fifo.prompts import PromptJob
 from fifo.wan import latent_conditioning
 from fifo.wan_generator import WanGenerator
@@ -37,9 +37,9 @@ class DeviceTensorBytes(LiveTensorBytes):
     """:class:`~infra.memory.LiveTensorBytes` of the tensors on ``device`` only: the offloaded text
     encoder's host copy (``WanModel.offload_text_encoder``) is not device memory."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: torch.device) -> None:
         super().__init__()
-        self.device_type = torch.device(device).type
+        self.device_type = device.type
 
     def _track(self, tensor: torch.Tensor) -> None:
         if tensor.device.type == self.device_type:
@@ -65,11 +65,11 @@ class WanRunPlan(RunPlan):
 
 
 @contextlib.contextmanager
-def efficient_attention(device: str) -> Iterator[None]:
+def efficient_attention(device: torch.device) -> Iterator[None]:
     """On CUDA, the transformer's attention planned with PyTorch's memory-efficient kernel, called
     directly (what SDPA picks on a GPU; on fake tensors without one it would take the math kernel
     and count the whole attention matrix), as the U-Nets' plan does. Elsewhere nothing changes."""
-    if not device.startswith("cuda"):
+    if device.type != "cuda":
         yield
         return
     sdpa = F.scaled_dot_product_attention
@@ -115,12 +115,12 @@ def plan_wan_run(
     mode: ModeOptions,
     settings: GenerationSettings,
     job: PromptJob,
-    device: str,
+    device: torch.device,
     budget_bytes: int | None,
     seconds_to_model: float,
 ) -> WanRunPlan:
     """Run every stage once on fake tensors and measure what the run needs (the arguments of
-    :func:`fifo.plan.plan_run`, the model a :class:`~lvdm.wan.model.WanModel` on fake tensors)."""
+    :func:`fifo.dry_run.plan_run`, the model a :class:`~lvdm.wan.model.WanModel` on fake tensors)."""
     with efficient_attention(device):
         return _plan(model, mode, settings, job, device, budget_bytes, seconds_to_model)
 
@@ -130,7 +130,7 @@ def _plan(
     mode: ModeOptions,
     settings: GenerationSettings,
     job: PromptJob,
-    device: str,
+    device: torch.device,
     budget_bytes: int | None,
     seconds_to_model: float,
 ) -> WanRunPlan:
@@ -177,7 +177,7 @@ def _plan(
     return WanRunPlan(
         device=device,
         dtype=settings.dtype.value,
-        attention="diffusers (planned as efficient)" if device.startswith("cuda") else "diffusers",
+        attention="diffusers (planned as efficient)" if device.type == "cuda" else "diffusers",
         window_batch=window_batch,
         windows=n_windows,
         unet_calls_per_frame=calls,

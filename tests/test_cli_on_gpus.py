@@ -1,6 +1,6 @@
 """The command line's main job on emulated GPUs (``infra.cuda_runtime``) and fake CUDA tensors:
-each family and kind of mode, one process and two torchrun ranks, through ``main`` as a user
-runs it with ``--dry_run --plan_for``."""
+each family and kind of mode, one process and two torchrun ranks, and the full-size VideoCrafter2
+config, through ``main`` as a user runs it with ``--dry_run --plan_for``."""
 
 from __future__ import annotations
 
@@ -102,3 +102,41 @@ def test_main_job_on_two_emulated_gpus_under_torchrun(tmp_path, parallel) -> Non
     assert sorted(p["device"] for p in plans) == ["cuda:0", "cuda:1"]  # each rank on its own GPU
     assert all(p["fits"] is True for p in plans)
     assert not (tmp_path / "out").exists()
+
+
+def test_main_job_on_the_full_videocrafter2_config_for_two_iterations(
+    tmp_path, capsys, caplog, monkeypatch
+) -> None:
+    """The published 320×512 text-to-video model (random weights on fake CUDA tensors): the run
+    function goes through two FIFO iterations, each frame stopping at the device boundary."""
+    import fifo.dry_run
+    from fifo.sampler import FifoSampler
+
+    frames = []
+    step = FifoSampler.step
+
+    def spy_step(self, state, conditioning):
+        output = step(self, state, conditioning)
+        if output.video is not None:
+            frames.append((output.video.device.type, list(output.video.shape)))
+        return output
+
+    monkeypatch.setattr(FifoSampler, "step", spy_step)
+    monkeypatch.setattr(fifo.dry_run, "DRY_RUN_ITERATIONS", 2)
+    args = ["--config", str(REPO / "configs" / "inference_t2v_512_v2.0.yaml"), "--random_init", "--mode",
+            "t2v_TTqcache_attn1_unilatent", "-p", _prompts(tmp_path, image=False), "--output_dir",
+            str(tmp_path / "out"), "--dry_run", "--plan_for", "a100-80gb"]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="videocrafter_main"):
+        rc = videocrafter_main.main(args)
+    out, err = capsys.readouterr()
+    assert rc == 0, err[-2000:]
+    assert frames == [("cuda", [1, 3, 1, 320, 512])] * 2
+    plan = json.loads(out.strip().splitlines()[-1])
+    assert {"device", "dtype", "window_batch", "peak_memory_bytes", "weights_bytes", "unet_calls_per_frame",
+            "tflop_per_frame", "usable_bytes", "fits", "stage_shapes"} <= set(plan)  # fmt: skip
+    assert plan["device"] == "cuda" and plan["dtype"] == "fp16" and plan["unet_calls_per_frame"] == 1
+    assert plan["fits"] is True and plan["window_batch"] == plan["windows"]  # an 80 GB card takes all
+    assert plan["stage_shapes"]["decode"] == [1, 3, 1, 320, 512]
+    assert plan["tflop_per_frame"] > 10 * plan["windows"]  # ~12 TFLOP per window and guidance branch
+    assert "plan: peak device memory" in caplog.text
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing

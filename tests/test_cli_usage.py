@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 
 import videocrafter_main
+from cli.parser import Parallelism, build_parser, flag_defaults
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
 from fifo.outputs import experiment_name
 from fifo.prompts import safe_name
 from infra.video_io import read_video
-from lvdm.modules.attention_kernels import cpu_has_native_bf16
+from lvdm.modules.attention_kernels import AttentionBackend, cpu_has_native_bf16
 from tests.conftest import REPO, write_png
 from tools.comparison import render_label
 
@@ -112,7 +113,7 @@ def test_default_name_holds_the_tricks_changed_parameters_and_the_subject() -> N
     assert experiment_name(plain, defaults, defaults) == "t2v_tailcoh_sacfa_srg_subj-a-person"
     changed = parse_mode(
         "t2v_tailcoh_srg",
-        tricks=TrickArguments(subject="a fox", tail_lowpass=0.1, srg_weight=2.0, subject_levels="1"),
+        tricks=TrickArguments(subject="a fox", tail_lowpass=0.1, srg_weight=2.0, subject_levels=(1,)),
     )
     assert experiment_name(changed, defaults, defaults) == "t2v_tailcoh_srg_lp0.1_srgw2_subj-a-fox_lv1"
 
@@ -323,3 +324,34 @@ def test_labels_that_differ_at_their_end_stay_apart() -> None:
     inked = tall_a.max(axis=(1, 2)) > 200
     lines_of_text = int(inked[0]) + int(np.sum(inked[1:] & ~inked[:-1]))
     assert lines_of_text >= 2
+
+
+# --------------------------------------------------------------------------- flag text → typed values
+def test_flag_text_becomes_typed_values_at_parsing() -> None:
+    parser = build_parser()
+    args = parser.parse_args(
+        ["-p", "x", "--attention", "math", "--parallel", "windows", "--subject_levels", "2,1"]
+    )
+    assert args.attention is AttentionBackend.MATH and args.parallel is Parallelism.WINDOWS
+    assert args.subject_levels == (2, 1)
+    plain = parser.parse_args(["-p", "x"])
+    assert plain.attention is AttentionBackend.SDPA and plain.parallel is Parallelism.PROMPTS
+    # Every flag at its default, from the parser's defaults (the command line is not parsed again).
+    assert vars(flag_defaults(args)) == {**vars(plain), "prompt_file": None}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--subject_levels", "1,x"], "'1,x' is not a list of levels: use e.g. 1,2"),
+        (
+            ["--attention", "efficient"],
+            "invalid choice: 'efficient' (choose from 'sdpa', 'xformers', 'math')",
+        ),
+        (["--parallel", "ranks"], "invalid choice: 'ranks' (choose from 'prompts', 'windows')"),
+    ],
+)
+def test_flag_text_that_names_no_value_is_refused_by_the_parser(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["-p", "x", *argv])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

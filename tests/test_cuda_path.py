@@ -14,6 +14,7 @@ import lvdm.modules.attention as attention
 import videocrafter_main
 from fifo.generator import FifoGenerator
 from fifo.options import GenerationSettings, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.prompts import PromptJob
 from fifo.state import NonFiniteError
 from lvdm.build import load_model
@@ -71,7 +72,7 @@ def test_nan_in_the_queue_stops_the_run_with_stage_and_iteration(tmp_path, monke
     generator = FifoGenerator(model, parse_mode("t2v"), settings, "m")
     _nan_unet(model, monkeypatch, after_calls=2)  # the base clip's two DDIM steps are fine
     with torch.inference_mode(), pytest.raises(NonFiniteError, match="the queue at FIFO iteration 0"):
-        generator.run(PromptJob("a fox", line=1), tmp_path / "out", "exp", tmp_path / "cache")
+        generator.run(PromptJob("a fox", line=1), OutputLayout(tmp_path / "out", "exp", tmp_path / "cache"))
     # The video was never written (its temporary file is gone too).
     assert not [p for p in (tmp_path / "out").rglob("*") if p.suffix == ".gif" and p.name != "origin.gif"]
 

@@ -11,8 +11,9 @@ import torch
 
 from fifo.generator import FifoGenerator
 from fifo.options import GenerationSettings, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.prompts import PromptJob
-from fifo.resume import Durability, StateStore
+from fifo.resume import ResumeOptions, StateStore
 from fifo.sinks import FrameWriter
 from lvdm.build import load_model
 from tests.conftest import REPO
@@ -91,12 +92,12 @@ def test_a_run_writes_its_frames_off_the_generating_thread_and_saves_complete_st
         saved.append((state.frames_emitted, on_disk))
         real_save(store, state)
 
-    durability = Durability(resume=False, save_every_frames=1, stop_requested=lambda: False)
+    resume_options = ResumeOptions(resume=False, save_every_frames=1, stop_requested=lambda: False)
     with pytest.MonkeyPatch.context() as mp, torch.inference_mode():
         mp.setattr(StateStore, "write_frame", write_frame)
         mp.setattr(StateStore, "save", save)
         result = generator.run(
-            PromptJob("a fox", line=1), tmp_path / "out", "exp", tmp_path / "c", durability
+            PromptJob("a fox", line=1), OutputLayout(tmp_path / "out", "exp", tmp_path / "c"), resume_options
         )
     assert result.frames == 4 and result.video_path.is_file()
     assert threads == {"frame-writer"}

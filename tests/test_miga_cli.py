@@ -93,7 +93,7 @@ def test_zigzag_is_refused_with_the_reason(tmp_path, capsys) -> None:
     for mode, extra, reason in (
         ("t2v_zigzag_tailcoh", ZIGZAG, "zigzag and tailcoh do not combine: its tail follows the previous"),
         ("t2v_zigzag", [*ZIGZAG, "--zigzag_length", "4"], "--zigzag_length must divide the 2 frames"),
-        ("t2v_zigzag", [*ZIGZAG, "-n", "1"], "use -n 2 or more with zigzag"),
+        ("t2v_zigzag", [*ZIGZAG, "-n", "1"], "use --num_partitions 2 or more with zigzag"),
     ):
         assert videocrafter_main.main([*args, "--mode", mode, *SIZE, *extra]) == 2
         assert reason in capsys.readouterr().err

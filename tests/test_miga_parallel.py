@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from fifo.generator import FifoGenerator
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.parallel import RankGroup, share_state
 from fifo.prompts import PromptJob
 from fifo.state import FifoState
@@ -61,7 +62,7 @@ def run_case(name: str, out: Path, group: RankGroup | None) -> torch.Tensor:
     recorder = Fired()
     generator.sampler.hooks += (recorder,)
     with torch.inference_mode():
-        generator.run(JOB, out / name, "exp", out / "cache")
+        generator.run(JOB, OutputLayout(out / name, "exp", out / "cache"))
     return torch.cat([*recorder.latents, torch.full_like(recorder.latents[0], recorder.fired)], dim=2)
 
 

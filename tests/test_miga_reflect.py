@@ -101,9 +101,9 @@ def test_options_and_refusals() -> None:
     mode = parse_mode("t2v_reflect", tricks=TrickArguments(reflect_threshold=0.1, reflect_candidates=2))
     assert mode.name == "t2v_reflect" and mode.reflect == ReflectOptions(0.1, 2)
     assert {"rth0.1", "rcand2"} <= set(mode.trick_tokens())
-    with pytest.raises(ModeError, match="--reflect_candidates must be ≥ 1"):
+    with pytest.raises(ModeError, match="`reflect_candidates` must be ≥ 1"):
         parse_mode("t2v_reflect", tricks=TrickArguments(reflect_candidates=0))
-    with pytest.raises(ModeError, match="--reflect_threshold must lie in"):
+    with pytest.raises(ModeError, match="`reflect_threshold` must lie in"):
         parse_mode("t2v_reflect", tricks=TrickArguments(reflect_threshold=float("nan")))
     with pytest.raises(ModeError, match="drop -ld"):
         ReflectOptions().check(FifoGeometry(4, 1, lookahead=False))

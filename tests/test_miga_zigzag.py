@@ -78,7 +78,7 @@ def test_a_zigzag_length_of_one_group_per_window_and_its_refusals() -> None:
     assert len(ZigzagGeometry(16, 4, True).windows()) == len(FifoGeometry(16, 4, True).windows()) + 1
     with pytest.raises(SettingsError, match="must divide the 8 frames a window writes back"):
         ZigzagGeometry(16, 4, True, 3)
-    with pytest.raises(SettingsError, match="use -n 2 or more"):
+    with pytest.raises(SettingsError, match="use `num_partitions` 2 or more"):
         ZigzagGeometry(16, 1, True, 4)
     with pytest.raises(UserError, match="zigzag and tailcoh do not combine: .*waits there as pure noise"):
         parse_mode("t2v_zigzag_tailcoh")

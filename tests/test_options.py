@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from cli.messages import cli_message
 from fifo.options import (
     MAIN_OPTIONS,
     SUB_OPTIONS,
@@ -20,6 +21,7 @@ from fifo.options import (
     TrickArguments,
     parse_mode,
 )
+from lvdm.modules.layer_names import AttentionSite, TransformerKind
 
 MAINS = ["t2v", "i2v", "t2v_seed", "t2v_seed_ar"]
 SUB_SETS = [
@@ -114,7 +116,7 @@ def test_longest_main_option_wins() -> None:
 def test_qcache_without_attention_means_attn1_and_says_so(text: str, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="fifo.options"):
         mode = parse_mode(text)
-    assert mode.qcache is not None and mode.qcache.attentions == ("attn1",)
+    assert mode.qcache is not None and mode.qcache.attentions == (AttentionSite.SELF,)
     messages = [r.getMessage() for r in caplog.records if r.name == "fifo.options"]
     assert any("attn1" in m and text in m for m in messages), messages
 
@@ -175,8 +177,8 @@ def test_qcache_options_need_a_kind_and_an_attention() -> None:
     with pytest.raises(ModeError):
         QCacheOptions(attn1=False, attn2=False)
     q = QCacheOptions(temporal=True, spatial=True, attn1=True, attn2=True)
-    assert q.kinds == ("temporal", "spatial")
-    assert q.attentions == ("attn1", "attn2")
+    assert q.kinds == (TransformerKind.TEMPORAL, TransformerKind.SPATIAL)
+    assert q.attentions == (AttentionSite.SELF, AttentionSite.SECOND)
 
 
 def test_options_are_frozen() -> None:
@@ -215,7 +217,7 @@ def test_ouroboros_parameters_become_typed_options() -> None:
             tail_lowpass=0.5,
             tail_filter="ideal",
             subject="  a   fox ",
-            subject_levels="2,1,2",
+            subject_levels=(2, 1, 2),
             subject_threshold=0.3,
             srg_weight=2.0,
             srg_momentum=0.5,
@@ -230,33 +232,38 @@ def test_ouroboros_parameters_become_typed_options() -> None:
 
 @pytest.mark.parametrize("text", ["t2v_sacfa", "i2v_srg", "t2v_tailcoh_sacfa_srg"])
 def test_subject_tricks_need_a_subject(text: str) -> None:
-    with pytest.raises(ModeError, match="--subject"):
+    with pytest.raises(ModeError, match="`subject`"):
         parse_mode(text)
-    with pytest.raises(ModeError, match="--subject"):
+    with pytest.raises(ModeError, match="`subject`"):
         ModeOptions(sacfa=True)
 
 
 @pytest.mark.parametrize(
-    ("arguments", "flag"),
+    ("arguments", "option"),
     [
-        ({"subject": ""}, "--subject"),
-        ({"subject_levels": "1,x"}, "--subject_levels"),
-        ({"subject_levels": "-1"}, "--subject_levels"),
-        ({"subject_levels": ""}, "--subject_levels"),
-        ({"subject_threshold": 0.0}, "--subject_threshold"),
-        ({"subject_threshold": 1.5}, "--subject_threshold"),
-        ({"srg_weight": -1.0}, "--srg_weight"),
-        ({"srg_weight": float("inf")}, "--srg_weight"),
-        ({"srg_momentum": 1.1}, "--srg_momentum"),
-        ({"srg_momentum": float("nan")}, "--srg_momentum"),
-        ({"srg_windows": 0}, "--srg_windows"),
+        ({"subject": ""}, "subject"),
+        ({"subject_levels": (1, "x")}, "subject_levels"),
+        ({"subject_levels": (-1,)}, "subject_levels"),
+        ({"subject_levels": ()}, "subject_levels"),
+        ({"subject_threshold": 0.0}, "subject_threshold"),
+        ({"subject_threshold": 1.5}, "subject_threshold"),
+        ({"srg_weight": -1.0}, "srg_weight"),
+        ({"srg_weight": float("inf")}, "srg_weight"),
+        ({"srg_momentum": 1.1}, "srg_momentum"),
+        ({"srg_momentum": float("nan")}, "srg_momentum"),
+        ({"srg_windows": 0}, "srg_windows"),
     ],
 )
-def test_invalid_ouroboros_parameters_name_their_flag(arguments: dict, flag: str) -> None:
+def test_invalid_ouroboros_parameters_name_their_option(arguments: dict, option: str) -> None:
+    """The library names the parameter by its Python name; the command line prints its flag."""
     arguments = {"subject": "a fox", **arguments}
-    with pytest.raises(ModeError, match=flag):
+    with pytest.raises(ModeError, match=f"`{option}`") as err:
         parse_mode("t2v_sacfa_srg", tricks=TrickArguments(**arguments))
-    with pytest.raises(ModeError, match=flag):  # an invalid value is an error even when its trick is off
+    assert err.value.options == (option,)
+    assert f"--{option}" in cli_message(err.value) and "`" not in cli_message(err.value)
+    with pytest.raises(
+        ModeError, match=f"`{option}`"
+    ):  # an invalid value is an error even when its trick is off
         parse_mode("t2v", tricks=TrickArguments(**arguments))
 
 

@@ -1,6 +1,8 @@
 """The Ouroboros-Diffusion tricks through the CLI on the tiny configs: every new part with every
 main mode it can join, a Q-cache and unilatent; each run twice, byte for byte the same.
 
+All three parts run with every base mode; each part alone runs with several of them.
+
 Sizes: 64x64 frames, windows of f = 2, one partition (2 windows), 3 output frames (enough for a
 tail that entered the queue to reach the output). SRG guides both windows; on a schedule of two
 DDIM steps its term is too small to move a pixel (it scales with 1 − ᾱ of the next step, ~0
@@ -36,7 +38,12 @@ BASES = {
 }
 PARTS = ["tailcoh", "sacfa", "srg"]
 ALL = "tailcoh_sacfa_srg"
-COMBINATIONS = [(base, part) for base in BASES for part in [*PARTS, ALL]]
+# Every part with every base: all three parts together on each base. Each part alone on plain t2v
+# and on at least one other base, so every base also runs with a part on its own (the Q-cache
+# with SACFA and SRG, whose key recorders share its attention layers).
+COMBINATIONS = [(base, ALL) for base in BASES] + [("t2v", part) for part in PARTS]
+COMBINATIONS += [("i2v", "sacfa"), ("t2v_seed_ar", "tailcoh"), ("t2v_unilatent", "tailcoh")]
+COMBINATIONS += [("t2v_TTqcache_attn1", "sacfa"), ("t2v_TTqcache_attn1", "srg"), ("i2v", "srg")]
 # The spatial Q-cache shares the decoder's attn1 layers with SACFA and SRG's key recorders.
 BASES["t2v_STqcache_attn1"] = T2V
 COMBINATIONS += [("t2v_STqcache_attn1", "sacfa"), ("t2v_STqcache_attn1", ALL)]

@@ -19,13 +19,16 @@ import cli.distributed
 import cli.request
 import cli.run
 import videocrafter_main
+from cli.parser import Parallelism
 from fifo.generator import FifoGenerator
 from fifo.hooks import StepHook
 from fifo.options import GenerationSettings, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.parallel import LaunchEnv, RankGroup, split_windows
 from fifo.prompts import PromptJob, Scene
 from infra.cuda_runtime import emulated
 from lvdm.build import load_model
+from lvdm.modules.attention_kernels import AttentionBackend
 from tests.conftest import REPO, torchrun, write_png
 
 T2V = str(REPO / "configs" / "tiny_t2v.yaml")
@@ -72,7 +75,7 @@ def run_case(name: str, out: Path, group: RankGroup | None) -> torch.Tensor:
     recorder = LatentRecorder()
     generator.sampler.hooks = (recorder,)
     with torch.inference_mode():
-        generator.run(job, out / name, "exp", out / "cache")
+        generator.run(job, OutputLayout(out / name, "exp", out / "cache"))
     return torch.cat(recorder.latents, dim=2)
 
 
@@ -207,7 +210,9 @@ def test_a_rank_failing_mid_run_stops_every_rank_at_once(tmp_path) -> None:
     proc = torchrun(
         2, str(wrapper), "--config", T2V, "--random_init", "-p", str(prompts), "--video_length", "2",
         "-n", "1", "-l", "2", "--height", "64", "--width", "64", "--parallel", "windows",
-        "--output_dir", str(tmp_path / "out"), "--no_progress", timeout=150,
+        "--output_dir", str(tmp_path / "out"), "--no_progress",
+        "--window_batch", "2",  # spares each rank the memory measurement that picks one
+        timeout=150,
     )  # fmt: skip
     assert proc.returncode != 0
     assert "No space left on device" in proc.stderr
@@ -223,11 +228,11 @@ def test_each_rank_takes_its_own_gpu(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert LaunchEnv.from_environment() == LaunchEnv(rank=3, world=4, local_rank=1)
-    assert cli.request.resolve_device("cuda", torchrun=True) == "cuda:1"
-    assert cli.request.resolve_device(None, torchrun=True) == "cuda:1"
+    assert cli.request.resolve_device("cuda", torchrun=True) == torch.device("cuda", 1)
+    assert cli.request.resolve_device(None, torchrun=True) == torch.device("cuda", 1)
     with pytest.raises(cli.request.UsageError, match="all 2 processes of this node on one GPU"):
         cli.request.resolve_device("cuda:0", torchrun=True)
-    assert cli.request.resolve_device("cpu", torchrun=True) == "cpu"
+    assert cli.request.resolve_device("cpu", torchrun=True) == torch.device("cpu")
 
 
 def test_window_group_backend_follows_the_device(monkeypatch) -> None:
@@ -237,14 +242,16 @@ def test_window_group_backend_follows_the_device(monkeypatch) -> None:
     )
     request = cli.request.RunRequest(
         mode=parse_mode("t2v"), settings=GenerationSettings(), jobs=[], config="", ckpt_path=None,
-        random_init=True, device="cuda:1", attention="sdpa", layout=None, overwrite=False, rank=1,
-        world=2, torchrun=True, parallel="windows",
+        random_init=True, device=torch.device("cuda", 1), attention=AttentionBackend.SDPA, layout=None,
+        overwrite=False, rank=1, world=2, torchrun=True, parallel=Parallelism.WINDOWS,
     )  # fmt: skip
     group = cli.distributed.window_group(request)
     assert made[0][0] == "nccl" and group.device == torch.device("cuda", 1)
     assert made[0][1] <= datetime.timedelta(minutes=10)  # a dead rank fails the others, never hangs
     cli.distributed.window_group(
-        cli.request.RunRequest(**{**request.__dict__, "device": "cpu"})  # --device cpu under torchrun
+        cli.request.RunRequest(
+            **{**request.__dict__, "device": torch.device("cpu")}
+        )  # --device cpu under torchrun
     )
     assert made[1][0] == "gloo"
 
@@ -262,8 +269,8 @@ def test_run_sets_this_rank_s_gpu_before_anything_else(monkeypatch) -> None:
     monkeypatch.setattr(cli.run, "window_group", stop)
     request = cli.request.RunRequest(
         mode=parse_mode("t2v"), settings=GenerationSettings(), jobs=[], config="", ckpt_path=None,
-        random_init=True, device="cuda:1", attention="sdpa", layout=None, overwrite=False, rank=1,
-        world=2, torchrun=True, parallel="windows",
+        random_init=True, device=torch.device("cuda", 1), attention=AttentionBackend.SDPA, layout=None,
+        overwrite=False, rank=1, world=2, torchrun=True, parallel=Parallelism.WINDOWS,
     )  # fmt: skip
     with emulated("a100-80gb", count=2) as gpu, pytest.raises(Stop):
         cli.run._run(request, cli.run.StopRequest())

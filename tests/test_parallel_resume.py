@@ -19,9 +19,10 @@ from PIL import Image
 from fifo.generator import FifoGenerator
 from fifo.hooks import StepHook
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.parallel import RankGroup
 from fifo.prompts import PromptJob
-from fifo.resume import Durability, RunInterrupted
+from fifo.resume import ResumeOptions, RunInterrupted
 from lvdm.build import load_model
 from tests.conftest import REPO
 
@@ -74,13 +75,15 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
     group = RankGroup(rank, world, torch.device("cpu"), dist.new_group(backend="gloo"))
     out = Path(out)
     generator, _ = generator_of(group)  # set up outside inference mode, as the command line does
-    stopping = Durability(save_every_frames=1, stop_requested=stop_after(STOP_AFTER))
+    stopping = ResumeOptions(save_every_frames=1, stop_requested=stop_after(STOP_AFTER))
     with torch.inference_mode(), pytest.raises(RunInterrupted):
-        generator.run(JOB, out, "exp", out / "cache", stopping)
+        generator.run(JOB, OutputLayout(out, "exp", out / "cache"), stopping)
     generator.close()
     generator, recorder = generator_of(group)  # a new process would start from nothing
     with torch.inference_mode():
-        generator.run(JOB, out, "exp", out / "cache", Durability(resume=True, save_every_frames=1))
+        generator.run(
+            JOB, OutputLayout(out, "exp", out / "cache"), ResumeOptions(resume=True, save_every_frames=1)
+        )
     generator.close()
     torch.save(recorder.latents, out / f"latents_rank{rank}.pt")
     dist.destroy_process_group()
@@ -97,7 +100,7 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, dict[int, torch.Tensor]]:
     torch.set_num_threads(1)
     generator, recorder = generator_of(None)
     with torch.inference_mode():
-        generator.run(JOB, out, "exp", out / "cache")
+        generator.run(JOB, OutputLayout(out, "exp", out / "cache"))
     generator.close()
     return out, recorder.latents
 

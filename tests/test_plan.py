@@ -1,11 +1,11 @@
 """The CUDA path at full size, proven on a CPU-only machine: dry runs on fake CUDA tensors.
 
 ``--dry_run`` builds the model on fake tensors on the target device in the run's dtype and runs
-one step of every stage through the generator's own code (fifo/plan.py). Here: both published
+the generator's own run function on them to the device boundary (fifo/dry_run.py). Here: both published
 full-size configs on fake CUDA, every main mode with Q-caches and unilatent, fp16/bf16/fp32,
 batched and sequential, lookahead on and off; the plan's memory (fp16 below fp32, growing with the
-window batch); a tiny dry run against a real tiny run stage by stage; bf16 for real on CPU; the
-command line, its JSON line and its errors.
+window batch); a tiny dry run against a real tiny run stage by stage, and that it is the run
+function's execution; bf16 for real on CPU; the command line's errors and advice.
 """
 
 from __future__ import annotations
@@ -13,21 +13,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import maybe_get_fake_mode
 
 import cli.dry_run
+import fifo.generator
+import fifo.state
 import videocrafter_main
+from fifo.dry_run import DRY_RUN_ITERATIONS, plan_run
 from fifo.generator import FifoGenerator
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.perf import CUDA_FREE_FRACTION, CUDA_RESERVE_BYTES, usable_cuda_bytes
-from fifo.plan import RunPlan, fake_tensors, plan_run, run_stages
+from fifo.plan import RunPlan, fake_tensors
 from fifo.prompts import PromptJob
+from fifo.sampler import FifoSampler
 from infra.cuda_runtime import CONTEXT_BYTES, GPUS, emulated
 from infra.memory import current_rss_bytes
 from lvdm.build import build_model, load_model
@@ -73,12 +77,7 @@ def plan(
 ) -> RunPlan:
     options = GenerationSettings(**{"progress": False, **settings})
     model = fake_models.get(config, options.dtype.torch_dtype)
-    parsed = parse_mode(mode, tricks=tricks)
-
-    def build(s: GenerationSettings) -> FifoGenerator:
-        return FifoGenerator(model, parsed, s, "fake")
-
-    return plan_run(build, model, parsed, options, job, "cuda", budget, 0.0)
+    return plan_run(model, parse_mode(mode, tricks=tricks), options, job, torch.device("cuda"), budget, 0.0)
 
 
 def image_job(tmp_path) -> PromptJob:
@@ -154,7 +153,7 @@ def test_full_size_dry_run_on_fake_cuda(
         assert p.stage_shapes["image_tokens"] == [1, 16, 1024]
     assert p.windows == windows
     assert p.unet_calls_per_frame == (1 if batched else 2 * windows)
-    assert p.dtype == dtype and p.device == "cuda"
+    assert p.dtype == dtype and p.device == torch.device("cuda") and p.json()["device"] == "cuda"
     # The U-Net alone is 1.4 B parameters: ~2.7 GiB in half precision, ~5.4 GiB in fp32.
     assert (
         (2.5 * GIB if dtype != "fp32" else 5.0 * GIB)
@@ -194,33 +193,89 @@ def test_full_size_model_is_built_without_memory(fake_models) -> None:
 
 
 # --------------------------------------------------------------------------- tiny: fake against real
+def _spy_on_the_stages(monkeypatch) -> dict[str, list[int]]:
+    """Each stage's output shape as the generator's run makes it (the plan's ``stage_shapes``)."""
+    shapes: dict[str, list[int]] = {}
+    step, keep, conditioning = FifoSampler.step, FifoGenerator.keep_base_clip, FifoGenerator.conditioning
+
+    def spy_conditioning(self, job, image=True):
+        texts, tokens = conditioning(self, job, image)
+        shapes.setdefault("text", list(texts.texts.shape))
+        return texts, tokens
+
+    def spy_keep(self, latents, video, folder):
+        shapes["base_step"] = list(latents.shape)
+        keep(self, latents, video, folder)
+
+    def spy_step(self, state, conditioning):
+        if state.image_tokens is not None:
+            shapes.setdefault("image_tokens", list(state.image_tokens.shape))
+        output = step(self, state, conditioning)
+        if output.video is not None:
+            shapes.update(decode=list(output.video.shape), fifo_latent=list(output.latent.shape))
+            shapes["fifo_queue"] = list(state.queue.shape)
+        return output
+
+    monkeypatch.setattr(FifoGenerator, "conditioning", spy_conditioning)
+    monkeypatch.setattr(FifoGenerator, "keep_base_clip", spy_keep)
+    monkeypatch.setattr(FifoSampler, "step", spy_step)
+    return shapes
+
+
 @pytest.mark.parametrize(
     ("config", "mode"), [("tiny_t2v.yaml", "t2v_TTqcache_attn1"), ("tiny_i2v.yaml", "t2v_seed_ar")]
 )
-def test_tiny_dry_run_has_the_shapes_of_a_real_run(tmp_path, config: str, mode: str) -> None:
-    settings = GenerationSettings(video_length=4, num_partitions=2, height=64, width=64, progress=False)
+def test_tiny_dry_run_has_the_shapes_of_a_real_run(tmp_path, monkeypatch, config: str, mode: str) -> None:
+    settings = GenerationSettings(
+        video_length=4, num_partitions=2, new_video_length=2, height=64, width=64, progress=False
+    )
     parsed = parse_mode(mode)
     job = PromptJob("a red panda", line=1)
     real_model = load_model(REPO / "configs" / config, None, random_init=True)
     real = FifoGenerator(real_model, parsed, settings, "real")
-    with torch.inference_mode():
-        real_shapes = {
-            k: list(v.shape) for k, v in run_stages(real, job, NoiseSource.seeded(0, "cpu")).items()
-        }
+    with monkeypatch.context() as patch, torch.inference_mode():
+        real_shapes = _spy_on_the_stages(patch)
+        result = real.run(job, OutputLayout(tmp_path / "out", "real"))
+    assert result.frames == 2 and result.video_path.is_file()
     with fake_tensors():
         fake_model = build_model(REPO / "configs" / config)
-    p = plan_run(
-        lambda s: FifoGenerator(fake_model, parsed, s, "fake"),
-        fake_model,
-        parsed,
-        settings,
-        job,
-        "cpu",
-        None,
-        0.0,
-    )
+    p = plan_run(fake_model, parsed, settings, job, torch.device("cpu"), None, 0.0)
     assert p.stage_shapes == real_shapes
-    assert p.device == "cpu" and p.tflop_per_frame > 0
+    assert p.device == torch.device("cpu") and p.tflop_per_frame > 0
+
+
+def test_dry_run_is_the_generators_run_to_the_device_boundary(monkeypatch) -> None:
+    """The plan calls FifoGenerator.run itself; its frames come out of the sampler's step as
+    fake CUDA tensors and stop there: none is converted for a sink, no file is written."""
+    runs, frames = [], []
+    run, step = FifoGenerator.run, FifoSampler.step
+
+    def spy_run(self, job, layout, *args, **kwargs):
+        runs.append(kwargs.get("sinks"))
+        return run(self, job, layout, *args, **kwargs)
+
+    def spy_step(self, state, conditioning):
+        output = step(self, state, conditioning)
+        if output.video is not None:
+            frames.append((maybe_get_fake_mode(output.video) is not None, output.video.device.type))
+        return output
+
+    def leaves_the_device(video):
+        raise AssertionError("a frame left the device in a dry run")
+
+    monkeypatch.setattr(FifoGenerator, "run", spy_run)
+    monkeypatch.setattr(FifoSampler, "step", spy_step)
+    monkeypatch.setattr(fifo.state, "to_uint8_frames", leaves_the_device)
+    monkeypatch.setattr(fifo.generator, "to_uint8_frames", leaves_the_device)
+    with fake_tensors(), torch.device("cuda"):
+        model = build_model(REPO / "configs" / "tiny_t2v.yaml")
+    settings = GenerationSettings(video_length=4, num_partitions=2, height=64, width=64, progress=False)
+    p = plan_run(
+        model, parse_mode("t2v"), settings, PromptJob("a red panda", line=1), torch.device("cuda"), None, 0.0
+    )
+    assert runs == [[]]  # the run function, once, with no sink
+    assert frames == [(True, "cuda")] * DRY_RUN_ITERATIONS
+    assert p.stage_shapes["decode"] == [1, 3, 1, 64, 64] and p.tflop_per_frame > 0
 
 
 # --------------------------------------------------------------------------- bf16 for real on CPU
@@ -267,35 +322,6 @@ def test_fp16_on_cpu_is_refused(tmp_path, capsys) -> None:
 
 
 # --------------------------------------------------------------------------- the command line
-def _dry_run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "videocrafter_main.py", "--random_init", "--dry_run", "--device", "cuda", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-
-
-def test_dry_run_command_prints_the_plan_and_its_json(tmp_path) -> None:
-    proc = _dry_run(
-        "--config", str(T2V_FULL), "--dtype", "fp16", "-p", "prompts/demo.txt", "--mode", "t2v_TTqcache_attn1_unilatent",
-        "--output_dir", str(tmp_path / "out"), "--plan_for", "a100-80gb",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    plan = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {
-        "device",
-        "dtype",
-        "window_batch",
-        "peak_memory_bytes",
-        "weights_bytes",
-        "unet_calls_per_frame",
-        "tflop_per_frame",
-    } <= set(plan)
-    assert plan["device"] == "cuda" and plan["dtype"] == "fp16" and plan["unet_calls_per_frame"] == 1
-    assert plan["fits"] is True and plan["window_batch"] == plan["windows"]  # an 80 GB card takes all
-    assert "plan: peak device memory" in proc.stderr
-    assert not (tmp_path / "out").exists()  # a dry run writes nothing
-
-
 def test_dry_run_that_does_not_fit(tmp_path, capsys) -> None:
     rc = videocrafter_main.main(
         ["--config", str(T2V_FULL), "--random_init", "--dry_run", "--device", "cuda", "--dtype", "fp16",

@@ -19,6 +19,7 @@ from fifo.conditioning import VideoConditioning
 from fifo.generator import FifoGenerator
 from fifo.geometry import FifoGeometry
 from fifo.options import GenerationSettings, QCacheOptions, parse_mode
+from fifo.outputs import OutputLayout
 from fifo.prompts import PromptJob, Scene
 from fifo.tricks.qcache import set_qcache
 from infra.image_io import load_image
@@ -103,7 +104,7 @@ def test_seed_ar_context_length_constant_and_tokens_replaced(tmp_path, monkeypat
     gen = FifoGenerator(i2v_model, parse_mode("t2v_seed_ar"), s, "test-model")
     rec = Recorder(monkeypatch, gen)
     token_calls = wrap_image_tokens(monkeypatch, gen)
-    result = gen.run(PromptJob("a fox", line=1), tmp_path, "exp", tmp_path / "cache")
+    result = gen.run(PromptJob("a fox", line=1), OutputLayout(tmp_path, "exp", tmp_path / "cache"))
     iterations = gen.geometry.num_iterations(3)
     assert result.frames == 3 and len(rec.contexts) == iterations
     n_windows = len(gen.geometry.windows())
@@ -128,7 +129,7 @@ def test_seed_uses_the_first_base_frame_for_every_step(tmp_path, monkeypatch, i2
     rec = Recorder(monkeypatch, gen)
     token_calls = wrap_image_tokens(monkeypatch, gen)
     cache = tmp_path / "cache"
-    gen.run(PromptJob("a fox", line=1), tmp_path, "exp", cache)
+    gen.run(PromptJob("a fox", line=1), OutputLayout(tmp_path, "exp", cache))
     assert len(token_calls) == 1
     (cache_file,) = cache.glob("*.pt")
     base = torch.load(cache_file, weights_only=True)["latents"]
@@ -143,7 +144,7 @@ def test_i2v_conditions_on_the_input_image(tmp_path, monkeypatch, i2v_model) -> 
     image = write_png(tmp_path / "in.png", (90, 40))
     gen = FifoGenerator(i2v_model, parse_mode("i2v"), settings(), "test-model")
     rec = Recorder(monkeypatch, gen)
-    gen.run(PromptJob("a fox", line=1, image=image), tmp_path, "exp", tmp_path / "cache")
+    gen.run(PromptJob("a fox", line=1, image=image), OutputLayout(tmp_path, "exp", tmp_path / "cache"))
     expected = i2v_model.get_image_embeds(load_image(image, 64, 64))
     for ctx in rec.contexts:
         torch.testing.assert_close(ctx[:, TEXT_TOKENS:], expected.expand(ctx.shape[0], -1, -1))
@@ -153,7 +154,7 @@ def test_i2v_conditions_on_the_input_image(tmp_path, monkeypatch, i2v_model) -> 
 def test_plain_t2v_needs_no_image_embedder(tmp_path, monkeypatch, t2v_model, i2v_model) -> None:
     assert not t2v_model.has_image_embedder and not hasattr(t2v_model, "embedder")
     result = FifoGenerator(t2v_model, parse_mode("t2v"), settings(), "m").run(
-        PromptJob("a fox", line=1), tmp_path / "a", "exp", tmp_path / "cache"
+        PromptJob("a fox", line=1), OutputLayout(tmp_path / "a", "exp", tmp_path / "cache")
     )
     assert result.frames == 3
     # With the image model, plain t2v never embeds an image while generating.
@@ -163,7 +164,10 @@ def test_plain_t2v_needs_no_image_embedder(tmp_path, monkeypatch, t2v_model, i2v
         raise AssertionError("t2v must not embed images")
 
     monkeypatch.setattr(i2v_model, "get_image_embeds", refuse)
-    assert gen.run(PromptJob("a fox", line=1), tmp_path / "b", "exp", tmp_path / "cache").frames == 3
+    assert (
+        gen.run(PromptJob("a fox", line=1), OutputLayout(tmp_path / "b", "exp", tmp_path / "cache")).frames
+        == 3
+    )
 
 
 @pytest.mark.parametrize("mode", ["i2v", "t2v_seed", "t2v_seed_ar_unilatent"])
@@ -208,7 +212,9 @@ def test_qcache_weight_zero_gives_the_plain_video(tmp_path, t2v_model) -> None:
     for mode, weight in (("t2v", 0.9), ("t2v_TTqcache_STqcache_attn1_attn2", 0.0)):
         gen = FifoGenerator(t2v_model, parse_mode(mode, weight), settings(eta=0.0), "m")
         with torch.inference_mode():
-            result = gen.run(PromptJob("a fox", line=1), tmp_path / mode, "exp", tmp_path / "cache")
+            result = gen.run(
+                PromptJob("a fox", line=1), OutputLayout(tmp_path / mode, "exp", tmp_path / "cache")
+            )
         videos.append(read_video(result.video_path))
     set_qcache(t2v_model.unet, None)
     np.testing.assert_array_equal(videos[0], videos[1])
@@ -240,7 +246,7 @@ def test_story_switches_the_text_at_the_requested_frames(tmp_path, monkeypatch, 
     s = settings(video_length=4, num_partitions=2, lookahead=lookahead, new_video_length=99)
     gen = FifoGenerator(t2v_model, parse_mode("t2v"), s, "m")
     rec = Recorder(monkeypatch, gen)
-    result = gen.run(job, tmp_path, "exp", tmp_path / "cache")
+    result = gen.run(job, OutputLayout(tmp_path, "exp", tmp_path / "cache"))
     assert result.frames == 4  # the story's length, not --new_video_length
     texts = t2v_model.get_learned_conditioning([sc.prompt for sc in scenes])
     used = []

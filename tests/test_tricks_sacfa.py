@@ -21,6 +21,7 @@ from fifo.tricks.subject import (
 )
 from lvdm.build import load_model
 from lvdm.modules.attention import AttnProcessor, ComposedProcessor, processor_parts
+from lvdm.modules.layer_names import AttentionSite, UNetSide
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,7 +55,7 @@ class FixedMasks:
 
 
 def decoder_self_attention(unet, level: int = 1):
-    return next(iter(spatial_attention(unet, "decoder", level, "attn1").values()))
+    return next(iter(spatial_attention(unet, UNetSide.DECODER, level, AttentionSite.SELF).values()))
 
 
 def frames_input(seed: int = 0) -> torch.Tensor:
@@ -206,7 +207,7 @@ def _inputs(clips: int = 1, frames: int = FRAMES):
 def test_masks_threshold_the_softmax_mass_on_the_subject_words(unet, model) -> None:
     store, texts = _tracked(unet, model, ["a person swimming in the ocean"], levels=(1,))
     try:
-        layers = list(spatial_attention(unet, "encoder", 1, "attn2").values())
+        layers = list(spatial_attention(unet, UNetSide.ENCODER, 1, AttentionSite.SECOND).values())
         assert len(layers) == 2 and all(isinstance(a.processor, SubjectMapProcessor) for a in layers)
         inputs = []
         handles = [a.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for a in layers]

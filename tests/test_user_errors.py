@@ -55,7 +55,7 @@ def test_every_user_error_is_one_type() -> None:
 
 def test_a_bug_inside_the_generator_keeps_its_traceback(tmp_path) -> None:
     """A ValueError from inside the sampling code is a bug, not a usage error: exit 1, traceback."""
-    out, args = base(tmp_path, "--random_init")
+    out, args = base(tmp_path, "--random_init", "--window_batch", "2")  # no memory measurement first
     script = (
         "import sys, fifo.generator\n"
         "def broken(*args, **kwargs):\n"

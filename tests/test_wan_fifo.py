@@ -14,8 +14,9 @@ from fifo.flow import FlowSchedule  # noqa: E402
 from fifo.geometry import FifoGeometry  # noqa: E402
 from fifo.noise import NoiseSource  # noqa: E402
 from fifo.options import GenerationSettings, ModeOptions  # noqa: E402
+from fifo.outputs import OutputLayout
 from fifo.prompts import PromptJob, Scene  # noqa: E402
-from fifo.resume import Durability, RunInterrupted  # noqa: E402
+from fifo.resume import ResumeOptions, RunInterrupted  # noqa: E402
 from fifo.step import fifo_step, initial_queue, shift_queue  # noqa: E402
 from fifo.wan import latent_conditioning, latent_frames  # noqa: E402
 from fifo.wan_generator import WanGenerator  # noqa: E402
@@ -85,7 +86,7 @@ def test_batched_windows_are_the_sequential_ones(model, tmp_path) -> None:
     frames = {}
     for batched in (True, False):
         gen = WanGenerator(model, ModeOptions(), _settings(batched=batched), "tiny")
-        result = gen.run(job, tmp_path / str(batched), "x", tmp_path / "cache")
+        result = gen.run(job, OutputLayout(tmp_path / str(batched), "x", tmp_path / "cache"))
         frames[batched] = read_video_frames(result.video_path)
         assert result.frames == 9
     assert frames[True].shape == (9, 64, 64, 3)
@@ -96,16 +97,20 @@ def test_resume_is_byte_identical(model, tmp_path) -> None:
     """Stopped after a few iterations (state and decoder cache saved), then resumed: the same file."""
     job = PromptJob("a red fox", 1)
     settings = _settings(new_video_length=13)
-    whole = WanGenerator(model, ModeOptions(), settings, "tiny").run(job, tmp_path / "A", "x", tmp_path / "c")
+    whole = WanGenerator(model, ModeOptions(), settings, "tiny").run(
+        job, OutputLayout(tmp_path / "A", "x", tmp_path / "c")
+    )
     calls = iter(range(100))
-    stop = Durability(save_every_frames=2, stop_requested=lambda: next(calls) == 4)
+    stop = ResumeOptions(save_every_frames=2, stop_requested=lambda: next(calls) == 4)
     with pytest.raises(RunInterrupted) as stopped:
         WanGenerator(model, ModeOptions(), settings, "tiny").run(
-            job, tmp_path / "B", "x", tmp_path / "c", stop
+            job, OutputLayout(tmp_path / "B", "x", tmp_path / "c"), stop
         )
     assert 0 < stopped.value.frames < 13
     resumed = WanGenerator(model, ModeOptions(), settings, "tiny").run(
-        job, tmp_path / "B", "x", tmp_path / "c", Durability(resume=True, save_every_frames=2)
+        job,
+        OutputLayout(tmp_path / "B", "x", tmp_path / "c"),
+        ResumeOptions(resume=True, save_every_frames=2),
     )
     assert resumed.frames == whole.frames == 13
     assert resumed.video_path.read_bytes() == whole.video_path.read_bytes()
@@ -123,7 +128,7 @@ def test_story_gives_each_window_its_scene(model, tmp_path) -> None:
         return velocity(x, t, context, context_branches)
 
     gen.sampler.denoise.denoiser = recording
-    result = gen.run(job, tmp_path, "story", tmp_path / "cache")
+    result = gen.run(job, OutputLayout(tmp_path, "story", tmp_path / "cache"))
     assert result.frames == 13
     texts = model.encode_text(["a red fox", "a blue sea"])
     used = {int(torch.argmin(torch.stack([(c - t).abs().sum() for t in texts]))) for b in seen for c in b}

@@ -32,6 +32,7 @@ from torch.utils.hooks import RemovableHandle
 
 from fifo.options import QCacheOptions
 from lvdm.modules.attention import (
+    AttentionBackend,
     AttnProcessor,
     CrossAttention,
     SpatialTransformer,
@@ -40,7 +41,9 @@ from lvdm.modules.attention import (
     processor_parts,
     remove_processors,
 )
+from lvdm.modules.layer_names import TransformerKind
 
+# (encoder block index, TransformerKind, depth in the transformer, AttentionSite)
 SlotKey = tuple
 
 
@@ -82,7 +85,9 @@ class QCacheStore:
 class QCacheRecordProcessor(AttnProcessor):
     """Encoder side: keeps the query in ``store`` under ``slot``, attention unchanged."""
 
-    def __init__(self, store: QCacheStore, slot: SlotKey, backend: str = "sdpa") -> None:
+    def __init__(
+        self, store: QCacheStore, slot: SlotKey, backend: AttentionBackend = AttentionBackend.SDPA
+    ) -> None:
         super().__init__(backend)
         self.store, self.slot = store, slot
 
@@ -94,7 +99,13 @@ class QCacheRecordProcessor(AttnProcessor):
 class QCacheBlendProcessor(AttnProcessor):
     """Decoder side: blends its query with the encoder query recorded under ``slot``."""
 
-    def __init__(self, store: QCacheStore, slot: SlotKey, weight: float, backend: str = "sdpa") -> None:
+    def __init__(
+        self,
+        store: QCacheStore,
+        slot: SlotKey,
+        weight: float,
+        backend: AttentionBackend = AttentionBackend.SDPA,
+    ) -> None:
         super().__init__(backend)
         self.store, self.slot, self.weight = store, slot, weight
 
@@ -109,7 +120,10 @@ class QCacheBlendProcessor(AttnProcessor):
         return (1.0 - self.weight) * q + self.weight * cached
 
 
-_TRANSFORMER_KINDS = {"spatial": SpatialTransformer, "temporal": TemporalTransformer}
+_TRANSFORMER_KINDS = {
+    TransformerKind.SPATIAL: SpatialTransformer,
+    TransformerKind.TEMPORAL: TemporalTransformer,
+}
 
 
 _QCACHE_PROCESSORS = (QCacheRecordProcessor, QCacheBlendProcessor)

@@ -184,7 +184,7 @@ class SelfReflection(StepHook):
         self.denoise = denoise
         return denoise
 
-    def extras(self, state: FifoState) -> dict[str, Any]:
+    def own_state(self, state: FifoState) -> dict[str, Any]:
         """This hook's part of the state: the recent scores; how many evaluations were made, how
         many times the candidates were drawn (``fired``) and how many of them replaced the frames."""
         return state.hook_state.setdefault(
@@ -212,7 +212,7 @@ class SelfReflection(StepHook):
             if not fake:
                 return queue
             target = self.next_target(state.iteration)  # a planned run plans an evaluation
-        extras = self.extras(state)
+        own = self.own_state(state)
         device = queue.device
         k = target.size
         context = contexts[target.window : target.window + 1]  # the window that writes the frames
@@ -221,9 +221,9 @@ class SelfReflection(StepHook):
         index = target.levels.to(device)[None]
         score_t = consistency_score(self.predict_x0(window, t, index, context, loop.uncond), k)
         score = 0.0 if fake else float(score_t[0])
-        extras["evaluated"] += 1
-        if not (fake or drops(extras["scores"], score, self.options.threshold)):
-            extras["scores"] = (extras["scores"] + [score])[-HISTORY:]
+        own["evaluated"] += 1
+        if not (fake or drops(own["scores"], score, self.options.threshold)):
+            own["scores"] = (own["scores"] + [score])[-HISTORY:]
             return queue
         # Re-draw: candidates from pure noise through the frames' depth steps (k frames at one
         # level), after the same preceding frames (a planned run takes this path: its largest case).
@@ -251,12 +251,12 @@ class SelfReflection(StepHook):
         )
         self.last_scores = scores.detach().clone()
         best = int(scores.argmax()) if not fake else 0
-        extras["fired"] += 1
+        own["fired"] += 1
         if not fake and float(scores[best]) <= score:  # the frames themselves are the most consistent
-            extras["scores"] = (extras["scores"] + [score])[-HISTORY:]
+            own["scores"] = (own["scores"] + [score])[-HISTORY:]
             return queue
-        extras["replaced"] += 1
+        own["replaced"] += 1
         queue = queue.clone()
         queue[:, :, target.first : target.end] = x[best : best + 1].to(queue.dtype)
-        extras["scores"] = (extras["scores"] + [0.0 if fake else float(scores[best])])[-HISTORY:]
+        own["scores"] = (own["scores"] + [0.0 if fake else float(scores[best])])[-HISTORY:]
         return queue

@@ -32,7 +32,8 @@ from fifo.tricks.subject import (
     remove_trick_processors,
     spatial_attention,
 )
-from lvdm.modules.attention import AttnProcessor, CrossAttention, add_processor
+from lvdm.modules.attention import AttentionBackend, AttnProcessor, CrossAttention, add_processor
+from lvdm.modules.layer_names import AttentionSite, UNetSide
 
 
 def cross_frame_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -70,7 +71,9 @@ def dense_cross_frame_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -
 class SacfaProcessor(AttnProcessor):
     """Decoder spatial self-attention at ``level``: cross-frame attention to the subject tokens."""
 
-    def __init__(self, store: SubjectStore, level: int, backend: str = "sdpa") -> None:
+    def __init__(
+        self, store: SubjectStore, level: int, backend: AttentionBackend = AttentionBackend.SDPA
+    ) -> None:
         super().__init__(backend)
         self.store, self.level = store, level
 
@@ -116,5 +119,5 @@ def set_sacfa(unet: nn.Module, store: SubjectStore | None) -> None:
         return
     backend = unet.attention_backend
     for level in store.options.levels:
-        for layer in spatial_attention(unet, "decoder", level, "attn1").values():
+        for layer in spatial_attention(unet, UNetSide.DECODER, level, AttentionSite.SELF).values():
             add_processor(layer, SacfaProcessor(store, level, backend), backend)

@@ -41,13 +41,16 @@ from fifo.options import SrgOptions
 from fifo.schedule import DDIMSchedule
 from fifo.state import FifoState
 from fifo.tricks.subject import Attend, SubjectStore, remove_trick_processors, spatial_attention
-from lvdm.modules.attention import AttnProcessor, CrossAttention, add_processor
+from lvdm.modules.attention import AttentionBackend, AttnProcessor, CrossAttention, add_processor
+from lvdm.modules.layer_names import AttentionSite, UNetSide
 
 
 class SubjectKeyRecorder(AttnProcessor):
     """Decoder spatial self-attention: hands its keys to the store while SRG records; attention unchanged."""
 
-    def __init__(self, store: SubjectStore, level: int, site: str, backend: str = "sdpa") -> None:
+    def __init__(
+        self, store: SubjectStore, level: int, site: str, backend: AttentionBackend = AttentionBackend.SDPA
+    ) -> None:
         super().__init__(backend)
         self.store, self.level, self.site = store, level, site
 
@@ -69,7 +72,7 @@ def set_srg_recorders(unet: nn.Module, store: SubjectStore | None) -> None:
         return
     backend = unet.attention_backend
     for level in store.options.levels:
-        for site, layer in spatial_attention(unet, "decoder", level, "attn1").items():
+        for site, layer in spatial_attention(unet, UNetSide.DECODER, level, AttentionSite.SELF).items():
             add_processor(layer, SubjectKeyRecorder(store, level, site, backend), backend)
 
 

@@ -39,6 +39,7 @@ from fifo.options import SubjectOptions
 from fifo.prompts import PromptJob
 from infra.errors import SettingsError
 from lvdm.modules.attention import (
+    AttentionBackend,
     AttnProcessor,
     CrossAttention,
     SpatialTransformer,
@@ -46,6 +47,7 @@ from lvdm.modules.attention import (
     processor_parts,
     remove_processors,
 )
+from lvdm.modules.layer_names import AttentionSite, UNetSide
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +302,9 @@ class SubjectStore:
 class SubjectMapProcessor(AttnProcessor):
     """Encoder cross-attention: records the subject map at ``level``; the attention stays plain."""
 
-    def __init__(self, store: SubjectStore, level: int, backend: str = "sdpa") -> None:
+    def __init__(
+        self, store: SubjectStore, level: int, backend: AttentionBackend = AttentionBackend.SDPA
+    ) -> None:
         super().__init__(backend)
         self.store, self.level = store, level
 
@@ -312,15 +316,13 @@ class SubjectMapProcessor(AttnProcessor):
 
 
 # ----------------------------------------------------------------------------- where the layers are
-def spatial_attention(unet: nn.Module, side: str, level: int, name: str) -> dict[str, CrossAttention]:
-    """The ``name`` attention (attn1/attn2) of every spatial transformer of ``side`` ("encoder" or
-    "decoder") at ``level``, by module name."""
-    blocks, sites = (
-        (unet.input_blocks, unet.encoder_attention_blocks)
-        if side == "encoder"
-        else (unet.output_blocks, unet.decoder_attention_blocks)
-    )
-    prefix = "input_blocks" if side == "encoder" else "output_blocks"
+def spatial_attention(
+    unet: nn.Module, side: UNetSide, level: int, site: AttentionSite
+) -> dict[str, CrossAttention]:
+    """The ``site`` attention of every spatial transformer of ``side`` at ``level``, by module name."""
+    sites = unet.encoder_attention_blocks if side is UNetSide.ENCODER else unet.decoder_attention_blocks
+    prefix = side.blocks
+    blocks = getattr(unet, prefix)
     found: dict[str, CrossAttention] = {}
     for (lvl, _), index in sorted(sites.items()):
         if lvl != level:
@@ -328,8 +330,8 @@ def spatial_attention(unet: nn.Module, side: str, level: int, name: str) -> dict
         for child, module in blocks[index].named_children():
             if isinstance(module, SpatialTransformer):
                 for depth, block in enumerate(module.transformer_blocks):
-                    found[f"{prefix}.{index}.{child}.transformer_blocks.{depth}.{name}"] = getattr(
-                        block, name
+                    found[f"{prefix}.{index}.{child}.transformer_blocks.{depth}.{site}"] = getattr(
+                        block, site
                     )
     return found
 
@@ -372,7 +374,7 @@ def set_subject_tracking(unet: nn.Module, options: SubjectOptions | None) -> Sub
     store = SubjectStore(options)
     backend = unet.attention_backend
     for level in options.levels:
-        for layer in spatial_attention(unet, "encoder", level, "attn2").values():
+        for layer in spatial_attention(unet, UNetSide.ENCODER, level, AttentionSite.SECOND).values():
             add_processor(layer, SubjectMapProcessor(store, level, backend), backend)
 
     def begin(_module: nn.Module, args: tuple, kwargs: dict) -> None:

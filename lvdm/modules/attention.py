@@ -45,6 +45,7 @@ from lvdm.modules.attention_kernels import (  # noqa: F401
     _KERNELS,
     ATTENTION_BACKENDS,
     CUDA_MAX_ATTENTION_BATCH,
+    AttentionBackend,
     xformers_available,
 )
 from lvdm.modules.attention_variants import RelativePosition, attend_relative, per_frame_image_tokens
@@ -55,7 +56,7 @@ def max_attention_batch(device: torch.device) -> int | None:
     return CUDA_MAX_ATTENTION_BATCH if device.type == "cuda" else None
 
 
-def run_attention(backend: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def run_attention(backend: AttentionBackend, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Attention with ``backend`` over q (b, heads, n, d), k and v (b, heads, m, d).
 
     A batch beyond what one kernel launch takes (CUDA's grid limit) runs in slices: same result.
@@ -73,15 +74,16 @@ class AttnProcessor:
     """Default attention: project q/k/v, attend, add the image-token branch, project out.
 
     Args:
-        backend: ``"sdpa"`` (default, torch's fused kernels), ``"xformers"`` (CUDA only),
-            ``"math"`` (explicit softmax, the numerical reference) or ``"efficient"`` (PyTorch's
-            memory-efficient CUDA kernel, called directly).
+        backend: the kernel (:class:`AttentionBackend`; its value is accepted too).
     """
 
-    def __init__(self, backend: str = "sdpa") -> None:
-        if backend not in _KERNELS:
-            raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(ATTENTION_BACKENDS)}")
-        self.backend = backend
+    def __init__(self, backend: AttentionBackend | str = AttentionBackend.SDPA) -> None:
+        try:
+            self.backend = AttentionBackend(backend)
+        except ValueError:
+            raise ValueError(
+                f"unknown attention backend {backend!r}; valid: {', '.join(ATTENTION_BACKENDS)}"
+            ) from None
 
     def process_query(self, attn: CrossAttention, q: Tensor) -> Tensor:
         """Hook for tricks that change the query, ``q``: (b, n, heads·dim_head)."""
@@ -168,7 +170,9 @@ class ComposedProcessor(AttnProcessor):
     ``inner`` with what it got; a part that changes the attention may compute it itself.
     """
 
-    def __init__(self, parts: Sequence[AttnProcessor], backend: str = "sdpa") -> None:
+    def __init__(
+        self, parts: Sequence[AttnProcessor], backend: AttentionBackend = AttentionBackend.SDPA
+    ) -> None:
         super().__init__(backend)
         if len(parts) < 2:
             raise ValueError("a ComposedProcessor needs at least two parts")
@@ -214,7 +218,7 @@ def processor_parts(layer: CrossAttention) -> tuple[AttnProcessor, ...]:
     return () if type(processor) is AttnProcessor else (processor,)
 
 
-def _set_parts(layer: CrossAttention, parts: tuple[AttnProcessor, ...], backend: str) -> None:
+def _set_parts(layer: CrossAttention, parts: tuple[AttnProcessor, ...], backend: AttentionBackend) -> None:
     if not parts:
         layer.processor = AttnProcessor(backend)
     elif len(parts) == 1:
@@ -223,12 +227,14 @@ def _set_parts(layer: CrossAttention, parts: tuple[AttnProcessor, ...], backend:
         layer.processor = ComposedProcessor(parts, backend)
 
 
-def add_processor(layer: CrossAttention, processor: AttnProcessor, backend: str) -> None:
+def add_processor(layer: CrossAttention, processor: AttnProcessor, backend: AttentionBackend) -> None:
     """Put ``processor`` on ``layer`` after the tricks' processors already there (kernel: ``backend``)."""
     _set_parts(layer, (*processor_parts(layer), processor), backend)
 
 
-def remove_processors(layer: CrossAttention, kind: type | tuple[type, ...], backend: str) -> None:
+def remove_processors(
+    layer: CrossAttention, kind: type | tuple[type, ...], backend: AttentionBackend
+) -> None:
     """Take every processor of ``kind`` off ``layer``; plain attention (``backend``) where none is left."""
     _set_parts(layer, tuple(p for p in processor_parts(layer) if not isinstance(p, kind)), backend)
 

@@ -1,16 +1,27 @@
 """The attention kernels the processors of ``lvdm.modules.attention`` run: q (b, heads, n, d),
-k and v (b, heads, m, d) → (b, heads, n, d), by backend name (``--attention``)."""
+k and v (b, heads, m, d) → (b, heads, n, d), one per :class:`AttentionBackend`."""
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ATTENTION_BACKENDS = ("sdpa", "xformers", "math", "efficient")
+
+class AttentionBackend(StrEnum):
+    """The kernel an attention processor runs."""
+
+    SDPA = "sdpa"  # PyTorch's scaled_dot_product_attention (its fused kernels): the default
+    XFORMERS = "xformers"  # xformers' memory-efficient kernel (CUDA only, optional package)
+    MATH = "math"  # explicit softmax: the numerical reference
+    EFFICIENT = "efficient"  # PyTorch's memory-efficient CUDA kernel, called directly (plans)
+
+
+ATTENTION_BACKENDS = tuple(b.value for b in AttentionBackend)
 
 # CUDA launches attention kernels with the batch (and heads) on grid axes limited to 65,535
 # blocks: a larger batch fails with "invalid configuration argument". The temporal attention's
@@ -123,9 +134,9 @@ def _attend_efficient(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, False)[0]
 
 
-_KERNELS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
-    "sdpa": _attend_sdpa,
-    "math": _attend_math,
-    "xformers": _attend_xformers,
-    "efficient": _attend_efficient,
+_KERNELS: dict[AttentionBackend, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    AttentionBackend.SDPA: _attend_sdpa,
+    AttentionBackend.MATH: _attend_math,
+    AttentionBackend.XFORMERS: _attend_xformers,
+    AttentionBackend.EFFICIENT: _attend_efficient,
 }

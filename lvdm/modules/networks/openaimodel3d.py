@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from lvdm.modules.attention import AttnProcessor, CrossAttention, SpatialTransformer, TemporalTransformer
+from lvdm.modules.attention import (
+    AttentionBackend,
+    AttnProcessor,
+    CrossAttention,
+    SpatialTransformer,
+    TemporalTransformer,
+)
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: int = 10000) -> Tensor:
@@ -350,21 +356,23 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(
             GroupNorm32(32, ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1))
         )
-        self.attention_backend = "sdpa"
+        self.attention_backend = AttentionBackend.SDPA
 
     # ----------------------------------------------------------------- attention processors
     def attention_layers(self) -> dict[str, CrossAttention]:
         """Every attention layer by its module name (as in the checkpoint keys)."""
         return {name: m for name, m in self.named_modules() if isinstance(m, CrossAttention)}
 
-    def set_attn_processor(self, backend: str, processor: Callable[[], AttnProcessor] | None = None) -> None:
+    def set_attn_processor(
+        self, backend: AttentionBackend | str, processor: Callable[[], AttnProcessor] | None = None
+    ) -> None:
         """Give every attention layer a fresh default processor for ``backend``.
 
-        ``backend``: ``"sdpa"`` (default), ``"xformers"`` or ``"math"``. Tricks install their own
+        ``backend``: an :class:`AttentionBackend` (or its value). Tricks install their own
         processors on chosen layers afterwards; this restores plain attention everywhere.
         ``processor`` builds the processor instead (e.g. a subclass), called once per layer.
         """
-        AttnProcessor(backend)  # validates the name
+        backend = AttnProcessor(backend).backend  # validates the name
         self.attention_backend = backend
         for layer in self.attention_layers().values():
             layer.processor = processor() if processor is not None else AttnProcessor(backend)

@@ -1,4 +1,5 @@
-"""The model family's consequences for a run, in one place (see :mod:`lvdm.family`).
+"""What a model family (:class:`lvdm.family.ModelFamily`, what differs between the models) allows a
+run and asks of it, in one place.
 
 - :func:`check_model_fits`: every check of a mode and settings against a model (the image
   embedder, the size, and :func:`check_family_mode`).
