@@ -4,6 +4,7 @@ their Python names (``zigzag_length``, ``guidance``) spelled as the flags that s
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 from infra.errors import UserError
@@ -33,8 +34,15 @@ def flag_of(option: str) -> str:
 
 
 def cli_message(err: UserError) -> str:
-    """``err``'s message with each option it names (`` `name` ``) written as its flag."""
+    """``err``'s message with each option it names (`` `name` ``) written as its flag: those of
+    ``err.options``, and any other option in backquotes that a flag sets (a message that quotes
+    another's, such as a seed model's check naming ``seed_config`` in its source)."""
     text = str(err)
-    for option in getattr(err, "options", ()):
-        text = text.replace(f"`{option}`", flag_of(option))
+    options = tuple(getattr(err, "options", ()))
+    for option in set(options) | set(_QUOTED.findall(text)):
+        if option in options or flag_of(option) != option:
+            text = text.replace(f"`{option}`", flag_of(option))
     return text
+
+
+_QUOTED = re.compile(r"`([a-z_][a-z0-9_]*)`")
