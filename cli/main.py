@@ -12,6 +12,7 @@ import sys
 
 from cli.distributed import agree_on_errors, end_process_group, start_process_group
 from cli.dry_run import dry_run
+from cli.messages import cli_message
 from cli.parser import Parallelism, build_parser
 from cli.request import build_request
 from cli.run import run
@@ -62,7 +63,7 @@ def _main(args: argparse.Namespace) -> int:
     try:
         request, error = build_request(args), None
     except UserError as err:
-        request, error = None, f"error: {err}"
+        request, error = None, f"error: {cli_message(err)}"
     except KeyboardInterrupt:  # Ctrl-C while the inputs are checked: nothing was written yet
         print("stopped by SIGINT before the run started; nothing was written", file=sys.stderr)
         return 130

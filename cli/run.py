@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from cli import LOGGER_NAME
 from cli.distributed import end_process_group, summarize_ranks, window_group
+from cli.messages import cli_message
 from cli.models import run_models
 from cli.parser import Parallelism
 from cli.request import RunRequest
@@ -165,7 +166,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
         if group is None or group.is_writer:
             create_folder(r.layout.root)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {cli_message(err)}", file=sys.stderr)
         return 2
 
     if group is not None:
@@ -197,7 +198,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
                 print(f"error: rank {r.rank}: {err}", file=sys.stderr)
                 return 1
             except UserError as err:  # found only now (a saved state that cannot be resumed): exit 2
-                print(f"error: {err}", file=sys.stderr)
+                print(f"error: {cli_message(err)}", file=sys.stderr)
                 return 2
             except RunInterrupted as stopped:
                 if group is None or group.is_writer:

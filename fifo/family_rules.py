@@ -24,7 +24,7 @@ from lvdm.family import IMAGE_TOKENS_PER_FRAME, ModelFamily
 if TYPE_CHECKING:
     from lvdm.build import ConfigFacts
 
-I2V_CONFIG_HINT = "use --config configs/inference_i2v_512_v1.0.yaml (or configs/tiny_i2v.yaml)"
+I2V_CONFIG_HINT = "use `config` configs/inference_i2v_512_v1.0.yaml (or configs/tiny_i2v.yaml)"
 
 
 def check_model_fits(
@@ -47,7 +47,8 @@ def check_model_fits(
     if mode.uses_image_model and not facts.has_image_embedder:
         raise SettingsError(
             f"mode {mode.main.value!r} needs the image-to-video model (a CLIP image embedder), but "
-            f"{source} has none: {I2V_CONFIG_HINT}"
+            f"{source} has none: {I2V_CONFIG_HINT}",
+            options=("config",),
         )
     if mode.srg is not None:
         mode.srg.guided_windows(settings.geometry)  # raises for --srg_windows beyond the windows
@@ -59,21 +60,24 @@ def check_model_fits(
     steps = settings.geometry.steps
     if not facts.family.flow_matching and steps > facts.timesteps:
         raise SettingsError(
-            f"--video_length {settings.video_length} × --num_partitions {settings.num_partitions} = {steps} DDIM "
-            f"steps, more than the {facts.timesteps} timesteps {source} was trained on; lower --num_partitions"
+            f"`video_length` {settings.video_length} × `num_partitions` {settings.num_partitions} = {steps} DDIM "
+            f"steps, more than the {facts.timesteps} timesteps {source} was trained on; lower `num_partitions`",
+            options=("video_length", "num_partitions"),
         )
     if mode.subject is not None and facts.attention_levels is not None:
         missing = [level for level in mode.subject.levels if level not in facts.attention_levels]
         if missing:
             raise SettingsError(
-                f"--subject_levels: level(s) {missing} have no spatial transformers in the U-Net of {source} "
-                f"(levels with attention: {', '.join(map(str, facts.attention_levels))})"
+                f"`subject_levels`: level(s) {missing} have no spatial transformers in the U-Net of {source} "
+                f"(levels with attention: {', '.join(map(str, facts.attention_levels))})",
+                options=("subject_levels",),
             )
     h, w = settings.height, settings.width
     if h % facts.size_multiple or w % facts.size_multiple:
         raise SettingsError(
-            f"--height and --width must be multiples of {facts.size_multiple} for this model "
-            f"(autoencoder ×{facts.vae_scale}, U-Net ×{facts.unet_factor}), got {h}x{w}"
+            f"`height` and `width` must be multiples of {facts.size_multiple} for this model "
+            f"(autoencoder ×{facts.vae_scale}, U-Net ×{facts.unet_factor}), got {h}x{w}",
+            options=("height", "width"),
         )
     check_family_mode(facts, mode, settings, source, seed_model)
 
@@ -101,25 +105,29 @@ def check_family_mode(
     if family.needs_input_image and mode.main is MainMode.T2V:
         raise SettingsError(
             f"mode 't2v' cannot run on {source} ({family.name}): it conditions every frame on an input "
-            "image's latent; use --mode i2v with 'image_path;prompt' lines (prompts/example_i2v.txt), "
-            "or a text-to-video config for t2v"
+            "image's latent; use `mode` i2v with 'image_path;prompt' lines (prompts/example_i2v.txt), "
+            "or a text-to-video config for t2v",
+            options=("mode",),
         )
     if family.needs_input_image and mode.main.seeds_image and seed_model is None:
         raise SettingsError(
             f"mode {mode.main.value!r} on {source} ({family.name}) needs a text-to-video model to "
-            "sample its base clip (it cannot sample one from text alone): give --seed_config (e.g. "
-            f"{DEFAULT_SEED_CONFIG}) and its --seed_ckpt"
+            "sample its base clip (it cannot sample one from text alone): give `seed_config` (e.g. "
+            f"{DEFAULT_SEED_CONFIG}) and its `seed_ckpt`",
+            options=("seed_config", "seed_ckpt"),
         )
     if family.zero_terminal_snr and mode.tail is not None:
         raise SettingsError(
             f"sub-option 'tailcoh' cannot apply to {source} ({family.name}): its tail slot is at ᾱ = 0 "
             "(zero terminal SNR), so the previous tail's low frequencies carry nothing into the new "
-            "one and the coherent tail would equal fresh noise; leave tailcoh out of --mode"
+            "one and the coherent tail would equal fresh noise; leave tailcoh out of `mode`",
+            options=("mode",),
         )
     if settings.frame_stride is not None and not family.takes_frame_stride:
         raise SettingsError(
-            f"--frame_stride conditions frame-stride models ({DYNAMICRAFTER_CONFIG_HINT}); "
-            f"{source} ({family.name}) is conditioned on --fps instead"
+            f"`frame_stride` conditions frame-stride models ({DYNAMICRAFTER_CONFIG_HINT}); "
+            f"{source} ({family.name}) is conditioned on `fps` instead",
+            options=("frame_stride", "fps"),
         )
     if family.per_frame_image_tokens:
         # A window of another length would get every frame's tokens on every frame (the
@@ -127,9 +135,10 @@ def check_family_mode(
         frames = family.image_tokens // IMAGE_TOKENS_PER_FRAME
         if settings.video_length != frames:
             raise SettingsError(
-                f"--video_length must be {frames} for {source}: its image tokens are "
+                f"`video_length` must be {frames} for {source}: its image tokens are "
                 f"{IMAGE_TOKENS_PER_FRAME} per frame of a {frames}-frame clip (the Resampler's "
-                f"video_length), got {settings.video_length}"
+                f"video_length), got {settings.video_length}",
+                options=("video_length",),
             )
 
 
@@ -159,7 +168,8 @@ def check_flow_mode(
     if mode.main is not MainMode.T2V:
         raise SettingsError(
             f"mode {mode.main.value!r} cannot run on {source} ({family.name}): it is a text-to-video model "
-            "sampled from text alone; use --mode t2v"
+            "sampled from text alone; use `mode` t2v",
+            options=("mode",),
         )
     # Every other sub-option is refused, a new one too until it is ported: the flow sampler
     # (fifo.wan) installs no processors or tail samplers, and MIGA's step hooks only.
@@ -175,12 +185,14 @@ def check_flow_mode(
             name = {"tail": "tailcoh"}.get(f.name, f.name)
             reason = WAN_TRICK_REASONS.get(name, "the flow models' sampler does not run it (yet)")
             raise SettingsError(
-                f"sub-option {name!r} cannot apply to {source} ({family.name}): {reason}; leave it out of --mode"
+                f"sub-option {name!r} cannot apply to {source} ({family.name}): {reason}; leave it out of `mode`",
+                options=("mode",),
             )
     if settings.rng.value != "default":
         raise SettingsError(
-            f"--rng {settings.rng.value} reproduces the random draws of the published VideoCrafter code, "
-            f"which has no {family.name} sampler; leave --rng out"
+            f"`rng` {settings.rng.value} reproduces the random draws of the published VideoCrafter code, "
+            f"which has no {family.name} sampler; leave `rng` out",
+            options=("rng",),
         )
 
 
@@ -200,12 +212,14 @@ def check_seed_model(
     """
     if not mode.main.seeds_image:
         raise SettingsError(
-            f"--seed_config applies to the modes seeded by a base clip (t2v_seed, t2v_seed_ar), not to "
-            f"{mode.main.value!r}; leave it out"
+            f"`seed_config` applies to the modes seeded by a base clip (t2v_seed, t2v_seed_ar), not to "
+            f"{mode.main.value!r}; leave it out",
+            options=("seed_config",),
         )
     if facts.family.needs_input_image or facts.has_image_embedder:
         raise SettingsError(
-            f"--seed_config {source}: the base clip must come from a text-to-video model, but this one "
-            f"({facts.family.name}) takes an image; use e.g. {DEFAULT_SEED_CONFIG}"
+            f"`seed_config` {source}: the base clip must come from a text-to-video model, but this one "
+            f"({facts.family.name}) takes an image; use e.g. {DEFAULT_SEED_CONFIG}",
+            options=("seed_config",),
         )
-    check_model_fits(facts, SEED_MODE, seed_settings(settings), f"--seed_config {source}")
+    check_model_fits(facts, SEED_MODE, seed_settings(settings), f"`seed_config` {source}")

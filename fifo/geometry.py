@@ -38,9 +38,14 @@ class FifoGeometry:
 
     def __post_init__(self) -> None:
         if self.video_length < 2 or self.video_length % 2:
-            raise SettingsError(f"--video_length must be an even number ≥ 2, got {self.video_length}")
+            raise SettingsError(
+                f"`video_length` must be an even number ≥ 2, got {self.video_length}",
+                options=("video_length",),
+            )
         if self.num_partitions < 1:
-            raise SettingsError(f"--num_partitions must be ≥ 1, got {self.num_partitions}")
+            raise SettingsError(
+                f"`num_partitions` must be ≥ 1, got {self.num_partitions}", options=("num_partitions",)
+            )
 
     @property
     def steps(self) -> int:

@@ -29,7 +29,8 @@ class ZigzagOptions:
     def __post_init__(self) -> None:
         check_option(
             isinstance(self.length, int) and self.length >= 1,
-            f"--zigzag_length must be ≥ 1, got {self.length}",
+            f"`zigzag_length` must be ≥ 1, got {self.length}",
+            "zigzag_length",
         )
 
     def geometry(self, base: FifoGeometry) -> ZigzagGeometry:
@@ -55,7 +56,8 @@ class AnchorOptions:
     def __post_init__(self) -> None:
         check_option(
             self.frames is None or (isinstance(self.frames, int) and self.frames >= 1),
-            f"--anchor_frames must be ≥ 1, got {self.frames}",
+            f"`anchor_frames` must be ≥ 1, got {self.frames}",
+            "anchor_frames",
         )
 
     def count(self, geometry: FifoGeometry) -> int:
@@ -79,9 +81,10 @@ class AnchorOptions:
             return max(1, geometry.video_length // 4)
         if self.frames > room:
             raise ModeError(
-                f"--anchor_frames ({self.frames}) exceeds the {room} frames of a window that are "
-                f"read but not written back (half of --video_length {geometry.video_length}): "
-                f"give --anchor_frames ≤ {room}"
+                f"`anchor_frames` ({self.frames}) exceeds the {room} frames of a window that are "
+                f"read but not written back (half of `video_length` {geometry.video_length}): "
+                f"give `anchor_frames` ≤ {room}",
+                options=("anchor_frames", "video_length"),
             )
         return self.frames
 
@@ -102,11 +105,13 @@ class ReflectOptions:
     def __post_init__(self) -> None:
         check_option(
             math.isfinite(self.threshold) and 0.0 <= self.threshold <= 2.0,
-            f"--reflect_threshold must lie in [0, 2] (a drop of a cosine similarity), got {self.threshold}",
+            f"`reflect_threshold` must lie in [0, 2] (a drop of a cosine similarity), got {self.threshold}",
+            "reflect_threshold",
         )
         check_option(
             isinstance(self.candidates, int) and self.candidates >= 1,
-            f"--reflect_candidates must be ≥ 1, got {self.candidates}",
+            f"`reflect_candidates` must be ≥ 1, got {self.candidates}",
+            "reflect_candidates",
         )
 
     def check(self, geometry: FifoGeometry) -> None:

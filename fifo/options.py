@@ -130,7 +130,10 @@ class QCacheOptions:
 def check_qcache_weight(weight: float) -> None:
     """The one check of the Q-cache weight's range (also rejects NaN)."""
     if not 0.0 <= weight <= 1.0:
-        raise ModeError(f"the Q-cache weight (--qcache_weight) must lie in [0, 1], got {weight}")
+        raise ModeError(
+            f"the Q-cache weight (`qcache_weight`) must lie in [0, 1], got {weight}",
+            options=("qcache_weight",),
+        )
 
 
 class TailFilter(_Choice):
@@ -155,8 +158,10 @@ class TailCoherenceOptions:
     filter: TailFilter = TailFilter.GAUSSIAN
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "filter", _choice(TailFilter, self.filter, "--tail_filter"))
-        _check(0.0 <= self.cutoff <= 1.0, f"--tail_lowpass must lie in [0, 1], got {self.cutoff}")
+        object.__setattr__(self, "filter", _choice(TailFilter, self.filter, "tail_filter"))
+        _check(
+            0.0 <= self.cutoff <= 1.0, f"`tail_lowpass` must lie in [0, 1], got {self.cutoff}", "tail_lowpass"
+        )
 
 
 @dataclass(frozen=True)
@@ -181,8 +186,14 @@ class SubjectOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "phrase", " ".join(str(self.phrase).split()))
         object.__setattr__(self, "levels", _levels(self.levels))
-        _check(bool(self.phrase), "--subject must name the subject (words of the prompt), got nothing")
-        _check(0.0 < self.threshold <= 1.0, f"--subject_threshold must lie in (0, 1], got {self.threshold}")
+        _check(
+            bool(self.phrase), "`subject` must name the subject (words of the prompt), got nothing", "subject"
+        )
+        _check(
+            0.0 < self.threshold <= 1.0,
+            f"`subject_threshold` must lie in (0, 1], got {self.threshold}",
+            "subject_threshold",
+        )
 
 
 @dataclass(frozen=True)
@@ -205,12 +216,18 @@ class SrgOptions:
     def __post_init__(self) -> None:
         _check(
             math.isfinite(self.weight) and self.weight >= 0.0,
-            f"--srg_weight must be a finite number ≥ 0, got {self.weight}",
+            f"`srg_weight` must be a finite number ≥ 0, got {self.weight}",
+            "srg_weight",
         )
-        _check(0.0 <= self.momentum <= 1.0, f"--srg_momentum must lie in [0, 1], got {self.momentum}")
+        _check(
+            0.0 <= self.momentum <= 1.0,
+            f"`srg_momentum` must lie in [0, 1], got {self.momentum}",
+            "srg_momentum",
+        )
         _check(
             self.windows is None or (isinstance(self.windows, int) and self.windows >= 1),
-            f"--srg_windows must be ≥ 1, got {self.windows}",
+            f"`srg_windows` must be ≥ 1, got {self.windows}",
+            "srg_windows",
         )
 
     def guided_windows(self, geometry: FifoGeometry) -> int:
@@ -227,7 +244,8 @@ class SrgOptions:
             return max(1, total // 2)
         if self.windows > total:
             raise SettingsError(
-                f"--srg_windows ({self.windows}) exceeds the {total} FIFO windows of these settings"
+                f"`srg_windows` ({self.windows}) exceeds the {total} FIFO windows of these settings",
+                options=("srg_windows",),
             )
         return self.windows
 
@@ -235,11 +253,13 @@ class SrgOptions:
 _check = check_option  # the tricks' range checks (NaN fails every comparison, so it is rejected too)
 
 
-def _choice(kind: type[_Choice], value: object, flag: str) -> _Choice:
+def _choice(kind: type[_Choice], value: object, option: str) -> _Choice:
+    """``value`` as a ``kind``; a :class:`ModeError` naming ``option`` and the choices if it is none."""
     try:
         return kind(value)
     except ValueError:
-        raise ModeError(f"{flag} must be one of {', '.join(k.value for k in kind)}, got {value!r}") from None
+        choices = ", ".join(k.value for k in kind)
+        raise ModeError(f"`{option}` must be one of {choices}, got {value!r}", options=(option,)) from None
 
 
 def _levels(levels: Sequence[int]) -> tuple[int, ...]:
@@ -247,9 +267,13 @@ def _levels(levels: Sequence[int]) -> tuple[int, ...]:
     try:
         values = [int(v) for v in levels]
     except (TypeError, ValueError):
-        raise ModeError(f"--subject_levels must be levels such as (1, 2), got {levels!r}") from None
+        raise ModeError(
+            f"`subject_levels` must be levels such as (1, 2), got {levels!r}", options=("subject_levels",)
+        ) from None
     _check(
-        bool(values) and all(v >= 0 for v in values), f"--subject_levels must be levels ≥ 0, got {levels!r}"
+        bool(values) and all(v >= 0 for v in values),
+        f"`subject_levels` must be levels ≥ 0, got {levels!r}",
+        "subject_levels",
     )
     return tuple(sorted(set(values)))
 
@@ -307,16 +331,14 @@ class ModeOptions:
                 self.srg,
                 "it guides the front windows at FIFO's fixed slots, which move with the zigzag's phase",
             ),
-            (
-                "reflect",
-                self.reflect,
-                "it scores the frame at FIFO's fixed depth from the tail, where zigzag latents wait",
-            ),
         ):
             if self.zigzag is not None and on:
                 raise ModeError(f"zigzag and {part} do not combine: {why}; drop one of them")
         if self.uses_subject and self.subject is None:
-            raise ModeError("sacfa and srg need the subject: give --subject with words of the prompt")
+            raise ModeError(
+                "sacfa and srg need the subject: give `subject` with words of the prompt",
+                options=("subject",),
+            )
         if self.subject is not None and not self.uses_subject:
             raise ModeError("a subject is only used by sacfa and srg")
 
@@ -515,7 +537,8 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
     uses_subject = "sacfa" in subs or "srg" in subs
     if uses_subject and tricks.subject is None:
         raise ModeError(
-            f"mode {mode!r}: sacfa and srg need the subject: add --subject with words of the prompt"
+            f"mode {mode!r}: sacfa and srg need the subject: add `subject` with words of the prompt",
+            options=("subject",),
         )
     # A placeholder phrase where none is given, so that bad levels or thresholds are errors anyway.
     subject = SubjectOptions(
@@ -578,7 +601,7 @@ class GenerationSettings:
     continued over the prompts of the process, in the published code's order and shapes.
 
     Raises:
-        SettingsError: a setting out of range; the message names its command-line flag.
+        SettingsError: a setting out of range; the message names it by its field (``options``).
     """
 
     video_length: int = 16
@@ -613,21 +636,42 @@ class GenerationSettings:
         checks = [
             (
                 self.new_video_length == math.inf or 1 <= self.new_video_length <= MAX_NEW_VIDEO_LENGTH,
-                f"-l/--new_video_length must be a number of frames in [1, {MAX_NEW_VIDEO_LENGTH}] "
+                f"`new_video_length` must be a number of frames in [1, {MAX_NEW_VIDEO_LENGTH}] "
                 "(the largest accepted), or inf for a video that runs until it is stopped",
+                ("new_video_length",),
             ),
-            (self.height > 0 and self.width > 0, "--height and --width must be positive"),
-            (0 <= self.guidance < math.inf, "--unconditional_guidance_scale must be a finite number ≥ 0"),
-            (0 <= self.seed < 2**63, "--seed must be a whole number in [0, 2**63)"),
-            (0.0 <= self.eta <= 1.0, "--eta must lie in [0, 1]"),
-            (self.output_fps >= 1 and self.fps >= 1, "--fps and --output_fps must be ≥ 1"),
-            (self.window_batch is None or self.window_batch >= 1, "--window_batch must be ≥ 1"),
-            (self.frame_stride is None or self.frame_stride >= 1, "--frame_stride must be ≥ 1"),
-            (0.0 <= self.guidance_rescale <= 1.0, "--guidance_rescale must lie in [0, 1]"),
+            (
+                self.height > 0 and self.width > 0,
+                "`height` and `width` must be positive",
+                ("height", "width"),
+            ),
+            (0 <= self.guidance < math.inf, "`guidance` must be a finite number ≥ 0", ("guidance",)),
+            (0 <= self.seed < 2**63, "`seed` must be a whole number in [0, 2**63)", ("seed",)),
+            (0.0 <= self.eta <= 1.0, "`eta` must lie in [0, 1]", ("eta",)),
+            (
+                self.output_fps >= 1 and self.fps >= 1,
+                "`fps` and `output_fps` must be ≥ 1",
+                ("fps", "output_fps"),
+            ),
+            (
+                self.window_batch is None or self.window_batch >= 1,
+                "`window_batch` must be ≥ 1",
+                ("window_batch",),
+            ),
+            (
+                self.frame_stride is None or self.frame_stride >= 1,
+                "`frame_stride` must be ≥ 1",
+                ("frame_stride",),
+            ),
+            (
+                0.0 <= self.guidance_rescale <= 1.0,
+                "`guidance_rescale` must lie in [0, 1]",
+                ("guidance_rescale",),
+            ),
         ]
-        for ok, message in checks:
+        for ok, message, options in checks:
             if not ok:
-                raise SettingsError(message)
+                raise SettingsError(message, options=options)
 
     @property
     def geometry(self) -> FifoGeometry:

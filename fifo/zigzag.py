@@ -53,13 +53,15 @@ class ZigzagGeometry(FifoGeometry):
         g, zl = self.group, self.zigzag_length
         if zl < 1 or g % zl:
             raise SettingsError(
-                f"--zigzag_length must divide the {g} frames a window writes back "
-                f"({'half of ' if self.lookahead else ''}--video_length {self.video_length}), got {zl}"
+                f"`zigzag_length` must divide the {g} frames a window writes back "
+                f"({'half of ' if self.lookahead else ''}`video_length` {self.video_length}), got {zl}",
+                options=("zigzag_length", "video_length"),
             )
         if self.num_partitions < 2:
             raise SettingsError(
-                "the zigzag queue's unified stage takes the last --video_length steps, and stage 1 "
-                "needs steps before them: use -n 2 or more with zigzag"
+                "the zigzag queue's unified stage takes the last `video_length` steps, and stage 1 "
+                "needs steps before them: use `num_partitions` 2 or more with zigzag",
+                options=("video_length", "num_partitions"),
             )
 
     # ------------------------------------------------------------------ constants of the layout

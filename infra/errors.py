@@ -13,7 +13,17 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A mistake in the command line, its inputs or the files it reads; the message names the
-    problem and the fix. Printed as ``error: ...``, exit code 2."""
+    problem and the fix. Printed as ``error: ...``, exit code 2.
+
+    ``options``: the Python names of the options the message names (a field of the checked
+    options, or an argument of the Python API, such as ``zigzag_length``); the message spells
+    them so, and a front end that calls them otherwise (the command line's ``--zigzag_length``)
+    rewrites them when it prints the message.
+    """
+
+    def __init__(self, *args: object, options: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.options = tuple(options)
 
 
 class UsageError(UserError, ValueError):

@@ -79,11 +79,11 @@ def test_anchor_count_default_and_limits() -> None:
     geometry = FifoGeometry(16, 4, lookahead=True)
     assert AnchorOptions().count(geometry) == 4
     assert AnchorOptions(8).count(geometry) == 8
-    with pytest.raises(ModeError, match="--anchor_frames \\(9\\) exceeds the 8 frames"):
+    with pytest.raises(ModeError, match="`anchor_frames` \\(9\\) exceeds the 8 frames"):
         AnchorOptions(9).count(geometry)
     with pytest.raises(ModeError, match="without lookahead"):
         AnchorOptions().count(FifoGeometry(16, 4, lookahead=False))
-    with pytest.raises(ModeError, match="--anchor_frames must be ≥ 1"):
+    with pytest.raises(ModeError, match="`anchor_frames` must be ≥ 1"):
         parse_mode("t2v_anchors", tricks=TrickArguments(anchor_frames=0))
     mode = parse_mode("t2v_anchors", tricks=TrickArguments(anchor_frames=2))
     assert mode.name == "t2v_anchors" and mode.anchors == AnchorOptions(2)

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from cli.messages import cli_message
 from fifo.options import (
     MAIN_OPTIONS,
     SUB_OPTIONS,
@@ -231,33 +232,38 @@ def test_ouroboros_parameters_become_typed_options() -> None:
 
 @pytest.mark.parametrize("text", ["t2v_sacfa", "i2v_srg", "t2v_tailcoh_sacfa_srg"])
 def test_subject_tricks_need_a_subject(text: str) -> None:
-    with pytest.raises(ModeError, match="--subject"):
+    with pytest.raises(ModeError, match="`subject`"):
         parse_mode(text)
-    with pytest.raises(ModeError, match="--subject"):
+    with pytest.raises(ModeError, match="`subject`"):
         ModeOptions(sacfa=True)
 
 
 @pytest.mark.parametrize(
-    ("arguments", "flag"),
+    ("arguments", "option"),
     [
-        ({"subject": ""}, "--subject"),
-        ({"subject_levels": (1, "x")}, "--subject_levels"),
-        ({"subject_levels": (-1,)}, "--subject_levels"),
-        ({"subject_levels": ()}, "--subject_levels"),
-        ({"subject_threshold": 0.0}, "--subject_threshold"),
-        ({"subject_threshold": 1.5}, "--subject_threshold"),
-        ({"srg_weight": -1.0}, "--srg_weight"),
-        ({"srg_weight": float("inf")}, "--srg_weight"),
-        ({"srg_momentum": 1.1}, "--srg_momentum"),
-        ({"srg_momentum": float("nan")}, "--srg_momentum"),
-        ({"srg_windows": 0}, "--srg_windows"),
+        ({"subject": ""}, "subject"),
+        ({"subject_levels": (1, "x")}, "subject_levels"),
+        ({"subject_levels": (-1,)}, "subject_levels"),
+        ({"subject_levels": ()}, "subject_levels"),
+        ({"subject_threshold": 0.0}, "subject_threshold"),
+        ({"subject_threshold": 1.5}, "subject_threshold"),
+        ({"srg_weight": -1.0}, "srg_weight"),
+        ({"srg_weight": float("inf")}, "srg_weight"),
+        ({"srg_momentum": 1.1}, "srg_momentum"),
+        ({"srg_momentum": float("nan")}, "srg_momentum"),
+        ({"srg_windows": 0}, "srg_windows"),
     ],
 )
-def test_invalid_ouroboros_parameters_name_their_flag(arguments: dict, flag: str) -> None:
+def test_invalid_ouroboros_parameters_name_their_option(arguments: dict, option: str) -> None:
+    """The library names the parameter by its Python name; the command line prints its flag."""
     arguments = {"subject": "a fox", **arguments}
-    with pytest.raises(ModeError, match=flag):
+    with pytest.raises(ModeError, match=f"`{option}`") as err:
         parse_mode("t2v_sacfa_srg", tricks=TrickArguments(**arguments))
-    with pytest.raises(ModeError, match=flag):  # an invalid value is an error even when its trick is off
+    assert err.value.options == (option,)
+    assert f"--{option}" in cli_message(err.value) and "`" not in cli_message(err.value)
+    with pytest.raises(
+        ModeError, match=f"`{option}`"
+    ):  # an invalid value is an error even when its trick is off
         parse_mode("t2v", tricks=TrickArguments(**arguments))
 
 

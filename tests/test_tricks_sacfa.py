@@ -183,7 +183,7 @@ def test_prompts_must_mention_the_subject() -> None:
     assert mentions("A Person, swimming.", "a person") and not mentions("a personal trainer", "a person")
     story = PromptJob("a cat sleeps", 3, scenes=())
     check_subject_in_prompts("cat", [story])
-    with pytest.raises(ValueError, match=r"--subject 'dog'.*line 3"):
+    with pytest.raises(ValueError, match=r"`subject` 'dog'.*line 3"):
         check_subject_in_prompts("dog", [story])
 
 
@@ -274,5 +274,5 @@ def test_sacfa_on_the_unet_changes_only_videos_with_the_subject(unet, model) -> 
 
 
 def test_levels_without_spatial_transformers_are_an_error(unet) -> None:
-    with pytest.raises(ValueError, match=r"--subject_levels.*\[3\]"):
+    with pytest.raises(ValueError, match=r"`subject_levels`.*\[3\]"):
         set_subject_tracking(unet, SubjectOptions("a person", levels=(1, 3)))

@@ -113,17 +113,18 @@ def test_cutoff_zero_is_todays_tail_and_the_stream_stays_aligned(order: NoiseOrd
 
 
 @pytest.mark.parametrize(
-    ("arguments", "flag"),
+    ("arguments", "option"),
     [
-        ({"tail_lowpass": -0.1}, "--tail_lowpass"),
-        ({"tail_lowpass": 1.5}, "--tail_lowpass"),
-        ({"tail_lowpass": float("nan")}, "--tail_lowpass"),
-        ({"tail_filter": "box"}, "--tail_filter"),
+        ({"tail_lowpass": -0.1}, "tail_lowpass"),
+        ({"tail_lowpass": 1.5}, "tail_lowpass"),
+        ({"tail_lowpass": float("nan")}, "tail_lowpass"),
+        ({"tail_filter": "box"}, "tail_filter"),
     ],
 )
-def test_invalid_parameters_name_their_flag(arguments: dict, flag: str) -> None:
-    with pytest.raises(ModeError, match=flag):
+def test_invalid_parameters_name_their_option(arguments: dict, option: str) -> None:
+    with pytest.raises(ModeError, match=f"`{option}`") as err:
         parse_mode("t2v_tailcoh", tricks=TrickArguments(**arguments))
+    assert err.value.options == (option,)
 
 
 def test_options_parse_into_the_mode() -> None:

@@ -76,8 +76,9 @@ def check_subject_in_prompts(phrase: str, jobs: Sequence[PromptJob]) -> None:
     for job in jobs:
         if not any(mentions(prompt, phrase) for prompt in job.prompts):
             raise SettingsError(
-                f"--subject {phrase!r} does not occur in the prompt of line {job.line} ({job.prompt!r}): "
-                "give words that stand in the prompt"
+                f"`subject` {phrase!r} does not occur in the prompt of line {job.line} ({job.prompt!r}): "
+                "give words that stand in the prompt",
+                options=("subject",),
             )
 
 
@@ -337,15 +338,16 @@ def spatial_attention(
 
 
 def check_levels(unet: nn.Module, levels: Sequence[int]) -> None:
-    """Raise SettingsError (naming ``--subject_levels``) for a level without spatial transformers."""
+    """Raise SettingsError (naming ``subject_levels``) for a level without spatial transformers."""
     have = sorted(
         {lvl for lvl, _ in unet.encoder_attention_blocks} & {lvl for lvl, _ in unet.decoder_attention_blocks}
     )
     missing = [lvl for lvl in levels if lvl not in have]
     if missing:
         raise SettingsError(
-            f"--subject_levels: level(s) {missing} have no spatial transformers in this U-Net "
-            f"(levels with attention: {', '.join(map(str, have))})"
+            f"`subject_levels`: level(s) {missing} have no spatial transformers in this U-Net "
+            f"(levels with attention: {', '.join(map(str, have))})",
+            options=("subject_levels",),
         )
 
 
