@@ -54,12 +54,15 @@ def miga_costs(mode: ModeOptions, geometry: FifoGeometry, latent_bytes: int) -> 
         }
     if mode.reflect is not None:
         depth, n = reflection_depth(geometry), mode.reflect.candidates
+        # Under zigzag a group of L frames is evaluated together, once every L iterations.
+        group = 1 if mode.zigzag is None else mode.zigzag.length
         costs["reflect"] = {
             "depth": depth,
             "candidates": n,
-            # One window scores the evaluated frame every iteration; a firing denoises the
+            "evaluated_frames": group,
+            # One window scores the evaluated frames per evaluation; a firing denoises the
             # candidates through ``depth`` steps and scores them: (depth + 1) windows of each.
-            "extra_unet_frames_per_output_frame": f,
+            "extra_unet_frames_per_output_frame": f // group,
             "extra_unet_frames_when_fired": (depth + 1) * n * f,
             "plain_unet_frames_per_output_frame": plain_frames,
             "kept_scores": HISTORY,
@@ -93,10 +96,12 @@ def cost_lines(costs: dict[str, dict[str, Any]]) -> list[str]:
     reflect = costs.get("reflect")
     if reflect is not None:
         plain = reflect["plain_unet_frames_per_output_frame"]
+        k = reflect["evaluated_frames"]
+        evaluated = "frame" if k == 1 else f"group of {k} frames (every {k} iterations)"
         lines.append(
             f"reflect: {reflect['extra_unet_frames_per_output_frame']} extra U-Net frames per output frame "
             f"(+{reflect['extra_unet_frames_per_output_frame'] / plain:.0%} over FIFO's {plain}) to score the "
-            f"frame {reflect['depth']} step(s) from the tail; a frame re-drawn costs "
+            f"{evaluated} {reflect['depth']} step(s) from pure noise; a re-draw costs "
             f"{reflect['extra_unet_frames_when_fired']} more ({reflect['candidates']} candidates through "
             f"{reflect['depth']} step(s) and their scores; the planned step includes one)"
         )

@@ -315,11 +315,6 @@ class ModeOptions:
                 self.srg,
                 "it guides the front windows at FIFO's fixed slots, which move with the zigzag's phase",
             ),
-            (
-                "reflect",
-                self.reflect,
-                "it scores the frame at FIFO's fixed depth from the tail, where zigzag latents wait",
-            ),
         ):
             if self.zigzag is not None and on:
                 raise ModeError(f"zigzag and {part} do not combine: {why}; drop one of them")

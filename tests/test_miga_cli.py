@@ -92,7 +92,6 @@ def test_zigzag_is_refused_with_the_reason(tmp_path, capsys) -> None:
     ]
     for mode, extra, reason in (
         ("t2v_zigzag_tailcoh", ZIGZAG, "zigzag and tailcoh do not combine: its tail follows the previous"),
-        ("t2v_zigzag_reflect", ZIGZAG, "zigzag and reflect do not combine"),
         ("t2v_zigzag", [*ZIGZAG, "--zigzag_length", "4"], "--zigzag_length must divide the 2 frames"),
         ("t2v_zigzag", [*ZIGZAG, "-n", "1"], "use --num_partitions 2 or more with zigzag"),
     ):
@@ -122,7 +121,7 @@ def test_anchors_are_refused_without_lookahead(tmp_path, capsys) -> None:
 RESUME = ["--random_init", "--video_length", "4", "-n", "2", "-l", "6", "--no_progress", "-ex", "run"]
 
 
-@pytest.mark.parametrize("mode", ["t2v_reflect_anchors", "t2v_zigzag_anchors"])
+@pytest.mark.parametrize("mode", ["t2v_reflect_anchors", "t2v_zigzag_anchors", "t2v_zigzag_reflect"])
 def test_stopped_then_resumed_is_byte_identical(tmp_path, monkeypatch, mode: str) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text(PROMPT + "\n")
@@ -138,8 +137,10 @@ def test_stopped_then_resumed_is_byte_identical(tmp_path, monkeypatch, mode: str
         "--save_state_every",
         "1",
         *(["--zigzag_length", "2"] if "zigzag" in mode else []),
+        *(REFLECT if mode == "t2v_zigzag_reflect" else []),
     ]
     assert videocrafter_main.main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
+    assert len([k for k in outputs(tmp_path / "whole") if "/fifo/" in k]) == 6  # its -l frames
     out = tmp_path / "stopped"
     with monkeypatch.context() as patch:
         stop_after(7, patch)  # 10 iterations, 4 of warm-up: the bank holds 3 frames at the stop

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fifo.geometry import FifoGeometry
+from fifo.miga_cost import miga_costs
 from fifo.miga_options import ReflectOptions
 from fifo.noise import NoiseSource
 from fifo.option_errors import ModeError
@@ -19,6 +20,7 @@ from fifo.options import TrickArguments, parse_mode
 from fifo.schedule import DDIMSchedule
 from fifo.state import FifoState
 from fifo.tricks.reflect import SelfReflection, consistency_score, drops
+from fifo.zigzag import ZigzagGeometry
 
 GEOMETRY = FifoGeometry(4, 2, lookahead=True)  # 10 slots, 8 steps; depth 1: the tail slot is evaluated
 SCHEDULE = DDIMSchedule.create(
@@ -105,3 +107,45 @@ def test_options_and_refusals() -> None:
         parse_mode("t2v_reflect", tricks=TrickArguments(reflect_threshold=float("nan")))
     with pytest.raises(ModeError, match="drop -ld"):
         ReflectOptions().check(FifoGeometry(4, 1, lookahead=False))
+
+
+def test_under_zigzag_a_group_is_evaluated_when_it_reaches_the_depth_and_redrawn_on_a_drop() -> None:
+    """In the zigzag queue (f = 4, L = 2) the group of 2 latents that has just had its first step
+    is evaluated, every second iteration; a drop re-draws the whole group, nothing else."""
+    zigzag = ZigzagGeometry(4, 2, lookahead=True, zigzag_length=2)  # 13 slots, 8 steps
+    reflect = SelfReflection(ReflectOptions(0.05, 5), SCHEDULE, zigzag)
+    reflect.wrap_windows(zero_eps)
+    target = reflect.target(zigzag.at(0))
+    assert (target.first, target.end, target.start) == (9, 11, 7) and reflect.target(zigzag.at(1)) is None
+    assert target.levels.tolist() == [4, 4, 6, 6]  # two groups, L levels apart; the evaluated one at S − 2
+    contexts = torch.zeros(len(zigzag.windows()), 3, 5)
+
+    def steady(seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        v = torch.randn(1, 4, 1, 4, 4, generator=g)
+        return v.repeat(1, 1, zigzag.queue_length, 1, 1) + 0.01 * torch.randn(
+            1, 4, zigzag.queue_length, 4, 4, generator=g
+        )
+
+    state = FifoState(steady(0), NoiseSource.seeded(1, "cpu"))
+    for it in range(2):  # a steady score at iteration 0; nothing reaches the depth at iteration 1
+        state.iteration = it
+        assert torch.equal(reflect.after_windows(SAMPLER, state, steady(0), contexts), steady(0))
+    assert state.hook_state["reflect"]["evaluated"] == 1
+    broken = steady(0)
+    broken[:, :, 9:11] = -broken[:, :, 9:11]  # the group turns against the frames before it
+    state.iteration = 2
+    out = reflect.after_windows(SAMPLER, state, broken, contexts)
+    extras = state.hook_state["reflect"]
+    assert extras["evaluated"] == 2 and extras["fired"] == 1 and extras["replaced"] == 1
+    assert torch.equal(out[:, :, :9], broken[:, :, :9]) and torch.equal(out[:, :, 11:], broken[:, :, 11:])
+    assert not torch.equal(out[:, :, 9:11], broken[:, :, 9:11])
+    chosen = float(consistency_score(out[:, :, 7:11], 2))
+    assert chosen == pytest.approx(float(reflect.last_scores.max()), abs=1e-5)  # the most consistent
+    assert chosen > float(consistency_score(broken[:, :, 7:11], 2))
+    cost = miga_costs(
+        parse_mode("t2v_zigzag_reflect", tricks=TrickArguments(zigzag_length=4)),
+        ZigzagGeometry(16, 4, True, 4),
+        1,
+    )
+    assert cost["reflect"]["extra_unet_frames_per_output_frame"] == 4  # one window of 16 every 4 iterations
