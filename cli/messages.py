@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from infra.errors import UserError
-
 # The Python names whose flag's destination is spelled otherwise (every other option is the
 # flag's destination itself).
 FLAG_DESTINATIONS = {"guidance": "unconditional_guidance_scale", "lookahead": "lookahead_denoising"}
@@ -33,7 +31,7 @@ def flag_of(option: str) -> str:
     return option_flags().get(FLAG_DESTINATIONS.get(option, option), option)
 
 
-def cli_message(err: UserError) -> str:
+def cli_message(err: Exception) -> str:
     """``err``'s message with each option it names (`` `name` ``) written as its flag: those of
     ``err.options``, and any other option in backquotes that a flag sets (a message that quotes
     another's, such as a seed model's check naming ``seed_config`` in its source)."""

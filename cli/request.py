@@ -407,7 +407,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
     layout = OutputLayout(root, experiment, cache_dir, ".mp4" if settings.use_mp4 else ".gif")
     check_writable_folder(root)
     if not args.output_dir:
-        check_writable_folder(cache_dir, flag="the cache folder")
+        check_writable_folder(cache_dir, name="the cache folder")
     if args.parallel is Parallelism.WINDOWS and not torchrun:
         logger.info("--parallel windows without torchrun: one process computes every window")
     my_jobs = rank_jobs(jobs, args.parallel, rank, world)

@@ -192,7 +192,7 @@ def _run(request: RunRequest, stop: StopRequest) -> int:
             try:
                 result = generator.run(job, r.layout, resume_options)
             except NonFiniteError as err:
-                print(f"error: {job.prompt!r}: {err}", file=sys.stderr)
+                print(f"error: {job.prompt!r}: {cli_message(err)}", file=sys.stderr)
                 return 1
             except PeerFailed as err:
                 print(f"error: rank {r.rank}: {err}", file=sys.stderr)

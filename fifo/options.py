@@ -5,7 +5,10 @@
   flags gathered in :class:`TrickArguments`) become fields of the typed option objects, checked
   here. Nothing below the CLI sees the mode string.
 - The sampling and output settings → :class:`GenerationSettings`, validated on creation (the
-  one place where each setting's range is checked; messages name the command-line flag).
+  one place where each setting's range is checked; messages name the setting by its field, in
+  backquotes, and the command line prints its flag).
+- A mode string (``"t2v_seed_TTqcache"``) is the library's own value, as the Python API takes
+  it too: :func:`parse_mode` is its one grammar, here and not in ``cli/``.
 - ``--dtype`` → :class:`Precision`.
 """
 
@@ -132,7 +135,6 @@ def check_qcache_weight(weight: float) -> None:
     if not 0.0 <= weight <= 1.0:
         raise ModeError(
             f"the Q-cache weight (`qcache_weight`) must lie in [0, 1], got {weight}",
-            options=("qcache_weight",),
         )
 
 
@@ -159,9 +161,7 @@ class TailCoherenceOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "filter", _choice(TailFilter, self.filter, "tail_filter"))
-        _check(
-            0.0 <= self.cutoff <= 1.0, f"`tail_lowpass` must lie in [0, 1], got {self.cutoff}", "tail_lowpass"
-        )
+        _check(0.0 <= self.cutoff <= 1.0, f"`tail_lowpass` must lie in [0, 1], got {self.cutoff}")
 
 
 @dataclass(frozen=True)
@@ -186,14 +186,8 @@ class SubjectOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "phrase", " ".join(str(self.phrase).split()))
         object.__setattr__(self, "levels", _levels(self.levels))
-        _check(
-            bool(self.phrase), "`subject` must name the subject (words of the prompt), got nothing", "subject"
-        )
-        _check(
-            0.0 < self.threshold <= 1.0,
-            f"`subject_threshold` must lie in (0, 1], got {self.threshold}",
-            "subject_threshold",
-        )
+        _check(bool(self.phrase), "`subject` must name the subject (words of the prompt), got nothing")
+        _check(0.0 < self.threshold <= 1.0, f"`subject_threshold` must lie in (0, 1], got {self.threshold}")
 
 
 @dataclass(frozen=True)
@@ -217,13 +211,8 @@ class SrgOptions:
         _check(
             math.isfinite(self.weight) and self.weight >= 0.0,
             f"`srg_weight` must be a finite number ≥ 0, got {self.weight}",
-            "srg_weight",
         )
-        _check(
-            0.0 <= self.momentum <= 1.0,
-            f"`srg_momentum` must lie in [0, 1], got {self.momentum}",
-            "srg_momentum",
-        )
+        _check(0.0 <= self.momentum <= 1.0, f"`srg_momentum` must lie in [0, 1], got {self.momentum}")
         _check(
             self.windows is None or (isinstance(self.windows, int) and self.windows >= 1),
             f"`srg_windows` must be ≥ 1, got {self.windows}",
@@ -245,7 +234,6 @@ class SrgOptions:
         if self.windows > total:
             raise SettingsError(
                 f"`srg_windows` ({self.windows}) exceeds the {total} FIFO windows of these settings",
-                options=("srg_windows",),
             )
         return self.windows
 
@@ -259,7 +247,7 @@ def _choice(kind: type[_Choice], value: object, option: str) -> _Choice:
         return kind(value)
     except ValueError:
         choices = ", ".join(k.value for k in kind)
-        raise ModeError(f"`{option}` must be one of {choices}, got {value!r}", options=(option,)) from None
+        raise ModeError(f"`{option}` must be one of {choices}, got {value!r}") from None
 
 
 def _levels(levels: Sequence[int]) -> tuple[int, ...]:
@@ -267,13 +255,9 @@ def _levels(levels: Sequence[int]) -> tuple[int, ...]:
     try:
         values = [int(v) for v in levels]
     except (TypeError, ValueError):
-        raise ModeError(
-            f"`subject_levels` must be levels such as (1, 2), got {levels!r}", options=("subject_levels",)
-        ) from None
+        raise ModeError(f"`subject_levels` must be levels such as (1, 2), got {levels!r}") from None
     _check(
-        bool(values) and all(v >= 0 for v in values),
-        f"`subject_levels` must be levels ≥ 0, got {levels!r}",
-        "subject_levels",
+        bool(values) and all(v >= 0 for v in values), f"`subject_levels` must be levels ≥ 0, got {levels!r}"
     )
     return tuple(sorted(set(values)))
 
@@ -337,7 +321,6 @@ class ModeOptions:
         if self.uses_subject and self.subject is None:
             raise ModeError(
                 "sacfa and srg need the subject: give `subject` with words of the prompt",
-                options=("subject",),
             )
         if self.subject is not None and not self.uses_subject:
             raise ModeError("a subject is only used by sacfa and srg")
@@ -467,7 +450,7 @@ def parse_mode(mode: str, qcache_weight: float = 0.9, tricks: TrickArguments | N
     Raises:
         ModeError: unknown or repeated parts (with the list of valid ones), ``attn1``/``attn2``
             without a Q-cache, ``sacfa``/``srg`` without ``--subject``, or a parameter out of
-            its range (the message names the flag).
+            its range (the message names the parameter by its field of :class:`TrickArguments`).
     """
     check_qcache_weight(qcache_weight)  # checked even when no Q-cache is on
     tricks = tricks or TrickArguments()
@@ -538,7 +521,6 @@ def _trick_options(mode: str, subs: list[str], tricks: TrickArguments) -> dict[s
     if uses_subject and tricks.subject is None:
         raise ModeError(
             f"mode {mode!r}: sacfa and srg need the subject: add `subject` with words of the prompt",
-            options=("subject",),
         )
     # A placeholder phrase where none is given, so that bad levels or thresholds are errors anyway.
     subject = SubjectOptions(
@@ -601,7 +583,7 @@ class GenerationSettings:
     continued over the prompts of the process, in the published code's order and shapes.
 
     Raises:
-        SettingsError: a setting out of range; the message names it by its field (``options``).
+        SettingsError: a setting out of range; the message names it by its field, in backquotes.
     """
 
     video_length: int = 16
@@ -638,40 +620,19 @@ class GenerationSettings:
                 self.new_video_length == math.inf or 1 <= self.new_video_length <= MAX_NEW_VIDEO_LENGTH,
                 f"`new_video_length` must be a number of frames in [1, {MAX_NEW_VIDEO_LENGTH}] "
                 "(the largest accepted), or inf for a video that runs until it is stopped",
-                ("new_video_length",),
             ),
-            (
-                self.height > 0 and self.width > 0,
-                "`height` and `width` must be positive",
-                ("height", "width"),
-            ),
-            (0 <= self.guidance < math.inf, "`guidance` must be a finite number ≥ 0", ("guidance",)),
-            (0 <= self.seed < 2**63, "`seed` must be a whole number in [0, 2**63)", ("seed",)),
-            (0.0 <= self.eta <= 1.0, "`eta` must lie in [0, 1]", ("eta",)),
-            (
-                self.output_fps >= 1 and self.fps >= 1,
-                "`fps` and `output_fps` must be ≥ 1",
-                ("fps", "output_fps"),
-            ),
-            (
-                self.window_batch is None or self.window_batch >= 1,
-                "`window_batch` must be ≥ 1",
-                ("window_batch",),
-            ),
-            (
-                self.frame_stride is None or self.frame_stride >= 1,
-                "`frame_stride` must be ≥ 1",
-                ("frame_stride",),
-            ),
-            (
-                0.0 <= self.guidance_rescale <= 1.0,
-                "`guidance_rescale` must lie in [0, 1]",
-                ("guidance_rescale",),
-            ),
+            (self.height > 0 and self.width > 0, "`height` and `width` must be positive"),
+            (0 <= self.guidance < math.inf, "`guidance` must be a finite number ≥ 0"),
+            (0 <= self.seed < 2**63, "`seed` must be a whole number in [0, 2**63)"),
+            (0.0 <= self.eta <= 1.0, "`eta` must lie in [0, 1]"),
+            (self.output_fps >= 1 and self.fps >= 1, "`fps` and `output_fps` must be ≥ 1"),
+            (self.window_batch is None or self.window_batch >= 1, "`window_batch` must be ≥ 1"),
+            (self.frame_stride is None or self.frame_stride >= 1, "`frame_stride` must be ≥ 1"),
+            (0.0 <= self.guidance_rescale <= 1.0, "`guidance_rescale` must lie in [0, 1]"),
         ]
-        for ok, message, options in checks:
+        for ok, message in checks:
             if not ok:
-                raise SettingsError(message, options=options)
+                raise SettingsError(message)
 
     @property
     def geometry(self) -> FifoGeometry:

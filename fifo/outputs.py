@@ -121,7 +121,7 @@ class VideoPaths:
     folder: Path
 
 
-def check_writable_folder(path: Path, flag: str = "--output_dir") -> None:
+def check_writable_folder(path: Path, name: str = "`output_dir`") -> None:
     """Fail now, not after minutes of sampling, if ``path`` cannot become a writable folder.
 
     Nothing is created: the deepest existing ancestor must be a folder this process may write in
@@ -137,23 +137,23 @@ def check_writable_folder(path: Path, flag: str = "--output_dir") -> None:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        what = f"{flag} {path}" if probe == path else f"{flag} {path}: {probe}"
-        raise OutputError(f"{what} is a file, not a folder; choose another {flag}")
+        what = f"{name} {path}" if probe == path else f"{name} {path}: {probe}"
+        raise OutputError(f"{what} is a file, not a folder; choose another {name}")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(
-            f"{flag} {path}: cannot write in {probe} (read-only file system or no permission); "
-            f"choose a writable {flag}"
+            f"{name} {path}: cannot write in {probe} (read-only file system or no permission); "
+            f"choose a writable {name}"
         )
 
 
-def create_folder(path: Path, flag: str = "--output_dir") -> None:
+def create_folder(path: Path, name: str = "`output_dir`") -> None:
     """Create ``path`` (and its parents), with an :class:`OutputError` instead of an ``OSError``."""
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         reason = "read-only file system" if err.errno == errno.EROFS else err.strerror or str(err)
         raise OutputError(
-            f"{flag} {path}: cannot create the folder ({reason}); choose another {flag}"
+            f"{name} {path}: cannot create the folder ({reason}); choose another {name}"
         ) from err
 
 
@@ -177,8 +177,8 @@ def check_not_overwriting(layout: OutputLayout, jobs: list[PromptJob], overwrite
         more = f"\n  ... and {len(saved) - 5} more" if len(saved) > 5 else ""
         raise OutputError(
             f"an interrupted run of this command is saved in:\n  {shown}{more}\n"
-            "Add --resume to continue it. (--overwrite deletes the saved frames and starts afresh; "
-            "--experiment NAME writes a new run beside it.)"
+            "Add `resume` to continue it. (`overwrite` deletes the saved frames and starts afresh; "
+            "`experiment` NAME writes a new run beside it.)"
         )
     existing = layout.existing_outputs(jobs)
     if existing:
@@ -186,7 +186,7 @@ def check_not_overwriting(layout: OutputLayout, jobs: list[PromptJob], overwrite
         more = f"\n  ... and {len(existing) - 5} more" if len(existing) > 5 else ""
         raise OutputError(
             f"these outputs exist already:\n  {shown}{more}\n"
-            "Pass --overwrite to replace them, or --experiment NAME to write the run under another name."
+            "Pass `overwrite` to replace them, or `experiment` NAME to write the run under another name."
         )
 
 

@@ -102,7 +102,7 @@ def _refuse_image_line(text: str, prompt_file: Path, where: str) -> None:
     if head.lower().endswith(_IMAGE_SUFFIXES) or (head and candidate.is_file()):
         raise PromptFileError(
             f"{where}: {head!r} before ';' looks like an image path ('image_path;prompt' is the i2v "
-            "format), but this mode takes text prompts only: use --mode i2v with the image-to-video "
+            "format), but this mode takes text prompts only: use `mode` i2v with the image-to-video "
             "config, or remove the path from the line"
         )
 

@@ -236,10 +236,10 @@ class StateStore:
         differences = fingerprint_differences(saved, self.fingerprint)
         if differences:
             raise StateError(
-                f"--resume: the state saved in {self.folder} was made with other arguments:\n  "
+                f"`resume`: the state saved in {self.folder} was made with other arguments:\n  "
                 + "\n  ".join(differences)
-                + "\nRun the interrupted command again with --resume, or drop --resume (and pass "
-                "--overwrite) to start afresh."
+                + "\nRun the interrupted command again with `resume`, or drop `resume` (and pass "
+                "`overwrite`) to start afresh."
             )
 
     def resume(
@@ -277,10 +277,10 @@ class StateStore:
         if partial.is_file():
             kept += f", and {partial} plays the frames up to the last stop"
         return StateError(
-            f"--resume: the saved state {self.state_file} cannot be resumed ({reason}), so the run cannot "
+            f"`resume`: the saved state {self.state_file} cannot be resumed ({reason}), so the run cannot "
             f"continue from it. Nothing was deleted: {kept}. To start afresh, run the command with "
-            "--overwrite instead of --resume (this deletes them); to keep them, copy them elsewhere first "
-            "or use --experiment NAME for the new run."
+            "`overwrite` instead of `resume` (this deletes them); to keep them, copy them elsewhere first "
+            "or use `experiment` NAME for the new run."
         )
 
     def remove(self) -> None:

@@ -34,7 +34,7 @@ def check_finite(tensor: Tensor, stage: str, iteration: int | None = None) -> No
         return
     where = stage if iteration is None else f"{stage} at FIFO iteration {iteration}"
     hint = (
-        " Half precision overflows first: try --dtype bf16 or --dtype fp32."
+        " Half precision overflows first: try `dtype` bf16 or `dtype` fp32."
         if tensor.dtype in (torch.float16, torch.bfloat16) or stage != "the decoded frame"
         else ""
     )

@@ -10,6 +10,10 @@ Each subclass below also derives from the built-in type it replaced (``ValueErro
 
 from __future__ import annotations
 
+import re
+
+_QUOTED = re.compile(r"`([a-z_][a-z0-9_]*)`")  # an option named in a message: `zigzag_length`
+
 
 class UserError(Exception):
     """A mistake in the command line, its inputs or the files it reads; the message names the
@@ -17,13 +21,15 @@ class UserError(Exception):
 
     ``options``: the Python names of the options the message names (a field of the checked
     options, or an argument of the Python API, such as ``zigzag_length``); the message spells
-    them so, and a front end that calls them otherwise (the command line's ``--zigzag_length``)
-    rewrites them when it prints the message.
+    them so, in backquotes, and a front end that calls them otherwise (the command line's
+    ``--zigzag_length``) rewrites them when it prints the message. Not given: the names the
+    message quotes.
     """
 
     def __init__(self, *args: object, options: tuple[str, ...] = ()) -> None:
         super().__init__(*args)
-        self.options = tuple(options)
+        quoted = _QUOTED.findall(args[0]) if args and isinstance(args[0], str) else []
+        self.options = tuple(options) or tuple(dict.fromkeys(quoted))
 
 
 class UsageError(UserError, ValueError):

@@ -97,6 +97,7 @@ def test_nan_through_the_command_line(tmp_path, monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert rc == 1
     assert "non-finite values (NaN or inf) in the base clip's latents" in err and "'a fox'" in err
+    assert "try --dtype bf16 or --dtype fp32" in err and "`" not in err  # the library's option names as flags
     assert not list((tmp_path / "out").rglob("*.gif"))
 
 
