@@ -37,9 +37,9 @@ class DeviceTensorBytes(LiveTensorBytes):
     """:class:`~infra.memory.LiveTensorBytes` of the tensors on ``device`` only: the offloaded text
     encoder's host copy (``WanModel.offload_text_encoder``) is not device memory."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device | str) -> None:
         super().__init__()
-        self.device_type = device.type
+        self.device_type = torch.device(device).type
 
     def _track(self, tensor: torch.Tensor) -> None:
         if tensor.device.type == self.device_type:
