@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.messages import FLAG_DESTINATIONS, cli_message, flag_of, option_flags
+from cli.messages import cli_message, flag_of, option_flags
+from cli.parser import FLAG_DESTINATIONS
 from fifo.miga_options import ZigzagOptions
 from fifo.option_errors import ModeError
 from fifo.options import GenerationSettings
@@ -102,3 +103,14 @@ def test_the_command_line_names_the_flag_of_a_library_check(tmp_path, capsys) ->
     err = capsys.readouterr().err
     assert "error: --zigzag_length must be ≥ 1, got 0" in err and "`" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_mode_parts_name_options_and_the_help_their_flags(tmp_path, capsys) -> None:
+    from cli.parser import build_parser
+    from fifo.options import mode_parts_help, parse_mode
+
+    assert "(needs `subject`)" in mode_parts_help("parts")
+    assert "(needs --subject)" in build_parser().format_help()
+    with pytest.raises(ModeError) as err:
+        parse_mode("t2v_sacfa_nope")
+    assert "`zigzag_length`" in str(err.value) and "every --zigzag_length latents" in cli_message(err.value)
