@@ -31,12 +31,21 @@ class VideoConditioning:
     Attributes:
         texts: (scenes, 77, d) text tokens, one row per scene (one scene for a plain prompt).
         scene_frames: output frames of each scene, for a story; empty for a single prompt.
-        length: output frames of the video.
+        length: queue units of the video (output frames on the U-Nets, latent frames on Wan).
+        output_frames: the video's frames where a queue unit decodes to several (Wan: the first
+            latent frame to one, every later one to four, the last cut to the video's length);
+            None: ``length``.
     """
 
     texts: Tensor
     scene_frames: tuple[int, ...]
     length: int
+    output_frames: int | None = None
+
+    @property
+    def video_frames(self) -> int:
+        """The frames of the video (``output_frames``, or ``length`` where a unit is one frame)."""
+        return self.length if self.output_frames is None else self.output_frames
 
     @property
     def first_text(self) -> Tensor:

@@ -157,8 +157,10 @@ WAN_TRICK_REASONS = {
 def check_flow_mode(
     family: ModelFamily, mode: ModeOptions, settings: GenerationSettings, source: str
 ) -> None:
-    """What a flow-matching family (Wan2.1 text-to-video) runs: plain ``t2v`` (with ``unilatent``),
-    stories, partitions and lookahead; the U-Net's tricks are refused with the reason.
+    """What a flow-matching family (Wan2.1 text-to-video) runs: ``t2v`` (with ``unilatent``),
+    stories, partitions and lookahead, and MIGA's parts (``anchors``, ``reflect``: step hooks on
+    the queue; ``zigzag``: the queue's layout; no layer of the model); the U-Net's tricks are
+    refused with the reason.
 
     Raises:
         SettingsError: the message is shown to the user as it is.
@@ -169,9 +171,15 @@ def check_flow_mode(
             "sampled from text alone; use `mode` t2v",
             options=("mode",),
         )
-    # Every sub-option beyond unilatent is refused, a new one too until it is ported: the flow
-    # sampler (fifo.wan) installs no processors, hooks or tail samplers.
-    plain = ModeOptions(main=MainMode.T2V, unilatent=mode.unilatent)
+    # Every other sub-option is refused, a new one too until it is ported: the flow sampler
+    # (fifo.wan) installs no processors or tail samplers, and MIGA's step hooks only.
+    plain = ModeOptions(
+        main=MainMode.T2V,
+        unilatent=mode.unilatent,
+        anchors=mode.anchors,
+        reflect=mode.reflect,
+        zigzag=mode.zigzag,
+    )
     for f in fields(mode):
         if getattr(mode, f.name) != getattr(plain, f.name):
             name = {"tail": "tailcoh"}.get(f.name, f.name)

@@ -112,7 +112,17 @@ class FifoGenerator:
         self.latent_hw = (settings.height // scale, settings.width // scale)
         # Weights in the run's dtype (a no-op when load_model put them there already).
         model.set_precision(settings.dtype.torch_dtype)
+        # --rng published: one stream for the whole process, seeded once (as the published
+        # seed_everything) when the first video starts, and continued over the prompts.
+        self._published_noise: NoiseSource | None = None
+        self.setup(plan, memory_store)
 
+    def setup(self, plan: FastPathPlan | None, memory_store: Path | None) -> None:
+        """The family's part of the set-up (here the U-Net's; :class:`fifo.wan_generator.WanGenerator`
+        has its own): ``schedule``, ``window_batch``, ``base_denoiser`` (the base clip's guided
+        denoiser), ``fifo_denoiser``, ``uncond_context``, ``tricks`` and ``sampler``, which the
+        stages below use."""
+        model, mode, settings = self.model, self.mode, self.settings
         # How the FIFO windows run: batched on the fast path (window chunks, on CPU parallel
         # slices and the plan's layer variants), or one window and one branch per call with
         # the layers as published (--sequential).
@@ -135,21 +145,10 @@ class FifoGenerator:
             self.window_batch = auto_window_batch(n_windows, memory, self.device)
         # Logged when the first video starts: a generator that only samples base clips (the seeded
         # modes' text model, fifo/seed_clips.py) or plans a run never runs FIFO windows.
-        if settings.batched:
-            per_call = "all" if self.window_batch is None else min(self.window_batch, n_windows)
-            self._path_description: str | None = (
-                f"fast path: {per_call} of {n_windows} windows and both guidance branches per U-Net call; "
-                f"{self.plan.describe()}"
-            )
-            if self.device.type == "cpu" and settings.dtype is Precision.FP32 and cpu_has_native_bf16():
-                self._path_description += (
-                    "; this CPU computes bf16 natively: --dtype bf16 runs larger models faster, "
-                    "at bf16's precision (measurements: docs/performance.md)"
-                )
-        else:
-            self._path_description = (
-                "sequential path: one window and one guidance branch per call, layers as published"
-            )
+        bf16_hint = self.device.type == "cpu" and settings.dtype is Precision.FP32 and cpu_has_native_bf16()
+        self._path_description: str | None = self.plan.describe_run(
+            self.window_batch, n_windows, settings.batched, bf16_hint
+        )
         self.model_denoiser = model_denoiser = ModelDenoiser(model, frame_value(model.family, settings))
         # The base clip always batches its two guidance branches; the FIFO windows do on the fast path.
         guidance, rescale = settings.guidance, settings.guidance_rescale
@@ -169,9 +168,6 @@ class FifoGenerator:
         if model.has_image_embedder:
             zeros = torch.zeros(1, 3, 224, 224, device=self.device)
             self.uncond_context = torch.cat([self.uncond_context, model.get_image_embeds(zeros)], dim=1)
-        # --rng published: one stream for the whole process, seeded once (as the published
-        # seed_everything) when the first video starts, and continued over the prompts.
-        self._published_noise: NoiseSource | None = None
         self.sampler = FifoSampler(
             model,
             mode,
@@ -180,8 +176,8 @@ class FifoGenerator:
             self.geometry,
             self.uncond_context,
             self.window_batch,
-            windows_step=fifo_step if group is None else DistributedWindows(group),
-            group=group,
+            windows_step=fifo_step if self.group is None else DistributedWindows(self.group),
+            group=self.group,
             tail_sampler=self.tricks.tail_sampler,
             hooks=self.tricks.hooks,
             model_denoiser=model_denoiser,
@@ -475,11 +471,12 @@ class FifoGenerator:
                     output = next(steps, None)
                     if output is None:
                         break
-                    if output.frame is not None:
-                        frames_out.write(output.frame_index, output.frame)
+                    if output.frames is not None:
+                        for k, frame in enumerate(output.frames):
+                            frames_out.write(output.frame_index + k, frame)
                     progress.update(1)
                     progress.set_postfix_str(
-                        f"frames {state.frames_emitted}/{conditioning.length}", refresh=False
+                        f"frames {state.frames_emitted}/{conditioning.video_frames}", refresh=False
                     )
                     if saver is not None:
                         saver.after_step(state)
@@ -497,5 +494,5 @@ class FifoGenerator:
                         video = next(sink for sink in sinks if isinstance(sink, VideoSink))
                         partial = video.finish_as(partial_video_path(paths.video))
                     raise RunInterrupted(state.frames_emitted, partial)
-                if output.frame is not None and self.is_writer:
-                    yield output.frame
+                if output.frames is not None and self.is_writer:
+                    yield from output.frames

@@ -186,6 +186,20 @@ class FastPathPlan:
             parts.append("layers as published")
         return ", ".join(parts)
 
+    def describe_run(self, window_batch: int | None, windows: int, batched: bool, bf16_hint: bool) -> str:
+        """How a generator runs its FIFO windows, in words, for the log (``bf16_hint``: say that
+        this CPU computes bf16 natively)."""
+        if not batched:
+            return "sequential path: one window and one guidance branch per call, layers as published"
+        per_call = "all" if window_batch is None else min(window_batch, windows)
+        text = f"fast path: {per_call} of {windows} windows and both guidance branches per U-Net call; {self.describe()}"
+        if bf16_hint:
+            text += (
+                "; this CPU computes bf16 natively: --dtype bf16 runs larger models faster, "
+                "at bf16's precision (measurements: docs/performance.md)"
+            )
+        return text
+
 
 def plan_fast_path(device: str | torch.device, threads: int | None = None) -> FastPathPlan:
     """The fast path's execution plan for ``device``.

@@ -6,8 +6,9 @@
     for frame in pipe.frames("a red fox in the snow", mode="t2v", length=8):
         ...  # (H, W, 3) uint8, as each one is written
 
-It goes the command line's way (:class:`~fifo.generator.FifoGenerator`, the same model set-up,
-settings, noise and files), so a call gives the frames of the equivalent command. See
+It goes the command line's way (:class:`~fifo.generator.FifoGenerator`, or
+:class:`~fifo.wan_generator.WanGenerator` for a Wan2.1 config: the same model set-up, settings,
+noise and files), so a call gives the frames of the equivalent command. See
 ``docs/api.md``.
 """
 
@@ -22,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fifo.generator import FifoGenerator
 from fifo.options import GenerationSettings, Precision, TrickArguments, parse_mode
 from fifo.outputs import OutputLayout
 from fifo.prompts import PromptJob
+from fifo.wan_generator import generator_class
 from lvdm.build import config_facts, load_config, load_model, model_identity
 from lvdm.modules.attention_kernels import AttentionBackend
 
@@ -63,22 +64,26 @@ class FifoPipeline:
         Raises:
             lvdm.checkpoint.CheckpointError, lvdm.build.ConfigError: a checkpoint or config that
                 cannot be used (the message says why).
-            ValueError: a Wan2.1 config (its generator writes frames as the command line runs it).
+            ValueError: ``attention`` other than ``sdpa`` for a Wan2.1 config (its transformer
+                runs diffusers' attention).
         """
         precision = Precision(dtype) if dtype is not None else Precision.default_for(device)
         facts = config_facts(load_config(config))
         model = load_model(config, ckpt, random_init, device=device, seed=seed, dtype=precision.torch_dtype)
         if model.family.flow_matching:
-            raise ValueError(
-                f"{config}: the Python API runs the U-Net families; run Wan2.1 from the command line"
-            )
-        model.unet.set_attn_processor(attention)
+            if attention != "sdpa":  # as the command line refuses --attention for Wan2.1
+                raise ValueError(
+                    f"attention={attention!r}: the Wan2.1 transformer runs diffusers' own attention"
+                )
+        else:
+            model.unet.set_attn_processor(attention)
         defaults = GenerationSettings(
             video_length=facts.temporal_length,
             height=facts.default_size[0],
             width=facts.default_size[1],
             seed=seed,
             dtype=precision,
+            guidance=facts.family.default_guidance,  # as the command line's default
         )
         return cls(model, model_identity(config, ckpt, random_init, seed), defaults)
 
@@ -118,7 +123,9 @@ class FifoPipeline:
         """
         run_settings = self.settings(length, **settings)
         job = PromptJob(prompt, line=1, image=None if image is None else Path(image))
-        generator = FifoGenerator(self.model, parse_mode(mode, tricks=tricks), run_settings, self.model_id)
+        generator = generator_class(self.model)(
+            self.model, parse_mode(mode, tricks=tricks), run_settings, self.model_id
+        )
         output_dir = Path(output_dir)
         with contextlib.closing(generator), torch.inference_mode():
             suffix = ".mp4" if run_settings.use_mp4 else ".gif"

@@ -311,6 +311,7 @@ class StateSaver:
         self.before_save: Callable[[], None] | None = None
         self._last_time = time.monotonic()
         self._last_frames = -1
+        self._step_frames: int | None = None  # frames at the last after_step
 
     def write_frame(self, index: int, frame: np.ndarray) -> None:
         self.store.write_frame(index, frame)
@@ -318,8 +319,12 @@ class StateSaver:
     def after_step(self, state: FifoState) -> None:
         """Save if the rule says so (called at each iteration boundary)."""
         if self.every_frames is not None:
-            due = state.frames_emitted > 0 and state.frames_emitted % self.every_frames == 0
-            due = due and state.frames_emitted != self._last_frames
+            # Due when the frames crossed a multiple of every_frames since the last call (an
+            # iteration gives several frames on Wan2.1), one frame at a time before the first.
+            frames, every = state.frames_emitted, self.every_frames
+            before = frames - 1 if self._step_frames is None else self._step_frames
+            self._step_frames = frames
+            due = frames > 0 and frames // every > before // every and frames != self._last_frames
         else:
             due = time.monotonic() - self._last_time >= self.every_seconds
         if due:

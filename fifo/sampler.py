@@ -82,6 +82,16 @@ class FifoSampler:
         """Latents (1, c, t, h, w) → frames (1, 3, t, H, W) in ~[-1, 1], float32 (as published)."""
         return self.model.decode_first_stage_2DAE(z).float()
 
+    def decode_output(self, state: FifoState, latent: Tensor) -> Tensor:
+        """The dequeued latent (1, c, 1, h, w) → its output frames (1, 3, k, H, W), k =
+        :meth:`unit_frames` (a family whose decoder keeps a cache between units keeps it in
+        ``state.hook_state``)."""
+        return self.decode(latent)
+
+    def unit_frames(self, state: FifoState) -> int:
+        """Output frames the latent dequeued at ``state.iteration`` decodes to (1 on the U-Nets)."""
+        return 1
+
     def image_tokens(self, images: Tensor) -> Tensor:
         """Images (b, 3, H, W) in [-1, 1] → image tokens (b, 16, d)."""
         return self.model.get_image_embeds(images.to(self.model.device))
@@ -130,13 +140,17 @@ class FifoSampler:
         if keep or self.mode.reseeds_each_frame:
             frame_video = None
             if self.is_writer:
-                frame_video = self.decode(clean)
+                frame_video = self.decode_output(state, clean)
                 check_finite(frame_video, "the decoded frame", it)
             if self.mode.reseeds_each_frame:
                 self._reseed(state, frame_video)
             if keep:
+                # The last unit's frames beyond the video's length are dropped.
+                count = min(self.unit_frames(state), max(0, conditioning.video_frames - state.frames_emitted))
+                if frame_video is not None and frame_video.shape[2] != count:
+                    frame_video = frame_video[:, :, :count]
                 output = StepOutput(it, clean, frame_video, state.frames_emitted)
-                state.frames_emitted += 1
+                state.frames_emitted += count
         state.queue = shift_queue(queue, self.tail_sampler(queue, state.noise))
         state.iteration += 1
         return output

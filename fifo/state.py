@@ -117,8 +117,9 @@ class StepOutput:
     Attributes:
         iteration: the iteration's number (0-based).
         latent: (1, c, 1, h, w), the dequeued (clean) latent, also during the warm-up.
-        video: (1, 3, 1, H, W) in ~[-1, 1], the decoded output frame; None during the warm-up.
-        frame_index: the frame's index in the video, or None.
+        video: (1, 3, k, H, W) in ~[-1, 1], the decoded output frames (k = 1 on the U-Nets; on
+            Wan the frames of one latent frame); None during the warm-up.
+        frame_index: the index in the video of the first of them, or None.
     """
 
     iteration: int
@@ -127,9 +128,14 @@ class StepOutput:
     frame_index: int | None = None
 
     @functools.cached_property
+    def frames(self) -> np.ndarray | None:
+        """The output frames as (k, H, W, 3) uint8 (converted when first asked for), or None."""
+        return None if self.video is None else to_uint8_frames(self.video)
+
+    @property
     def frame(self) -> np.ndarray | None:
-        """The output frame as (H, W, 3) uint8 (converted when first asked for), or None."""
-        return None if self.video is None else to_uint8_frames(self.video)[0]
+        """The first output frame as (H, W, 3) uint8 (the one frame on the U-Nets), or None."""
+        return None if self.frames is None else self.frames[0]
 
 
 def _to_cpu(value: Any) -> Any:

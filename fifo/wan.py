@@ -1,11 +1,12 @@
 """FIFO on Wan2.1 text-to-video: the queue along the flow, the dequeued frames through the causal
 autoencoder as a stream.
 
-What is the same as on the U-Nets: the queue layout (:class:`~fifo.geometry.FifoGeometry`:
-partitions, lookahead), its build from the base clip (:func:`~fifo.step.initial_queue`), one
-step of every window per iteration (:func:`~fifo.step.fifo_step` over
-:func:`~fifo.step.denoise_windows`), the shift, stories (per-window text), the noise source,
-the sinks and the saved state. What differs is the model's part:
+:class:`WanSampler` is :class:`~fifo.sampler.FifoSampler`, the loop of the U-Nets: the queue
+layout (:class:`~fifo.geometry.FifoGeometry`: partitions, lookahead), its build from the base
+clip (:func:`~fifo.step.initial_queue`), one step of every window per iteration
+(:func:`~fifo.step.fifo_step` over :func:`~fifo.step.denoise_windows`), the step hooks (MIGA's
+``anchors`` and ``reflect``), the shift, stories (per-window text), the noise source, the sinks
+and the saved state. What differs is the model's part:
 
 - the schedule is the flow's (:class:`~fifo.flow.FlowSchedule`): each slot at its own σ, each
   window's frames advanced one Euler step, the transformer fed one timestep per frame (per token);
@@ -19,21 +20,16 @@ the sinks and the saved state. What differs is the model's part:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fifo.conditioning import VideoConditioning
-from fifo.flow import FlowSchedule
-from fifo.geometry import FifoGeometry
-from fifo.guidance import GuidedDenoiser
-from fifo.hooks import FrameShare, WindowsStep
 from fifo.noise import NoiseSource
-from fifo.options import ModeOptions
-from fifo.state import FifoState, check_finite, to_uint8_frames
-from fifo.step import fifo_step, initial_queue, shift_queue
+from fifo.sampler import FifoSampler
+from fifo.state import FifoState
 from lvdm.wan.stream import DecoderCache, StreamDecoder
 
 DECODER = "decoder"  # the key of the decoder's cache in FifoState.hook_state
@@ -51,96 +47,50 @@ def latent_conditioning(texts: Tensor, scene_frames: tuple[int, ...], length: in
     bounds = np.cumsum(scene_frames) if scene_frames else np.zeros(0, dtype=np.int64)
     latent_bounds = [latent_frames(int(b)) for b in bounds]
     scenes = tuple(int(b - a) for a, b in zip([0, *latent_bounds[:-1]], latent_bounds))
-    return VideoConditioning(texts, scenes, latent_frames(length))
+    return VideoConditioning(texts, scenes, latent_frames(length), output_frames=length)
 
 
-@dataclass
-class WanStepOutput:
-    """What one iteration produced.
-
-    Attributes:
-        iteration: the iteration's number.
-        latent: (1, c, 1, h, w), the dequeued latent.
-        frames: the output frames it decoded to, (H, W, 3) uint8 each (none in the warm-up; the
-            last latent's frames beyond the video's length are dropped).
-        first_index: the index in the video of ``frames[0]``.
-    """
-
-    iteration: int
-    latent: Tensor
-    frames: list[np.ndarray] = field(default_factory=list)
-    first_index: int = 0
-
-
-class WanSampler:
-    """The FIFO loop over a flow model (see the module doc).
+class WanSampler(FifoSampler):
+    """The FIFO loop over a flow model: :class:`~fifo.sampler.FifoSampler` with the stream
+    decoder (see the module doc).
 
     Args:
         model: the :class:`~lvdm.wan.model.WanModel` (its autoencoder and family).
-        mode: the parsed ``--mode`` (``unilatent``).
-        denoise: the guided velocity of a batch of windows.
-        schedule: the flow schedule of f·n steps.
-        geometry: the queue layout.
-        uncond: (1, m, d) the unconditional text tokens, or None for no guidance.
-        window_batch: windows per call (None: all).
-        windows_step: runs one iteration's windows (:func:`fifo.step.fifo_step`, or
-            :class:`fifo.parallel.DistributedWindows` over ranks).
-        group: the ranks sharing the video (None: one process); only its writer decodes.
+        The rest: as :class:`~fifo.sampler.FifoSampler` (``schedule`` a
+        :class:`~fifo.flow.FlowSchedule`; no image tokens or image latent).
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        mode: ModeOptions,
-        denoise: GuidedDenoiser,
-        schedule: FlowSchedule,
-        geometry: FifoGeometry,
-        uncond: Tensor | None,
-        window_batch: int | None,
-        windows_step: WindowsStep = fifo_step,
-        group: FrameShare | None = None,
-    ) -> None:
-        self.mode, self.denoise, self.schedule, self.geometry = mode, denoise, schedule, geometry
-        self.uncond, self.window_batch = uncond, window_batch
-        self.windows_step, self.group = windows_step, group
+    def __init__(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, *args, **kwargs)
         self.decoder = StreamDecoder(model.vae, model.to_autoencoder)
         self.per_latent = model.family.video_frames_per_latent
 
-    @property
-    def is_writer(self) -> bool:
-        return self.group is None or self.group.is_writer
+    def decode(self, z: Tensor) -> Tensor:
+        """A clip's latents (1, c, t, h, w), the stream's start, → its video frames
+        (1, 3, 1 + 4·(t − 1), H, W), through a fresh cache."""
+        cache = self.decoder.start()
+        return torch.cat([self.decoder.decode(z[:, :, i : i + 1], cache) for i in range(z.shape[2])], dim=2)
 
-    def num_iterations(self, conditioning: VideoConditioning) -> int:
-        return self.geometry.num_iterations(conditioning.length)
+    def decode_output(self, state: FifoState, latent: Tensor) -> Tensor:
+        """The next latent frame of the video through the cache in ``state`` (advanced in place)."""
+        cache = DecoderCache.from_state_dict(state.hook_state[DECODER])
+        video = self.decoder.decode(latent, cache)
+        state.hook_state[DECODER] = cache.state_dict()
+        return video
 
-    def initial_state(self, base_latents: Tensor, noise: NoiseSource) -> FifoState:
+    def unit_frames(self, state: FifoState) -> int:
+        """1 for the video's first latent frame, four for every later one."""
+        first = self.geometry.at(state.iteration).discarded_frames()  # the video's first latent frame
+        return 1 if state.iteration == first else self.per_latent
+
+    def initial_state(
+        self,
+        base_latents: Tensor,
+        noise: NoiseSource,
+        image_tokens: Tensor | None = None,
+        image_latent: Tensor | None = None,
+    ) -> FifoState:
         """The base clip (1, c, f, h, w) noised into the queue, and a fresh decoder cache."""
-        queue = initial_queue(base_latents, self.geometry, self.schedule, self.mode.unilatent, noise)
-        return FifoState(queue=queue, noise=noise, hook_state={DECODER: self.decoder.start().state_dict()})
-
-    def step(self, state: FifoState, conditioning: VideoConditioning, video_frames: int) -> WanStepOutput:
-        """Advance ``state`` by one iteration (in place): every window one flow step, the dequeue
-        (decoded through the cache in the state), the shift. ``video_frames``: the video's
-        length in video frames (the last latent's extra frames are dropped)."""
-        geo, it = self.geometry, state.iteration
-        contexts = conditioning.window_contexts(geo, it, None)
-        queue = self.windows_step(
-            self.denoise, state.queue, geo, self.schedule, contexts, self.uncond, None, self.window_batch
-        )
-        check_finite(queue, "the queue", it)
-        clean = queue[:, :, geo.output_slot : geo.output_slot + 1]
-        output = WanStepOutput(it, clean, first_index=state.frames_emitted)
-        if it >= geo.discarded_frames() and self.is_writer:
-            cache = DecoderCache.from_state_dict(state.hook_state[DECODER])
-            video = self.decoder.decode(clean, cache)
-            check_finite(video, "the decoded frames", it)
-            state.hook_state[DECODER] = cache.state_dict()
-            frames = list(to_uint8_frames(video))[: max(0, video_frames - state.frames_emitted)]
-            output.frames = frames
-            state.frames_emitted += len(frames)
-        elif it >= geo.discarded_frames():  # the other ranks count the frames the writer writes
-            unit = 1 if it == geo.discarded_frames() else self.per_latent
-            state.frames_emitted += min(unit, max(0, video_frames - state.frames_emitted))
-        state.queue = shift_queue(queue, state.noise.tail(queue[:, :, :1]))
-        state.iteration += 1
-        return output
+        state = super().initial_state(base_latents, noise, image_tokens, image_latent)
+        state.hook_state[DECODER] = self.decoder.start().state_dict()
+        return state

@@ -159,7 +159,13 @@ def _plan(
             conditioning = latent_conditioning(texts, tuple(sc.frames for sc in job.scenes), length)
             x_T = noise.latents((1, model.channels, geometry.video_length, *latent_hw))
             base = sample_flow(
-                generator.base_denoiser, x_T, generator.schedule, texts[:1], generator.uncond, False, 1
+                generator.base_denoiser,
+                x_T,
+                generator.schedule,
+                texts[:1],
+                generator.uncond_context,
+                False,
+                1,
             )
             cache = sampler.decoder.start()
             first = sampler.decoder.decode(base[:, :, :1], cache)  # the stream's first frame: 1 video frame

@@ -134,7 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num_partitions", type=int, default=4, help="n (DDIM steps = f·n)")
     p.add_argument("--no_lookahead", action="store_true", help="turn lookahead denoising off")
-    p.add_argument("--guidance", type=float, default=12.0, help="classifier-free guidance scale")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the model's own, 12.0 for the U-Nets, 5.0 for Wan2.1)",
+    )
     p.add_argument("--no_guidance", action="store_true", help="no unconditional branch")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta (same noise fed to both paths)")
     p.add_argument("--fps", type=int, default=8, help="frame-rate conditioning")
@@ -294,7 +299,14 @@ def resolve_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
         parser.error("--budget_s must be > 0 (seconds)")
     if args.report is not None and args.dtype == "fp16" and device.type == "cpu":
         parser.error("--report on a CPU measures bf16 only; leave --dtype out")
+    if preset.mechanisms_only and not args.mechanisms:
+        parser.error(
+            f"--preset {args.preset} is a Wan2.1 model, whose transformer has no sequential and fast U-Net "
+            "paths to set side by side: add --mechanisms (plain FIFO and MIGA's mechanisms, per output frame)"
+        )
     facts = config_facts(load_config(REPO / preset.config))
+    if args.guidance is None:
+        args.guidance = facts.family.default_guidance
     if args.video_length is None:
         args.video_length = facts.temporal_length
     if args.video_length < 2 or args.video_length % 2:

@@ -355,3 +355,30 @@ def test_prepare_device_installs_what_an_offline_node_lacks_and_keeps_its_torch(
     with pytest.raises(SystemExit) as bad:
         prep.main(["--python", "three", "--dry_run"])
     assert bad.value.code == 2
+
+
+def test_the_wan_preset_times_fifo_and_the_mechanisms_per_output_frame(
+    bench_script, tmp_path, capsys
+) -> None:
+    out = tmp_path / "wan.json"
+    args = ["--preset", "tiny_wan", "--mechanisms", "--iterations", "1", "--warmup", "0", "--device", "cpu"]
+    args += [
+        "--threads",
+        "1",
+        "--video_length",
+        "2",
+        "--num_partitions",
+        "2",
+        "--zigzag_length",
+        "1",
+        "--no_guidance",
+    ]
+    assert bench_script.main([*args, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["mechanism"] for r in rows] == ["fifo", "zigzag", "anchors", "reflect"]
+    assert rows[0]["relative_to_fifo"] == 1.0
+    assert all(r["seconds_per_frame"] > 0 and r["iterations"] == 1 for r in rows)
+    assert "| reflect | t2v_reflect |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:  # its transformer has no sequential/fast U-Net paths
+        bench_script.main(["--preset", "tiny_wan", "--device", "cpu"])
+    assert refused.value.code == 2 and "add --mechanisms" in capsys.readouterr().err

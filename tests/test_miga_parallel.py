@@ -12,28 +12,49 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fifo.generator import FifoGenerator
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, TrickArguments, parse_mode
 from fifo.outputs import OutputLayout
 from fifo.parallel import RankGroup, share_state
 from fifo.prompts import PromptJob
 from fifo.state import FifoState
+from fifo.wan_generator import generator_class
 from tests.test_parallel import T2V, LatentRecorder, _scaled, model_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = {"video_length": 4, "num_partitions": 1, "new_video_length": 4, "height": 128, "width": 128}
 SMALL |= {"progress": False, "window_batch": 4}
-# name: mode, trick arguments, settings beyond SMALL
+WAN = {"video_length": 4, "num_partitions": 2, "new_video_length": 5, "height": 64, "width": 64}
+WAN |= {"progress": False, "window_batch": 2}
+# name: config, mode, trick arguments, settings
 CASES = {
     "reflect_anchors": (
+        T2V,
         "t2v_reflect_anchors",
         TrickArguments(anchor_frames=2, reflect_threshold=0.0, reflect_candidates=2),
-        {},
+        SMALL,
+    ),
+    # Wan2.1: the queue unit is a latent frame (4 video frames), an anchor a clean latent frame.
+    "wan_reflect_anchors": (
+        "configs/tiny_wan_t2v.yaml",
+        "t2v_reflect_anchors",
+        TrickArguments(anchor_frames=1, reflect_threshold=0.0, reflect_candidates=2),
+        WAN,
+    ),
+    "wan_zigzag_anchors": (
+        "configs/tiny_wan_t2v.yaml",
+        "t2v_zigzag_anchors",
+        TrickArguments(zigzag_length=2),
+        WAN,
     ),
     # the zigzag queue (5 windows: 3 + 2 over the ranks) needs a stage 1: two partitions
-    "zigzag_anchors": ("t2v_zigzag_anchors", TrickArguments(zigzag_length=2), {"num_partitions": 2}),
+    "zigzag_anchors": (
+        T2V,
+        "t2v_zigzag_anchors",
+        TrickArguments(zigzag_length=2),
+        SMALL | {"num_partitions": 2},
+    ),
 }
 JOB = PromptJob("a red fox", line=1)
 HOOK_STATE = {
@@ -51,13 +72,10 @@ class Fired(LatentRecorder):
 
 
 def run_case(name: str, out: Path, group: RankGroup | None) -> torch.Tensor:
-    mode, tricks, settings = CASES[name]
-    generator = FifoGenerator(
-        model_of(T2V),
-        parse_mode(mode, tricks=tricks),
-        GenerationSettings(**SMALL | settings),
-        "m",
-        group=group,
+    config, mode, tricks, settings = CASES[name]
+    model = model_of(config)
+    generator = generator_class(model)(
+        model, parse_mode(mode, tricks=tricks), GenerationSettings(**settings), "m", group=group
     )
     recorder = Fired()
     generator.sampler.hooks += (recorder,)

@@ -202,3 +202,24 @@ def test_guidance_defaults_to_wans_own(tmp_path) -> None:
     assert guidance(CONFIG) == 5.0
     assert guidance("configs/tiny_t2v.yaml") == 12.0
     assert guidance(CONFIG, "--unconditional_guidance_scale", "7") == 7.0
+
+
+def test_python_api_runs_wan(model, tmp_path) -> None:
+    """FifoPipeline takes a Wan2.1 config (Wan's guidance default, lengths in video frames) and
+    yields the frames the generator writes."""
+    from PIL import Image
+
+    from fifo.pipeline import FifoPipeline
+
+    pipe = FifoPipeline.from_config(CONFIG, random_init=True, seed=0)  # the fixture's weights
+    assert pipe.defaults.guidance == 5.0
+    video = pipe.generate(
+        "a red fox", length=5, num_partitions=2, progress=False, output_dir=tmp_path / "api"
+    )
+    assert video.shape == (5, 64, 64, 3)
+    settings = _settings(new_video_length=5, seed=0, guidance=5.0, save_frames=True)
+    WanGenerator(model, ModeOptions(), settings, "tiny").run(
+        PromptJob("a red fox", 1), OutputLayout(tmp_path, "x", tmp_path / "c")
+    )
+    pngs = sorted(tmp_path.glob("*/x/fifo/*.png"))
+    assert np.array_equal(video, np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs]))

@@ -21,6 +21,7 @@ from fifo.guidance import BranchDenoiser, GuidedDenoiser
 from fifo.hooks import StepHook, TailSampler, gaussian_tail
 from fifo.options import ModeOptions
 from fifo.schedule import DDIMSchedule
+from fifo.step import Schedule
 from fifo.tricks.anchors import LongRangeGuidance
 from fifo.tricks.qcache import set_qcache
 from fifo.tricks.reflect import SelfReflection
@@ -92,9 +93,18 @@ def install_tricks(
     hooks: tuple[StepHook, ...] = ()
     if mode.srg is not None:
         hooks = (SelfRecurrentGuidance(mode.srg, store, denoise, schedule, geometry),)
+    hooks += miga_hooks(mode, schedule, geometry)
+    tail = CoherentTail(mode.tail, schedule) if mode.tail is not None else gaussian_tail
+    return Tricks(tail, hooks, store)
+
+
+def miga_hooks(mode: ModeOptions, schedule: Schedule, geometry: FifoGeometry) -> tuple[StepHook, ...]:
+    """MIGA's step hooks of ``mode`` (``reflect``, then ``anchors``): they touch no layer of the
+    model, only the queue and the windows' guided denoiser, so every family runs them (the
+    U-Nets through :func:`install_tricks`, Wan2.1 directly)."""
+    hooks: tuple[StepHook, ...] = ()
     if mode.reflect is not None:  # before the anchors: its passes see the queue's own frames
         hooks += (SelfReflection(mode.reflect, schedule, geometry),)
     if mode.anchors is not None:
         hooks += (LongRangeGuidance(mode.anchors.count(geometry), geometry),)
-    tail = CoherentTail(mode.tail, schedule) if mode.tail is not None else gaussian_tail
-    return Tricks(tail, hooks, store)
+    return hooks

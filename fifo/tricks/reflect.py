@@ -44,14 +44,13 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
-from fifo.ddim import ddim_step
 from fifo.geometry import FifoGeometry
 from fifo.guidance import GuidedDenoiser
 from fifo.hooks import LoopView, StepHook
 from fifo.miga_options import ReflectOptions
 from fifo.option_errors import ModeError
-from fifo.schedule import DDIMSchedule
 from fifo.state import FifoState
+from fifo.step import Schedule
 
 # The recent scores a new one is set against (the mean of at most this many).
 HISTORY = 4
@@ -118,12 +117,13 @@ class SelfReflection(StepHook):
 
     Args:
         options: threshold and candidates.
-        schedule, geometry: the run's DDIM schedule and queue layout (FIFO's or the zigzag's).
+        schedule, geometry: the run's schedule (DDIM's, or the flow's Euler steps on Wan2.1) and
+            queue layout (FIFO's or the zigzag's).
     """
 
     name = "reflect"
 
-    def __init__(self, options: ReflectOptions, schedule: DDIMSchedule, geometry: FifoGeometry) -> None:
+    def __init__(self, options: ReflectOptions, schedule: Schedule, geometry: FifoGeometry) -> None:
         self.options, self.schedule, self.geometry = options, schedule, geometry
         self.depth = reflection_depth(geometry)
         options.check(geometry)
@@ -203,7 +203,7 @@ class SelfReflection(StepHook):
         b = window.shape[0]
         unc = None if uncond is None else uncond.expand(b, -1, -1)
         eps = self.denoise(window, t, context.expand(b, -1, -1), unc)
-        return ddim_step(window, eps, self.schedule, index)[1]
+        return self.schedule.step(window, eps, index)[1]
 
     def after_windows(self, loop: LoopView, state: FifoState, queue: Tensor, contexts: Tensor) -> Tensor:
         fake = is_fake(queue)
@@ -242,7 +242,7 @@ class SelfReflection(StepHook):
             if self.schedule.eta > 0:
                 step_noise = state.noise.randn((n, c, k, h, w), queue.dtype).to(device)
             index_c = torch.full((n, k), level, device=device, dtype=torch.long)
-            x = ddim_step(x, eps[:, :, -k:], self.schedule, index_c, step_noise)[0]
+            x = self.schedule.step(x, eps[:, :, -k:], index_c, step_noise)[0]
         scores = consistency_score(
             self.predict_x0(
                 torch.cat([before, x], dim=2), t.expand(n, -1), index.expand(n, -1), context, loop.uncond

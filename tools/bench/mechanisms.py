@@ -1,15 +1,18 @@
 """MIGA's mechanisms against plain FIFO: seconds per output frame, measured side by side.
 
-``scripts/benchmark.py --mechanisms``: one model with random weights, and one
-:class:`~fifo.generator.FifoGenerator` per mode (plain ``t2v`` and each mechanism alone: ``zigzag``, ``anchors``, ``reflect``), each
+``scripts/benchmark.py --mechanisms``: one model with random weights, and one generator per mode
+(:func:`fifo.wan_generator.generator_class`: the U-Nets', or Wan2.1's with ``--preset
+tiny_wan``; plain ``t2v`` and each mechanism alone: ``zigzag``, ``anchors``, ``reflect``), each
 with its own state started from the same base clip and noise. Every timed round runs one whole
 FIFO iteration of every mode (the run's own sampler step: windows, the mechanism's own work,
-dequeue and decode), in alternating order, so that the machine's load hits them alike; a row keeps
-its median. One iteration dequeues one output frame, so seconds per iteration are seconds per
-output frame.
+dequeue and decode), in alternating order, so that the machine's load hits them alike; a row
+keeps its median. An iteration dequeues one queue unit: one output frame on the U-Nets, one
+latent frame of four video frames on Wan2.1, so an iteration's seconds are divided by the
+frames it gave.
 
 The states start at the first output frame (the queue's warm-up costs what any iteration costs)
-and run ``warmup`` untimed iterations, at least as many as the anchors need to fill in.
+and run ``warmup`` untimed iterations, at least as many as the anchors need to fill in, and on
+Wan at least one (the stream's first latent frame decodes to one video frame only).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import Any
 
 import torch
 
-from fifo.conditioning import VideoConditioning
 from fifo.generator import FifoGenerator
 from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions, TrickArguments, parse_mode
+from fifo.prompts import PromptJob
+from fifo.wan_generator import generator_class
 from lvdm.build import load_model
 from tools.bench.options import BenchOptions
 from tools.bench.presets import PRESETS, PROMPT
@@ -47,6 +51,7 @@ class Row:
     mode: ModeOptions
     generator: FifoGenerator
     state: Any
+    conditioning: Any
     seconds: list[float]
 
 
@@ -66,22 +71,21 @@ def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None
         width=opts.width,
         fps=opts.fps,
         guidance=1.0 if opts.no_guidance else opts.guidance,
-        eta=opts.eta,
+        eta=0.0 if model.family.flow_matching else opts.eta,  # the flow's Euler step draws no noise
         lookahead=not opts.no_lookahead,
         seed=opts.seed,
         window_batch=opts.window_batch,
         dtype=opts.dtype,
         progress=False,
     )
-    texts = model.get_learned_conditioning([PROMPT])
-    conditioning = VideoConditioning(texts, (), settings.new_video_length)
     scale = model.vae_scale
     shape = (1, model.channels, settings.video_length, settings.height // scale, settings.width // scale)
     base = torch.randn(shape, generator=torch.Generator().manual_seed(opts.seed)).to(device)
     rows = []
     for name, text in MECHANISMS.items():
         mode = parse_mode(text, tricks=tricks)
-        generator = FifoGenerator(model, mode, settings, "benchmark")
+        generator = generator_class(model)(model, mode, settings, "benchmark")
+        conditioning, _ = generator.conditioning(PromptJob(PROMPT, 1))
         state = generator.sampler.initial_state(base, NoiseSource.seeded(opts.seed, device))
         # Start at the first output frame, at an iteration whose queue layout is the initial
         # state's (a zigzag queue's layout has a phase; FIFO's is the same at every iteration).
@@ -89,21 +93,23 @@ def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None
         while geometry.at(start) != geometry.at(0):
             start += 1
         state.iteration = start
-        rows.append(Row(name, mode, generator, state, []))
+        rows.append(Row(name, mode, generator, state, conditioning, []))
     warmup = max(
         [opts.warmup]
         + [r.mode.anchors.count(r.generator.geometry) for r in rows if r.mode.anchors is not None]
     )
+    if model.family.video_frames_per_latent > 1:
+        warmup = max(warmup, 1)
     with torch.inference_mode():
         for round_ in range(warmup + opts.iterations):
             order = rows if round_ % 2 == 0 else rows[::-1]
             for row in order:
-                start = time.perf_counter()
-                row.generator.sampler.step(row.state, conditioning)
+                start, frames = time.perf_counter(), row.state.frames_emitted
+                row.generator.sampler.step(row.state, row.conditioning)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                if round_ >= warmup:
-                    row.seconds.append(time.perf_counter() - start)
+                if round_ >= warmup:  # seconds per output frame of this iteration
+                    row.seconds.append((time.perf_counter() - start) / (row.state.frames_emitted - frames))
     for row in rows:
         row.generator.close()
     plain = statistics.median(rows[0].seconds)
@@ -130,7 +136,7 @@ def format_mechanisms(results: list[dict[str, Any]], opts: BenchOptions) -> str:
     lines = [
         f"MIGA's mechanisms against plain FIFO ({opts.preset}, {opts.device}, {opts.dtype}, "
         f"f={opts.video_length}, n={opts.num_partitions}; medians of {opts.iterations} interleaved "
-        "iterations, one output frame each)",
+        "iterations, per output frame)",
         "",
         "| mechanism | mode | s / frame | × FIFO |",
         "|---|---|---:|---:|",

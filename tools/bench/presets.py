@@ -10,12 +10,17 @@ PROMPT = "a red panda eating bamboo in a misty forest"
 
 @dataclass(frozen=True)
 class Preset:
-    """A model config and the video size it is benchmarked at (default: the config's own)."""
+    """A model config and the video size it is benchmarked at (default: the config's own).
+
+    ``mechanisms_only``: a family whose windows do not run through the U-Net's sequential and fast
+    paths (Wan2.1's transformer): only ``--mechanisms`` (plain FIFO and MIGA's mechanisms) runs it.
+    """
 
     name: str
     config: str
     description: str
     gpu_only: bool = False
+    mechanisms_only: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -30,5 +35,12 @@ PRESETS: dict[str, Preset] = {
         "configs/inference_t2v_512_v2.0.yaml",
         "VideoCrafter2 (1.4B U-Net), 320x512, f=16",
         gpu_only=True,
+    ),
+    "tiny_wan": Preset(
+        "tiny_wan",
+        "configs/tiny_wan_t2v.yaml",
+        "tiny Wan2.1 (diffusion transformer, flow matching), 64x64, f=4 latent frames of 4 video frames; "
+        "--mechanisms only",
+        mechanisms_only=True,
     ),
 }
