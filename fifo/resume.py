@@ -254,7 +254,7 @@ class StateStore:
                 with other settings (:meth:`check_fingerprint`).
         """
         if not self.exists():
-            logger.info("--resume: no saved state in %s, starting from the beginning", self.folder)
+            logger.info("resuming: no saved state in %s, starting from the beginning", self.folder)
             return None
         try:
             if not base_clip.is_file():  # the base clip written with the state
@@ -264,7 +264,7 @@ class StateStore:
             raise self.damaged(err, video_path) from None
         self.check_fingerprint(fingerprint)
         logger.info(
-            "--resume: continuing %s from iteration %d (%d frames)", self.folder, state.iteration, len(frames)
+            "resuming %s from iteration %d (%d frames)", self.folder, state.iteration, len(frames)
         )
         return state, frames
 
