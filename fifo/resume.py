@@ -263,9 +263,7 @@ class StateStore:
         except StateError as err:  # never started over silently: the saved frames would be lost
             raise self.damaged(err, video_path) from None
         self.check_fingerprint(fingerprint)
-        logger.info(
-            "resuming %s from iteration %d (%d frames)", self.folder, state.iteration, len(frames)
-        )
+        logger.info("resuming %s from iteration %d (%d frames)", self.folder, state.iteration, len(frames))
         return state, frames
 
     def damaged(self, reason: StateError, video_path: Path) -> StateError:
