@@ -1,46 +1,35 @@
 """A user error's message in the command line's words: the options that :mod:`fifo` names by
-their Python names (``zigzag_length``, ``guidance``) spelled as the flags that set them
-(``--zigzag_length``, ``--unconditional_guidance_scale``)."""
+their Python names in backquotes (`` `zigzag_length` ``, `` `guidance` ``) spelled as the flags
+that set them (``--zigzag_length``, ``--unconditional_guidance_scale``)."""
 
 from __future__ import annotations
 
-import re
 from functools import cache
 
-# The Python names whose flag's destination is spelled otherwise (every other option is the
-# flag's destination itself).
-FLAG_DESTINATIONS = {"guidance": "unconditional_guidance_scale", "lookahead": "lookahead_denoising"}
+from cli.parser import build_parser, parser_flags, quoted_as_flags
 
 
 @cache
 def option_flags() -> dict[str, str]:
-    """Each flag's destination → its long spelling (``--<dest>``), read from the parser."""
-    from cli.parser import build_parser
-
-    flags: dict[str, str] = {}
-    for action in build_parser()._actions:
-        long = [s for s in action.option_strings if s.startswith("--")]
-        if long:
-            flags[action.dest] = f"--{action.dest}" if f"--{action.dest}" in long else long[0]
-    return flags
+    """:func:`cli.parser.parser_flags` of the command line's parser."""
+    return parser_flags(build_parser())
 
 
 def flag_of(option: str) -> str:
     """The flag that sets the option named ``option`` (its Python name); ``option`` itself if
     no flag sets it."""
-    return option_flags().get(FLAG_DESTINATIONS.get(option, option), option)
+    return option_flags().get(option, option)
+
+
+def cli_text(text: str) -> str:
+    """``text`` with every option quoted in it that a flag sets written as the flag."""
+    return quoted_as_flags(text, option_flags())
 
 
 def cli_message(err: Exception) -> str:
-    """``err``'s message with each option it names (`` `name` ``) written as its flag: those of
-    ``err.options``, and any other option in backquotes that a flag sets (a message that quotes
-    another's, such as a seed model's check naming ``seed_config`` in its source)."""
-    text = str(err)
-    options = tuple(getattr(err, "options", ()))
-    for option in set(options) | set(_QUOTED.findall(text)):
-        if option in options or flag_of(option) != option:
-            text = text.replace(f"`{option}`", flag_of(option))
+    """``err``'s message with each option it quotes written as its flag (an option of
+    ``err.options`` that no flag sets loses its backquotes)."""
+    text = cli_text(str(err))
+    for option in getattr(err, "options", ()):
+        text = text.replace(f"`{option}`", option)
     return text
-
-
-_QUOTED = re.compile(r"`([a-z_][a-z0-9_]*)`")

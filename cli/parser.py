@@ -65,6 +65,29 @@ DEFAULT_OUTPUT_ROOT = RESULTS / "random_noise"
 DEFAULT_CACHE_DIR = RESULTS / "latents"
 
 
+# The Python names of options whose flag's destination is spelled otherwise (every other
+# option is its flag's destination).
+FLAG_DESTINATIONS = {"guidance": "unconditional_guidance_scale", "lookahead": "lookahead_denoising"}
+_QUOTED = re.compile(r"`([a-z_][a-z0-9_]*)`")  # an option named in a library's message
+
+
+def parser_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option → its flag's long spelling (``--<dest>``), read from ``parser``'s actions; the
+    options of :data:`FLAG_DESTINATIONS` under their Python names too."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        long = [s for s in action.option_strings if s.startswith("--")]
+        if long:
+            flags[action.dest] = f"--{action.dest}" if f"--{action.dest}" in long else long[0]
+    flags.update({name: flags[dest] for name, dest in FLAG_DESTINATIONS.items() if dest in flags})
+    return flags
+
+
+def quoted_as_flags(text: str, flags: dict[str, str]) -> str:
+    """``text`` with every option quoted in it (`` `name` ``) that ``flags`` holds written as its flag."""
+    return _QUOTED.sub(lambda m: flags.get(m[1], m[0]), text)
+
+
 def _mode_parts_epilog() -> str:
     return mode_parts_help("--mode is {main}[_{sub}]..., e.g. t2v_TTqcache_attn1_unilatent")
 
@@ -79,7 +102,6 @@ def flag_defaults(args: argparse.Namespace) -> argparse.Namespace:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=DESCRIPTION,
-        epilog=_mode_parts_epilog(),
         formatter_class=RawDescriptionDefaultsHelpFormatter,
     )
     p.add_argument("--config", default="configs/inference_t2v_512_v2.0.yaml", help="model config (YAML)")
@@ -236,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_ouroboros_arguments(p)
     add_miga_arguments(p)
+    p.epilog = quoted_as_flags(_mode_parts_epilog(), parser_flags(p))  # the parts name flags as `name`
     return p
 
 

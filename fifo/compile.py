@@ -26,13 +26,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from infra.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
-class CompileUnavailable(ValueError):
-    """``torch.compile`` cannot run here; the message says to run without ``--compile``."""
+class CompileUnavailable(UserError, ValueError):
+    """``torch.compile`` cannot run here; the message says to run without compiling."""
 
 
 def use_compile_cache(folder: Path) -> Path:
@@ -74,7 +76,7 @@ def compile_unet(
         unet.compile(dynamic=False, mode=mode, backend=backend)
     except RuntimeError as err:  # e.g. "Dynamo is not supported on Python 3.x"
         raise CompileUnavailable(
-            f"torch.compile is not available here ({err}); run without --compile"
+            f"torch.compile is not available here ({err}); run without `compile`"
         ) from err
 
 

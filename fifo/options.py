@@ -81,7 +81,7 @@ MAIN_OPTIONS: dict[str, str] = {
     "t2v": "text-to-video (VideoCrafter2 text-to-video model)",
     "i2v": "image-to-video (VideoCrafter1 image-to-video model, an image per prompt)",
     "t2v_seed": "text-to-video with the image-to-video model, seeded with the base clip's first frame "
-    "(DynamiCrafter: the base clip from the --seed_config text model)",
+    "(DynamiCrafter: the base clip from the `seed_config` text model)",
     "t2v_seed_ar": "as t2v_seed, re-seeded with the newest output frame after every frame",
 }
 SUB_OPTIONS: dict[str, str] = {
@@ -91,9 +91,9 @@ SUB_OPTIONS: dict[str, str] = {
     "attn2": "Q-cache on the second attention",
     "unilatent": "spread the base clip's frames uniformly over the initial queue",
     "tailcoh": "coherent tail: low frequencies of the previous tail + high frequencies of fresh noise",
-    "sacfa": "subject-aware cross-frame attention (needs --subject)",
-    "srg": "self-recurrent guidance of the front frames towards a subject feature bank (needs --subject)",
-    "zigzag": "MIGA two-stage alignment: noise levels change every --zigzag_length latents, then one level",
+    "sacfa": "subject-aware cross-frame attention (needs `subject`)",
+    "srg": "self-recurrent guidance of the front frames towards a subject feature bank (needs `subject`)",
+    "zigzag": "MIGA two-stage alignment: noise levels change every `zigzag_length` latents, then one level",
     "anchors": "MIGA long-range frame guidance: clean frames from the whole video in front of each window",
     "reflect": "MIGA self-reflection: a noisy frame that breaks consistency is re-drawn from candidates",
 }

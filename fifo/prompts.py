@@ -115,7 +115,7 @@ def parse_prompt_file(path: str | Path, image_mode: bool) -> list[PromptJob]:
     """
     path = Path(path)
     if path.is_dir():
-        raise PromptFileError(f"prompt file {path} is a folder: give the text file of prompts (-p FILE)")
+        raise PromptFileError(f"prompt file {path} is a folder: give the text file of prompts inside it")
     if not path.is_file():
         raise PromptFileError(f"prompt file not found: {path}")
     try:

@@ -254,7 +254,7 @@ class StateStore:
                 with other settings (:meth:`check_fingerprint`).
         """
         if not self.exists():
-            logger.info("--resume: no saved state in %s, starting from the beginning", self.folder)
+            logger.info("resuming: no saved state in %s, starting from the beginning", self.folder)
             return None
         try:
             if not base_clip.is_file():  # the base clip written with the state
@@ -263,9 +263,7 @@ class StateStore:
         except StateError as err:  # never started over silently: the saved frames would be lost
             raise self.damaged(err, video_path) from None
         self.check_fingerprint(fingerprint)
-        logger.info(
-            "--resume: continuing %s from iteration %d (%d frames)", self.folder, state.iteration, len(frames)
-        )
+        logger.info("resuming %s from iteration %d (%d frames)", self.folder, state.iteration, len(frames))
         return state, frames
 
     def damaged(self, reason: StateError, video_path: Path) -> StateError:

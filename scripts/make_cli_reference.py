@@ -17,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cli.messages import cli_text  # noqa: E402
 from cli.parser import build_parser  # noqa: E402
 from fifo.options import MAIN_OPTIONS, SUB_OPTIONS  # noqa: E402
 
@@ -96,11 +97,11 @@ def render() -> str:
         "",
         "| Main part | Meaning |",
         "|---|---|",
-        *(f"| `{name}` | {_cell(text)} |" for name, text in MAIN_OPTIONS.items()),
+        *(f"| `{name}` | {_cell(cli_text(text))} |" for name, text in MAIN_OPTIONS.items()),
         "",
         "| Sub part | Meaning |",
         "|---|---|",
-        *(f"| `{name}` | {_cell(text)} |" for name, text in SUB_OPTIONS.items()),
+        *(f"| `{name}` | {_cell(cli_text(text))} |" for name, text in SUB_OPTIONS.items()),
         "",
     ]
     return "\n".join(lines)

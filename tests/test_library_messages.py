@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.messages import FLAG_DESTINATIONS, cli_message, flag_of, option_flags
+from cli.messages import cli_message, flag_of, option_flags
+from cli.parser import FLAG_DESTINATIONS
 from fifo.miga_options import ZigzagOptions
 from fifo.option_errors import ModeError
 from fifo.options import GenerationSettings
@@ -18,7 +19,7 @@ from infra.errors import SettingsError
 FIFO = Path(__file__).resolve().parents[1] / "fifo"
 FLAG = re.compile(r"(?<![\w`-])--[a-z]")
 # Modules whose messages still name flags (to be reworded like the rest).
-NOT_YET = {"compile.py"}
+NOT_YET: set[str] = set()
 
 
 def _is_message(node: ast.AST) -> bool:
@@ -102,3 +103,34 @@ def test_the_command_line_names_the_flag_of_a_library_check(tmp_path, capsys) ->
     err = capsys.readouterr().err
     assert "error: --zigzag_length must be ≥ 1, got 0" in err and "`" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_mode_parts_name_options_and_the_help_their_flags(tmp_path, capsys) -> None:
+    from cli.parser import build_parser
+    from fifo.options import mode_parts_help, parse_mode
+
+    assert "(needs `subject`)" in mode_parts_help("parts")
+    assert "(needs --subject)" in build_parser().format_help()
+    with pytest.raises(ModeError) as err:
+        parse_mode("t2v_sacfa_nope")
+    assert "`zigzag_length`" in str(err.value) and "every --zigzag_length latents" in cli_message(err.value)
+
+
+def test_compile_unavailable_is_a_user_error_that_names_the_flag_on_the_command_line(monkeypatch):
+    """Where Dynamo cannot run, ``compile_unet`` raises the project's user error (the CLI prints
+    it and exits 2) and the CLI's message says to run without ``--compile``."""
+    from torch import nn
+
+    from cli.messages import cli_message
+    from fifo.compile import CompileUnavailable, compile_unet
+    from infra.errors import UserError
+
+    def unsupported(self, *args, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(nn.Module, "compile", unsupported)
+    with pytest.raises(CompileUnavailable) as caught:
+        compile_unet(nn.Linear(2, 2))
+    assert isinstance(caught.value, UserError)
+    assert "--" not in str(caught.value)
+    assert cli_message(caught.value).endswith("run without --compile")
