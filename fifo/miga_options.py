@@ -75,7 +75,8 @@ class AnchorOptions:
         if room == 0:
             raise ModeError(
                 "anchors take the place of the frames a window reads but does not write back, and "
-                "without lookahead (-ld) a window writes back all of its frames: drop -ld to use anchors"
+                "without lookahead denoising a window writes back all of its frames: keep lookahead denoising "
+                "on to use anchors"
             )
         if self.frames is None:
             return max(1, geometry.video_length // 4)
@@ -126,5 +127,5 @@ class ReflectOptions:
             raise ModeError(
                 f"reflect evaluates a frame {depth} slot(s) from the queue's tail in a window of the "
                 f"{geometry.video_length} frames before it, but this queue has {geometry.queue_length} "
-                "slots: keep lookahead (drop -ld) or use -n 2 or more"
+                "slots: keep lookahead denoising on or set `num_partitions` to 2 or more"
             )

@@ -112,7 +112,7 @@ def test_anchors_are_refused_without_lookahead(tmp_path, capsys) -> None:
         str(tmp_path / "o"),
     ]
     assert videocrafter_main.main([*args, "--mode", "t2v_anchors", *SIZE, "-ld"]) == 2
-    assert "drop -ld to use anchors" in capsys.readouterr().err
+    assert "keep lookahead denoising on to use anchors" in capsys.readouterr().err
     assert videocrafter_main.main([*args, "--mode", "t2v_anchors", *SIZE, "--anchor_frames", "2"]) == 2
     assert "--anchor_frames (2) exceeds the 1 frames" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -105,7 +105,7 @@ def test_options_and_refusals() -> None:
         parse_mode("t2v_reflect", tricks=TrickArguments(reflect_candidates=0))
     with pytest.raises(ModeError, match="`reflect_threshold` must lie in"):
         parse_mode("t2v_reflect", tricks=TrickArguments(reflect_threshold=float("nan")))
-    with pytest.raises(ModeError, match="drop -ld"):
+    with pytest.raises(ModeError, match="keep lookahead denoising on"):
         ReflectOptions().check(FifoGeometry(4, 1, lookahead=False))
 
 

@@ -162,7 +162,7 @@ class SelfReflection(StepHook):
                 raise ModeError(
                     f"reflect evaluates frames {self.depth} step(s) from pure noise in a window of the "
                     f"{f} frames ending at them, but this queue has only {end} slots up to them: "
-                    "keep lookahead (drop -ld) or use -n 2 or more"
+                    "keep lookahead denoising on or set `num_partitions` to 2 or more"
                 )
             index = torch.from_numpy(np.ascontiguousarray(after[end - f : end]))
             window = next(i for i, w in enumerate(geometry.windows()) if w.write_start <= first < w.end)
