@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from fifo.conditioning import VideoConditioning
@@ -46,8 +47,8 @@ class PlanComplete(Exception):
 class StageProbe:
     """What a planned run saw at its stages and at the device boundary: shapes, not tensors (a
     kept tensor would count as live memory), and the FLOPs of the FIFO loop, counted from where
-    it starts (:meth:`start_counting`; counting costs time per op, so the base clip is not
-    counted) to each frame.
+    it starts, or after the first ``counted_from`` frames (:meth:`start_counting`; counting costs
+    time per op, so the base clip and those frames are not counted), to each frame.
 
     Attributes:
         shapes: each stage's output shape: ``text``, ``image_tokens`` (image and seeded modes),
@@ -56,8 +57,9 @@ class StageProbe:
         frames: the output frames that reached the device boundary: (iteration, device, shape).
     """
 
-    def __init__(self, iterations: int) -> None:
+    def __init__(self, iterations: int, counted_from: int = 0) -> None:
         self.iterations = iterations
+        self.counted_from = counted_from  # frames not in the FLOPs per frame (the first ones)
         self.flops: FlopCounterMode | None = None
         self.shapes: dict[str, list[int]] = {}
         self.frames: list[tuple[int, torch.device, list[int]]] = []
@@ -78,25 +80,36 @@ class StageProbe:
             self.shapes[stage] = list(tensor.shape)
 
     def mark(self) -> None:
-        """Note the FLOPs counted so far (where the loop starts, after each frame)."""
-        self.flops_at.append(self.flops.get_total_flops() if self.flops is not None else 0)
+        """Note the FLOPs counted so far (where counting starts, after each frame): from
+        ``counted_from`` frames on, counting starts or goes on."""
+        if self.flops is not None:
+            self.flops_at.append(self.flops.get_total_flops())
+        elif len(self.frames) == self.counted_from:
+            self.start_counting()
 
     def frame_flops(self) -> float:
-        """FLOPs per output frame: the planned iterations' (windows, hooks, decode, shift) over their number."""
-        if len(self.flops_at) < 2:
+        """FLOPs per output (video) frame: the counted iterations' (windows, hooks, decode, shift)
+        over the video frames they decoded (one per iteration on the U-Nets; on Wan four, but one
+        for the stream's first latent frame, which is why Wan's plan does not count it)."""
+        frames = sum(shape[2] for _, _, shape in self.frames[self.counted_from :])
+        if len(self.flops_at) < 2 or frames == 0:
             return 0.0
-        return (self.flops_at[-1] - self.flops_at[0]) / (len(self.flops_at) - 1)
+        return (self.flops_at[-1] - self.flops_at[0]) / frames
 
 
-class PlannedGenerator(FifoGenerator):
-    """A :class:`~fifo.generator.FifoGenerator` whose run ends at the device boundary: its stages
-    and its loop are the generator's own; what faces the world is replaced. Random draws come
-    from an unseeded stream (fake tensors have no random state), the base clip is one DDIM step
-    and is neither cached nor written, no stale file is looked for, no state saved, and each
+class PlannedRun:
+    """What makes a generator's run end at the device boundary, laid over a family's generator
+    class (:class:`PlannedGenerator` over :class:`~fifo.generator.FifoGenerator`,
+    :func:`planned_class` over any): its stages and its loop are the generator's own; what
+    faces the world is replaced. Random draws come
+    from an unseeded stream (fake tensors have no random state), the base clip is one step (DDIM's
+    or the flow's) and is neither cached nor written, no stale file is looked for, no state saved, and each
     output frame stops on the device (its shape recorded) instead of going to the sinks. The
     queue's warm-up (iterations that decode no frame) is skipped: the planned iterations are the
     first that make a frame. The run raises :class:`PlanComplete` after ``probe.iterations`` frames.
     """
+
+    probe: StageProbe
 
     def __init__(self, *args: Any, probe: StageProbe, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -130,7 +143,7 @@ class PlannedGenerator(FifoGenerator):
         state, saved, cached = super().first_state(*args, **kwargs)
         self.probe.record("image_tokens", state.image_tokens)
         state.iteration = max(state.iteration, self.geometry.discarded_frames())
-        self.probe.start_counting()
+        self.probe.mark()  # counting starts here (or after the frames it does not count)
         return state, saved, cached
 
     def _step_to_the_device_boundary(self, state: FifoState, conditioning: VideoConditioning) -> StepOutput:
@@ -145,6 +158,38 @@ class PlannedGenerator(FifoGenerator):
             if len(probe.frames) >= probe.iterations:
                 raise PlanComplete(f"{len(probe.frames)} frame(s) at the device boundary")
         return StepOutput(output.iteration, output.latent)  # the frame stays on the device
+
+
+class PlannedGenerator(PlannedRun, FifoGenerator):
+    """The U-Nets' :class:`~fifo.generator.FifoGenerator` run to the device boundary (:class:`PlannedRun`)."""
+
+
+_PLANNED: dict[type, type] = {FifoGenerator: PlannedGenerator}
+
+
+def planned_class(generator: type[FifoGenerator]) -> type[PlannedRun]:
+    """``generator`` (a family's class: :func:`fifo.wan_generator.generator_class`) run to the
+    device boundary: :class:`PlannedRun` laid over it."""
+    if generator not in _PLANNED:
+        _PLANNED[generator] = type(f"Planned{generator.__name__}", (PlannedRun, generator), {})
+    return _PLANNED[generator]
+
+
+def run_to_the_device_boundary(
+    generator: PlannedRun, job: PromptJob, fake: FakeTensorMode, tracker: LiveTensorBytes
+) -> None:
+    """Call the planned generator's :meth:`~fifo.generator.FifoGenerator.run` in ``fake`` (the
+    mode it was built in) until its probe has its frames, ``tracker`` counting the memory; closes it."""
+    try:
+        with fake, torch.no_grad(), tracker:
+            try:
+                generator.run(job, OutputLayout(Path("dry-run"), "dry-run"), sinks=[])
+            except PlanComplete:
+                pass
+            finally:
+                generator.probe.stop_counting()  # before the modes around it end
+    finally:
+        generator.close()
 
 
 def plan_run(
@@ -212,16 +257,7 @@ def plan_run(
             window_batch = fitting
             generator = build(window_batch)
     tracker = LiveTensorBytes()
-    try:
-        with fake, torch.no_grad(), tracker:
-            try:
-                generator.run(job, OutputLayout(Path("dry-run"), "dry-run"), sinks=[])
-            except PlanComplete:
-                pass
-            finally:
-                probe.stop_counting()  # before the modes around it end
-    finally:
-        generator.close()
+    run_to_the_device_boundary(generator, job, fake, tracker)
     calls = math.ceil(n_windows / window_batch) if settings.batched else n_windows * (2 if guided else 1)
     return RunPlan(
         device=device,

@@ -70,8 +70,9 @@ def miga_costs(mode: ModeOptions, geometry: FifoGeometry, latent_bytes: int) -> 
     return costs
 
 
-def cost_lines(costs: dict[str, dict[str, Any]]) -> list[str]:
-    """The costs of :func:`miga_costs` for people, one line per mechanism."""
+def cost_lines(costs: dict[str, dict[str, Any]], network: str = "U-Net") -> list[str]:
+    """The costs of :func:`miga_costs` for people, one line per mechanism; ``network`` names the
+    denoising network whose frames they count (Wan's: ``transformer``, its frames latent frames)."""
     lines = []
     zigzag = costs.get("zigzag")
     if zigzag is not None:
@@ -79,7 +80,7 @@ def cost_lines(costs: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"zigzag: L_zig {zigzag['zigzag_length']}, {zigzag['levels_per_window']} noise levels per window; "
             f"{zigzag['windows']} windows per output frame instead of {zigzag['plain_windows']}: "
-            f"{zigzag['extra_unet_frames_per_output_frame']} extra U-Net frames (+{zigzag['extra_unet_frames_per_output_frame'] / plain:.0%} "
+            f"{zigzag['extra_unet_frames_per_output_frame']} extra {network} frames (+{zigzag['extra_unet_frames_per_output_frame'] / plain:.0%} "
             f"over FIFO's {plain}); {zigzag['steps_per_frame']} steps per frame as FIFO; a queue of "
             f"{zigzag['queue_latents']} latents ({zigzag['extra_queue_latents']} more, "
             f"{zigzag['extra_queue_bytes'] / 2**20:.2f} MiB), whatever the length"
@@ -89,8 +90,8 @@ def cost_lines(costs: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"anchors: {anchors['anchor_frames']} clean frames in front of every window "
             f"({anchors['anchor_frames_per_output_frame']} of the {anchors['plain_unet_frames_per_output_frame']} "
-            "U-Net frames per output frame, in place of frames a window only reads): "
-            f"{anchors['extra_unet_frames_per_output_frame']} extra U-Net frames; a bank of at most "
+            f"{network} frames per output frame, in place of frames a window only reads): "
+            f"{anchors['extra_unet_frames_per_output_frame']} extra {network} frames; a bank of at most "
             f"{anchors['bank_latents']} latents ({anchors['bank_bytes'] / 2**20:.2f} MiB), whatever the length"
         )
     reflect = costs.get("reflect")
@@ -99,7 +100,7 @@ def cost_lines(costs: dict[str, dict[str, Any]]) -> list[str]:
         k = reflect["evaluated_frames"]
         evaluated = "frame" if k == 1 else f"group of {k} frames (every {k} iterations)"
         lines.append(
-            f"reflect: {reflect['extra_unet_frames_per_output_frame']} extra U-Net frames per output frame "
+            f"reflect: {reflect['extra_unet_frames_per_output_frame']} extra {network} frames per output frame "
             f"(+{reflect['extra_unet_frames_per_output_frame'] / plain:.0%} over FIFO's {plain}) to score the "
             f"{evaluated} {reflect['depth']} step(s) from pure noise; a re-draw costs "
             f"{reflect['extra_unet_frames_when_fired']} more ({reflect['candidates']} candidates through "

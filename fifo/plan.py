@@ -21,7 +21,7 @@ import os
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -223,6 +223,7 @@ class RunPlan:
     budget_bytes: int | None = None  # device memory free before the weights load (or --max_memory)
     # MIGA's mechanisms (fifo/miga_cost.py): their extra U-Net frames and kept latents, by name.
     miga: dict[str, dict[str, Any]] = field(default_factory=dict)
+    network: ClassVar[str] = "U-Net"  # the denoising network, in the lines of MIGA's costs
 
     def usable_bytes(self, weights_bytes: int | None = None) -> int | None:
         """What the run may fill beyond weights of ``weights_bytes`` (default: its own), or None
@@ -277,5 +278,5 @@ class RunPlan:
             f"time to the first step: {self.seconds_to_first_step:.1f} s here (model built, checkpoint checked; "
             "reading the weights from disk comes on top)",
             "stages: " + ", ".join(f"{k} {tuple(v)}" for k, v in self.stage_shapes.items()),
-            *cost_lines(self.miga),
+            *cost_lines(self.miga, self.network),
         ]

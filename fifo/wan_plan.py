@@ -1,11 +1,14 @@
-"""``--dry_run`` for Wan2.1: the run's stages once on fake tensors on the target device.
+"""``--dry_run`` for Wan2.1: :class:`~fifo.wan_generator.WanGenerator`'s run to the device boundary.
 
-As :func:`fifo.dry_run.plan_run` does for the U-Nets: the model is built on fake tensors (no
-weights in memory), and the generator's own code runs once on them — the text encoding, a base
-clip step with guidance, one FIFO iteration (every window's flow step, batched as the run
-batches them), the decode of a dequeued latent frame through the causal decoder's cache. The
-memory at the peak and the FLOPs of one iteration and its decode are measured; an iteration
-gives one latent frame, that is 4 video frames, so the FLOPs per output frame are a quarter.
+As :func:`fifo.dry_run.plan_run` does for the U-Nets, with the same overrides
+(:class:`fifo.dry_run.PlannedRun` over the family's generator class): the model is built on
+fake tensors (no weights in memory) and the generator's own ``run`` goes through its stages on
+them — the text encoding, one guided base-clip step and its decode, the FIFO loop with the
+mode's step hooks and queue (MIGA's anchors, reflection, zigzag) until its second output: the
+stream's first latent frame (one video frame) and the next (four, through the causal decoder's
+cache). The frames stop on the device. The memory at the peak counts the tensors on the device
+(not the offloaded text encoder's host copy); the FLOPs per output frame are those of the
+second iteration and its decode over its 4 video frames.
 """
 
 from __future__ import annotations
@@ -15,21 +18,20 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
-from fifo.flow import sample_flow
+from fifo.dry_run import StageProbe, planned_class, run_to_the_device_boundary
 from fifo.guidance import CFGDenoiser
-from fifo.noise import NoiseSource
+from fifo.miga_cost import miga_costs
 from fifo.options import GenerationSettings, ModeOptions
 from fifo.perf import WindowMemory, planned_window_batch
-from fifo.plan import RunPlan, UnseededStream, fake_mode_of
+from fifo.plan import RunPlan, fake_mode_of
 from fifo.prompts import PromptJob
-from fifo.wan import latent_conditioning
-from fifo.wan_generator import WanGenerator
+from fifo.wan_generator import generator_class
 from infra.memory import LiveTensorBytes
 
 
@@ -53,6 +55,7 @@ class WanRunPlan(RunPlan):
 
     video_frames_per_latent: int = 4
     window_frames: int = 0  # latent frames per window
+    network: ClassVar[str] = "transformer"
 
     def lines(self) -> list[str]:
         lines = super().lines()
@@ -61,6 +64,11 @@ class WanRunPlan(RunPlan):
             f"transformer call: {self.unet_calls_per_frame} transformer calls per latent frame "
             f"({self.video_frames_per_latent} video frames) and {self.tflop_per_frame:.2f} TFLOP per output frame"
         )
+        if self.miga:
+            lines.append(
+                f"(MIGA's frames are latent frames, and its output frame an iteration's latent frame: "
+                f"{self.video_frames_per_latent} video frames)"
+            )
         return lines
 
 
@@ -96,7 +104,9 @@ def wan_window_memory(
     counts = (1, max(2, most))
     peaks = []
     with fake_mode_of(model), torch.no_grad():
-        context = model.encode_text([""])
+        # The text tokens' shape and dtype (what the memory depends on), without running UMT5.
+        width = model.text_encoder.config.d_model
+        context = torch.zeros(1, model.max_sequence_length, width, dtype=model.dtype, device=model.device)
         denoise = CFGDenoiser(model.velocity, 5.0 if guided else 1.0)
         for windows in counts:
             x = torch.zeros(windows, model.channels, frames, *latent_hw, device=model.device)
@@ -119,67 +129,36 @@ def plan_wan_run(
     budget_bytes: int | None,
     seconds_to_model: float,
 ) -> WanRunPlan:
-    """Run every stage once on fake tensors and measure what the run needs (the arguments of
-    :func:`fifo.dry_run.plan_run`, the model a :class:`~lvdm.wan.model.WanModel` on fake tensors)."""
-    with efficient_attention(device):
-        return _plan(model, mode, settings, job, device, budget_bytes, seconds_to_model)
-
-
-def _plan(
-    model: nn.Module,
-    mode: ModeOptions,
-    settings: GenerationSettings,
-    job: PromptJob,
-    device: torch.device,
-    budget_bytes: int | None,
-    seconds_to_model: float,
-) -> WanRunPlan:
-    geometry = settings.geometry
+    """Run ``job`` through :class:`~fifo.wan_generator.WanGenerator`'s own run to the device
+    boundary and measure what the run needs (the arguments of :func:`fifo.dry_run.plan_run`,
+    the model a :class:`~lvdm.wan.model.WanModel` on fake tensors; see the module doc)."""
+    geometry = mode.queue_geometry(settings.geometry)  # zigzag's queue, or FIFO's
     n_windows = len(geometry.windows())
     latent_hw = (settings.height // model.vae_scale, settings.width // model.vae_scale)
     guided = settings.guidance != 1.0
     weights = model.resident_weight_bytes()
     fake = fake_mode_of(model)
+    settings = replace(settings, progress=False)
     window_batch = 1 if not settings.batched else (settings.window_batch or n_windows)
-    per_window = wan_window_memory(model, geometry.video_length, latent_hw, guided, n_windows)
-    if settings.batched and settings.window_batch is None and budget_bytes is not None:
-        window_batch = planned_window_batch(n_windows, per_window, budget_bytes, weights, device)
-    start = time.perf_counter()
-    with fake, torch.no_grad():
-        generator = WanGenerator(model, mode, replace(settings, window_batch=window_batch), "dry-run")
-    seconds_to_first_step = seconds_to_model + time.perf_counter() - start
-    sampler = generator.sampler
-    with fake, torch.no_grad():
-        noise = NoiseSource(UnseededStream(device))
-        tracker = DeviceTensorBytes(device)
-        flops = FlopCounterMode(display=False)
-        with tracker:
-            texts = model.encode_text(list(job.prompts))
-            length = job.story_length if job.is_story else settings.new_video_length
-            conditioning = latent_conditioning(texts, tuple(sc.frames for sc in job.scenes), length)
-            x_T = noise.latents((1, model.channels, geometry.video_length, *latent_hw))
-            base = sample_flow(
-                generator.base_denoiser,
-                x_T,
-                generator.schedule,
-                texts[:1],
-                generator.uncond_context,
-                False,
-                1,
+    with efficient_attention(device):
+        per_window = wan_window_memory(model, geometry.video_length, latent_hw, guided, n_windows)
+        if settings.batched and settings.window_batch is None and budget_bytes is not None:
+            window_batch = planned_window_batch(n_windows, per_window, budget_bytes, weights, device)
+        # The stream's first latent frame decodes to one video frame, each later one to four: the
+        # plan runs to the second and counts the FLOPs of that one.
+        probe = StageProbe(2, counted_from=1)
+        start = time.perf_counter()
+        with fake, torch.no_grad():
+            generator = planned_class(generator_class(model))(
+                model, mode, replace(settings, window_batch=window_batch), "dry-run", probe=probe
             )
-            cache = sampler.decoder.start()
-            first = sampler.decoder.decode(base[:, :, :1], cache)  # the stream's first frame: 1 video frame
-            state = sampler.initial_state(base, noise)
-            with flops:  # one iteration and the decode of its latent frame (4 video frames)
-                contexts = conditioning.window_contexts(geometry, 0, None)
-                queue = sampler.windows_step(
-                    sampler.denoise, state.queue, geometry, sampler.schedule, contexts, sampler.uncond,
-                    None, sampler.window_batch,
-                )  # fmt: skip
-                latent = queue[:, :, geometry.output_slot : geometry.output_slot + 1]
-                frames = sampler.decoder.decode(latent, cache)
-    per_latent = model.family.video_frames_per_latent
+        seconds_to_first_step = seconds_to_model + time.perf_counter() - start
+        tracker = DeviceTensorBytes(device)
+        run_to_the_device_boundary(generator, job, fake, tracker)
     calls = math.ceil(n_windows / window_batch) if settings.batched else n_windows * (2 if guided else 1)
+    shapes = dict(probe.shapes)
+    if probe.frames:
+        shapes["decode_first"] = probe.frames[0][2]
     return WanRunPlan(
         device=device,
         dtype=settings.dtype.value,
@@ -187,19 +166,14 @@ def _plan(
         window_batch=window_batch,
         windows=n_windows,
         unet_calls_per_frame=calls,
-        tflop_per_frame=flops.get_total_flops() / per_latent / 1e12,
+        tflop_per_frame=probe.frame_flops() / 1e12,
         peak_memory_bytes=weights + tracker.peak,
         weights_bytes=weights,
         per_window_bytes=per_window.per_window_bytes,
         seconds_to_first_step=seconds_to_first_step,
-        stage_shapes={
-            "text": list(texts.shape),
-            "base_step": list(base.shape),
-            "decode_first": list(first.shape),
-            "fifo_queue": list(queue.shape),
-            "decode": list(frames.shape),
-        },
+        stage_shapes=shapes,
         budget_bytes=budget_bytes,
-        video_frames_per_latent=per_latent,
+        miga=miga_costs(mode, geometry, model.channels * latent_hw[0] * latent_hw[1] * 4),
+        video_frames_per_latent=model.family.video_frames_per_latent,
         window_frames=geometry.video_length,
     )
