@@ -81,14 +81,15 @@ def _settings(**kw) -> GenerationSettings:
 
 
 def test_batched_windows_are_the_sequential_ones(model, tmp_path) -> None:
-    """All windows and both guidance branches in one call give the one-by-one video."""
+    """All windows and both guidance branches in one call give the one-by-one video (the frames as
+    they leave the decoder: a GIF palette could turn a rounding difference into a colour step)."""
     job = PromptJob("a red fox", 1)
     frames = {}
     for batched in (True, False):
         gen = WanGenerator(model, ModeOptions(), _settings(batched=batched), "tiny")
-        result = gen.run(job, OutputLayout(tmp_path / str(batched), "x", tmp_path / "cache"))
-        frames[batched] = read_video_frames(result.video_path)
-        assert result.frames == 9
+        frames[batched] = np.stack(
+            list(gen.stream(job, OutputLayout(tmp_path / str(batched), "x", tmp_path / "cache")))
+        )
     assert frames[True].shape == (9, 64, 64, 3)
     assert np.abs(frames[True].astype(int) - frames[False].astype(int)).max() <= 1
 
