@@ -27,6 +27,7 @@ from fifo.options import GenerationSettings, Precision, TrickArguments, parse_mo
 from fifo.outputs import OutputLayout
 from fifo.prompts import PromptJob
 from fifo.wan_generator import generator_class
+from infra.errors import SettingsError
 from lvdm.build import config_facts, load_config, load_model, model_identity
 from lvdm.modules.attention_kernels import AttentionBackend
 
@@ -64,19 +65,20 @@ class FifoPipeline:
         Raises:
             lvdm.checkpoint.CheckpointError, lvdm.build.ConfigError: a checkpoint or config that
                 cannot be used (the message says why).
-            ValueError: ``attention`` other than ``sdpa`` for a Wan2.1 config (its transformer
-                runs diffusers' attention).
+            infra.errors.SettingsError: ``attention`` other than ``sdpa`` for a Wan2.1 config (its
+                transformer runs diffusers' attention).
         """
         precision = Precision(dtype) if dtype is not None else Precision.default_for(device)
+        backend = AttentionBackend(attention)
         facts = config_facts(load_config(config))
+        if facts.family.flow_matching and backend is not AttentionBackend.SDPA:
+            # as the command line refuses --attention for Wan2.1, before anything is loaded
+            raise SettingsError(
+                f"`attention` {backend.value!r}: the Wan2.1 transformer runs diffusers' own attention"
+            )
         model = load_model(config, ckpt, random_init, device=device, seed=seed, dtype=precision.torch_dtype)
-        if model.family.flow_matching:
-            if attention != "sdpa":  # as the command line refuses --attention for Wan2.1
-                raise ValueError(
-                    f"attention={attention!r}: the Wan2.1 transformer runs diffusers' own attention"
-                )
-        else:
-            model.unet.set_attn_processor(attention)
+        if not model.family.flow_matching:
+            model.unet.set_attn_processor(backend)
         defaults = GenerationSettings(
             video_length=facts.temporal_length,
             height=facts.default_size[0],

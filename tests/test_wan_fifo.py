@@ -205,6 +205,21 @@ def test_guidance_defaults_to_wans_own(tmp_path) -> None:
     assert guidance(CONFIG, "--unconditional_guidance_scale", "7") == 7.0
 
 
+def test_python_api_refuses_another_attention_kernel_for_wan_before_loading(monkeypatch) -> None:
+    """The transformer runs diffusers' attention: ``attention="math"`` is the library's own error,
+    raised before any weight is built."""
+    import fifo.pipeline
+    from fifo.pipeline import FifoPipeline
+    from infra.errors import SettingsError
+
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the attention was checked")
+
+    monkeypatch.setattr(fifo.pipeline, "load_model", not_loaded)
+    with pytest.raises(SettingsError, match="diffusers' own attention"):
+        FifoPipeline.from_config(CONFIG, random_init=True, attention="math")
+
+
 def test_python_api_runs_wan(model, tmp_path) -> None:
     """FifoPipeline takes a Wan2.1 config (Wan's guidance default, lengths in video frames) and
     yields the frames the generator writes."""
