@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--zigzag_length",
         type=int,
         default=None,
-        help="with --mechanisms: L_zig of the zigzag row (default 4; it must divide the frames a window writes back)",
+        help="with --mechanisms: L_zig of the zigzag row (default: 4 where it divides the frames a window "
+        "writes back, else the largest length below that does)",
     )
     p.add_argument("--iterations", type=int, default=4, help="timed FIFO iterations (output frames)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
@@ -327,10 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         print(PROBE_MARK + json.dumps(result), flush=True)
         return 0
     if args.mechanisms:
+        from cli.messages import cli_message
         from fifo.options import TrickArguments
+        from infra.errors import UserError
         from tools.bench.mechanisms import format_mechanisms, mechanism_benchmark
 
-        results = mechanism_benchmark(opts, TrickArguments(zigzag_length=args.zigzag_length))
+        try:
+            results = mechanism_benchmark(opts, TrickArguments(zigzag_length=args.zigzag_length))
+        except UserError as err:  # e.g. a --zigzag_length that does not divide the preset's block
+            print(f"error: {cli_message(err)}", file=sys.stderr)
+            return 2
         if args.json is not None:
             text = json.dumps(results, indent=2)
             print(text) if args.json == "-" else Path(args.json).write_text(text + "\n")

@@ -369,8 +369,6 @@ def test_the_wan_preset_times_fifo_and_the_mechanisms_per_output_frame(
         "2",
         "--num_partitions",
         "2",
-        "--zigzag_length",
-        "1",
         "--no_guidance",
     ]
     assert bench_script.main([*args, "--json", str(out)]) == 0
@@ -378,7 +376,12 @@ def test_the_wan_preset_times_fifo_and_the_mechanisms_per_output_frame(
     assert [r["mechanism"] for r in rows] == ["fifo", "zigzag", "anchors", "reflect"]
     assert rows[0]["relative_to_fifo"] == 1.0
     assert all(r["seconds_per_frame"] > 0 and r["iterations"] == 1 for r in rows)
-    assert "| reflect | t2v_reflect |" in capsys.readouterr().out
+    # The paper's L_zig = 4 does not divide the one frame a window of 2 writes back: the row takes 1.
+    assert rows[1]["zigzag_length"] == 1
+    table = capsys.readouterr().out
+    assert "| reflect | t2v_reflect |" in table and "| zigzag | t2v_zigzag (L_zig = 1) |" in table
+    assert bench_script.main([*args, "--zigzag_length", "3"]) == 2  # asked for, and it does not fit
+    assert "error: --zigzag_length must divide" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:  # its transformer has no sequential/fast U-Net paths
         bench_script.main(["--preset", "tiny_wan", "--device", "cpu"])
     assert refused.value.code == 2 and "add --mechanisms" in capsys.readouterr().err

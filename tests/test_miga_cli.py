@@ -163,7 +163,7 @@ def test_the_benchmark_times_each_mechanism_against_fifo(tmp_path, capsys) -> No
     assert all(r["seconds_per_frame"] > 0 and r["iterations"] == 1 for r in rows)
     printed = capsys.readouterr().out
     assert "| anchors | t2v_anchors |" in printed and "| reflect | t2v_reflect |" in printed
-    assert "| zigzag | t2v_zigzag |" in printed
+    assert "| zigzag | t2v_zigzag (L_zig = 2) |" in printed and rows[1]["zigzag_length"] == 2
 
 
 def test_dry_run_on_the_full_videocrafter2_config_prints_their_cost(tmp_path, capsys) -> None:

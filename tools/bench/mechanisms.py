@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from fifo.noise import NoiseSource
 from fifo.options import GenerationSettings, ModeOptions, TrickArguments, parse_mode
 from fifo.prompts import PromptJob
 from fifo.wan_generator import generator_class
+from fifo.zigzag import DEFAULT_ZIGZAG_LENGTH
 from lvdm.build import load_model
 from tools.bench.options import BenchOptions
 from tools.bench.presets import PRESETS, PROMPT
@@ -55,6 +56,17 @@ class Row:
     seconds: list[float]
 
 
+def with_zigzag_length(tricks: TrickArguments, settings: GenerationSettings) -> TrickArguments:
+    """``tricks`` with the zigzag row's L_zig: the one asked for, else the paper's 4 where it divides
+    the frames a window writes back, else the largest length below 4 that does (a preset with short
+    windows, such as tiny_wan's f = 4, still gets a zigzag row)."""
+    if tricks.zigzag_length is not None:
+        return tricks
+    block = settings.video_length // 2 if settings.lookahead else settings.video_length
+    length = max(d for d in range(1, min(DEFAULT_ZIGZAG_LENGTH, block) + 1) if block % d == 0)
+    return replace(tricks, zigzag_length=length)
+
+
 def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None) -> list[dict[str, Any]]:
     """Seconds per output frame of each mode of :data:`MECHANISMS` (see the module doc)."""
     from tools.bench.core import REPO
@@ -78,6 +90,7 @@ def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None
         dtype=opts.dtype,
         progress=False,
     )
+    tricks = with_zigzag_length(tricks or TrickArguments(), settings)
     scale = model.vae_scale
     shape = (1, model.channels, settings.video_length, settings.height // scale, settings.width // scale)
     base = torch.randn(shape, generator=torch.Generator().manual_seed(opts.seed)).to(device)
@@ -119,6 +132,7 @@ def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None
             "mode": row.mode.name,
             "seconds_per_frame": statistics.median(row.seconds),
             "relative_to_fifo": statistics.median(row.seconds) / plain,
+            **({"zigzag_length": row.mode.zigzag.length} if row.mode.zigzag is not None else {}),
             "iterations": len(row.seconds),
             # how often self-reflection re-drew a frame over all iterations run (its cost depends on it)
             **(
@@ -129,6 +143,10 @@ def mechanism_benchmark(opts: BenchOptions, tricks: TrickArguments | None = None
         }
         for row in rows
     ]
+
+
+def _length(row: dict[str, Any]) -> str:
+    return f" (L_zig = {row['zigzag_length']})" if "zigzag_length" in row else ""
 
 
 def format_mechanisms(results: list[dict[str, Any]], opts: BenchOptions) -> str:
@@ -142,7 +160,7 @@ def format_mechanisms(results: list[dict[str, Any]], opts: BenchOptions) -> str:
         "|---|---|---:|---:|",
     ]
     lines += [
-        f"| {r['mechanism']} | {r['mode']} | {r['seconds_per_frame']:.3f} | {r['relative_to_fifo']:.2f} |"
+        f"| {r['mechanism']} | {r['mode']}{_length(r)} | {r['seconds_per_frame']:.3f} | {r['relative_to_fifo']:.2f} |"
         for r in results
     ]
     fired = [r for r in results if "reflect_fired" in r]
