@@ -62,7 +62,7 @@ def with_zigzag_length(tricks: TrickArguments, settings: GenerationSettings) -> 
     windows, such as tiny_wan's f = 4, still gets a zigzag row)."""
     if tricks.zigzag_length is not None:
         return tricks
-    block = settings.video_length // 2 if settings.lookahead else settings.video_length
+    block = settings.geometry.frames_written
     length = max(d for d in range(1, min(DEFAULT_ZIGZAG_LENGTH, block) + 1) if block % d == 0)
     return replace(tricks, zigzag_length=length)
 
